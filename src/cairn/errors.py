@@ -1,0 +1,76 @@
+"""Errors raised by cairn.
+
+Every error derives from :class:`CairnError` and also from the builtin that best describes it,
+so ``except KeyError`` keeps working for code written against dictionaries or MLflow.
+"""
+
+from __future__ import annotations
+
+
+class CairnError(Exception):
+    """Root of every error cairn raises."""
+
+    def __str__(self) -> str:  # KeyError would otherwise print the repr of its message
+        return str(self.args[0]) if self.args else self.__class__.__name__
+
+
+class InvalidArgument(CairnError, ValueError):
+    """An argument has a value cairn cannot accept (bad key, unserializable value, ...)."""
+
+
+class ParamConflict(InvalidArgument):
+    """A param was logged again with a different value; params are immutable."""
+
+
+class FilterSyntaxError(InvalidArgument):
+    """A search filter or order-by string could not be parsed.
+
+    Attributes:
+        position: character offset of the offending token in the filter string.
+    """
+
+    def __init__(self, message: str, *, text: str = "", position: int = 0) -> None:
+        pointer = f"\n  {text}\n  {' ' * position}^" if text else ""
+        super().__init__(f"{message}{pointer}")
+        self.text = text
+        self.position = position
+
+
+class ResourceAlreadyExists(CairnError, ValueError):
+    """An experiment, model or other named resource already exists."""
+
+
+class NotFound(CairnError, KeyError):
+    """A resource looked up by id or name does not exist."""
+
+
+class RunNotFound(NotFound):
+    """No run has this id."""
+
+
+class ExperimentNotFound(NotFound):
+    """No experiment has this id or name."""
+
+
+class RunNotActive(CairnError, RuntimeError):
+    """The run is deleted (or otherwise not writable) and cannot take new data."""
+
+
+class StoreError(CairnError, RuntimeError):
+    """The backing database failed in a way cairn cannot recover from."""
+
+
+class StoreLocked(StoreError, TimeoutError):
+    """The database stayed locked by another process past the busy timeout."""
+
+
+class SchemaOutOfDate(StoreError):
+    """The database schema is older (or newer) than this version of cairn expects."""
+
+
+class UnsafePath(CairnError, ValueError):
+    """An artifact path would escape its root (``..``, absolute, encoded or symlinked)."""
+
+
+class ArtifactNotFound(NotFound, FileNotFoundError):
+    """No artifact exists at this path."""

@@ -1,0 +1,211 @@
+"""The tracking store contract.
+
+A :class:`TrackingStore` persists experiments, runs and their params, tags and metric points.
+Implementations must be safe to call from several threads of one process (the metric batcher
+writes from its own thread) and from several processes sharing one database.
+
+Times are integers in milliseconds since the epoch. Ids are strings: experiment ids are
+decimal integers (``"0"`` is the default experiment), run ids are 32 lowercase hex characters.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from cairn.tracking.entities import (
+    Experiment,
+    Metric,
+    PagedList,
+    Param,
+    Run,
+    RunInfo,
+    RunStatus,
+    RunTag,
+    ViewType,
+)
+
+DEFAULT_EXPERIMENT_ID = "0"
+DEFAULT_EXPERIMENT_NAME = "Default"
+
+
+class MetricPoint(NamedTuple):
+    """One queued metric point, as the batcher hands it to the store."""
+
+    run_id: str
+    key: str
+    value: float
+    timestamp: int
+    step: int
+
+
+class TrackingStore(ABC):
+    """Persistence of experiments and runs. Errors come from :mod:`cairn.errors`."""
+
+    # -- experiments -------------------------------------------------------------------------
+
+    @abstractmethod
+    def create_experiment(
+        self, name: str, artifact_location: str | None = None, tags: dict[str, str] | None = None
+    ) -> str:
+        """Create an experiment and return its id.
+
+        ``artifact_location`` defaults to ``<artifact root>/<experiment id>``.
+
+        Raises:
+            InvalidArgument: empty name.
+            ResourceAlreadyExists: an experiment (active or deleted) has this name.
+        """
+
+    @abstractmethod
+    def get_experiment(self, experiment_id: str) -> Experiment:
+        """Raises ExperimentNotFound when no experiment has this id."""
+
+    @abstractmethod
+    def get_experiment_by_name(self, name: str) -> Experiment | None:
+        """Return the experiment (active or deleted) with this name, or ``None``."""
+
+    @abstractmethod
+    def search_experiments(
+        self,
+        view_type: ViewType = ViewType.ACTIVE_ONLY,
+        max_results: int = 1000,
+        name_like: str | None = None,
+    ) -> list[Experiment]:
+        """Experiments ordered by id; ``name_like`` is a SQL LIKE pattern on the name."""
+
+    @abstractmethod
+    def delete_experiment(self, experiment_id: str) -> None:
+        """Soft-delete the experiment and its runs. Raises ExperimentNotFound."""
+
+    @abstractmethod
+    def restore_experiment(self, experiment_id: str) -> None:
+        """Undo :meth:`delete_experiment`. Raises ExperimentNotFound."""
+
+    @abstractmethod
+    def rename_experiment(self, experiment_id: str, new_name: str) -> None:
+        """Raises ExperimentNotFound, ResourceAlreadyExists."""
+
+    @abstractmethod
+    def set_experiment_tag(self, experiment_id: str, key: str, value: str) -> None:
+        """Set (or overwrite) a tag on an experiment. Raises ExperimentNotFound."""
+
+    # -- runs ----------------------------------------------------------------------------------
+
+    @abstractmethod
+    def create_run(
+        self,
+        experiment_id: str,
+        *,
+        user_id: str,
+        start_time: int,
+        run_name: str,
+        tags: Sequence[RunTag] = (),
+        run_id: str | None = None,
+    ) -> Run:
+        """Create a RUNNING run; its artifact URI is ``<experiment location>/<run id>/artifacts``.
+
+        ``run_id`` lets a sync keep ids across stores; it defaults to a new uuid4 hex.
+
+        Raises:
+            ExperimentNotFound: unknown experiment.
+            RunNotActive: the experiment is deleted.
+            ResourceAlreadyExists: ``run_id`` is taken.
+        """
+
+    @abstractmethod
+    def get_run(self, run_id: str) -> Run:
+        """The run with latest metric values, params and tags. Raises RunNotFound."""
+
+    @abstractmethod
+    def update_run_info(
+        self,
+        run_id: str,
+        *,
+        status: RunStatus | None = None,
+        end_time: int | None = None,
+        run_name: str | None = None,
+    ) -> RunInfo:
+        """Change status, end time or name (the ``mlflow.runName`` tag follows the name).
+
+        Setting RUNNING clears ``end_time``. Raises RunNotFound.
+        """
+
+    @abstractmethod
+    def delete_run(self, run_id: str) -> None:
+        """Soft-delete: the run disappears from default searches. Raises RunNotFound."""
+
+    @abstractmethod
+    def restore_run(self, run_id: str) -> None:
+        """Undo :meth:`delete_run`. Raises RunNotFound."""
+
+    @abstractmethod
+    def purge_run(self, run_id: str) -> None:
+        """Remove a soft-deleted run and all its rows for good.
+
+        Raises:
+            RunNotFound: unknown run.
+            RunNotActive: the run is not soft-deleted (only deleted runs can be purged).
+        """
+
+    @abstractmethod
+    def deleted_run_ids(self, older_than: int | None = None) -> list[str]:
+        """Ids of soft-deleted runs, deleted before ``older_than`` (ms) when given."""
+
+    # -- run data ------------------------------------------------------------------------------
+
+    @abstractmethod
+    def log_batch(
+        self,
+        run_id: str,
+        metrics: Sequence[Metric] = (),
+        params: Sequence[Param] = (),
+        tags: Sequence[RunTag] = (),
+    ) -> None:
+        """Write params, tags and metric points of one run atomically.
+
+        Re-logging a param with the same value is a no-op. NaN and +/-inf values are stored
+        faithfully.
+
+        Raises:
+            RunNotFound: unknown run.
+            RunNotActive: the run is deleted.
+            ParamConflict: a param already has a different value (names both values).
+            InvalidArgument: a key or value breaks the rules of :mod:`cairn.tracking.validation`.
+        """
+
+    @abstractmethod
+    def log_metric_points(self, points: Sequence[MetricPoint]) -> None:
+        """Bulk-insert points of possibly many runs (the batcher's path; keys already valid).
+
+        Raises:
+            RunNotFound / RunNotActive: naming the first offending run; nothing is written then.
+        """
+
+    @abstractmethod
+    def delete_tag(self, run_id: str, key: str) -> None:
+        """Raises RunNotFound, RunNotActive, or NotFound when the tag does not exist."""
+
+    @abstractmethod
+    def get_metric_history(self, run_id: str, key: str, *, include_superseded: bool = False) -> list[Metric]:
+        """All points of one metric ordered by step then timestamp. Raises RunNotFound."""
+
+    @abstractmethod
+    def search_runs(
+        self,
+        experiment_ids: Sequence[str],
+        filter_string: str = "",
+        run_view_type: ViewType = ViewType.ACTIVE_ONLY,
+        max_results: int = 1000,
+        order_by: Sequence[str] | None = None,
+        page_token: str | None = None,
+    ) -> PagedList[Run]:
+        """Runs matching an MLflow filter string, ordered (default: start time, newest first).
+
+        Raises:
+            FilterSyntaxError: the filter or an order-by clause does not parse.
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections. The store must not be used afterwards."""

@@ -1,0 +1,12 @@
+"""Names of the tags cairn sets itself; MLflow's names so filters and habits carry over."""
+
+RUN_NAME = "mlflow.runName"
+USER = "mlflow.user"
+SOURCE_NAME = "mlflow.source.name"
+SOURCE_TYPE = "mlflow.source.type"
+GIT_COMMIT = "mlflow.source.git.commit"
+GIT_BRANCH = "mlflow.source.git.branch"
+GIT_REPO_URL = "mlflow.source.git.repoURL"
+GIT_DIRTY = "cairn.source.git.dirty"
+PARENT_RUN_ID = "mlflow.parentRunId"
+NOTE = "mlflow.note.content"
