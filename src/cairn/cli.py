@@ -1,0 +1,419 @@
+"""The ``cairn`` command line."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from cairn.errors import CairnError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _client(ctx: click.Context) -> Any:
+    from cairn.tracking.client import Client
+
+    return Client(ctx.obj.get("store"), ctx.obj.get("artifact_root"))
+
+
+def _time(ms: int | None) -> str:
+    if not ms:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _duration(start: int | None, end: int | None) -> str:
+    if not start:
+        return "-"
+    seconds = ((end or int(time.time() * 1000)) - start) / 1000
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f}min"
+    return f"{seconds / 3600:.1f}h"
+
+
+_STATUS_STYLE = {"RUNNING": "cyan", "FINISHED": "green", "FAILED": "red", "KILLED": "yellow", "SCHEDULED": "dim"}
+
+
+class _CairnGroup(click.Group):
+    """Turns cairn errors into one red line and exit code 1 instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CairnError as exc:
+            err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+            sys.exit(1)
+
+
+@click.group(cls=_CairnGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--store", envvar="CAIRN_TRACKING_URI", help="Tracking store: directory, sqlite:///file.db or postgresql://...")
+@click.option("--artifact-root", envvar="CAIRN_ARTIFACT_ROOT", help="Artifact root for new experiments (path or URL).")
+@click.version_option(package_name="cairn")
+@click.pass_context
+def main(ctx: click.Context, store: str | None, artifact_root: str | None) -> None:
+    """cairn: track experiments and package models."""
+    ctx.ensure_object(dict)
+    ctx.obj["store"] = store
+    ctx.obj["artifact_root"] = artifact_root
+
+
+# -- experiments -----------------------------------------------------------------------------------
+
+
+@main.group()
+def experiments() -> None:
+    """List and create experiments."""
+
+
+@experiments.command("list")
+@click.option("--all", "show_all", is_flag=True, help="Include deleted experiments.")
+@click.pass_context
+def experiments_list(ctx: click.Context, show_all: bool) -> None:
+    from cairn.tracking.entities import ViewType
+
+    client = _client(ctx)
+    table = Table(title="Experiments", title_justify="left")
+    for column in ("id", "name", "stage", "created", "artifact location"):
+        table.add_column(column, overflow="fold")
+    for exp in client.search_experiments(ViewType.ALL if show_all else ViewType.ACTIVE_ONLY, 100_000):
+        table.add_row(exp.experiment_id, exp.name, exp.lifecycle_stage.value, _time(exp.creation_time), exp.artifact_location)
+    console.print(table)
+
+
+@experiments.command("create")
+@click.argument("name")
+@click.option("--artifact-location", help="Where this experiment's artifacts go.")
+@click.pass_context
+def experiments_create(ctx: click.Context, name: str, artifact_location: str | None) -> None:
+    experiment_id = _client(ctx).create_experiment(name, artifact_location)
+    console.print(f"created experiment [bold]{name}[/bold] with id {experiment_id}")
+
+
+# -- runs ------------------------------------------------------------------------------------------
+
+
+def _experiment_ids(client: Any, experiment: Sequence[str]) -> list[str]:
+    from cairn.errors import ExperimentNotFound
+
+    ids = []
+    for ref in experiment or ("0",):
+        found = client.get_experiment_by_name(ref)
+        if found is not None:
+            ids.append(found.experiment_id)
+        elif ref.isdigit():
+            ids.append(client.get_experiment(ref).experiment_id)
+        else:
+            raise ExperimentNotFound(f"no experiment named or numbered {ref!r}")
+    return ids
+
+
+@main.group()
+def runs() -> None:
+    """List, describe, delete and restore runs."""
+
+
+@runs.command("list")
+@click.option("--experiment", "-e", multiple=True, help="Experiment name or id (repeatable). Default: 0.")
+@click.option("--filter", "filter_string", default="", help="MLflow filter, e.g. \"metrics.acc > 0.9\".")
+@click.option("--order-by", multiple=True, help="e.g. \"metrics.acc DESC\" (repeatable).")
+@click.option("--max-results", "-n", default=50, show_default=True)
+@click.option("--deleted", is_flag=True, help="Show soft-deleted runs instead.")
+@click.pass_context
+def runs_list(
+    ctx: click.Context, experiment: tuple[str, ...], filter_string: str, order_by: tuple[str, ...], max_results: int, deleted: bool
+) -> None:
+    from cairn.tracking.entities import ViewType
+
+    client = _client(ctx)
+    page = client.search_runs(
+        _experiment_ids(client, experiment),
+        filter_string,
+        ViewType.DELETED_ONLY if deleted else ViewType.ACTIVE_ONLY,
+        max_results,
+        list(order_by) or None,
+    )
+    metric_keys = sorted({k for run in page.items for k in run.data.metrics})[:6]
+    table = Table(title=f"Runs ({len(page.items)}{'+' if page.next_page_token else ''})", title_justify="left")
+    for column in ("run id", "name", "status", "started", "duration", *metric_keys):
+        table.add_column(column, no_wrap=column == "run id")
+    for run in page.items:
+        info = run.info
+        status = info.status.value
+        table.add_row(
+            info.run_id,
+            info.run_name,
+            f"[{_STATUS_STYLE.get(status, 'white')}]{status}[/]",
+            _time(info.start_time),
+            _duration(info.start_time, info.end_time),
+            *(f"{run.data.metrics[k]:.6g}" if k in run.data.metrics else "" for k in metric_keys),
+        )
+    console.print(table)
+
+
+@runs.command("describe")
+@click.argument("run_id")
+@click.pass_context
+def runs_describe(ctx: click.Context, run_id: str) -> None:
+    client = _client(ctx)
+    run = client.get_run(run_id)
+    info = run.info
+    overview = Table.grid(padding=(0, 2))
+    overview.add_column(style="bold")
+    overview.add_column()
+    for label, value in (
+        ("run id", info.run_id),
+        ("name", info.run_name),
+        ("experiment", info.experiment_id),
+        ("status", info.status.value),
+        ("lifecycle", info.lifecycle_stage.value),
+        ("user", info.user_id),
+        ("started", _time(info.start_time)),
+        ("ended", _time(info.end_time)),
+        ("duration", _duration(info.start_time, info.end_time)),
+        ("artifacts", info.artifact_uri),
+    ):
+        overview.add_row(label, str(value))
+    console.print(overview)
+    for title, values in (("Params", run.data.params), ("Metrics (latest)", run.data.metrics), ("Tags", run.data.tags)):
+        if not values:
+            continue
+        table = Table(title=title, title_justify="left")
+        table.add_column("key")
+        table.add_column("value", overflow="fold")
+        for key in sorted(values):
+            value = values[key]
+            table.add_row(key, f"{value:.6g}" if isinstance(value, float) else str(value))
+        console.print(table)
+
+
+@runs.command("delete")
+@click.argument("run_ids", nargs=-1, required=True)
+@click.pass_context
+def runs_delete(ctx: click.Context, run_ids: tuple[str, ...]) -> None:
+    """Soft-delete runs (restore them with `cairn runs restore`, purge with `cairn gc`)."""
+    client = _client(ctx)
+    for run_id in run_ids:
+        client.delete_run(run_id)
+        console.print(f"deleted run {run_id}")
+
+
+@runs.command("restore")
+@click.argument("run_ids", nargs=-1, required=True)
+@click.pass_context
+def runs_restore(ctx: click.Context, run_ids: tuple[str, ...]) -> None:
+    client = _client(ctx)
+    for run_id in run_ids:
+        client.restore_run(run_id)
+        console.print(f"restored run {run_id}")
+
+
+# -- gc --------------------------------------------------------------------------------------------
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _parse_age(text: str) -> int:
+    """'30d', '12h', '0s' -> milliseconds."""
+    from cairn.errors import InvalidArgument
+
+    if len(text) < 2 or text[-1] not in _UNITS or not text[:-1].isdigit():
+        raise InvalidArgument(f"--older-than takes a number and a unit s, m, h or d (e.g. 30d), got {text!r}")
+    return int(text[:-1]) * _UNITS[text[-1]] * 1000
+
+
+@main.command()
+@click.option("--older-than", default="0s", show_default=True, help="Only runs deleted at least this long ago.")
+@click.option("--run-id", "run_ids", multiple=True, help="Only these deleted runs.")
+@click.option("--dry-run", is_flag=True, help="Show what would be purged.")
+@click.pass_context
+def gc(ctx: click.Context, older_than: str, run_ids: tuple[str, ...], dry_run: bool) -> None:
+    """Purge soft-deleted runs and their artifacts for good."""
+    from cairn.artifacts import get_artifact_store
+
+    client = _client(ctx)
+    cutoff = int(time.time() * 1000) - _parse_age(older_than)
+    candidates = client.store.deleted_run_ids(older_than=cutoff)
+    if run_ids:
+        wanted = set(run_ids)
+        missing = wanted - set(candidates)
+        for run_id in sorted(missing):
+            err_console.print(f"[yellow]skipped[/yellow] {run_id}: not a soft-deleted run (or deleted too recently)")
+        candidates = [r for r in candidates if r in wanted]
+    for run_id in candidates:
+        if dry_run:
+            console.print(f"would purge run {run_id}")
+            continue
+        artifact_uri = client.store.get_run(run_id).info.artifact_uri
+        get_artifact_store(artifact_uri).delete(None)
+        client.store.purge_run(run_id)
+        console.print(f"purged run {run_id}")
+    console.print(f"{len(candidates)} run(s) {'to purge' if dry_run else 'purged'}")
+
+
+# -- db --------------------------------------------------------------------------------------------
+
+
+@main.group()
+def db() -> None:
+    """Database schema management."""
+
+
+@db.command("upgrade")
+@click.pass_context
+def db_upgrade(ctx: click.Context) -> None:
+    """Bring the store's schema to this version of cairn."""
+    from cairn.store._sql.store import upgrade_schema
+    from cairn.tracking import config
+
+    uri = config.resolve_tracking_uri(ctx.obj["store"]) if ctx.obj.get("store") else config.get_tracking_uri()
+    before, after = upgrade_schema(uri)
+    if before == after:
+        console.print(f"schema already at revision {after}")
+    else:
+        console.print(f"upgraded schema from {before or 'empty'} to {after}")
+
+
+# -- doctor ----------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.pass_context
+def doctor(ctx: click.Context) -> None:
+    """Show the resolved store, artifact root and versions, and check they work."""
+    import importlib.metadata as md
+    import platform
+
+    from cairn.tracking import config
+
+    uri = config.resolve_tracking_uri(ctx.obj["store"]) if ctx.obj.get("store") else config.get_tracking_uri()
+    root = ctx.obj.get("artifact_root") or config.get_artifact_root(uri)
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("tracking store", _redact(uri))
+    table.add_row("artifact root", root)
+    table.add_row("python", platform.python_version())
+    for package in ("cairn", "sqlalchemy", "alembic", "fsspec", "torch", "lightning", "transformers", "scikit-learn", "onnx"):
+        try:
+            table.add_row(package, md.version(package))
+        except md.PackageNotFoundError:
+            table.add_row(package, "[dim]not installed[/dim]")
+    try:
+        from cairn.store._sql.store import current_revision
+
+        started = time.perf_counter()
+        store = config.get_store(uri, root)
+        experiments = store.search_experiments(max_results=100_000)
+        table.add_row("store check", f"[green]ok[/green] ({len(experiments)} experiments, {(time.perf_counter() - started) * 1000:.0f} ms)")
+        table.add_row("schema revision", str(current_revision(uri)))
+    except CairnError as exc:
+        table.add_row("store check", f"[red]failed[/red]: {exc}")
+    console.print(table)
+
+
+def _redact(uri: str) -> str:
+    if "@" in uri and "://" in uri:
+        scheme, rest = uri.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        if ":" in creds:
+            return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
+    return uri
+
+
+# -- run -------------------------------------------------------------------------------------------
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--experiment", "-e", help="Experiment name (created if missing).")
+@click.option("--run-name", "-n", help="Name of the run.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.pass_context
+def run(ctx: click.Context, experiment: str | None, run_name: str | None, command: tuple[str, ...]) -> None:
+    """Run COMMAND inside a new run: `cairn run -e demo -- python train.py --lr 0.1`.
+
+    The child logs into the run through CAIRN_RUN_ID; its output is saved as the run's
+    stdout.txt/stderr.txt artifacts, and the exit code decides FINISHED or FAILED.
+    """
+    from cairn.tracking import config
+
+    client = _client(ctx)
+    experiment_id = "0"
+    if experiment:
+        found = client.get_experiment_by_name(experiment)
+        experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    run_obj = client.create_run(experiment_id, run_name=run_name, tags={"cairn.command": " ".join(command)})
+    run_id = run_obj.info.run_id
+    err_console.print(f"[dim]cairn: run {run_id} ({run_obj.info.run_name}) in experiment {experiment_id}[/dim]")
+    env = dict(os.environ)
+    env.update(
+        CAIRN_RUN_ID=run_id,
+        CAIRN_EXPERIMENT_ID=experiment_id,
+        CAIRN_TRACKING_URI=config.resolve_tracking_uri(ctx.obj["store"]) if ctx.obj.get("store") else config.get_tracking_uri(),
+    )
+    if ctx.obj.get("artifact_root"):
+        env["CAIRN_ARTIFACT_ROOT"] = ctx.obj["artifact_root"]
+    with tempfile.TemporaryDirectory(prefix="cairn-run-") as tmp:
+        code = _run_teed(list(command), env, Path(tmp))
+        for name in ("stdout.txt", "stderr.txt"):
+            client.log_artifact(run_id, Path(tmp) / name)
+    status = "FINISHED" if code == 0 else ("KILLED" if code < 0 else "FAILED")
+    client.set_terminated(run_id, status)
+    err_console.print(f"[dim]cairn: run {run_id} ended {status} (exit code {code})[/dim]")
+    sys.exit(code if code >= 0 else 128 - code)
+
+
+def _run_teed(command: list[str], env: dict[str, str], directory: Path) -> int:
+    """Start the child, copy its output to our stdout/stderr and to files; forward SIGINT/SIGTERM."""
+    try:
+        child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    except OSError as exc:
+        from cairn.errors import InvalidArgument
+
+        raise InvalidArgument(f"cannot start {command[0]!r}: {exc}") from exc
+
+    def pump(source: IO[bytes], sink: IO[bytes], path: Path) -> None:
+        with path.open("wb") as copy:
+            for chunk in iter(lambda: source.read1(65536), b""):  # type: ignore[attr-defined]
+                sink.write(chunk)
+                sink.flush()
+                copy.write(chunk)
+
+    assert child.stdout is not None and child.stderr is not None
+    pumps = [
+        threading.Thread(target=pump, args=(child.stdout, sys.stdout.buffer, directory / "stdout.txt")),
+        threading.Thread(target=pump, args=(child.stderr, sys.stderr.buffer, directory / "stderr.txt")),
+    ]
+    for thread in pumps:
+        thread.start()
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, lambda signum, frame: child.send_signal(signum))
+    try:
+        code = child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for thread in pumps:
+            thread.join()
+    return code
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""Ending runs when the process ends: normal exit, uncaught exception, SIGTERM.
+
+Installed once, the first time a run starts. Exit marks runs FINISHED, an uncaught exception
+FAILED, KeyboardInterrupt and SIGTERM KILLED; every case flushes queued metric points first.
+(MLflow marks runs FINISHED at exit even when the script crashed.)
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from types import FrameType, TracebackType
+
+from cairn.tracking.entities import RunStatus
+
+logger = logging.getLogger(__name__)
+
+_installed = False
+_exit_status = RunStatus.FINISHED
+_end_all: Callable[[RunStatus], None] | None = None
+
+
+def install(end_all_runs: Callable[[RunStatus], None]) -> None:
+    """Register ``end_all_runs(status)`` to run at exit and on SIGTERM (idempotent)."""
+    global _installed, _end_all
+    _end_all = end_all_runs
+    if _installed:
+        return
+    _installed = True
+    atexit.register(_at_exit)
+    previous_hook = sys.excepthook
+
+    def excepthook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+        global _exit_status
+        _exit_status = RunStatus.KILLED if issubclass(kind, KeyboardInterrupt) else RunStatus.FAILED
+        previous_hook(kind, value, tb)
+
+    sys.excepthook = excepthook
+    if threading.current_thread() is threading.main_thread():
+        _install_sigterm()
+
+
+def _install_sigterm() -> None:
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        _finish(RunStatus.KILLED)
+        if callable(previous):
+            previous(signum, frame)
+            return
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous in (None, signal.SIG_DFL) else previous)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    try:
+        signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:  # not the main thread of the main interpreter
+        pass
+
+
+def _at_exit() -> None:
+    _finish(_exit_status)
+
+
+def _finish(status: RunStatus) -> None:
+    from cairn.tracking import config
+
+    if _end_all is not None:
+        try:
+            _end_all(status)
+        except Exception as exc:
+            logger.error("cairn: could not end active runs at exit: %s", exc)
+    for batcher in config.all_batchers():
+        try:
+            batcher.close()
+        except Exception as exc:
+            logger.error("cairn: could not flush metrics at exit: %s", exc)
