@@ -83,10 +83,10 @@ def resolve_tracking_uri(uri: str) -> str:
         raise InvalidArgument(
             f"tracking URI scheme {scheme!r} is not supported; use a directory, sqlite:///file.db or postgresql://..."
         )
-    path = Path(uri).expanduser().resolve()
-    if path.suffix == ".db":
-        return f"sqlite:///{path}"
-    return f"sqlite:///{path / DATABASE_FILE}"
+    location = Path(uri).expanduser().resolve()
+    if location.suffix == ".db":
+        return f"sqlite:///{location}"
+    return f"sqlite:///{location / DATABASE_FILE}"
 
 
 def _absolute_if_local(uri: str) -> str:

@@ -25,13 +25,15 @@ _valid_keys: set[str] = set()
 def validate_key(key: object, kind: str = "metric") -> str:
     """Return ``key`` if it is a usable name, else raise InvalidArgument naming the problem."""
     if key in _valid_keys:
-        return key  # type: ignore[return-value]
+        return str(key)
     if not isinstance(key, str):
         raise InvalidArgument(f"{kind} key must be a string, got {type(key).__name__}: {key!r}")
     if not key or not key.strip():
         raise InvalidArgument(f"{kind} key must not be empty")
     if len(key) > MAX_KEY_LENGTH:
-        raise InvalidArgument(f"{kind} key is {len(key)} characters long; the limit is {MAX_KEY_LENGTH}: {key[:40]!r}...")
+        raise InvalidArgument(
+            f"{kind} key is {len(key)} characters long; the limit is {MAX_KEY_LENGTH}: {key[:40]!r}..."
+        )
     if not _KEY_PATTERN.match(key):
         raise InvalidArgument(
             f"{kind} key {key!r} has characters outside letters, digits, '_', '-', '.', ' ', ':' and '/'"
@@ -45,8 +47,11 @@ def validate_key(key: object, kind: str = "metric") -> str:
 
 def metric_value(value: Any, key: str = "") -> float:
     """Convert a number-like value (int, float, numpy/torch scalar) to float; NaN/inf pass."""
-    if type(value) is float:
+    kind = type(value)
+    if kind is float:
         return value
+    if kind is int:
+        return float(value)
     if isinstance(value, (str, bytes)):
         raise InvalidArgument(f"metric {key!r} got {type(value).__name__} value {value!r}; a number is required")
     if isinstance(value, numbers.Real):
@@ -61,6 +66,8 @@ def metric_value(value: Any, key: str = "") -> float:
 
 
 def metric_step(step: Any, key: str = "") -> int:
+    if type(step) is int:
+        return step
     if step is None:
         return 0
     if isinstance(step, bool) or not isinstance(step, numbers.Integral):
@@ -80,7 +87,9 @@ def stringify(value: Any, *, kind: str, key: str, limit: int) -> str:
         try:
             text = str(value)
         except Exception as exc:
-            raise InvalidArgument(f"{kind} {key!r}: value of type {type(value).__name__} cannot be turned into text") from exc
+            raise InvalidArgument(
+                f"{kind} {key!r}: value of type {type(value).__name__} cannot be turned into text"
+            ) from exc
     if len(text) > limit:
         raise InvalidArgument(f"{kind} {key!r} value is {len(text)} characters long; the limit is {limit}")
     return text

@@ -1,0 +1,235 @@
+"""Artifacts on any fsspec filesystem: ``s3://`` (through s3fs), ``gs://``, ``memory://``, ..."""
+
+from __future__ import annotations
+
+import builtins
+import os
+import uuid
+from pathlib import Path
+from typing import Any, BinaryIO, cast
+
+from fsspec.callbacks import Callback
+from fsspec.core import url_to_fs
+
+from cairn.artifacts.base import ArtifactStore, collect_files, transfer_progress
+from cairn.artifacts.paths import join, safe_relpath
+from cairn.errors import ArtifactNotFound, InvalidArgument, UnsafePath
+from cairn.tracking.entities import FileInfo
+
+__all__ = ["FsspecArtifactStore"]
+
+_TEMP_PREFIX = ".cairn-tmp-"
+
+
+class _AdvanceCallback(Callback):
+    """fsspec callback forwarding per-file completions of a batched put/get to a progress bar."""
+
+    def __init__(self, advance: Any) -> None:
+        super().__init__()
+        self._advance = advance
+        self._seen = 0
+
+    def call(self, *args: Any, **kwargs: Any) -> None:
+        if self.value > self._seen:
+            self._advance(self.value - self._seen)
+            self._seen = self.value
+
+
+class FsspecArtifactStore(ArtifactStore):
+    """Artifacts under a URL of any fsspec filesystem.
+
+    Object stores have no real directories: a "directory" exists while some file lies below it.
+    Listings bypass fsspec's directory cache so that files written by other processes are seen.
+    Stored names are checked again when downloading, so an object written by another tool under a
+    name such as ``a/../../x`` cannot place a file outside the download directory.
+
+    Args:
+        root: the root URL, e.g. ``s3://bucket/prefix/1/<run_id>/artifacts``.
+        **storage_options: passed to the fsspec filesystem (credentials, ``client_kwargs``, ...).
+    """
+
+    def __init__(self, root: str, **storage_options: Any) -> None:
+        self.root = root.rstrip("/")
+        try:
+            fs, base = url_to_fs(self.root, **storage_options)
+        except ImportError as exc:
+            raise InvalidArgument(
+                f"artifact root {root!r} needs a filesystem package that is not installed ({exc}); "
+                "for s3:// install cairn[s3]"
+            ) from exc
+        except ValueError as exc:
+            raise InvalidArgument(f"artifact root {root!r} is not a URL fsspec understands: {exc}") from exc
+        self._fs = fs
+        self._base = base.rstrip("/")
+
+    @property
+    def fs(self) -> Any:
+        """The underlying fsspec filesystem."""
+        return self._fs
+
+    def _full(self, rel: str) -> str:
+        return f"{self._base}/{rel}" if rel else self._base
+
+    def _rel_of(self, name: str) -> str:
+        """Path of the fsspec entry ``name`` relative to the root (not yet checked for safety)."""
+        name = name.rstrip("/")
+        prefix = f"{self._base}/"
+        return name[len(prefix) :] if name.startswith(prefix) else name
+
+    def _info(self, rel: str) -> dict[str, Any] | None:
+        full = self._full(rel)
+        self._fs.invalidate_cache(full)
+        try:
+            return cast(dict[str, Any], self._fs.info(full))
+        except FileNotFoundError:
+            return None
+
+    def _missing(self, rel: str) -> ArtifactNotFound:
+        return ArtifactNotFound(f"no artifact at {rel!r} under {self.root}")
+
+    # -- writes ----------------------------------------------------------------------------------
+
+    def put_file(self, local_path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+        source = Path(local_path)
+        if not source.is_file():
+            raise InvalidArgument(f"cannot upload {source}: it is not an existing file")
+        rel = safe_relpath(join(safe_relpath(artifact_path), source.name))
+        self._fs.put_file(str(source), self._full(rel))
+
+    def put_dir(self, local_dir: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+        base = safe_relpath(artifact_path)
+        files = collect_files(local_dir)
+        if not files:
+            return
+        lpaths = [str(item.source) for item in files]
+        rpaths = [self._full(join(base, item.relpath)) for item in files]
+        total = sum(item.size for item in files)
+        with transfer_progress(
+            f"Uploading {len(files)} files", total_bytes=total, n_files=len(files), count_files=True
+        ) as advance:
+            self._fs.put(lpaths, rpaths, callback=_AdvanceCallback(advance))
+
+    def put_bytes(self, data: bytes, artifact_file: str) -> None:
+        rel = safe_relpath(artifact_file)
+        if not rel:
+            raise InvalidArgument("put_bytes needs a file name, not the artifact root")
+        self._fs.pipe_file(self._full(rel), bytes(data))
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    def open(self, path: str) -> BinaryIO:
+        rel = safe_relpath(path)
+        info = self._info(rel)
+        if info is None:
+            raise self._missing(rel)
+        if info.get("type") == "directory":
+            raise InvalidArgument(f"artifact {rel!r} under {self.root} is a directory; use download() or list()")
+        return cast(BinaryIO, self._fs.open(self._full(rel), "rb"))
+
+    def list(self, path: str | None = None) -> builtins.list[FileInfo]:
+        rel = safe_relpath(path)
+        info = self._info(rel)
+        if info is None:
+            if not rel:
+                return []
+            raise self._missing(rel)
+        if info.get("type") != "directory":
+            return []
+        full = self._full(rel)
+        infos = []
+        for entry in self._fs.ls(full, detail=True):
+            child = self._rel_of(entry["name"])
+            if not child or child == rel or child.rsplit("/", 1)[-1].startswith(_TEMP_PREFIX):
+                continue
+            if entry.get("type") == "directory":
+                infos.append(FileInfo(child, True, None))
+            else:
+                size = entry.get("size")
+                infos.append(FileInfo(child, False, int(size) if size is not None else None))
+        return sorted(infos, key=lambda item: item.path)
+
+    def download(self, path: str | None, dst_dir: str | os.PathLike[str]) -> Path:
+        rel = safe_relpath(path)
+        dst = Path(dst_dir).absolute()
+        target = dst.joinpath(*rel.split("/")) if rel else dst
+        info = self._info(rel)
+        if info is None:
+            if rel:
+                raise self._missing(rel)
+            dst.mkdir(parents=True, exist_ok=True)
+            return dst
+        full = self._full(rel)
+        if info.get("type") != "directory":
+            self._get_atomically([full], [target])
+            return target
+        found = self._fs.find(full, detail=True)
+        rpaths: builtins.list[str] = []
+        lpaths: builtins.list[Path] = []
+        total = 0
+        for name, entry in sorted(found.items()):
+            if entry.get("type") == "directory":
+                continue
+            below = name[len(full) + 1 :] if full else name
+            try:
+                safe = safe_relpath(below)
+            except UnsafePath as exc:
+                raise UnsafePath(f"stored object {name!r} has an unsafe name; refusing to download it: {exc}") from exc
+            if not safe or safe.rsplit("/", 1)[-1].startswith(_TEMP_PREFIX):
+                continue
+            rpaths.append(name)
+            lpaths.append(target.joinpath(*safe.split("/")))
+            total += int(entry.get("size") or 0)
+        with transfer_progress(
+            f"Downloading {len(rpaths)} files", total_bytes=total, n_files=len(rpaths), count_files=True
+        ) as advance:
+            self._get_atomically(rpaths, lpaths, callback=_AdvanceCallback(advance))
+        target.mkdir(parents=True, exist_ok=True)
+        return target
+
+    def _get_atomically(
+        self, rpaths: builtins.list[str], lpaths: builtins.list[Path], callback: Callback | None = None
+    ) -> None:
+        """Fetch into temporary names next to each destination, then rename them into place."""
+        if not rpaths:
+            return
+        temps = []
+        for lpath in lpaths:
+            lpath.parent.mkdir(parents=True, exist_ok=True)
+            if lpath.is_dir() and not lpath.is_symlink():
+                raise InvalidArgument(f"cannot download to {lpath}: a directory of that name exists")
+            temps.append(str(lpath.parent / f"{_TEMP_PREFIX}{uuid.uuid4().hex}"))
+        try:
+            if callback is None:
+                self._fs.get(rpaths, temps)
+            else:
+                self._fs.get(rpaths, temps, callback=callback)
+            for temp, lpath in zip(temps, lpaths, strict=True):
+                os.replace(temp, lpath)
+        finally:
+            for temp in temps:
+                try:
+                    os.unlink(temp)
+                except FileNotFoundError:
+                    pass
+
+    def exists(self, path: str | None = None) -> bool:
+        return self._info(safe_relpath(path)) is not None
+
+    # -- delete ----------------------------------------------------------------------------------
+
+    def delete(self, path: str | None = None) -> None:
+        rel = safe_relpath(path)
+        if self._info(rel) is None:
+            if rel:
+                raise self._missing(rel)
+            return
+        full = self._full(rel)
+        if "/" not in full.strip("/"):
+            # The root is a bucket (or other top-level container): a recursive rm would try to remove
+            # the container itself. Remove the objects only.
+            files = self._fs.find(full)
+            if files:
+                self._fs.rm(files)
+        else:
+            self._fs.rm(full, recursive=True)
+        self._fs.invalidate_cache(full)
