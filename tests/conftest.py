@@ -23,7 +23,13 @@ def _reset_cairn() -> None:
 @pytest.fixture(autouse=True)
 def _isolated_cairn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Every test logs into its own ./cairn-runs under tmp_path, and leaves no global state behind."""
-    for name in ("CAIRN_TRACKING_URI", "CAIRN_ARTIFACT_ROOT", "CAIRN_RUN_ID", "CAIRN_EXPERIMENT_ID", "CAIRN_EXPERIMENT_NAME"):
+    for name in (
+        "CAIRN_TRACKING_URI",
+        "CAIRN_ARTIFACT_ROOT",
+        "CAIRN_RUN_ID",
+        "CAIRN_EXPERIMENT_ID",
+        "CAIRN_EXPERIMENT_NAME",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
     _reset_cairn()

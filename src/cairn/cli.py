@@ -62,7 +62,9 @@ class _CairnGroup(click.Group):
 
 
 @click.group(cls=_CairnGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--store", envvar="CAIRN_TRACKING_URI", help="Tracking store: directory, sqlite:///file.db or postgresql://...")
+@click.option(
+    "--store", envvar="CAIRN_TRACKING_URI", help="Tracking store: directory, sqlite:///file.db or postgresql://..."
+)
 @click.option("--artifact-root", envvar="CAIRN_ARTIFACT_ROOT", help="Artifact root for new experiments (path or URL).")
 @click.version_option(package_name="cairn")
 @click.pass_context
@@ -91,8 +93,10 @@ def experiments_list(ctx: click.Context, show_all: bool) -> None:
     table = Table(title="Experiments", title_justify="left")
     for column in ("id", "name", "stage", "created", "artifact location"):
         table.add_column(column, overflow="fold")
-    for exp in client.search_experiments(ViewType.ALL if show_all else ViewType.ACTIVE_ONLY, 100_000):
-        table.add_row(exp.experiment_id, exp.name, exp.lifecycle_stage.value, _time(exp.creation_time), exp.artifact_location)
+    for exp in client.search_experiments(ViewType.ALL if show_all else ViewType.ACTIVE_ONLY, 50_000):
+        table.add_row(
+            exp.experiment_id, exp.name, exp.lifecycle_stage.value, _time(exp.creation_time), exp.artifact_location
+        )
     console.print(table)
 
 
@@ -130,13 +134,18 @@ def runs() -> None:
 
 @runs.command("list")
 @click.option("--experiment", "-e", multiple=True, help="Experiment name or id (repeatable). Default: 0.")
-@click.option("--filter", "filter_string", default="", help="MLflow filter, e.g. \"metrics.acc > 0.9\".")
-@click.option("--order-by", multiple=True, help="e.g. \"metrics.acc DESC\" (repeatable).")
+@click.option("--filter", "filter_string", default="", help='MLflow filter, e.g. "metrics.acc > 0.9".')
+@click.option("--order-by", multiple=True, help='e.g. "metrics.acc DESC" (repeatable).')
 @click.option("--max-results", "-n", default=50, show_default=True)
 @click.option("--deleted", is_flag=True, help="Show soft-deleted runs instead.")
 @click.pass_context
 def runs_list(
-    ctx: click.Context, experiment: tuple[str, ...], filter_string: str, order_by: tuple[str, ...], max_results: int, deleted: bool
+    ctx: click.Context,
+    experiment: tuple[str, ...],
+    filter_string: str,
+    order_by: tuple[str, ...],
+    max_results: int,
+    deleted: bool,
 ) -> None:
     from cairn.tracking.entities import ViewType
 
@@ -279,7 +288,7 @@ def db() -> None:
 @click.pass_context
 def db_upgrade(ctx: click.Context) -> None:
     """Bring the store's schema to this version of cairn."""
-    from cairn.store._sql.store import upgrade_schema
+    from cairn.store._sql import upgrade_schema
     from cairn.tracking import config
 
     uri = config.resolve_tracking_uri(ctx.obj["store"]) if ctx.obj.get("store") else config.get_tracking_uri()
@@ -310,18 +319,31 @@ def doctor(ctx: click.Context) -> None:
     table.add_row("tracking store", _redact(uri))
     table.add_row("artifact root", root)
     table.add_row("python", platform.python_version())
-    for package in ("cairn", "sqlalchemy", "alembic", "fsspec", "torch", "lightning", "transformers", "scikit-learn", "onnx"):
+    for package in (
+        "cairn",
+        "sqlalchemy",
+        "alembic",
+        "fsspec",
+        "torch",
+        "lightning",
+        "transformers",
+        "scikit-learn",
+        "onnx",
+    ):
         try:
             table.add_row(package, md.version(package))
         except md.PackageNotFoundError:
             table.add_row(package, "[dim]not installed[/dim]")
     try:
-        from cairn.store._sql.store import current_revision
+        from cairn.store._sql import current_revision
 
         started = time.perf_counter()
         store = config.get_store(uri, root)
-        experiments = store.search_experiments(max_results=100_000)
-        table.add_row("store check", f"[green]ok[/green] ({len(experiments)} experiments, {(time.perf_counter() - started) * 1000:.0f} ms)")
+        experiments = store.search_experiments(max_results=50_000)
+        table.add_row(
+            "store check",
+            f"[green]ok[/green] ({len(experiments)} experiments, {(time.perf_counter() - started) * 1000:.0f} ms)",
+        )
         table.add_row("schema revision", str(current_revision(uri)))
     except CairnError as exc:
         table.add_row("store check", f"[red]failed[/red]: {exc}")
@@ -365,7 +387,9 @@ def run(ctx: click.Context, experiment: str | None, run_name: str | None, comman
     env.update(
         CAIRN_RUN_ID=run_id,
         CAIRN_EXPERIMENT_ID=experiment_id,
-        CAIRN_TRACKING_URI=config.resolve_tracking_uri(ctx.obj["store"]) if ctx.obj.get("store") else config.get_tracking_uri(),
+        CAIRN_TRACKING_URI=config.resolve_tracking_uri(ctx.obj["store"])
+        if ctx.obj.get("store")
+        else config.get_tracking_uri(),
     )
     if ctx.obj.get("artifact_root"):
         env["CAIRN_ARTIFACT_ROOT"] = ctx.obj["artifact_root"]

@@ -22,6 +22,10 @@ class ParamConflict(InvalidArgument):
     """A param was logged again with a different value; params are immutable."""
 
 
+class SchemaMismatch(InvalidArgument):
+    """Model input, output or params do not match the model's signature (names the field, dtype, shape)."""
+
+
 class FilterSyntaxError(InvalidArgument):
     """A search filter or order-by string could not be parsed.
 

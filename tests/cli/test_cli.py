@@ -89,12 +89,22 @@ def test_cairn_run_wraps_a_command(tmp_path: Path) -> None:
     )
     env = {**os.environ, "CAIRN_TRACKING_URI": str(tmp_path / "cairn-runs")}
     cli = [sys.executable, "-m", "cairn.cli"]
-    ok = subprocess.run([*cli, "run", "-e", "jobs", "-n", "good", "--", sys.executable, str(script), "0"],
-                        env=env, capture_output=True, text=True, timeout=120)
+    ok = subprocess.run(
+        [*cli, "run", "-e", "jobs", "-n", "good", "--", sys.executable, str(script), "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert ok.returncode == 0, ok.stderr
     assert "hello from child" in ok.stdout
-    bad = subprocess.run([*cli, "run", "-e", "jobs", "-n", "bad", "--", sys.executable, str(script), "3"],
-                         env=env, capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [*cli, "run", "-e", "jobs", "-n", "bad", "--", sys.executable, str(script), "3"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 3
     runs = {r.info.run_name: r for r in cairn.search_runs(experiment_names=["jobs"], output_format="list")}
     assert runs["good"].info.status.value == "FINISHED"

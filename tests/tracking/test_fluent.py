@@ -114,9 +114,7 @@ def test_nan_and_inf_are_stored_faithfully() -> None:
     assert cairn.get_run(run.info.run_id).data.metrics["b"] == 0.25
 
 
-@pytest.mark.parametrize(
-    "key", ["", "   ", "a" * 251, "../escape", "/abs", "a//b", "bad\nkey", "semi;colon", "a/./b"]
-)
+@pytest.mark.parametrize("key", ["", "   ", "a" * 251, "../escape", "/abs", "a//b", "bad\nkey", "semi;colon", "a/./b"])
 def test_invalid_keys_are_refused(key: str) -> None:
     with cairn.start_run():
         with pytest.raises(InvalidArgument):

@@ -30,9 +30,7 @@ class RegistryStore(ABC):
         """With tags, aliases and the latest version per stage. Raises NotFound."""
 
     @abstractmethod
-    def search_registered_models(
-        self, name_like: str | None = None, max_results: int = 1000
-    ) -> list[RegisteredModel]:
+    def search_registered_models(self, name_like: str | None = None, max_results: int = 1000) -> list[RegisteredModel]:
         """Ordered by name; ``name_like`` is a case-insensitive LIKE pattern."""
 
     @abstractmethod

@@ -113,7 +113,7 @@ class Client:
             return [e for e in found if e.name == value]
         if op == "ILIKE":
             pattern = re.compile(_like_to_regex(value), re.IGNORECASE | re.DOTALL)
-            found = self._store.search_experiments(view_type, 1_000_000)
+            found = self._store.search_experiments(view_type, 50_000)
             return [e for e in found if pattern.fullmatch(e.name)][:max_results]
         return found
 
@@ -247,7 +247,9 @@ class Client:
         checked_params = [
             Param(validation.validate_key(p.key, "param"), validation.param_value(p.value, p.key)) for p in params
         ]
-        checked_tags = [RunTag(validation.validate_key(t.key, "tag"), validation.tag_value(t.value, t.key)) for t in tags]
+        checked_tags = [
+            RunTag(validation.validate_key(t.key, "tag"), validation.tag_value(t.value, t.key)) for t in tags
+        ]
         if synchronous:
             self._store.log_batch(run_id, metrics, checked_params, checked_tags)
             return

@@ -53,9 +53,7 @@ def git_state(directory: str) -> dict[str, str]:
 
     def git(*args: str) -> str | None:
         try:
-            done = subprocess.run(
-                ["git", *args], cwd=directory, capture_output=True, text=True, timeout=5, check=False
-            )
+            done = subprocess.run(["git", *args], cwd=directory, capture_output=True, text=True, timeout=5, check=False)
         except (OSError, subprocess.TimeoutExpired):
             return None
         return done.stdout.strip() if done.returncode == 0 else None

@@ -53,9 +53,7 @@ class ActiveRun(Run):
     def __enter__(self) -> ActiveRun:
         return self
 
-    def __exit__(
-        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
         if kind is None:
             status = RunStatus.FINISHED
         elif issubclass(kind, KeyboardInterrupt):
@@ -119,9 +117,7 @@ def set_experiment(experiment_name: str | None = None, experiment_id: str | None
     return experiment
 
 
-def create_experiment(
-    name: str, artifact_location: str | None = None, tags: Mapping[str, Any] | None = None
-) -> str:
+def create_experiment(name: str, artifact_location: str | None = None, tags: Mapping[str, Any] | None = None) -> str:
     return _get_client().create_experiment(name, artifact_location, tags)
 
 
@@ -208,9 +204,7 @@ def _resume(
     if run.info.lifecycle_stage is LifecycleStage.DELETED:
         raise RunNotActive(f"run {run_id} is deleted; restore it with Client().restore_run() before resuming it")
     if experiment_id is not None and str(experiment_id) != run.info.experiment_id:
-        raise InvalidArgument(
-            f"run {run_id} belongs to experiment {run.info.experiment_id}, not {experiment_id}"
-        )
+        raise InvalidArgument(f"run {run_id} belongs to experiment {run.info.experiment_id}, not {experiment_id}")
     extra = dict(tags or {})
     if description is not None:
         extra[system_tags.NOTE] = description
@@ -241,6 +235,16 @@ def _end_all_runs(status: RunStatus) -> None:
     with _stack_lock:
         while _run_stack:
             _end_top(status)
+
+
+def reset() -> None:
+    """Forget the run stack, active experiment and client without ending runs (for tests)."""
+    global _client, _active_experiment_id, _last_active_run_id
+    with _stack_lock:
+        _run_stack.clear()
+        _client = None
+        _active_experiment_id = None
+        _last_active_run_id = None
 
 
 def active_run() -> ActiveRun | None:
@@ -335,11 +339,15 @@ def flush() -> None:
 # -- artifacts -----------------------------------------------------------------------------------
 
 
-def log_artifact(local_path: str | os.PathLike[str], artifact_path: str | None = None, run_id: str | None = None) -> None:
+def log_artifact(
+    local_path: str | os.PathLike[str], artifact_path: str | None = None, run_id: str | None = None
+) -> None:
     _get_client().log_artifact(run_id or _active_run_id(), local_path, artifact_path)
 
 
-def log_artifacts(local_dir: str | os.PathLike[str], artifact_path: str | None = None, run_id: str | None = None) -> None:
+def log_artifacts(
+    local_dir: str | os.PathLike[str], artifact_path: str | None = None, run_id: str | None = None
+) -> None:
     _get_client().log_artifacts(run_id or _active_run_id(), local_dir, artifact_path)
 
 
@@ -410,13 +418,15 @@ def search_runs(
         ids.append(experiment.experiment_id)
     if not ids:
         if search_all_experiments:
-            ids = [e.experiment_id for e in client.search_experiments(ViewType.ALL, 1_000_000)]
+            ids = [e.experiment_id for e in client.search_experiments(ViewType.ALL, 50_000)]
         else:
             ids = [_resolve_experiment_id(None)]
     runs: list[Run] = []
     token: str | None = None
     while len(runs) < max_results:
-        page = client.search_runs(ids, filter_string, run_view_type, min(50_000, max_results - len(runs)), order_by, token)
+        page = client.search_runs(
+            ids, filter_string, run_view_type, min(50_000, max_results - len(runs)), order_by, token
+        )
         runs.extend(page.items)
         token = page.next_page_token
         if not token:

@@ -1,0 +1,141 @@
+"""Tables of the tracking store, as SQLAlchemy Core metadata.
+
+This module describes the schema at the newest migration; the migrations in ``migrations/versions``
+are what creates it. A test compares the two, so a change here needs a new migration revision
+(and :data:`cairn.store._sql.migrate.HEAD_REVISION` updated) to pass.
+
+Notes on choices that are not obvious:
+
+* NaN metric values are stored as ``value = NULL, is_nan = true``: NULL takes part in no
+  comparison, so a filter such as ``metrics.loss < 1`` never matches a NaN, and ordering puts NaN
+  after every number. +/-inf are stored as themselves (SQLite REAL and PostgreSQL double precision
+  hold them).
+* ``metrics.id`` is a BIGINT on PostgreSQL but an INTEGER on SQLite, because only
+  ``INTEGER PRIMARY KEY`` is SQLite's auto-assigned rowid.
+* The search indexes on params and tags cover ``(key, substr(value, 1, 200))`` rather than the
+  whole value: a PostgreSQL b-tree entry must stay under ~2.7 kB and values may hold 8000
+  characters. Equality filters add the matching ``substr`` predicate so the index is usable.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+#: Characters of a param/tag value covered by the (key, value) search indexes.
+INDEXED_VALUE_PREFIX = 200
+
+metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+_LIFECYCLE_CHECK = "lifecycle_stage IN ('active', 'deleted')"
+
+experiments = sa.Table(
+    "experiments",
+    metadata,
+    sa.Column("experiment_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(256), nullable=False),
+    sa.Column("artifact_location", sa.String(1000), nullable=False),
+    sa.Column("lifecycle_stage", sa.String(32), nullable=False),
+    sa.Column("creation_time", sa.BigInteger),
+    sa.Column("last_update_time", sa.BigInteger),
+    sa.UniqueConstraint("name"),
+    sa.CheckConstraint(_LIFECYCLE_CHECK, name="lifecycle_stage"),
+    sqlite_autoincrement=True,
+)
+
+experiment_tags = sa.Table(
+    "experiment_tags",
+    metadata,
+    sa.Column(
+        "experiment_id",
+        sa.Integer,
+        sa.ForeignKey("experiments.experiment_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("key", sa.String(250), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("run_uuid", sa.String(32), primary_key=True),
+    sa.Column("name", sa.String(250), nullable=False),
+    sa.Column("experiment_id", sa.Integer, sa.ForeignKey("experiments.experiment_id"), nullable=False),
+    sa.Column("user_id", sa.String(256), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("start_time", sa.BigInteger, nullable=False),
+    sa.Column("end_time", sa.BigInteger),
+    sa.Column("lifecycle_stage", sa.String(32), nullable=False),
+    sa.Column("artifact_uri", sa.String(1000), nullable=False),
+    sa.Column("deleted_time", sa.BigInteger),
+    sa.CheckConstraint(_LIFECYCLE_CHECK, name="lifecycle_stage"),
+    sa.Index("ix_runs_experiment_id_lifecycle_stage_start_time", "experiment_id", "lifecycle_stage", "start_time"),
+)
+
+
+def _run_fk() -> sa.Column[str]:
+    return sa.Column("run_uuid", sa.String(32), sa.ForeignKey("runs.run_uuid", ondelete="CASCADE"), primary_key=True)
+
+
+params = sa.Table(
+    "params",
+    metadata,
+    _run_fk(),
+    sa.Column("key", sa.String(250), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+sa.Index(
+    "ix_params_key_value",
+    params.c.key,
+    sa.func.substr(params.c.value, 1, INDEXED_VALUE_PREFIX),
+)
+
+tags = sa.Table(
+    "tags",
+    metadata,
+    _run_fk(),
+    sa.Column("key", sa.String(250), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+sa.Index(
+    "ix_tags_key_value",
+    tags.c.key,
+    sa.func.substr(tags.c.value, 1, INDEXED_VALUE_PREFIX),
+)
+
+metrics = sa.Table(
+    "metrics",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("run_uuid", sa.String(32), sa.ForeignKey("runs.run_uuid", ondelete="CASCADE"), nullable=False),
+    sa.Column("key", sa.String(250), nullable=False),
+    sa.Column("value", sa.Double),
+    sa.Column("is_nan", sa.Boolean, nullable=False),
+    sa.Column("step", sa.BigInteger, nullable=False),
+    sa.Column("timestamp", sa.BigInteger, nullable=False),
+    sa.Column("superseded", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Index("ix_metrics_run_uuid_key_step", "run_uuid", "key", "step"),
+)
+
+latest_metrics = sa.Table(
+    "latest_metrics",
+    metadata,
+    _run_fk(),
+    sa.Column("key", sa.String(250), primary_key=True),
+    sa.Column("value", sa.Double),
+    sa.Column("is_nan", sa.Boolean, nullable=False),
+    sa.Column("step", sa.BigInteger, nullable=False),
+    sa.Column("timestamp", sa.BigInteger, nullable=False),
+    sa.Index("ix_latest_metrics_key_value", "key", "value"),
+)
+
+#: Every table this schema owns (the alembic version table aside).
+TABLE_NAMES = frozenset(metadata.tables)

@@ -1,0 +1,653 @@
+"""The SQLAlchemy tracking store for SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import math
+import re
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from cairn.errors import (
+    ExperimentNotFound,
+    InvalidArgument,
+    NotFound,
+    ParamConflict,
+    RunNotActive,
+    RunNotFound,
+)
+from cairn.store._sql import schema, search
+from cairn.store._sql.engine import Database
+from cairn.store._sql.migrate import DEFAULT_EXPERIMENT_ID, ensure_schema
+from cairn.store._sql.schema import experiment_tags, experiments, latest_metrics, metrics, params, runs, tags
+from cairn.store._sql.util import artifact_location_for, now_ms
+from cairn.store.base import MetricPoint, TrackingStore
+from cairn.tracking import system_tags, validation
+from cairn.tracking.entities import (
+    Experiment,
+    LifecycleStage,
+    Metric,
+    PagedList,
+    Param,
+    Run,
+    RunData,
+    RunInfo,
+    RunStatus,
+    RunTag,
+    ViewType,
+)
+
+_ACTIVE = LifecycleStage.ACTIVE.value
+_DELETED = LifecycleStage.DELETED.value
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+_MAX_INT32 = 2**31 - 1
+#: Ids per ``IN (...)`` list; stays below SQLite's and PostgreSQL's bound-parameter limits.
+_CHUNK = 5000
+_RUN_COLUMNS = (
+    runs.c.run_uuid,
+    runs.c.name,
+    runs.c.experiment_id,
+    runs.c.user_id,
+    runs.c.status,
+    runs.c.start_time,
+    runs.c.end_time,
+    runs.c.lifecycle_stage,
+    runs.c.artifact_uri,
+)
+# The hot path on SQLite skips SQLAlchemy's statement layer: one executemany of plain tuples.
+# ``is_nan`` is derived from the bound value, which is NULL exactly for NaN.
+_SQLITE_INSERT_POINTS = (
+    "INSERT INTO metrics (run_uuid, key, value, is_nan, step, timestamp, superseded) "
+    "VALUES (?1, ?2, ?3, ?3 IS NULL, ?4, ?5, 0)"
+)
+_PG_COPY_POINTS = "COPY metrics (run_uuid, key, value, is_nan, step, timestamp) FROM STDIN (FORMAT BINARY)"
+_PG_COPY_TYPES = ("varchar", "varchar", "float8", "bool", "int8", "int8")
+
+
+def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _experiment_pk(experiment_id: str | int) -> int:
+    """The integer key of an experiment id, or ExperimentNotFound for ids no experiment can have."""
+    text = str(experiment_id).strip()
+    if not text.isdecimal() or int(text) > _MAX_INT32:
+        raise ExperimentNotFound(f"no experiment with id {experiment_id!r}")
+    return int(text)
+
+
+def _run_info(row: Any) -> RunInfo:
+    return RunInfo(
+        run_id=row.run_uuid,
+        experiment_id=str(row.experiment_id),
+        run_name=row.name,
+        user_id=row.user_id,
+        status=RunStatus(row.status),
+        start_time=row.start_time,
+        end_time=row.end_time,
+        artifact_uri=row.artifact_uri,
+        lifecycle_stage=LifecycleStage(row.lifecycle_stage),
+    )
+
+
+def _stored_value(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+def _loaded_value(value: float | None, is_nan: bool) -> float:
+    return math.nan if is_nan or value is None else float(value)
+
+
+class SqlTrackingStore(TrackingStore):
+    """Tracking store on SQLite (one file, several processes) or PostgreSQL.
+
+    Opening checks the schema revision with one query; an empty database is created at the newest
+    revision, with the ``Default`` experiment ``"0"`` at ``<default_artifact_root>/0``.
+
+    Args:
+        db_uri: ``sqlite:////abs/path/cairn.db`` (the folder is created) or
+            ``postgresql://user@host:5432/db`` (served by psycopg 3).
+        default_artifact_root: where experiments keep artifacts unless given a location.
+        busy_timeout: seconds a SQLite writer waits for another process's lock (default:
+            ``CAIRN_SQLITE_BUSY_TIMEOUT``, else 30).
+
+    Raises:
+        SchemaOutOfDate: the database needs ``cairn db upgrade`` (or a newer cairn).
+        StoreLocked: SQLite stayed locked past the busy timeout.
+    """
+
+    def __init__(self, db_uri: str, default_artifact_root: str, *, busy_timeout: float | None = None) -> None:
+        self.db_uri = db_uri
+        self.default_artifact_root = default_artifact_root
+        self._db = Database(db_uri, busy_timeout=busy_timeout)
+        self.dialect = self._db.dialect
+        self._insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        try:
+            ensure_schema(self._db, default_artifact_root)
+        except BaseException:
+            self._db.dispose()
+            raise
+        self._latest_upsert = self._latest_metrics_upsert()
+
+    def __repr__(self) -> str:
+        return f"SqlTrackingStore({self._db.description!r})"
+
+    def close(self) -> None:
+        self._db.dispose()
+
+    # -- experiments -------------------------------------------------------------------------
+
+    def create_experiment(
+        self, name: str, artifact_location: str | None = None, tags: dict[str, str] | None = None
+    ) -> str:
+        name = self._experiment_name(name)
+        tag_rows = self._experiment_tag_rows(tags or {})
+        conflict = f"an experiment named {name!r} already exists (perhaps deleted: restore it or pick another name)"
+        with self._db.transaction(write=True, conflict=conflict) as conn:
+            now = now_ms()
+            result = conn.execute(
+                experiments.insert().values(
+                    name=name,
+                    artifact_location=artifact_location or "",
+                    lifecycle_stage=_ACTIVE,
+                    creation_time=now,
+                    last_update_time=now,
+                )
+            )
+            pk = result.inserted_primary_key[0]  # type: ignore[index]
+            if not artifact_location:
+                location = artifact_location_for(self.default_artifact_root, pk)
+                conn.execute(
+                    experiments.update().where(experiments.c.experiment_id == pk).values(artifact_location=location)
+                )
+            if tag_rows:
+                conn.execute(experiment_tags.insert(), [{"experiment_id": pk, **row} for row in tag_rows])
+        return str(pk)
+
+    @staticmethod
+    def _experiment_name(name: object) -> str:
+        if not isinstance(name, str) or not name.strip():
+            raise InvalidArgument(f"experiment name must be a non-empty string, got {name!r}")
+        if len(name) > 256:
+            raise InvalidArgument(f"experiment name is {len(name)} characters long; the limit is 256")
+        return name
+
+    @staticmethod
+    def _experiment_tag_rows(tag_map: dict[str, Any]) -> list[dict[str, str]]:
+        return [
+            {"key": validation.validate_key(key, "tag"), "value": validation.tag_value(value, key)}
+            for key, value in tag_map.items()
+        ]
+
+    def get_experiment(self, experiment_id: str) -> Experiment:
+        pk = _experiment_pk(experiment_id)
+        with self._db.transaction() as conn:
+            found = self._experiments(conn, experiments.c.experiment_id == pk)
+        if not found:
+            raise ExperimentNotFound(f"no experiment with id {experiment_id!r}")
+        return found[0]
+
+    def get_experiment_by_name(self, name: str) -> Experiment | None:
+        with self._db.transaction() as conn:
+            found = self._experiments(conn, experiments.c.name == name)
+        return found[0] if found else None
+
+    def search_experiments(
+        self,
+        view_type: ViewType = ViewType.ACTIVE_ONLY,
+        max_results: int = 1000,
+        name_like: str | None = None,
+    ) -> list[Experiment]:
+        search.check_max_results(max_results)
+        condition: Any = experiments.c.lifecycle_stage.in_([stage.value for stage in view_type.stages()])
+        if name_like is not None:
+            name_match = search.like(experiments.c.name, name_like, case_sensitive=True, dialect=self.dialect)
+            condition = sa.and_(condition, name_match)
+        with self._db.transaction() as conn:
+            return self._experiments(conn, condition, limit=max_results)
+
+    def _experiments(self, conn: sa.Connection, condition: Any, limit: int | None = None) -> list[Experiment]:
+        query = sa.select(experiments).where(condition).order_by(experiments.c.experiment_id).limit(limit)
+        found = {
+            row.experiment_id: Experiment(
+                experiment_id=str(row.experiment_id),
+                name=row.name,
+                artifact_location=row.artifact_location,
+                lifecycle_stage=LifecycleStage(row.lifecycle_stage),
+                tags={},
+                creation_time=row.creation_time,
+                last_update_time=row.last_update_time,
+            )
+            for row in conn.execute(query)
+        }
+        for chunk in _chunks(list(found)):
+            tag_query = sa.select(experiment_tags).where(experiment_tags.c.experiment_id.in_(chunk))
+            for row in conn.execute(tag_query):
+                found[row.experiment_id].tags[row.key] = row.value
+        return list(found.values())
+
+    def _require_experiment(self, conn: sa.Connection, experiment_id: str) -> Any:
+        pk = _experiment_pk(experiment_id)
+        row = conn.execute(sa.select(experiments).where(experiments.c.experiment_id == pk)).first()
+        if row is None:
+            raise ExperimentNotFound(f"no experiment with id {experiment_id!r}")
+        return row
+
+    def delete_experiment(self, experiment_id: str) -> None:
+        if _experiment_pk(experiment_id) == DEFAULT_EXPERIMENT_ID:
+            raise InvalidArgument("the default experiment '0' cannot be deleted")
+        with self._db.transaction(write=True) as conn:
+            row = self._require_experiment(conn, experiment_id)
+            if row.lifecycle_stage == _DELETED:
+                return
+            now = now_ms()
+            pk = row.experiment_id
+            conn.execute(
+                experiments.update()
+                .where(experiments.c.experiment_id == pk)
+                .values(lifecycle_stage=_DELETED, last_update_time=now)
+            )
+            conn.execute(
+                runs.update()
+                .where(runs.c.experiment_id == pk, runs.c.lifecycle_stage == _ACTIVE)
+                .values(lifecycle_stage=_DELETED, deleted_time=now)
+            )
+
+    def restore_experiment(self, experiment_id: str) -> None:
+        """Restore the experiment and the runs deleted with it (runs deleted before it stay deleted)."""
+        with self._db.transaction(write=True) as conn:
+            row = self._require_experiment(conn, experiment_id)
+            if row.lifecycle_stage == _ACTIVE:
+                return
+            pk, deleted_at = row.experiment_id, row.last_update_time or 0
+            conn.execute(
+                experiments.update()
+                .where(experiments.c.experiment_id == pk)
+                .values(lifecycle_stage=_ACTIVE, last_update_time=now_ms())
+            )
+            conn.execute(
+                runs.update()
+                .where(runs.c.experiment_id == pk, runs.c.lifecycle_stage == _DELETED)
+                .where(runs.c.deleted_time >= deleted_at)
+                .values(lifecycle_stage=_ACTIVE, deleted_time=None)
+            )
+
+    def rename_experiment(self, experiment_id: str, new_name: str) -> None:
+        new_name = self._experiment_name(new_name)
+        conflict = f"cannot rename experiment {experiment_id!r}: an experiment named {new_name!r} already exists"
+        with self._db.transaction(write=True, conflict=conflict) as conn:
+            row = self._require_experiment(conn, experiment_id)
+            values: dict[str, Any] = {"name": new_name}
+            if row.lifecycle_stage == _ACTIVE:  # a deleted one keeps its deletion time for restore
+                values["last_update_time"] = now_ms()
+            conn.execute(experiments.update().where(experiments.c.experiment_id == row.experiment_id).values(values))
+
+    def set_experiment_tag(self, experiment_id: str, key: str, value: str) -> None:
+        (row,) = self._experiment_tag_rows({key: value})
+        with self._db.transaction(write=True) as conn:
+            pk = self._require_experiment(conn, experiment_id).experiment_id
+            self._upsert(conn, experiment_tags, ("experiment_id", "key"), [{"experiment_id": pk, **row}])
+
+    # -- runs ----------------------------------------------------------------------------------
+
+    def create_run(
+        self,
+        experiment_id: str,
+        *,
+        user_id: str,
+        start_time: int,
+        run_name: str,
+        tags: Sequence[RunTag] = (),
+        run_id: str | None = None,
+    ) -> Run:
+        if run_id is None:
+            run_id = uuid.uuid4().hex
+        elif not isinstance(run_id, str) or not _RUN_ID.match(run_id):
+            raise InvalidArgument(f"run id must be 32 lowercase hex characters, got {run_id!r}")
+        tag_map = {tag.key: tag.value for tag in self._tags(tags)}
+        run_name = run_name or tag_map.get(system_tags.RUN_NAME, "")
+        self._check_run_name(run_name)
+        if run_name:
+            tag_map[system_tags.RUN_NAME] = run_name
+        with self._db.transaction(write=True, conflict=f"a run with id {run_id} already exists") as conn:
+            experiment = self._require_experiment(conn, experiment_id)
+            if experiment.lifecycle_stage != _ACTIVE:
+                raise RunNotActive(f"experiment {experiment_id!r} is deleted; restore it before creating runs in it")
+            values = {
+                "run_uuid": run_id,
+                "name": run_name,
+                "experiment_id": experiment.experiment_id,
+                "user_id": user_id or "",
+                "status": RunStatus.RUNNING.value,
+                "start_time": int(start_time),
+                "end_time": None,
+                "lifecycle_stage": _ACTIVE,
+                "artifact_uri": f"{experiment.artifact_location.rstrip('/')}/{run_id}/artifacts",
+                "deleted_time": None,
+            }
+            conn.execute(runs.insert().values(values))
+            if tag_map:
+                rows = [{"run_uuid": run_id, "key": k, "value": v} for k, v in tag_map.items()]
+                conn.execute(schema.tags.insert(), rows)
+        info = RunInfo(
+            run_id=run_id,
+            experiment_id=str(experiment.experiment_id),
+            run_name=run_name,
+            user_id=values["user_id"],
+            status=RunStatus.RUNNING,
+            start_time=values["start_time"],
+            end_time=None,
+            artifact_uri=values["artifact_uri"],
+            lifecycle_stage=LifecycleStage.ACTIVE,
+        )
+        return Run(info=info, data=RunData(tags=tag_map))
+
+    @staticmethod
+    def _check_run_name(run_name: object) -> None:
+        if not isinstance(run_name, str):
+            raise InvalidArgument(f"run name must be a string, got {type(run_name).__name__}: {run_name!r}")
+        if len(run_name) > validation.MAX_RUN_NAME_LENGTH:
+            raise InvalidArgument(
+                f"run name is {len(run_name)} characters long; the limit is {validation.MAX_RUN_NAME_LENGTH}"
+            )
+
+    def get_run(self, run_id: str) -> Run:
+        with self._db.transaction() as conn:
+            row = conn.execute(sa.select(*_RUN_COLUMNS).where(runs.c.run_uuid == run_id)).first()
+            if row is None:
+                raise RunNotFound(f"no run with id {run_id!r}")
+            data = self._run_data(conn, [run_id])[run_id]
+        return Run(info=_run_info(row), data=data)
+
+    def _run_data(self, conn: sa.Connection, run_ids: Sequence[str]) -> dict[str, RunData]:
+        """Latest metrics, params and tags of many runs: one query per table (per chunk of ids)."""
+        data = {run_id: RunData() for run_id in run_ids}
+        for chunk in _chunks(list(data)):
+            metric_query = sa.select(
+                latest_metrics.c.run_uuid, latest_metrics.c.key, latest_metrics.c.value, latest_metrics.c.is_nan
+            ).where(latest_metrics.c.run_uuid.in_(chunk))
+            for run_id, key, value, is_nan in conn.execute(metric_query):
+                data[run_id].metrics[key] = _loaded_value(value, is_nan)
+            for table, attribute in ((params, "params"), (tags, "tags")):
+                query = sa.select(table.c.run_uuid, table.c.key, table.c.value).where(table.c.run_uuid.in_(chunk))
+                for run_id, key, value in conn.execute(query):
+                    getattr(data[run_id], attribute)[key] = value
+        return data
+
+    def _require_run(self, conn: sa.Connection, run_id: str, *, active: bool) -> Any:
+        row = conn.execute(sa.select(*_RUN_COLUMNS).where(runs.c.run_uuid == run_id)).first()
+        if row is None:
+            raise RunNotFound(f"no run with id {run_id!r}")
+        if active and row.lifecycle_stage != _ACTIVE:
+            raise RunNotActive(f"run {run_id} is deleted; restore it before logging to it")
+        return row
+
+    def update_run_info(
+        self,
+        run_id: str,
+        *,
+        status: RunStatus | None = None,
+        end_time: int | None = None,
+        run_name: str | None = None,
+    ) -> RunInfo:
+        values: dict[str, Any] = {}
+        if status is not None:
+            status = RunStatus.parse(status)
+            values["status"] = status.value
+            if status is RunStatus.RUNNING:
+                values["end_time"] = None
+        if end_time is not None and status is not RunStatus.RUNNING:
+            values["end_time"] = int(end_time)
+        if run_name is not None:
+            self._check_run_name(run_name)
+            values["name"] = run_name
+        with self._db.transaction(write=True) as conn:
+            row = self._require_run(conn, run_id, active=False)
+            if values:
+                conn.execute(runs.update().where(runs.c.run_uuid == run_id).values(values))
+            if run_name is not None:
+                name_tag = {"run_uuid": run_id, "key": system_tags.RUN_NAME, "value": run_name}
+                self._upsert(conn, tags, ("run_uuid", "key"), [name_tag])
+        info = _run_info(row)
+        info.status = RunStatus(values.get("status", info.status))
+        info.end_time = values.get("end_time", info.end_time)
+        info.run_name = values.get("name", info.run_name)
+        return info
+
+    def _set_lifecycle(self, run_id: str, stage: str, deleted_time: int | None) -> None:
+        with self._db.transaction(write=True) as conn:
+            updated = conn.execute(
+                runs.update().where(runs.c.run_uuid == run_id).values(lifecycle_stage=stage, deleted_time=deleted_time)
+            )
+            if updated.rowcount == 0:
+                raise RunNotFound(f"no run with id {run_id!r}")
+
+    def delete_run(self, run_id: str) -> None:
+        self._set_lifecycle(run_id, _DELETED, now_ms())
+
+    def restore_run(self, run_id: str) -> None:
+        self._set_lifecycle(run_id, _ACTIVE, None)
+
+    def purge_run(self, run_id: str) -> None:
+        with self._db.transaction(write=True) as conn:
+            row = self._require_run(conn, run_id, active=False)
+            if row.lifecycle_stage != _DELETED:
+                raise RunNotActive(f"run {run_id} is not deleted; only deleted runs can be purged (delete it first)")
+            conn.execute(runs.delete().where(runs.c.run_uuid == run_id))  # children go by ON DELETE CASCADE
+
+    def deleted_run_ids(self, older_than: int | None = None) -> list[str]:
+        query = sa.select(runs.c.run_uuid).where(runs.c.lifecycle_stage == _DELETED)
+        if older_than is not None:
+            query = query.where(runs.c.deleted_time < older_than)
+        with self._db.transaction() as conn:
+            return list(conn.scalars(query.order_by(runs.c.deleted_time, runs.c.run_uuid)))
+
+    # -- run data ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _tags(items: Iterable[RunTag]) -> list[RunTag]:
+        return [
+            RunTag(validation.validate_key(tag.key, "tag"), validation.tag_value(tag.value, tag.key)) for tag in items
+        ]
+
+    def log_batch(
+        self,
+        run_id: str,
+        metrics: Sequence[Metric] = (),
+        params: Sequence[Param] = (),
+        tags: Sequence[RunTag] = (),
+    ) -> None:
+        points = [
+            MetricPoint(
+                run_id,
+                validation.validate_key(m.key, "metric"),
+                validation.metric_value(m.value, m.key),
+                int(m.timestamp),
+                validation.metric_step(m.step, m.key),
+            )
+            for m in metrics
+        ]
+        new_params: dict[str, str] = {}
+        for param in params:
+            key = validation.validate_key(param.key, "param")
+            value = validation.param_value(param.value, key)
+            if new_params.setdefault(key, value) != value:
+                raise ParamConflict(
+                    f"param {key!r} of run {run_id} is given twice in one batch: {new_params[key]!r} and {value!r}"
+                )
+        tag_list = self._tags(tags)
+        run_name = next((t.value for t in reversed(tag_list) if t.key == system_tags.RUN_NAME), None)
+        if run_name is not None:
+            self._check_run_name(run_name)
+        conflict = f"a param of run {run_id} was logged at the same moment by another writer; log the batch again"
+        with self._db.transaction(write=True, conflict=conflict) as conn:
+            self._require_run(conn, run_id, active=True)
+            if new_params:
+                self._insert_params(conn, run_id, new_params)
+            if tag_list:
+                rows = {t.key: {"run_uuid": run_id, "key": t.key, "value": t.value} for t in tag_list}
+                self._upsert(conn, schema.tags, ("run_uuid", "key"), list(rows.values()))
+                if run_name is not None:
+                    conn.execute(runs.update().where(runs.c.run_uuid == run_id).values(name=run_name))
+            if points:
+                self._write_points(conn, points)
+
+    def _insert_params(self, conn: sa.Connection, run_id: str, new_params: dict[str, str]) -> None:
+        existing: dict[str, str] = {}
+        for chunk in _chunks(list(new_params)):
+            query = sa.select(params.c.key, params.c.value).where(params.c.run_uuid == run_id, params.c.key.in_(chunk))
+            existing.update((key, value) for key, value in conn.execute(query))
+        for key, value in new_params.items():
+            if key in existing and existing[key] != value:
+                raise ParamConflict(
+                    f"param {key!r} of run {run_id} was already logged with value {existing[key]!r}; "
+                    f"cannot change it to {value!r} (params are immutable: log a new key or start a new run)"
+                )
+        rows = [{"run_uuid": run_id, "key": k, "value": v} for k, v in new_params.items() if k not in existing]
+        if rows:
+            conn.execute(params.insert(), rows)
+
+    def log_metric_points(self, points: Sequence[MetricPoint]) -> None:
+        if not points:
+            return
+        with self._db.transaction(write=True) as conn:
+            self._check_runs_active(conn, points)
+            self._write_points(conn, points)
+
+    def _check_runs_active(self, conn: sa.Connection, points: Sequence[MetricPoint]) -> None:
+        run_ids = list(dict.fromkeys(point.run_id for point in points))
+        stages: dict[str, str] = {}
+        for chunk in _chunks(run_ids):
+            query = sa.select(runs.c.run_uuid, runs.c.lifecycle_stage).where(runs.c.run_uuid.in_(chunk))
+            stages.update((run_id, stage) for run_id, stage in conn.execute(query))
+        for run_id in run_ids:
+            stage = stages.get(run_id)
+            if stage is None:
+                raise RunNotFound(f"cannot log metrics: no run with id {run_id!r}; nothing of this batch was written")
+            if stage != _ACTIVE:
+                raise RunNotActive(f"cannot log metrics: run {run_id} is deleted; nothing of this batch was written")
+
+    def _write_points(self, conn: sa.Connection, points: Sequence[MetricPoint]) -> None:
+        """Insert the points and move each (run, key)'s latest value forward (never backward).
+
+        The hot path of the batcher: SQLite gets one ``executemany`` of plain tuples, PostgreSQL a
+        ``COPY``. Points are indexed by position (run_id, key, value, timestamp, step) for speed.
+        """
+        rows = [(p[0], p[1], None if p[2] != p[2] else p[2], p[4], p[3]) for p in points]  # NaN -> NULL
+        if self.dialect == "sqlite":
+            conn.exec_driver_sql(_SQLITE_INSERT_POINTS, rows)
+        else:
+            self._copy_points(conn, rows)
+        newest: dict[tuple[str, str], MetricPoint] = {}
+        get = newest.get
+        for point in points:
+            slot = (point[0], point[1])
+            best = get(slot)
+            if best is None or point[4] > best[4] or (point[4] == best[4] and point[3] >= best[3]):
+                newest[slot] = point
+        conn.execute(
+            self._latest_upsert,
+            [
+                {
+                    "run_uuid": p.run_id,
+                    "key": p.key,
+                    "value": _stored_value(p.value),
+                    "is_nan": p.value != p.value,
+                    "step": p.step,
+                    "timestamp": p.timestamp,
+                }
+                for p in newest.values()
+            ],
+        )
+
+    @staticmethod
+    def _copy_points(conn: sa.Connection, rows: list[tuple[Any, ...]]) -> None:
+        """``COPY`` rows of ``(run_uuid, key, value or None, step, timestamp)`` into ``metrics``."""
+        driver_connection: Any = conn.connection.driver_connection  # psycopg, inside this transaction
+        with (
+            driver_connection.cursor() as cursor,
+            cursor.copy(_PG_COPY_POINTS) as copy,
+        ):
+            copy.set_types(_PG_COPY_TYPES)
+            for run_id, key, value, step, timestamp in rows:
+                copy.write_row((run_id, key, value, value is None, step, timestamp))
+
+    def _latest_metrics_upsert(self) -> Any:
+        insert = self._insert(latest_metrics)
+        new, old = insert.excluded, latest_metrics.c
+        return insert.on_conflict_do_update(
+            index_elements=[old.run_uuid, old.key],
+            set_={"value": new.value, "is_nan": new.is_nan, "step": new.step, "timestamp": new.timestamp},
+            where=sa.or_(new.step > old.step, sa.and_(new.step == old.step, new.timestamp >= old.timestamp)),
+        )
+
+    def _upsert(self, conn: sa.Connection, table: sa.Table, keys: Sequence[str], rows: list[dict[str, Any]]) -> None:
+        insert = self._insert(table)
+        update = {column: insert.excluded[column] for column in rows[0] if column not in keys}
+        conn.execute(insert.on_conflict_do_update(index_elements=list(keys), set_=update), rows)
+
+    def delete_tag(self, run_id: str, key: str) -> None:
+        with self._db.transaction(write=True) as conn:
+            self._require_run(conn, run_id, active=True)
+            deleted = conn.execute(tags.delete().where(tags.c.run_uuid == run_id, tags.c.key == key))
+            if deleted.rowcount == 0:
+                raise NotFound(f"run {run_id} has no tag {key!r}")
+
+    def get_metric_history(self, run_id: str, key: str, *, include_superseded: bool = False) -> list[Metric]:
+        query = (
+            sa.select(metrics.c.value, metrics.c.is_nan, metrics.c.timestamp, metrics.c.step)
+            .where(metrics.c.run_uuid == run_id, metrics.c.key == key)
+            .order_by(metrics.c.step, metrics.c.timestamp, metrics.c.id)
+        )
+        if not include_superseded:
+            query = query.where(metrics.c.superseded == sa.false())
+        with self._db.transaction() as conn:
+            self._require_run(conn, run_id, active=False)
+            rows = conn.execute(query).all()
+        return [Metric(key, _loaded_value(value, is_nan), timestamp, step) for value, is_nan, timestamp, step in rows]
+
+    # -- search --------------------------------------------------------------------------------
+
+    def search_runs(
+        self,
+        experiment_ids: Sequence[str],
+        filter_string: str = "",
+        run_view_type: ViewType = ViewType.ACTIVE_ONLY,
+        max_results: int = 1000,
+        order_by: Sequence[str] | None = None,
+        page_token: str | None = None,
+    ) -> PagedList[Run]:
+        from cairn.tracking.search_filter import parse_filter, parse_order_by
+
+        search.check_max_results(max_results)
+        offset = search.decode_page_token(page_token)
+        conditions = [search.filter_clause(c, self.dialect) for c in parse_filter(filter_string)]
+        source, ordering = search.order_clauses(parse_order_by(order_by))
+        if isinstance(experiment_ids, str):
+            experiment_ids = [experiment_ids]
+        pks = [int(e) for e in map(str, experiment_ids) if e.strip().isdecimal() and int(e) <= _MAX_INT32]
+        if not pks:
+            return PagedList([])
+        query = (
+            sa.select(*_RUN_COLUMNS)
+            .select_from(source)
+            .where(
+                runs.c.experiment_id.in_(pks),
+                runs.c.lifecycle_stage.in_([stage.value for stage in run_view_type.stages()]),
+                *conditions,
+            )
+            .order_by(*ordering)
+            .limit(max_results + 1)
+            .offset(offset)
+        )
+        with self._db.transaction() as conn:
+            rows = conn.execute(query).all()
+            page = rows[:max_results]
+            data = self._run_data(conn, [row.run_uuid for row in page])
+        found = [Run(info=_run_info(row), data=data[row.run_uuid]) for row in page]
+        token = search.encode_page_token(offset + max_results) if len(rows) > max_results else None
+        return PagedList(found, token)
