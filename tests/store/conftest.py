@@ -7,65 +7,17 @@ under ``CI=true`` where it fails them.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from tests.conftest import PgServer, driver_url
 
 from cairn.store._sql import SqlTrackingStore
 
-PG_ADMIN_URL = os.environ.get("CAIRN_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 _TABLES = "experiments, experiment_tags, runs, params, tags, metrics, latest_metrics"
-
-
-def _driver_url(url: str) -> str:
-    return url.replace("postgresql://", "postgresql+psycopg://", 1)
-
-
-@dataclass
-class PgServer:
-    """The test server: creates and drops throwaway databases."""
-
-    admin: sa.Engine
-
-    def database_url(self, name: str) -> str:
-        return self.admin.url.set(database=name).render_as_string(hide_password=False).replace("+psycopg", "")
-
-    @contextlib.contextmanager
-    def new_database(self, prefix: str = "cairn_store_test") -> Iterator[str]:
-        """Yield the URL of a new empty database; drop it afterwards."""
-        name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-        with self.admin.connect() as conn:
-            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-        try:
-            yield self.database_url(name)
-        finally:
-            with self.admin.connect() as conn:
-                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[PgServer]:
-    admin = sa.create_engine(
-        _driver_url(PG_ADMIN_URL), isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3}
-    )
-    try:
-        with admin.connect() as conn:
-            conn.exec_driver_sql("SELECT 1")
-    except Exception as exc:
-        admin.dispose()
-        reason = f"PostgreSQL at {PG_ADMIN_URL} is not reachable ({type(exc).__name__}: {exc})"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true requires PostgreSQL: {reason}")
-        pytest.skip(reason)
-    yield PgServer(admin)
-    admin.dispose()
 
 
 @pytest.fixture(scope="session")
@@ -77,7 +29,7 @@ def pg_store_url(pg_server: PgServer) -> Iterator[str]:
 
 
 def _truncate(url: str) -> None:
-    engine = sa.create_engine(_driver_url(url))
+    engine = sa.create_engine(driver_url(url))
     try:
         with engine.begin() as conn:
             conn.exec_driver_sql(f"TRUNCATE {_TABLES} RESTART IDENTITY CASCADE")
