@@ -250,3 +250,15 @@ def test_artifact_paths_cannot_escape_the_run() -> None:
         for bad in ("../../outside.txt", "/etc/passwd", "a/%2e%2e/%2e%2e/x", "..\\x"):
             with pytest.raises(UnsafePath):
                 cairn.log_text("x", bad)
+
+
+def test_search_experiments_filters() -> None:
+    for name in ("Vision-A", "vision-b", "audio"):
+        cairn.create_experiment(name)
+    names = lambda f: sorted(e.name for e in cairn.search_experiments(filter_string=f))  # noqa: E731
+    assert names("name = 'audio'") == ["audio"]
+    assert names("name LIKE 'vision%'") == ["vision-b"]
+    assert names("name ILIKE 'vision%'") == ["Vision-A", "vision-b"]
+    assert names("name = 'missing'") == []
+    with pytest.raises(FilterSyntaxError, match="name LIKE"):
+        cairn.search_experiments(filter_string="tags.x = 'y'")

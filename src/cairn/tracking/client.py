@@ -11,7 +11,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -108,14 +108,14 @@ class Client:
                 text=filter_string,
             )
         op, value = match.group(1).upper(), match.group(2).replace("\\'", "'")
-        found = self._store.search_experiments(view_type, max_results, name_like=value if op != "=" else None)
+        if op == "LIKE":
+            return self._store.search_experiments(view_type, max_results, name_like=value)
         if op == "=":
-            return [e for e in found if e.name == value]
-        if op == "ILIKE":
-            pattern = re.compile(_like_to_regex(value), re.IGNORECASE | re.DOTALL)
-            found = self._store.search_experiments(view_type, 50_000)
-            return [e for e in found if pattern.fullmatch(e.name)][:max_results]
-        return found
+            found = self._store.get_experiment_by_name(value)
+            return [found] if found is not None and found.lifecycle_stage in view_type.stages() else []
+        everything = self._store.search_experiments(view_type, 50_000)
+        pattern = re.compile(_like_to_regex(value), re.IGNORECASE | re.DOTALL)
+        return [e for e in everything if pattern.fullmatch(e.name)][:max_results]
 
     def delete_experiment(self, experiment_id: str) -> None:
         self._store.delete_experiment(str(experiment_id))
@@ -323,7 +323,3 @@ def _like_to_regex(pattern: str) -> str:
     for char in pattern:
         out.append(".*" if char == "%" else "." if char == "_" else re.escape(char))
     return "".join(out)
-
-
-def tags_from(items: Iterable[tuple[str, Any]]) -> list[RunTag]:
-    return [RunTag(validation.validate_key(k, "tag"), validation.tag_value(v, k)) for k, v in items]
