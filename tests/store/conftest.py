@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from tests.conftest import PgServer, driver_url
 
 from cairn.store._sql import SqlTrackingStore
+from tests.conftest import PgServer, driver_url
 
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 _TABLES = "experiments, experiment_tags, runs, params, tags, metrics, latest_metrics"
