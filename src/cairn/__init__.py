@@ -51,7 +51,12 @@ from cairn.tracking.fluent import (
 __version__ = "0.1.0"
 
 # Namespaces imported on first attribute access; each loads its framework only then.
-_LAZY_MODULES: dict[str, str] = {}
+_LAZY_MODULES: dict[str, str] = {
+    "artifacts": "cairn.artifacts",
+    "models": "cairn.models",
+    "pyfunc": "cairn.pyfunc",
+    "registry": "cairn.registry",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -78,3 +78,29 @@ class UnsafePath(CairnError, ValueError):
 
 class ArtifactNotFound(NotFound, FileNotFoundError):
     """No artifact exists at this path."""
+
+
+class UnsafeModel(CairnError, PermissionError):
+    """Loading this model would run code cairn does not trust (unpickling without the opt-in, or a
+    ``loader_module`` outside cairn's allow-list)."""
+
+
+class ModelIntegrityError(UnsafeModel):
+    """A model file does not match the sha256 recorded when the model was saved (or is missing)."""
+
+
+class CheckpointError(CairnError, RuntimeError):
+    """A training checkpoint could not be written, read or applied."""
+
+
+class CheckpointCorrupt(CheckpointError):
+    """A checkpoint directory has no valid manifest (missing, unreadable, or a file whose size or sha256
+    differs from it); such a checkpoint does not exist."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """A background checkpoint write failed (disk full, permissions, ...); the message says which one."""
+
+
+class StateMismatch(CheckpointError, ValueError):
+    """Saved state does not fit the object it is restored into (shapes, missing or unexpected keys)."""

@@ -15,6 +15,7 @@ from cairn.models.input_example import (
     load_serving_input_example,
     save_input_example,
 )
+from cairn.models.loading import PyFuncModel, load_model, load_pyfunc
 from cairn.models.model import FORMAT_VERSION, MLMODEL_FILE_NAME, Model, ModelInfo, directory_size
 from cairn.models.requirements import pinned_requirement, read_requirements, write_requirements
 from cairn.models.schema import ColSpec, ModelSignature, ParamSchema, ParamSpec, Schema, TensorSpec
@@ -29,6 +30,7 @@ __all__ = [
     "ModelSignature",
     "ParamSchema",
     "ParamSpec",
+    "PyFuncModel",
     "Schema",
     "TensorSpec",
     "directory_size",
@@ -39,6 +41,8 @@ __all__ = [
     "infer_signature",
     "load_input_example",
     "load_input_example_params",
+    "load_model",
+    "load_pyfunc",
     "load_serving_input_example",
     "pinned_requirement",
     "read_requirements",

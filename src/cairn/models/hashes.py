@@ -1,0 +1,153 @@
+"""A sha256 per model file, recorded at save time and checked before anything is loaded.
+
+cairn writes ``cairn_files.json`` next to ``MLmodel``::
+
+    {"algorithm": "sha256", "files": {"model.skops": {"sha256": "...", "size": 1234}, ...}}
+
+listing every file of the model except ``MLmodel`` and the manifest itself, and stores the sha256
+of the manifest in the MLmodel file as ``metadata.cairn_files_sha256``, so the MLmodel (written
+last) vouches for the manifest, which vouches for the files. A model without either (written by
+MLflow, or by another tool) is accepted unchecked. Files added after saving (``__pycache__`` from
+importing the model's code, for instance) are ignored; listed files that are missing or differ
+are refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any
+
+from cairn.artifacts.paths import safe_relpath
+from cairn.errors import ModelIntegrityError, UnsafePath
+from cairn.models.model import MLMODEL_FILE_NAME, Model
+
+__all__ = [
+    "FILES_MANIFEST",
+    "MANIFEST_SHA256_KEY",
+    "file_sha256",
+    "verified_scope",
+    "verify_model_files",
+    "write_files_manifest",
+]
+
+FILES_MANIFEST = "cairn_files.json"
+#: Key in the MLmodel ``metadata`` holding the manifest's sha256.
+MANIFEST_SHA256_KEY = "cairn_files_sha256"
+_SKIPPED_NAMES = ("__pycache__", ".DS_Store")
+_CHUNK = 1024 * 1024
+_verified: ContextVar[frozenset[str]] = ContextVar("cairn_verified_model_dirs", default=frozenset())
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's content, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _model_files(model_dir: Path) -> Iterator[tuple[str, Path]]:
+    for root, dirs, files in os.walk(model_dir):
+        dirs[:] = sorted(d for d in dirs if d not in _SKIPPED_NAMES)
+        for name in sorted(files):
+            if name in _SKIPPED_NAMES:
+                continue
+            path = Path(root) / name
+            rel = path.relative_to(model_dir).as_posix()
+            if rel not in (MLMODEL_FILE_NAME, FILES_MANIFEST):
+                yield rel, path
+
+
+def write_files_manifest(model_dir: str | os.PathLike[str]) -> str:
+    """Hash every file under ``model_dir`` into ``cairn_files.json``; returns the manifest's sha256."""
+    directory = Path(model_dir)
+    files = {rel: {"sha256": file_sha256(path), "size": path.stat().st_size} for rel, path in _model_files(directory)}
+    content = json.dumps({"algorithm": "sha256", "files": files}, indent=1, sort_keys=True).encode("utf-8")
+    (directory / FILES_MANIFEST).write_bytes(content)
+    return hashlib.sha256(content).hexdigest()
+
+
+def _read_manifest(directory: Path, expected_sha256: Any) -> dict[str, Any] | None:
+    path = directory / FILES_MANIFEST
+    try:
+        content = path.read_bytes()
+    except FileNotFoundError:
+        if expected_sha256 is not None:
+            raise ModelIntegrityError(
+                f"model at {directory}: the MLmodel file records file hashes in {FILES_MANIFEST}, but that file "
+                "is missing; the model is incomplete or was altered"
+            ) from None
+        return None
+    if expected_sha256 is not None and hashlib.sha256(content).hexdigest() != expected_sha256:
+        raise ModelIntegrityError(
+            f"model at {directory}: {FILES_MANIFEST} does not match the sha256 recorded in MLmodel; "
+            "the model was altered after it was saved"
+        )
+    try:
+        manifest = json.loads(content)
+    except ValueError as exc:
+        raise ModelIntegrityError(f"model at {directory}: {FILES_MANIFEST} is not valid JSON: {exc}") from None
+    if (
+        not isinstance(manifest, dict)
+        or manifest.get("algorithm") != "sha256"
+        or not isinstance(manifest.get("files"), dict)
+    ):
+        raise ModelIntegrityError(f"model at {directory}: {FILES_MANIFEST} is not a sha256 file manifest")
+    return manifest
+
+
+def verify_model_files(model_dir: str | os.PathLike[str], model: Model | None = None) -> None:
+    """Check every file listed in the model's manifest against its recorded size and sha256.
+
+    Args:
+        model_dir: the local model directory.
+        model: its MLmodel, if already read (read from ``model_dir`` otherwise).
+
+    Raises:
+        ModelIntegrityError: a listed file is missing or its content differs (the message names the
+            file), or the manifest itself is missing or altered.
+    """
+    directory = Path(model_dir).absolute()
+    if str(directory) in _verified.get():
+        return
+    model = model if model is not None else Model.load(directory)
+    expected = (model.metadata or {}).get(MANIFEST_SHA256_KEY)
+    manifest = _read_manifest(directory, expected)
+    if manifest is None:
+        return
+    for rel, record in sorted(manifest["files"].items()):
+        try:
+            safe = safe_relpath(rel)
+        except UnsafePath:
+            raise ModelIntegrityError(f"model at {directory}: {FILES_MANIFEST} lists an unsafe path {rel!r}") from None
+        path = directory.joinpath(*safe.split("/"))
+        want = record.get("sha256") if isinstance(record, dict) else None
+        if not path.is_file():
+            raise ModelIntegrityError(f"model file {rel!r} is missing from {directory} (it was saved with the model)")
+        size = record.get("size") if isinstance(record, dict) else None
+        if (size is not None and path.stat().st_size != size) or file_sha256(path) != want:
+            raise ModelIntegrityError(
+                f"model file {rel!r} in {directory} does not match the sha256 recorded when the model was saved; "
+                "it was modified or corrupted, so cairn refuses to load it"
+            )
+
+
+@contextmanager
+def verified_scope(model_dir: str | os.PathLike[str]) -> Iterator[None]:
+    """Inside the block, :func:`verify_model_files` on ``model_dir`` returns at once (it was just checked).
+
+    The model loader verifies a directory and then hands it to a flavor's ``load_model``, which
+    verifies again; this avoids hashing a large model twice in one call.
+    """
+    token = _verified.set(_verified.get() | {str(Path(model_dir).absolute())})
+    try:
+        yield
+    finally:
+        _verified.reset(token)
