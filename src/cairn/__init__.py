@@ -10,6 +10,7 @@ import importlib
 from typing import Any
 
 from cairn import errors
+from cairn.registry import register_model
 from cairn.tracking import Client, MlflowClient
 from cairn.tracking.entities import Experiment, Metric, Param, Run, RunStatus, RunTag, ViewType
 from cairn.tracking.fluent import (
@@ -105,6 +106,7 @@ __all__ = [
     "log_param",
     "log_params",
     "log_text",
+    "register_model",
     "search_experiments",
     "search_runs",
     "set_experiment",

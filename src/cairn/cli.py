@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cairn.errors import CairnError
+from cairn.registry.cli import models
 
 console = Console()
 err_console = Console(stderr=True)
@@ -438,6 +439,8 @@ def _run_teed(command: list[str], env: dict[str, str], directory: Path) -> int:
             thread.join()
     return code
 
+
+main.add_command(models)
 
 if __name__ == "__main__":
     main()

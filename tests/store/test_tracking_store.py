@@ -102,12 +102,13 @@ def test_out_of_date_schema_is_refused_with_upgrade_hint(
     assert f"'{HEAD_REVISION}'" in message and "'0099'" in message
 
 
-_NEXT_REVISION = """
+_NEXT = f"{int(HEAD_REVISION) + 1:04d}"
+_NEXT_REVISION = f"""
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002"
-down_revision = "0001"
+revision = "{_NEXT}"
+down_revision = "{HEAD_REVISION}"
 branch_labels = None
 depends_on = None
 
@@ -127,21 +128,21 @@ def test_a_new_revision_is_refused_until_cairn_db_upgrade(
     SqlTrackingStore(empty_db_url, artifact_root).close()  # a database made by "the previous cairn"
     migrations = tmp_path / "migrations"
     shutil.copytree(migrate_module.MIGRATIONS_DIR, migrations, ignore=shutil.ignore_patterns("__pycache__"))
-    (migrations / "versions" / "0002_note.py").write_text(_NEXT_REVISION)
+    (migrations / "versions" / f"{_NEXT}_note.py").write_text(_NEXT_REVISION)
     monkeypatch.setattr(migrate_module, "MIGRATIONS_DIR", migrations)
-    monkeypatch.setattr(migrate_module, "HEAD_REVISION", "0002")
+    monkeypatch.setattr(migrate_module, "HEAD_REVISION", _NEXT)
 
     with pytest.raises(SchemaOutOfDate) as caught:
         SqlTrackingStore(empty_db_url, artifact_root)
     message = str(caught.value)
-    assert "`cairn db upgrade`" in message and "'0001'" in message and "'0002'" in message
-    assert upgrade_schema(empty_db_url) == ("0001", "0002")
+    assert "`cairn db upgrade`" in message and f"'{HEAD_REVISION}'" in message and f"'{_NEXT}'" in message
+    assert upgrade_schema(empty_db_url) == (HEAD_REVISION, _NEXT)
     store = SqlTrackingStore(empty_db_url, artifact_root)
     try:
         assert store.get_experiment("0").name == "Default"  # data survived the migration
     finally:
         store.close()
-    assert current_revision(empty_db_url) == "0002"
+    assert current_revision(empty_db_url) == _NEXT
 
 
 def _open_and_run_sql(url: str, sql: str) -> None:

@@ -1,13 +1,15 @@
 """The model registry store contract.
 
-Versions of a registered model are numbered 1, 2, ... without gaps or duplicates, also when
-several processes register into one name at once. Versions are returned with ``version`` as a
-decimal string (MLflow's REST form); methods accept ``str | int``.
+Versions of a registered model are numbered 1, 2, ... without duplicates, also when several
+processes register into one name at once; the number of a deleted version is never given again.
+Versions are returned with ``version`` as a decimal string (MLflow's REST form); methods accept
+``str | int``.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 
 from cairn.registry.entities import ModelVersion, RegisteredModel, Stage
 
@@ -18,6 +20,9 @@ class RegistryStore(ABC):
     Errors: ``NotFound`` (unknown model/version/alias), ``ResourceAlreadyExists`` (name taken),
     ``InvalidArgument`` (empty name, bad stage, alias that looks like a version such as ``v3``).
     """
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections this store opened itself (a shared engine stays open)."""
 
     @abstractmethod
     def create_registered_model(
@@ -30,8 +35,22 @@ class RegistryStore(ABC):
         """With tags, aliases and the latest version per stage. Raises NotFound."""
 
     @abstractmethod
-    def search_registered_models(self, name_like: str | None = None, max_results: int = 1000) -> list[RegisteredModel]:
-        """Ordered by name; ``name_like`` is a case-insensitive LIKE pattern."""
+    def search_registered_models(
+        self,
+        name_like: str | None = None,
+        max_results: int = 1000,
+        *,
+        name: str | None = None,
+        case_sensitive: bool = True,
+    ) -> list[RegisteredModel]:
+        """Models ordered by name, each with tags, aliases and latest versions.
+
+        Args:
+            name_like: LIKE pattern (``%``, ``_``, backslash escapes) the name must match.
+            max_results: at most this many (1 to 50 000, else InvalidArgument).
+            name: exact name the model must have.
+            case_sensitive: ``False`` makes ``name_like`` an ILIKE.
+        """
 
     @abstractmethod
     def rename_registered_model(self, name: str, new_name: str) -> RegisteredModel:
@@ -48,7 +67,8 @@ class RegistryStore(ABC):
     def set_registered_model_tag(self, name: str, key: str, value: str) -> None: ...
 
     @abstractmethod
-    def delete_registered_model_tag(self, name: str, key: str) -> None: ...
+    def delete_registered_model_tag(self, name: str, key: str) -> None:
+        """A key the model does not have is ignored (as in MLflow); an unknown model is NotFound."""
 
     @abstractmethod
     def create_model_version(
@@ -59,10 +79,13 @@ class RegistryStore(ABC):
         tags: dict[str, str] | None = None,
         description: str | None = None,
         user_id: str | None = None,
+        run_link: str | None = None,
     ) -> ModelVersion:
         """Next version number of ``name``, creating the registered model on first use.
 
-        Atomic across processes: concurrent callers get distinct, consecutive numbers.
+        Atomic across processes: concurrent callers get distinct, consecutive numbers (also when
+        the name does not exist yet). Numbers are never reused: after deleting version 3 of 3 the
+        next one is 4. ``source`` is stored as given; nothing is copied.
         """
 
     @abstractmethod
@@ -71,9 +94,19 @@ class RegistryStore(ABC):
 
     @abstractmethod
     def search_model_versions(
-        self, name: str | None = None, run_id: str | None = None, max_results: int = 10_000
+        self,
+        name: str | None = None,
+        run_id: str | Sequence[str] | None = None,
+        max_results: int = 10_000,
+        *,
+        name_like: str | None = None,
+        case_sensitive: bool = True,
     ) -> list[ModelVersion]:
-        """Newest version first."""
+        """Versions matching every given condition, ordered by model name, then newest version first.
+
+        ``run_id`` may be one id or several (any of them); ``name_like`` is a LIKE pattern
+        (an ILIKE with ``case_sensitive=False``).
+        """
 
     @abstractmethod
     def update_model_version(self, name: str, version: str | int, description: str) -> ModelVersion: ...
@@ -86,25 +119,35 @@ class RegistryStore(ABC):
     def set_model_version_tag(self, name: str, version: str | int, key: str, value: str) -> None: ...
 
     @abstractmethod
-    def delete_model_version_tag(self, name: str, version: str | int, key: str) -> None: ...
+    def delete_model_version_tag(self, name: str, version: str | int, key: str) -> None:
+        """A key the version does not have is ignored (as in MLflow)."""
 
     @abstractmethod
     def transition_model_version_stage(
-        self, name: str, version: str | int, stage: Stage, archive_existing_versions: bool = False
+        self, name: str, version: str | int, stage: Stage | str, archive_existing_versions: bool = False
     ) -> ModelVersion:
         """Move a version to a stage; with ``archive_existing_versions`` other versions in that
-        stage (Staging or Production only) move to Archived in the same transaction."""
+        stage (Staging or Production only, else InvalidArgument) move to Archived in the same
+        transaction."""
 
     @abstractmethod
-    def get_latest_versions(self, name: str, stages: list[Stage] | None = None) -> list[ModelVersion]:
-        """Highest version per stage (all stages when ``stages`` is None)."""
+    def get_latest_versions(self, name: str, stages: Sequence[Stage | str] | None = None) -> list[ModelVersion]:
+        """Highest version per stage, in the order of ``stages`` (all stages when it is None or empty).
+
+        Stages without a version are left out. Raises NotFound for an unknown model.
+        """
 
     @abstractmethod
     def set_registered_model_alias(self, name: str, alias: str, version: str | int) -> None:
-        """Point ``alias`` at ``version`` (moving it if it pointed elsewhere)."""
+        """Point ``alias`` at ``version`` (moving it if it pointed elsewhere).
+
+        Raises NotFound for an unknown version, InvalidArgument for a reserved alias (``latest``,
+        ``v3``, digits only) or one with characters other than letters, digits, ``_`` and ``-``.
+        """
 
     @abstractmethod
-    def delete_registered_model_alias(self, name: str, alias: str) -> None: ...
+    def delete_registered_model_alias(self, name: str, alias: str) -> None:
+        """An alias the model does not have is ignored (as in MLflow); an unknown model is NotFound."""
 
     @abstractmethod
     def get_model_version_by_alias(self, name: str, alias: str) -> ModelVersion:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cairn.errors import InvalidArgument
+from cairn.registry.client import RegistryMethods
 from cairn.store.base import MetricPoint, TrackingStore
 from cairn.tracking import config, context, rendering, system_tags, validation
 from cairn.tracking.entities import (
@@ -42,7 +43,7 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class Client:
+class Client(RegistryMethods):
     """Tracking client bound to one store.
 
     Args:

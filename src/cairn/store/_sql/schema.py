@@ -137,5 +137,91 @@ latest_metrics = sa.Table(
     sa.Index("ix_latest_metrics_key_value", "key", "value"),
 )
 
+# -- model registry (revision 0002) ----------------------------------------------------------------
+#
+# Registered models have a surrogate key so a rename is one UPDATE. ``last_version`` is the counter
+# new versions take their number from (``UPDATE ... SET last_version = last_version + 1`` under the
+# row lock), so numbers are never reused, even after the newest version is deleted. Versions do not
+# reference ``runs``: a registered version outlives the purge of its run (and may name a run of
+# another store). Aliases reference their version, so deleting a version removes its aliases.
+
+_STAGE_CHECK = "current_stage IN ('None', 'Staging', 'Production', 'Archived')"
+
+registered_models = sa.Table(
+    "registered_models",
+    metadata,
+    sa.Column("model_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(256), nullable=False),
+    sa.Column("description", sa.Text),
+    sa.Column("creation_time", sa.BigInteger, nullable=False),
+    sa.Column("last_updated_time", sa.BigInteger, nullable=False),
+    sa.Column("last_version", sa.Integer, nullable=False, server_default=sa.text("0")),
+    sa.UniqueConstraint("name"),
+    sqlite_autoincrement=True,
+)
+
+
+def _model_fk() -> sa.Column[int]:
+    return sa.Column(
+        "model_id",
+        sa.Integer,
+        sa.ForeignKey("registered_models.model_id", ondelete="CASCADE"),
+        primary_key=True,
+    )
+
+
+registered_model_tags = sa.Table(
+    "registered_model_tags",
+    metadata,
+    _model_fk(),
+    sa.Column("key", sa.String(250), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+model_versions = sa.Table(
+    "model_versions",
+    metadata,
+    _model_fk(),
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("run_id", sa.String(32)),
+    sa.Column("run_link", sa.Text),
+    sa.Column("description", sa.Text),
+    sa.Column("user_id", sa.String(256)),
+    sa.Column("current_stage", sa.String(20), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("status_message", sa.Text),
+    sa.Column("creation_time", sa.BigInteger, nullable=False),
+    sa.Column("last_updated_time", sa.BigInteger, nullable=False),
+    sa.CheckConstraint(_STAGE_CHECK, name="current_stage"),
+    sa.Index("ix_model_versions_run_id", "run_id"),
+)
+
+
+def _version_fk() -> sa.ForeignKeyConstraint:
+    return sa.ForeignKeyConstraint(
+        ["model_id", "version"], ["model_versions.model_id", "model_versions.version"], ondelete="CASCADE"
+    )
+
+
+model_version_tags = sa.Table(
+    "model_version_tags",
+    metadata,
+    sa.Column("model_id", sa.Integer, primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("key", sa.String(250), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+    _version_fk(),
+)
+
+registered_model_aliases = sa.Table(
+    "registered_model_aliases",
+    metadata,
+    sa.Column("model_id", sa.Integer, primary_key=True),
+    sa.Column("alias", sa.String(256), primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    _version_fk(),
+)
+
 #: Every table this schema owns (the alembic version table aside).
 TABLE_NAMES = frozenset(metadata.tables)
