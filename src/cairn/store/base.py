@@ -192,6 +192,25 @@ class TrackingStore(ABC):
         """All points of one metric ordered by step then timestamp. Raises RunNotFound."""
 
     @abstractmethod
+    def supersede_metrics_after(self, run_id: str, step: int) -> int:
+        """Flag every point of the run with a step above ``step`` as superseded; return how many.
+
+        Used when training resumes from the checkpoint at ``step``: the dead process's later points
+        are kept but hidden from history, latest values and search, so each curve stays continuous.
+
+        Raises:
+            RunNotFound / RunNotActive.
+        """
+
+    @abstractmethod
+    def fork_run(self, run_id: str, up_to_step: int, *, run_name: str | None = None, start_time: int) -> Run:
+        """A new RUNNING run in the same experiment carrying params, tags and the (not superseded)
+        metric points with step <= ``up_to_step``, tagged ``cairn.forkedFrom``/``cairn.forkedAtStep``.
+
+        The source run is left untouched. Raises RunNotFound.
+        """
+
+    @abstractmethod
     def search_runs(
         self,
         experiment_ids: Sequence[str],

@@ -261,8 +261,9 @@ class Client(RegistryMethods):
                 MetricPoint(run_id, metric.key, validation.metric_value(metric.value), metric.timestamp, metric.step)
             )
 
-    def get_metric_history(self, run_id: str, key: str) -> list[Metric]:
-        return self._read().get_metric_history(run_id, key)
+    def get_metric_history(self, run_id: str, key: str, *, include_superseded: bool = False) -> list[Metric]:
+        """Points ordered by step; points superseded by a resume are hidden unless asked for."""
+        return self._read().get_metric_history(run_id, key, include_superseded=include_superseded)
 
     # -- artifacts -----------------------------------------------------------------------------
 

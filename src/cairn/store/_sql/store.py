@@ -610,6 +610,78 @@ class SqlTrackingStore(TrackingStore):
             rows = conn.execute(query).all()
         return [Metric(key, _loaded_value(value, is_nan), timestamp, step) for value, is_nan, timestamp, step in rows]
 
+    def supersede_metrics_after(self, run_id: str, step: int) -> int:
+        with self._db.transaction(write=True) as conn:
+            self._require_run(conn, run_id, active=True)
+            marked = conn.execute(
+                metrics.update()
+                .where(metrics.c.run_uuid == run_id, metrics.c.step > step, metrics.c.superseded == sa.false())
+                .values(superseded=True)
+            ).rowcount
+            if marked:
+                self._rebuild_latest(conn, run_id)
+        return int(marked or 0)
+
+    def fork_run(self, run_id: str, up_to_step: int, *, run_name: str | None = None, start_time: int) -> Run:
+        source = self.get_run(run_id)
+        name = run_name or f"{source.info.run_name}-fork-{up_to_step}"[: validation.MAX_RUN_NAME_LENGTH]
+        carried = [RunTag(k, v) for k, v in source.data.tags.items() if k != system_tags.RUN_NAME]
+        carried += [RunTag(system_tags.FORKED_FROM, run_id), RunTag(system_tags.FORKED_AT_STEP, str(up_to_step))]
+        fork = self.create_run(
+            source.info.experiment_id, user_id=source.info.user_id, start_time=start_time, run_name=name, tags=carried
+        )
+        new_id = fork.info.run_id
+        with self._db.transaction(write=True) as conn:
+            if source.data.params:
+                conn.execute(
+                    params.insert(), [{"run_uuid": new_id, "key": k, "value": v} for k, v in source.data.params.items()]
+                )
+            copied = sa.select(
+                sa.literal(new_id),
+                metrics.c.key,
+                metrics.c.value,
+                metrics.c.is_nan,
+                metrics.c.step,
+                metrics.c.timestamp,
+                sa.false(),
+            ).where(metrics.c.run_uuid == run_id, metrics.c.step <= up_to_step, metrics.c.superseded == sa.false())
+            conn.execute(
+                metrics.insert().from_select(
+                    ["run_uuid", "key", "value", "is_nan", "step", "timestamp", "superseded"], copied
+                )
+            )
+            self._rebuild_latest(conn, new_id)
+        return self.get_run(new_id)
+
+    @staticmethod
+    def _rebuild_latest(conn: sa.Connection, run_id: str) -> None:
+        """Recompute a run's latest value per key from its points that are not superseded."""
+        conn.execute(latest_metrics.delete().where(latest_metrics.c.run_uuid == run_id))
+        ranked = (
+            sa.select(
+                metrics.c.run_uuid,
+                metrics.c.key,
+                metrics.c.value,
+                metrics.c.is_nan,
+                metrics.c.step,
+                metrics.c.timestamp,
+                sa.func.row_number()
+                .over(
+                    partition_by=metrics.c.key,
+                    order_by=(metrics.c.step.desc(), metrics.c.timestamp.desc(), metrics.c.id.desc()),
+                )
+                .label("rank"),
+            )
+            .where(metrics.c.run_uuid == run_id, metrics.c.superseded == sa.false())
+            .subquery()
+        )
+        newest = sa.select(
+            ranked.c.run_uuid, ranked.c.key, ranked.c.value, ranked.c.is_nan, ranked.c.step, ranked.c.timestamp
+        ).where(ranked.c.rank == 1)
+        conn.execute(
+            latest_metrics.insert().from_select(["run_uuid", "key", "value", "is_nan", "step", "timestamp"], newest)
+        )
+
     # -- search --------------------------------------------------------------------------------
 
     def search_runs(
