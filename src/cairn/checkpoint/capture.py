@@ -1,0 +1,416 @@
+"""Capture everything a training loop needs to resume exactly, and put it back.
+
+A checkpoint directory holds one state tree per component (``model``, ``optimizer``, ``scheduler``,
+``scaler``, ``rng``, ``extra``, ``dataloader``; see :mod:`cairn.checkpoint.state_tree`), a
+``training_state.json`` with the step, epoch, position in the epoch, run id and the class of each
+component, and ``manifest.json`` (see :mod:`cairn.checkpoint.manifest`). Restoring reads only
+safetensors and JSON: no pickle, no ``torch.load``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cairn.checkpoint._fs import write_json
+from cairn.checkpoint.buffers import BufferPool
+from cairn.checkpoint.dataloader import LoaderState, resumable_position
+from cairn.checkpoint.manifest import read_manifest
+from cairn.checkpoint.rng import capture_rng_state, restore_rng_state
+from cairn.checkpoint.state_tree import FlatTree, flatten_state_tree, read_flat_tree, write_flat_tree
+from cairn.errors import CheckpointCorrupt, InvalidArgument, StateMismatch
+
+__all__ = [
+    "STATE_FILE",
+    "RestoredState",
+    "TrainingState",
+    "capture_training_state",
+    "load_component",
+    "restore_training_state",
+    "snapshot_state",
+]
+
+STATE_FILE = "training_state.json"
+STATE_FORMAT = "cairn.training_state"
+STATE_VERSION = 1
+_COMPONENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+_RESERVED = frozenset({"manifest", "training_state"})
+_MAX_LISTED = 40
+
+
+@dataclass
+class TrainingState:
+    """A snapshot of training state, detached from the live objects, ready to be written (even later).
+
+    ``components`` maps a component name to its flattened tree; ``classes`` records the qualified class
+    of each live object captured, checked again on restore.
+    """
+
+    components: dict[str, FlatTree]
+    step: int
+    epoch: int | None = None
+    batch_in_epoch: int | None = None
+    run_id: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    classes: dict[str, str] = field(default_factory=dict)
+    released: bool = False
+    """Set once a writer recycled this snapshot's buffers; it can no longer be written."""
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of tensor data in the snapshot."""
+        return sum(flat.nbytes for flat in self.components.values())
+
+    def wait_ready(self) -> None:
+        """Block until asynchronous device-to-host copies have landed."""
+        for flat in self.components.values():
+            flat.wait_ready()
+
+    def release(self) -> list[torch.Tensor]:
+        """Give up this snapshot: returns the buffers it owned (for reuse) and marks it unwritable."""
+        self.released = True
+        owned = [buffer for flat in self.components.values() for buffer in flat.buffers]
+        for flat in self.components.values():
+            flat.tensors.clear()
+            flat.buffers.clear()
+        return owned
+
+    def write_files(self, directory: str | os.PathLike[str]) -> list[Path]:
+        """Write every component and ``training_state.json`` into ``directory`` (no manifest, no fsync)."""
+        if self.released:
+            raise InvalidArgument(f"the snapshot of step {self.step} was already written and its memory reused")
+        root = Path(directory)
+        written: list[Path] = []
+        for name, flat in self.components.items():
+            written += write_flat_tree(flat, root, name)
+        payload = {
+            "format": STATE_FORMAT,
+            "version": STATE_VERSION,
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "run_id": self.run_id,
+            "components": sorted(self.components),
+            "classes": self.classes,
+        }
+        write_json(root / STATE_FILE, payload)
+        written.append(root / STATE_FILE)
+        return written
+
+
+def snapshot_state(
+    trees: Mapping[str, Any],
+    *,
+    step: int,
+    epoch: int | None = None,
+    batch_in_epoch: int | None = None,
+    run_id: str | None = None,
+    metrics: Mapping[str, float] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    classes: Mapping[str, str] | None = None,
+    buffers: BufferPool | None = None,
+) -> TrainingState:
+    """Snapshot arbitrary named state trees (private CPU copies) into a :class:`TrainingState`.
+
+    ``buffers``: copy into free buffers of this pool (e.g. ``writer.buffers``) instead of allocating.
+    """
+    components = {}
+    for name, tree in trees.items():
+        if not _COMPONENT_NAME.match(name) or name in _RESERVED:
+            raise InvalidArgument(f"invalid checkpoint component name {name!r} (letters, digits, '_', '-', '.')")
+        components[name] = flatten_state_tree(tree, root=name, copy=True, buffers=buffers)
+    return TrainingState(
+        components=components,
+        step=int(step),
+        epoch=None if epoch is None else int(epoch),
+        batch_in_epoch=None if batch_in_epoch is None else int(batch_in_epoch),
+        run_id=run_id,
+        metrics={str(k): float(v) for k, v in (metrics or {}).items()},
+        metadata=dict(metadata or {}),
+        classes=dict(classes or {}),
+    )
+
+
+def capture_training_state(
+    *,
+    model: torch.nn.Module | None = None,
+    optimizer: Any = None,
+    scheduler: Any = None,
+    scaler: Any = None,
+    step: int,
+    epoch: int,
+    batch_in_epoch: int | None = None,
+    extra: Any = None,
+    run_id: str | None = None,
+    metrics: Mapping[str, float] | None = None,
+    dataloader: Any = None,
+    rng: bool = True,
+    buffers: BufferPool | None = None,
+) -> TrainingState:
+    """Snapshot model, optimizer, scheduler, grad scaler, RNG and loader position on the calling thread.
+
+    The snapshot copies tensors (to CPU, ``non_blocking`` from CUDA) so training can go on while it is
+    written. ``model`` may be wrapped in DDP/DataParallel or ``torch.compile``; the inner module's state
+    is saved so the checkpoint loads into an unwrapped model. ``optimizer`` and ``scheduler`` may be
+    lists (several optimizers).
+
+    Args:
+        step: global step (optimizer steps done).
+        epoch: current epoch.
+        batch_in_epoch: batches of ``epoch`` already consumed; taken from ``dataloader`` when omitted.
+        extra: any further state tree (tensors, numpy arrays, scalars, containers).
+        metrics: values for ``keep_best`` retention (recorded in the manifest).
+        dataloader: a :class:`~cairn.checkpoint.dataloader.ResumableLoader` (anything with ``state_dict()``),
+            whose epoch-start RNG and position are saved so the resumed epoch sees the same batches.
+        rng: capture the global RNG states (python, numpy, torch CPU, CUDA).
+        buffers: reuse the memory of snapshots already written (pass ``writer.buffers``); the copy is then
+            a plain memcpy instead of fresh allocations that page-fault.
+
+    Raises:
+        InvalidArgument: a value cannot be stored; the message names its path (``optimizer.state.3.momentum_buffer``).
+    """
+    trees: dict[str, Any] = {}
+    classes: dict[str, str] = {}
+    for name, obj in (("model", model), ("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler)):
+        if obj is None:
+            continue
+        if name == "model":
+            obj = _unwrap(obj)
+        trees[name], classes[name] = _state_of(obj, name)
+    if extra is not None:
+        trees["extra"] = extra
+    if dataloader is not None:
+        trees["dataloader"] = dataloader.state_dict()
+        if batch_in_epoch is None:
+            batch_in_epoch = trees["dataloader"].get("batch_in_epoch")
+    if rng:
+        trees["rng"] = capture_rng_state()
+    return snapshot_state(
+        trees,
+        step=step,
+        epoch=epoch,
+        batch_in_epoch=batch_in_epoch,
+        run_id=run_id,
+        metrics=metrics,
+        metadata={"batch_in_epoch": batch_in_epoch},
+        classes=classes,
+        buffers=buffers,
+    )
+
+
+@dataclass
+class RestoredState:
+    """What :func:`restore_training_state` read besides the objects it loaded into."""
+
+    step: int
+    epoch: int | None
+    batch_in_epoch: int | None
+    extra: Any
+    run_id: str | None
+    path: Path
+    metrics: dict[str, float] = field(default_factory=dict)
+    dataloader_state: dict[str, Any] | None = None
+
+    def fast_forward(self, loader: Any) -> Iterator[Any]:
+        """An iterator over the batches of ``loader`` the interrupted epoch had not consumed yet.
+
+        Needs a checkpoint captured with ``dataloader=`` (which recorded the RNG at the epoch's start);
+        call it after :func:`restore_training_state` has restored the RNG, in place of ``iter(loader)``
+        for the resumed epoch only.
+
+        Raises:
+            InvalidArgument: the checkpoint holds no data-loader position.
+        """
+        if self.dataloader_state is None:
+            raise InvalidArgument(
+                f"checkpoint {self.path} has no data-loader position; capture it with "
+                "capture_training_state(..., dataloader=ResumableLoader(loader))"
+            )
+        position = LoaderState.from_tree(self.dataloader_state)
+        if position.epoch_start is None or position.epoch_finished:
+            return iter(loader)
+        return resumable_position(loader, position.batch_in_epoch, epoch_start=position.epoch_start)
+
+
+def restore_training_state(
+    state_dir: str | os.PathLike[str],
+    *,
+    model: torch.nn.Module | None = None,
+    optimizer: Any = None,
+    scheduler: Any = None,
+    scaler: Any = None,
+    dataloader: Any = None,
+    strict: bool = True,
+    map_location: str | torch.device = "cpu",
+    restore_rng: bool = True,
+) -> RestoredState:
+    """Verify the checkpoint in ``state_dir``, load it into the given objects and restore the RNG.
+
+    Objects not passed are left alone. The global RNG is restored last, so the next random draw is the
+    one the interrupted run would have made.
+
+    Args:
+        strict: fail when the model has keys the checkpoint lacks (or the reverse), when a passed object
+            has no state in the checkpoint, or when its class differs from the one saved.
+        map_location: where tensors are read to before being copied into the objects.
+
+    Raises:
+        CheckpointCorrupt: the checkpoint is incomplete or damaged (it "does not exist").
+        StateMismatch: saved state does not fit an object; for a model, lists every mismatched key with
+            its saved and current shape, and missing/unexpected keys.
+    """
+    root = Path(state_dir)
+    manifest = read_manifest(root, verify_hashes=True)
+    info = _read_state_file(root)
+    components = set(info["components"])
+    classes = info.get("classes") or {}
+
+    def load(name: str) -> Any:
+        return read_flat_tree(root, name, map_location=map_location)
+
+    for name, obj in (("model", model), ("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler)):
+        if obj is None:
+            continue
+        if name not in components:
+            if strict:
+                raise StateMismatch(
+                    f"checkpoint {root} holds no {name} state (it has: {', '.join(sorted(components))})"
+                )
+            continue
+        if name == "model":
+            _load_model(_unwrap(obj), load(name), strict=strict, where=str(root))
+        else:
+            _load_into(obj, load(name), name, saved_class=classes.get(name), strict=strict, where=str(root))
+    loader_state = load("dataloader") if "dataloader" in components else None
+    if dataloader is not None:
+        if loader_state is None:
+            if strict:
+                raise StateMismatch(f"checkpoint {root} holds no data-loader position")
+        else:
+            dataloader.load_state_dict(loader_state)
+    extra = load("extra") if "extra" in components else None
+    if restore_rng and "rng" in components:
+        restore_rng_state(load("rng"))
+    return RestoredState(
+        step=info["step"],
+        epoch=info.get("epoch"),
+        batch_in_epoch=info.get("batch_in_epoch"),
+        extra=extra,
+        run_id=info.get("run_id"),
+        path=root,
+        metrics=dict(manifest.metrics),
+        dataloader_state=loader_state,
+    )
+
+
+def load_component(state_dir: str | os.PathLike[str], name: str, *, map_location: str | torch.device = "cpu") -> Any:
+    """Read one component tree (e.g. ``"model"`` for a plain state dict) from a verified checkpoint."""
+    read_manifest(state_dir, verify_hashes=True)
+    return read_flat_tree(state_dir, name, map_location=map_location)
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+
+def _qualname(obj: Any) -> str:
+    kind = type(obj)
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _state_of(obj: Any, name: str) -> tuple[Any, str]:
+    if isinstance(obj, (list, tuple)):
+        states = [_state_of(item, f"{name}.{i}") for i, item in enumerate(obj)]
+        return [s for s, _ in states], ",".join(c for _, c in states)
+    if not callable(getattr(obj, "state_dict", None)):
+        raise InvalidArgument(f"{name}: {_qualname(obj)} has no state_dict() method")
+    return obj.state_dict(), _qualname(obj)
+
+
+def _unwrap(model: Any) -> Any:
+    """The module whose state dict has no wrapper prefix (``module.``, ``_orig_mod.``)."""
+    parallel = (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)
+    while True:
+        if isinstance(model, parallel):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), torch.nn.Module):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        else:
+            return model
+
+
+def _read_state_file(root: Path) -> dict[str, Any]:
+    path = root / STATE_FILE
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointCorrupt(f"cannot read {path}: {exc}") from exc
+    if not isinstance(info, dict) or info.get("format") != STATE_FORMAT or info.get("version") != STATE_VERSION:
+        raise CheckpointCorrupt(f"{path} is not a {STATE_FORMAT} v{STATE_VERSION} file")
+    if type(info.get("step")) is not int or not isinstance(info.get("components"), list):
+        raise CheckpointCorrupt(f"{path} lacks step or components")
+    return info
+
+
+def _listing(title: str, lines: list[str]) -> list[str]:
+    if not lines:
+        return []
+    shown = [f"    {line}" for line in lines[:_MAX_LISTED]]
+    if len(lines) > _MAX_LISTED:
+        shown.append(f"    ... and {len(lines) - _MAX_LISTED} more")
+    return [f"  {title} ({len(lines)}):", *shown]
+
+
+def _load_model(model: torch.nn.Module, saved: Any, *, strict: bool, where: str) -> None:
+    if not isinstance(saved, Mapping):
+        raise CheckpointCorrupt(f"model state in {where} is not a mapping")
+    current = model.state_dict()
+    meta = [k for k, v in current.items() if isinstance(v, torch.Tensor) and v.is_meta]
+    if meta:
+        raise StateMismatch(
+            f"cannot restore {where} into a model with tensors on the 'meta' device ({', '.join(meta[:5])}...); "
+            "allocate it first, e.g. model.to_empty(device='cpu')"
+        )
+    mismatched = [
+        f"{k}: saved {tuple(saved[k].shape)}, model {tuple(v.shape)}"
+        for k, v in current.items()
+        if k in saved
+        and isinstance(v, torch.Tensor)
+        and isinstance(saved[k], torch.Tensor)
+        and saved[k].shape != v.shape
+    ]
+    missing = [k for k in current if k not in saved]
+    unexpected = [k for k in saved if k not in current]
+    if mismatched or (strict and (missing or unexpected)):
+        lines = [f"checkpoint {where} does not fit {_qualname(model)}:"]
+        lines += _listing("shape mismatch", mismatched)
+        lines += _listing("missing from the checkpoint", missing)
+        lines += _listing("in the checkpoint but not in the model", unexpected)
+        raise StateMismatch("\n".join(lines))
+    model.load_state_dict(saved, strict=strict)
+
+
+def _load_into(obj: Any, saved: Any, name: str, *, saved_class: str | None, strict: bool, where: str) -> None:
+    if isinstance(obj, (list, tuple)):
+        if not isinstance(saved, list) or len(saved) != len(obj):
+            count = len(saved) if isinstance(saved, list) else 1
+            raise StateMismatch(f"{where} holds {count} {name} state(s) but {len(obj)} were given")
+        classes = saved_class.split(",") if saved_class else [None] * len(obj)
+        for i, (item, state) in enumerate(zip(obj, saved, strict=True)):
+            _load_into(item, state, f"{name}.{i}", saved_class=classes[i], strict=strict, where=where)
+        return
+    if isinstance(saved, list):
+        raise StateMismatch(f"{where} holds {len(saved)} {name} states but one object was given")
+    if strict and saved_class and saved_class != _qualname(obj):
+        raise StateMismatch(f"{name} in {where} was saved from {saved_class}, not {_qualname(obj)}")
+    try:
+        obj.load_state_dict(saved)
+    except (ValueError, KeyError, RuntimeError, TypeError) as exc:
+        raise StateMismatch(f"{name} state in {where} does not fit {_qualname(obj)}: {exc}") from exc

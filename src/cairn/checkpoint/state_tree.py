@@ -1,0 +1,447 @@
+"""Nested training state as safetensors (tensors) plus a JSON structure file, restored without pickle.
+
+A *state tree* is what ``state_dict()`` methods return: nested ``dict``/``OrderedDict``/``list``/``tuple``
+containers whose leaves are tensors, numpy arrays and Python scalars. It is stored as two files:
+
+- ``<name>.safetensors`` holds every tensor, under a key derived from its path in the tree (``fc.weight``,
+  ``state.3.exp_avg``), so a flat model state dict reads back with plain ``safetensors.torch.load_file``;
+- ``<name>.json`` records the structure with exact Python types: dict key types (``3`` vs ``"3"``),
+  ``tuple`` vs ``list``, ``OrderedDict`` (and its ``_metadata``, which module versioning relies on),
+  non-finite floats, and for each tensor its key, dtype, shape and whether it was an ``nn.Parameter``.
+
+Plain JSON scalars (str, int, finite float, bool, null) stand for themselves; every other node is a JSON
+object tagged with ``"$"``. Tensors are stored contiguous, so strides are not preserved (values are, bitwise).
+Tensors that are the same view of the same storage (tied weights) are stored once and restored as one
+tensor; partially overlapping views are stored as independent copies. Dtypes safetensors lacks (e.g.
+``complex128``) are stored as their raw bytes and viewed back.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors.torch
+import torch
+
+from cairn.checkpoint.buffers import BufferPool
+from cairn.errors import CheckpointCorrupt, InvalidArgument
+
+__all__ = [
+    "FORMAT",
+    "FlatTree",
+    "flatten_state_tree",
+    "load_state_tree",
+    "read_flat_tree",
+    "save_state_tree",
+    "tree_files",
+    "unflatten_state_tree",
+    "write_flat_tree",
+]
+
+FORMAT = "cairn.state_tree"
+VERSION = 1
+
+_SAFETENSORS_DTYPES = frozenset(safetensors.torch._TYPES.values())
+_RESERVED_KEYS = frozenset({"__metadata__"})
+_KEY_SCALARS = (str, int, float, bool, type(None))
+
+
+@dataclass
+class FlatTree:
+    """A state tree split into a JSON-able ``structure`` and a flat ``tensors`` mapping, ready to write.
+
+    With ``copy=True`` (see :func:`flatten_state_tree`) the tensors are private CPU copies: the training
+    loop may keep mutating its own tensors while this object is written from another thread. ``buffers``
+    lists the memory those copies own (what can be recycled once written).
+    """
+
+    structure: dict[str, Any]
+    tensors: dict[str, torch.Tensor]
+    _pending_events: list[Any] = field(default_factory=list, repr=False)
+    buffers: list[torch.Tensor] = field(default_factory=list, repr=False)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of tensor data held."""
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+    def wait_ready(self) -> None:
+        """Block until asynchronous device-to-host copies (CUDA ``non_blocking``) have landed."""
+        while self._pending_events:
+            self._pending_events.pop().synchronize()
+
+
+def tree_files(directory: str | os.PathLike[str], name: str) -> tuple[Path, Path]:
+    """The (tensors, structure) file paths of tree ``name`` in ``directory``."""
+    base = Path(directory)
+    return base / f"{name}.safetensors", base / f"{name}.json"
+
+
+def save_state_tree(tree: Any, directory: str | os.PathLike[str], *, name: str = "state") -> list[Path]:
+    """Write ``tree`` as ``<name>.safetensors`` + ``<name>.json`` in ``directory`` (created if needed).
+
+    Returns:
+        The paths written.
+
+    Raises:
+        InvalidArgument: a leaf or key type is unsupported, or a tensor is on the ``meta`` device; the
+            message names its path in the tree, e.g. ``optimizer.state.3.momentum_buffer``.
+    """
+    return write_flat_tree(flatten_state_tree(tree, root=name), directory, name)
+
+
+def load_state_tree(
+    directory: str | os.PathLike[str], *, name: str = "state", map_location: str | torch.device = "cpu"
+) -> Any:
+    """Read a tree written by :func:`save_state_tree`; tensors land on ``map_location``, numpy arrays on the CPU.
+
+    Raises:
+        CheckpointCorrupt: a file is missing or unreadable, or the two files do not agree.
+    """
+    return read_flat_tree(directory, name, map_location=map_location)
+
+
+def flatten_state_tree(
+    tree: Any, *, root: str = "state", copy: bool = False, buffers: BufferPool | None = None
+) -> FlatTree:
+    """Split ``tree`` into structure and tensors.
+
+    Args:
+        tree: the state to flatten.
+        root: name shown first in error paths (``optimizer`` in ``optimizer.state.3.momentum_buffer``).
+        copy: take private contiguous CPU copies of every tensor (a snapshot); CUDA tensors are copied
+            ``non_blocking`` into pinned memory and :meth:`FlatTree.wait_ready` waits for them. Without
+            ``copy`` the tensors are moved to the CPU and made contiguous only where needed.
+        buffers: with ``copy``, copy into free buffers of this pool where one fits instead of allocating.
+    """
+    flattener = _Flattener(root, copy, buffers)
+    structure = {"format": FORMAT, "version": VERSION, "tree": flattener.node(tree, ())}
+    return FlatTree(structure, flattener.tensors, flattener.finish(), flattener.owned)
+
+
+def write_flat_tree(flat: FlatTree, directory: str | os.PathLike[str], name: str) -> list[Path]:
+    """Write ``flat`` as ``<name>.safetensors`` + ``<name>.json``; no fsync (the checkpoint writer does that)."""
+    tensors_path, structure_path = tree_files(directory, name)
+    tensors_path.parent.mkdir(parents=True, exist_ok=True)
+    flat.wait_ready()
+    _write_tensors(flat.tensors, tensors_path)
+    text = json.dumps(flat.structure, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+    structure_path.write_text(text, encoding="utf-8")
+    return [tensors_path, structure_path]
+
+
+def read_flat_tree(directory: str | os.PathLike[str], name: str, *, map_location: str | torch.device = "cpu") -> Any:
+    """Read tree ``name`` from ``directory`` (see :func:`load_state_tree`)."""
+    tensors_path, structure_path = tree_files(directory, name)
+    try:
+        structure = json.loads(structure_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise CheckpointCorrupt(f"cannot read state structure {structure_path}: {exc}") from exc
+    _check_header(structure, str(structure_path))
+    try:
+        tensors = safetensors.torch.load_file(str(tensors_path), device=str(torch.device(map_location)))
+    except Exception as exc:  # safetensors raises its own SafetensorError, OSError, ...
+        raise CheckpointCorrupt(f"cannot read tensors {tensors_path}: {exc}") from exc
+    return unflatten_state_tree(structure, tensors, source=str(structure_path))
+
+
+def unflatten_state_tree(structure: dict[str, Any], tensors: dict[str, torch.Tensor], *, source: str = "") -> Any:
+    """Rebuild the tree from a structure (as written by :func:`flatten_state_tree`) and its tensors."""
+    where = source or "state structure"
+    _check_header(structure, where)
+    return _Decoder(tensors, where).node(structure.get("tree"))
+
+
+def _check_header(structure: Any, where: str) -> None:
+    if not isinstance(structure, dict) or structure.get("format") != FORMAT:
+        raise CheckpointCorrupt(f"{where} is not a {FORMAT} file")
+    if structure.get("version") != VERSION:
+        raise CheckpointCorrupt(f"{where} has format version {structure.get('version')!r}; this cairn reads {VERSION}")
+
+
+# -- writing --------------------------------------------------------------------------------------
+
+
+def _write_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """The one place tensor bytes reach the disk (tests replace it to simulate a full disk)."""
+    safetensors.torch.save_file(tensors, str(path), metadata={"format": "pt"})
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _dtype_from_name(name: Any, where: str) -> torch.dtype:
+    dtype = getattr(torch, name, None) if isinstance(name, str) else None
+    if not isinstance(dtype, torch.dtype):
+        raise CheckpointCorrupt(f"{where}: unknown dtype {name!r}")
+    return dtype
+
+
+class _Flattener:
+    def __init__(self, root: str, copy: bool, pool: BufferPool | None) -> None:
+        self.root = root
+        self.copy = copy
+        self.pool = pool
+        self.owned: list[torch.Tensor] = []  # snapshot buffers allocated or taken from the pool
+        self.tensors: dict[str, torch.Tensor] = {}
+        self._views: dict[tuple[Any, ...], str] = {}  # identity of a stored view -> its key
+        self._storages: set[tuple[str, int]] = set()  # storages referenced by stored tensors (copy=False)
+        self._devices: set[torch.device] = set()  # CUDA devices with in-flight non_blocking copies
+        self._active: set[int] = set()  # containers being visited, to report cycles
+
+    def where(self, path: tuple[Any, ...]) -> str:
+        return ".".join([self.root, *map(str, path)]) if self.root else ".".join(map(str, path)) or "<root>"
+
+    def finish(self) -> list[Any]:
+        events = []
+        for device in self._devices:
+            with torch.cuda.device(device):
+                event = torch.cuda.Event()
+                event.record()
+                events.append(event)
+        return events
+
+    def node(self, value: Any, path: tuple[Any, ...]) -> Any:
+        kind = type(value)
+        if value is None or kind in (str, bool, int):
+            return value
+        if kind is float:
+            return value if math.isfinite(value) else {"$": "float", "value": repr(value)}
+        if isinstance(value, torch.Tensor):
+            return self.tensor(value, path)
+        if kind is np.ndarray or isinstance(value, np.generic):
+            return self.ndarray(value, path)
+        if kind in (dict, OrderedDict, list, tuple, torch.Size):
+            if id(value) in self._active:
+                raise InvalidArgument(f"{self.where(path)}: the state contains a reference cycle")
+            self._active.add(id(value))
+            try:
+                return self.container(value, path)
+            finally:
+                self._active.discard(id(value))
+        if kind is torch.dtype:
+            return {"$": "dtype", "value": _dtype_name(value)}
+        if kind is torch.device:
+            return {"$": "device", "value": str(value)}
+        raise InvalidArgument(
+            f"{self.where(path)}: values of type {kind.__module__}.{kind.__qualname__} cannot be stored in a "
+            "checkpoint; supported are tensors, numpy arrays, str, int, float, bool, None and "
+            "dict/OrderedDict/list/tuple of those"
+        )
+
+    def container(self, value: Any, path: tuple[Any, ...]) -> dict[str, Any]:
+        if isinstance(value, dict):
+            items = [[self.key(k, path), self.node(v, (*path, k))] for k, v in value.items()]
+            node: dict[str, Any] = {"$": "odict" if type(value) is OrderedDict else "dict", "items": items}
+            metadata = getattr(value, "_metadata", None)  # set by nn.Module.state_dict(); versions per submodule
+            if metadata is not None:
+                node["metadata"] = self.node(metadata, (*path, "_metadata"))
+            return node
+        tag = "list" if type(value) is list else "tuple" if type(value) is tuple else "size"
+        return {"$": tag, "items": [self.node(v, (*path, i)) for i, v in enumerate(value)]}
+
+    def key(self, key: Any, path: tuple[Any, ...]) -> Any:
+        if type(key) in _KEY_SCALARS or (type(key) is tuple and all(type(k) in _KEY_SCALARS for k in key)):
+            return self.node(key, path)
+        raise InvalidArgument(
+            f"{self.where(path)}: dict keys of type {type(key).__qualname__} cannot be stored in a checkpoint "
+            "(use str, int, float, bool, None or tuples of those)"
+        )
+
+    def new_key(self, path: tuple[Any, ...]) -> str:
+        base = ".".join(map(str, path)) or (self.root or "tensor")
+        key, n = base, 1
+        while key in self.tensors or key in _RESERVED_KEYS:
+            n += 1
+            key = f"{base}#{n}"
+        return key
+
+    def tensor(self, value: torch.Tensor, path: tuple[Any, ...], *, dedupe: bool = True) -> dict[str, Any]:
+        where = self.where(path)
+        if type(value) not in (torch.Tensor, torch.nn.Parameter):
+            raise InvalidArgument(
+                f"{where}: tensor subclass {type(value).__qualname__} cannot be stored in a checkpoint; "
+                "convert it to a plain torch.Tensor (or materialise lazy parameters by running the model once)"
+            )
+        if value.is_meta:
+            raise InvalidArgument(
+                f"{where}: tensor is on the 'meta' device and holds no data; materialise the model "
+                "(e.g. model.to_empty(device=...) and load real weights) before checkpointing"
+            )
+        if value.layout != torch.strided or value.is_quantized:
+            raise InvalidArgument(f"{where}: only dense tensors can be stored (layout {value.layout}); use .to_dense()")
+        node: dict[str, Any] = {"$": "tensor", "dtype": _dtype_name(value.dtype), "shape": list(value.shape)}
+        if type(value) is torch.nn.Parameter:
+            node["parameter"] = True
+        if value.requires_grad:
+            node["requires_grad"] = True
+        ident = None
+        if dedupe and value.numel() > 0:
+            storage = value.untyped_storage()
+            ident = (
+                str(value.device),
+                storage.data_ptr(),
+                value.storage_offset(),
+                tuple(value.shape),
+                value.stride(),
+                value.dtype,
+            )
+            if ident in self._views:
+                node["key"] = self._views[ident]
+                return node
+        data = self.store(value.detach())
+        if value.dtype not in _SAFETENSORS_DTYPES:
+            data = data.reshape(-1).view(torch.uint8)
+            node["encoding"] = "bytes"
+        key = self.new_key(path)
+        self.tensors[key] = data
+        if ident is not None:
+            self._views[ident] = key
+        node["key"] = key
+        return node
+
+    def store(self, data: torch.Tensor) -> torch.Tensor:
+        if self.copy:
+            pinned = data.is_cuda
+            out = self.pool.take(data.shape, data.dtype, pinned=pinned) if self.pool is not None else None
+            if out is None:
+                out = torch.empty(data.shape, dtype=data.dtype, pin_memory=pinned)
+            out.copy_(data, non_blocking=pinned)
+            if pinned:
+                self._devices.add(data.device)
+            self.owned.append(out)
+            return out
+        data = data.to("cpu")
+        if data.numel() == 0:
+            return data.contiguous()
+        storage = (str(data.device), data.untyped_storage().data_ptr())
+        if not data.is_contiguous() or storage in self._storages:
+            # safetensors refuses tensors sharing memory; overlapping views are stored as copies.
+            return data.clone(memory_format=torch.contiguous_format)
+        self._storages.add(storage)
+        return data
+
+    def ndarray(self, value: np.ndarray | np.generic, path: tuple[Any, ...]) -> dict[str, Any]:
+        where = self.where(path)
+        array = np.asarray(value)
+        if array.dtype.hasobject or array.dtype.fields is not None or array.dtype.kind in "SUVMm":
+            raise InvalidArgument(f"{where}: numpy arrays of dtype {array.dtype} cannot be stored in a checkpoint")
+        native = array if array.dtype.isnative else array.astype(array.dtype.newbyteorder("="))
+        if not native.flags.c_contiguous:
+            native = np.ascontiguousarray(native)
+        try:
+            tensor = torch.from_numpy(native)
+        except TypeError as exc:
+            raise InvalidArgument(f"{where}: numpy dtype {array.dtype} has no torch equivalent ({exc})") from exc
+        # No aliasing detection for arrays: ``native`` may be a temporary whose address gets reused.
+        node = self.tensor(tensor, path, dedupe=False)
+        node.update({"$": "ndarray", "numpy_dtype": array.dtype.str})
+        if isinstance(value, np.generic):
+            node["scalar"] = True
+        return node
+
+
+# -- reading --------------------------------------------------------------------------------------
+
+
+class _Decoder:
+    def __init__(self, tensors: dict[str, torch.Tensor], where: str) -> None:
+        self.tensors = tensors
+        self.where = where
+        self._cache: dict[tuple[str, bool, bool], torch.Tensor] = {}
+
+    def fail(self, message: str) -> CheckpointCorrupt:
+        return CheckpointCorrupt(f"{self.where}: {message}")
+
+    def node(self, node: Any) -> Any:
+        if node is None or type(node) in (str, bool, int, float):
+            return node
+        if not isinstance(node, dict) or not isinstance(node.get("$"), str):
+            raise self.fail(f"unexpected structure node {node!r:.80}")
+        kind = node["$"]
+        if kind in ("dict", "odict"):
+            result: dict[Any, Any] = OrderedDict() if kind == "odict" else {}
+            for pair in self.items(node):
+                if not isinstance(pair, list) or len(pair) != 2:
+                    raise self.fail("malformed dict item")
+                key = self.node(pair[0])
+                try:
+                    result[key] = self.node(pair[1])
+                except TypeError as exc:
+                    raise self.fail(f"unhashable dict key {key!r:.80}") from exc
+            if "metadata" in node:
+                result._metadata = self.node(node["metadata"])  # type: ignore[attr-defined]
+            return result
+        if kind in ("list", "tuple", "size"):
+            items = [self.node(item) for item in self.items(node)]
+            return {"list": list, "tuple": tuple, "size": torch.Size}[kind](items)
+        if kind == "float":
+            value = node.get("value")
+            if value not in ("nan", "inf", "-inf"):
+                raise self.fail(f"bad float {value!r}")
+            return float(value)
+        if kind == "tensor":
+            return self.tensor(node)
+        if kind == "ndarray":
+            return self.ndarray(node)
+        if kind == "dtype":
+            return _dtype_from_name(node.get("value"), self.where)
+        if kind == "device":
+            return torch.device(str(node.get("value")))
+        raise self.fail(f"unknown node type {kind!r}")
+
+    def items(self, node: dict[str, Any]) -> Iterator[Any]:
+        items = node.get("items")
+        if not isinstance(items, list):
+            raise self.fail(f"{node['$']} node without items")
+        return iter(items)
+
+    def raw(self, node: dict[str, Any]) -> torch.Tensor:
+        key = node.get("key")
+        if not isinstance(key, str) or key not in self.tensors:
+            raise self.fail(f"tensor {key!r} is missing from the tensors file")
+        tensor = self.tensors[key]
+        dtype = _dtype_from_name(node.get("dtype"), self.where)
+        shape = node.get("shape")
+        if not isinstance(shape, list):
+            raise self.fail(f"tensor {key!r} has no shape")
+        if node.get("encoding") == "bytes":
+            if tensor.dtype != torch.uint8:
+                raise self.fail(f"tensor {key!r} should hold raw bytes")
+            return tensor.view(dtype).reshape(shape)
+        if tensor.dtype != dtype or list(tensor.shape) != shape:
+            raise self.fail(
+                f"tensor {key!r} is {tensor.dtype} {list(tensor.shape)} but the structure says {dtype} {shape}"
+            )
+        return tensor
+
+    def tensor(self, node: dict[str, Any]) -> torch.Tensor:
+        parameter, grad = bool(node.get("parameter")), bool(node.get("requires_grad"))
+        cache_key = (str(node.get("key")), parameter, grad)
+        if cache_key not in self._cache:
+            tensor = self.raw(node)
+            if parameter:
+                tensor = torch.nn.Parameter(tensor, requires_grad=grad)
+            elif grad:
+                tensor = tensor.detach().requires_grad_(True)
+            self._cache[cache_key] = tensor
+        return self._cache[cache_key]
+
+    def ndarray(self, node: dict[str, Any]) -> np.ndarray | np.generic:
+        try:
+            dtype = np.dtype(node.get("numpy_dtype"))
+        except TypeError as exc:
+            raise self.fail(f"bad numpy dtype {node.get('numpy_dtype')!r}") from exc
+        array = self.raw(node).detach().cpu().numpy()
+        if array.dtype != dtype:
+            array = array.astype(dtype)
+        return array[()] if node.get("scalar") else array
