@@ -20,6 +20,7 @@ from rich.table import Table
 
 from cairn.errors import CairnError
 from cairn.registry.cli import models
+from cairn.ui.cli import ui
 
 console = Console()
 err_console = Console(stderr=True)
@@ -441,6 +442,7 @@ def _run_teed(command: list[str], env: dict[str, str], directory: Path) -> int:
 
 
 main.add_command(models)
+main.add_command(ui)
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,62 @@
+"""``cairn ui``: serve the web UI over the configured store (starlette + uvicorn, loaded on use)."""
+
+from __future__ import annotations
+
+import click
+
+__all__ = ["ui"]
+
+
+@click.command()
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to bind; keep loopback unless you mean it."
+)
+@click.option("--port", default=5000, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on.")
+@click.option(
+    "--allow-host",
+    "allow_hosts",
+    multiple=True,
+    help="Extra host name the browser may use to reach the server (repeatable), e.g. behind an SSH tunnel alias.",
+)
+@click.option("--open", "open_browser", is_flag=True, help="Open the UI in the default browser.")
+@click.pass_context
+def ui(ctx: click.Context, host: str, port: int, allow_hosts: tuple[str, ...], open_browser: bool) -> None:
+    """Browse, chart and compare runs and models in a local web app.
+
+    Uses the same store as every other command (--store / CAIRN_TRACKING_URI, default ./cairn-runs).
+    The UI has no login: anyone who can reach the port can read and delete runs, so it binds to
+    127.0.0.1 unless told otherwise, and answers only requests addressed to that host name.
+    """
+    try:
+        import uvicorn
+
+        from cairn.ui.app import create_app
+        from cairn.ui.security import allowed_hosts_for
+    except ImportError as exc:  # pragma: no cover - depends on the installed extras
+        raise click.ClickException(f"cairn ui needs starlette and uvicorn: pip install 'cairn[ui]' ({exc})") from exc
+    from cairn.tracking.client import Client
+
+    obj = ctx.obj or {}
+    client = Client(obj.get("store"), obj.get("artifact_root"))
+    if port == 0:
+        import socket
+
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.bind((host, 0))
+            port = int(probe.getsockname()[1])
+    app = create_app(client, host=host, port=port, allowed_hosts=allowed_hosts_for(host, port, allow_hosts))
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else shown}:{port}/"
+    click.echo(f"cairn ui: serving {app.state.store_label} at {url} (Ctrl-C to stop)")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.secho(
+            f"warning: bound to {host}; the UI has no authentication, anyone reaching this port can delete runs",
+            fg="yellow",
+            err=True,
+        )
+    if open_browser:
+        import threading
+        import webbrowser
+
+        threading.Timer(1.0, webbrowser.open, args=(url,)).start()
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, server_header=False)
