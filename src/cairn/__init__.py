@@ -55,6 +55,7 @@ __version__ = "0.1.0"
 _LAZY_MODULES: dict[str, str] = {
     "artifacts": "cairn.artifacts",
     "models": "cairn.models",
+    "onnx": "cairn.onnx",
     "pyfunc": "cairn.pyfunc",
     "registry": "cairn.registry",
 }

@@ -38,6 +38,7 @@ ALLOWED_LOADER_MODULES: dict[str, str] = {
     PYFUNC_MODULE: PYFUNC_MODULE,
     "mlflow.sklearn": "cairn.flavors.sklearn",
     "mlflow.pytorch": "cairn.flavors.pytorch",
+    "mlflow.onnx": "cairn.flavors.onnx",
     "mlflow.pyfunc.model": PYFUNC_MODULE,
 }
 
