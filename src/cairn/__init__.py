@@ -58,10 +58,15 @@ _LAZY_MODULES: dict[str, str] = {
     "onnx": "cairn.onnx",
     "pyfunc": "cairn.pyfunc",
     "registry": "cairn.registry",
+    "sync": "cairn.sync",
 }
 
 
 def __getattr__(name: str) -> Any:
+    if name == "import_mlflow":
+        from cairn.sync import import_mlflow
+
+        return import_mlflow
     target = _LAZY_MODULES.get(name)
     if target is None:
         raise AttributeError(f"module 'cairn' has no attribute {name!r}")

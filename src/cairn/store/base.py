@@ -40,6 +40,16 @@ class MetricPoint(NamedTuple):
     step: int
 
 
+class StoredMetricPoint(NamedTuple):
+    """One stored metric point with its superseded flag, as a sync or an import reads and writes it."""
+
+    key: str
+    value: float
+    timestamp: int
+    step: int
+    superseded: bool = False
+
+
 class TrackingStore(ABC):
     """Persistence of experiments and runs. Errors come from :mod:`cairn.errors`."""
 
@@ -224,6 +234,46 @@ class TrackingStore(ABC):
 
         Raises:
             FilterSyntaxError: the filter or an order-by clause does not parse.
+        """
+
+    # -- copying runs between stores (cairn sync, cairn import-mlflow) ---------------------------
+
+    @abstractmethod
+    def metric_point_counts(self, run_ids: Sequence[str]) -> dict[str, dict[str, tuple[int, int]]]:
+        """Per run, per metric key: ``(points, superseded points)``, superseded ones included.
+
+        Runs without points, and unknown run ids, are absent from the result. One aggregate query
+        per chunk of runs: what lets a sync tell cheaply that a run has nothing new.
+        """
+
+    @abstractmethod
+    def get_metric_points(self, run_id: str, keys: Sequence[str] | None = None) -> list[StoredMetricPoint]:
+        """Every point of the run (only of ``keys`` when given) with its superseded flag, ordered by
+        key, then in the order the points were written. Raises RunNotFound."""
+
+    @abstractmethod
+    def import_run_data(
+        self,
+        run_id: str,
+        *,
+        params: Sequence[Param] = (),
+        tags: Sequence[RunTag] = (),
+        points: Sequence[StoredMetricPoint] = (),
+        supersede: Sequence[tuple[StoredMetricPoint, int]] = (),
+    ) -> None:
+        """Write data copied from another store into a run, in one transaction, whatever the run's
+        lifecycle stage (a deleted run is copied as it is; this is not logging).
+
+        Params and tags behave as in :meth:`log_batch` (a param with another value already stored
+        raises ParamConflict and nothing is written). Points keep their ``superseded`` flag. For each
+        ``(point, n)`` of ``supersede``, ``n`` stored points equal to ``point`` (same key, step,
+        timestamp and value, NaN equal to NaN) that are not superseded yet become superseded. Latest
+        values are maintained from the points that are not superseded.
+
+        Raises:
+            RunNotFound: unknown run.
+            ParamConflict: see above.
+            InvalidArgument: a key or value breaks the rules of :mod:`cairn.tracking.validation`.
         """
 
     def close(self) -> None:  # noqa: B027 - optional hook

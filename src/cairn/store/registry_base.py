@@ -152,3 +152,18 @@ class RegistryStore(ABC):
     @abstractmethod
     def get_model_version_by_alias(self, name: str, alias: str) -> ModelVersion:
         """Raises NotFound naming the model and alias."""
+
+    @abstractmethod
+    def import_model_version(self, version: ModelVersion) -> ModelVersion:
+        """Insert a version copied from another store with its own number (for ``cairn sync`` and
+        ``cairn import-mlflow``, so ``models:/<name>/<number>`` URIs keep resolving).
+
+        Keeps the version's source, run id, run link, description, user, stage, status, status
+        message, creation and update times and tags; aliases are set separately. The registered
+        model is created if missing, and its counter moves up to at least this number, so the next
+        :meth:`create_model_version` never reuses it.
+
+        Raises:
+            ResourceAlreadyExists: the model already has a version with this number.
+            InvalidArgument: bad name, number, stage or status.
+        """

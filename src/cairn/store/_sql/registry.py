@@ -410,6 +410,58 @@ class SqlRegistryStore(RegistryStore):
             tags={row["key"]: row["value"] for row in tag_rows},
         )
 
+    def import_model_version(self, version: ModelVersion) -> ModelVersion:
+        name = checks.model_name(version.name)
+        number = checks.version_number(version.version)
+        stage = Stage.parse(version.current_stage).value
+        try:
+            status = ModelVersionStatus(version.status).value
+        except ValueError:
+            choices = ", ".join(s.value for s in ModelVersionStatus)
+            message = f"unknown model version status {version.status!r}; expected one of {choices}"
+            raise InvalidArgument(message) from None
+        if not isinstance(version.source, str) or not version.source.strip():
+            raise InvalidArgument(f"model version source must be a non-empty URI or path, got {version.source!r}")
+        tag_rows = _tag_rows(version.tags)
+        conflict = f"registered model {name!r} already has a version {number}"
+        with self._db.transaction(write=True, conflict=conflict) as conn:
+            now = now_ms()
+            conn.execute(
+                self._insert(registered_models)
+                .values(name=name, creation_time=now, last_updated_time=now, last_version=0)
+                .on_conflict_do_nothing(index_elements=["name"])
+            )
+            counter = registered_models.c.last_version
+            conn.execute(
+                registered_models.update()
+                .where(registered_models.c.name == name)
+                .values(last_version=sa.case((counter < number, number), else_=counter))
+            )
+            model_id = conn.execute(
+                sa.select(registered_models.c.model_id).where(registered_models.c.name == name)
+            ).scalar_one()
+            conn.execute(
+                model_versions.insert().values(
+                    model_id=model_id,
+                    version=number,
+                    source=version.source,
+                    run_id=version.run_id,
+                    run_link=version.run_link,
+                    description=version.description,
+                    user_id=version.user_id,
+                    current_stage=stage,
+                    status=status,
+                    status_message=version.status_message,
+                    creation_time=int(version.creation_timestamp),
+                    last_updated_time=int(version.last_updated_timestamp),
+                )
+            )
+            if tag_rows:
+                conn.execute(
+                    model_version_tags.insert(), [{"model_id": model_id, "version": number, **r} for r in tag_rows]
+                )
+            return self._one_version(conn, model_id, number)
+
     def get_model_version(self, name: str, version: str | int) -> ModelVersion:
         name = _lookup_name(name)
         number = checks.version_number(version)

@@ -24,7 +24,7 @@ from cairn.store._sql.engine import Database
 from cairn.store._sql.migrate import DEFAULT_EXPERIMENT_ID, ensure_schema
 from cairn.store._sql.schema import experiment_tags, experiments, latest_metrics, metrics, params, runs, tags
 from cairn.store._sql.util import artifact_location_for, now_ms
-from cairn.store.base import MetricPoint, TrackingStore
+from cairn.store.base import MetricPoint, StoredMetricPoint, TrackingStore
 from cairn.tracking import system_tags, validation
 from cairn.tracking.entities import (
     Experiment,
@@ -65,6 +65,14 @@ _SQLITE_INSERT_POINTS = (
 )
 _PG_COPY_POINTS = "COPY metrics (run_uuid, key, value, is_nan, step, timestamp) FROM STDIN (FORMAT BINARY)"
 _PG_COPY_TYPES = ("varchar", "varchar", "float8", "bool", "int8", "int8")
+# The copy path (import_run_data) writes the superseded flag too.
+_SQLITE_IMPORT_POINTS = (
+    "INSERT INTO metrics (run_uuid, key, value, is_nan, step, timestamp, superseded) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_PG_COPY_IMPORT_POINTS = (
+    "COPY metrics (run_uuid, key, value, is_nan, step, timestamp, superseded) FROM STDIN (FORMAT BINARY)"
+)
+_PG_COPY_IMPORT_TYPES = (*_PG_COPY_TYPES, "bool")
 
 
 def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
@@ -681,6 +689,159 @@ class SqlTrackingStore(TrackingStore):
         conn.execute(
             latest_metrics.insert().from_select(["run_uuid", "key", "value", "is_nan", "step", "timestamp"], newest)
         )
+
+    # -- copying runs between stores -----------------------------------------------------------
+
+    def metric_point_counts(self, run_ids: Sequence[str]) -> dict[str, dict[str, tuple[int, int]]]:
+        found: dict[str, dict[str, tuple[int, int]]] = {}
+        superseded = sa.func.sum(sa.case((metrics.c.superseded == sa.true(), 1), else_=0))
+        with self._db.transaction() as conn:
+            for chunk in _chunks(list(dict.fromkeys(run_ids))):
+                query = (
+                    sa.select(metrics.c.run_uuid, metrics.c.key, sa.func.count(), superseded)
+                    .where(metrics.c.run_uuid.in_(chunk))
+                    .group_by(metrics.c.run_uuid, metrics.c.key)
+                )
+                for run_id, key, total, flagged in conn.execute(query):
+                    found.setdefault(run_id, {})[key] = (int(total), int(flagged or 0))
+        return found
+
+    def get_metric_points(self, run_id: str, keys: Sequence[str] | None = None) -> list[StoredMetricPoint]:
+        query = (
+            sa.select(metrics.c.key, metrics.c.value, metrics.c.is_nan, metrics.c.timestamp, metrics.c.step)
+            .add_columns(metrics.c.superseded)
+            .where(metrics.c.run_uuid == run_id)
+            .order_by(metrics.c.key, metrics.c.id)
+        )
+        found: list[StoredMetricPoint] = []
+        with self._db.transaction() as conn:
+            self._require_run(conn, run_id, active=False)
+            key_lists: list[Sequence[str] | None] = [None] if keys is None else list(_chunks(sorted(set(keys))))
+            for chunk in key_lists:
+                chunk_query = query if chunk is None else query.where(metrics.c.key.in_(chunk))
+                found.extend(
+                    StoredMetricPoint(
+                        key, math.nan if is_nan or value is None else value, timestamp, step, bool(superseded)
+                    )
+                    for key, value, is_nan, timestamp, step, superseded in conn.execute(chunk_query).all()
+                )
+        return found
+
+    def import_run_data(
+        self,
+        run_id: str,
+        *,
+        params: Sequence[Param] = (),
+        tags: Sequence[RunTag] = (),
+        points: Sequence[StoredMetricPoint] = (),
+        supersede: Sequence[tuple[StoredMetricPoint, int]] = (),
+    ) -> None:
+        new_params: dict[str, str] = {}
+        for param in params:
+            key = validation.validate_key(param.key, "param")
+            value = validation.param_value(param.value, key)
+            if new_params.setdefault(key, value) != value:
+                raise ParamConflict(
+                    f"param {key!r} of run {run_id} is given twice in one batch: {new_params[key]!r} and {value!r}"
+                )
+        tag_list = self._tags(tags)
+        run_name = next((t.value for t in reversed(tag_list) if t.key == system_tags.RUN_NAME), None)
+        if run_name is not None:
+            self._check_run_name(run_name)
+        for key in {p.key for p in points}:
+            validation.validate_key(key, "metric")
+        rows = [
+            (
+                run_id,
+                p.key,
+                None if p.value != p.value else float(p.value),  # NaN is stored as NULL + is_nan
+                p.value != p.value,
+                int(p.step),
+                int(p.timestamp),
+                bool(p.superseded),
+            )
+            for p in points
+        ]
+        conflict = f"a param of run {run_id} was written at the same moment by another writer; copy the run again"
+        with self._db.transaction(write=True, conflict=conflict) as conn:
+            self._require_run(conn, run_id, active=False)
+            if new_params:
+                self._insert_params(conn, run_id, new_params)
+            if tag_list:
+                tag_rows = {t.key: {"run_uuid": run_id, "key": t.key, "value": t.value} for t in tag_list}
+                self._upsert(conn, schema.tags, ("run_uuid", "key"), list(tag_rows.values()))
+                if run_name is not None:
+                    conn.execute(runs.update().where(runs.c.run_uuid == run_id).values(name=run_name))
+            flagged = sum(self._supersede_equal(conn, run_id, point, count) for point, count in supersede)
+            if rows:
+                self._insert_copied_points(conn, rows)
+            if flagged:
+                self._rebuild_latest(conn, run_id)
+            elif rows:
+                self._advance_latest(conn, run_id, [p for p in points if not p.superseded])
+
+    def _insert_copied_points(self, conn: sa.Connection, rows: list[tuple[Any, ...]]) -> None:
+        """Insert ``(run_uuid, key, value or None, is_nan, step, timestamp, superseded)`` rows in bulk."""
+        if self.dialect == "sqlite":
+            conn.exec_driver_sql(_SQLITE_IMPORT_POINTS, rows)
+            return
+        driver_connection: Any = conn.connection.driver_connection  # psycopg, inside this transaction
+        with driver_connection.cursor() as cursor, cursor.copy(_PG_COPY_IMPORT_POINTS) as copy:
+            copy.set_types(_PG_COPY_IMPORT_TYPES)
+            for row in rows:
+                copy.write_row(row)
+
+    @staticmethod
+    def _supersede_equal(conn: sa.Connection, run_id: str, point: StoredMetricPoint, count: int) -> int:
+        """Flag up to ``count`` live points equal to ``point`` as superseded (oldest first); return how many."""
+        if count <= 0:
+            return 0
+        same_value = (
+            metrics.c.is_nan == sa.true()
+            if math.isnan(point.value)
+            else sa.and_(metrics.c.is_nan == sa.false(), metrics.c.value == float(point.value))
+        )
+        ids = list(
+            conn.scalars(
+                sa.select(metrics.c.id)
+                .where(
+                    metrics.c.run_uuid == run_id,
+                    metrics.c.key == point.key,
+                    metrics.c.step == int(point.step),
+                    metrics.c.timestamp == int(point.timestamp),
+                    metrics.c.superseded == sa.false(),
+                    same_value,
+                )
+                .order_by(metrics.c.id)
+                .limit(count)
+            )
+        )
+        if ids:
+            conn.execute(metrics.update().where(metrics.c.id.in_(ids)).values(superseded=True))
+        return len(ids)
+
+    def _advance_latest(self, conn: sa.Connection, run_id: str, live: Sequence[StoredMetricPoint]) -> None:
+        """Move each key's latest value forward to the newest of ``live`` (never backward)."""
+        newest: dict[str, StoredMetricPoint] = {}
+        for point in live:
+            best = newest.get(point.key)
+            if best is None or (point.step, point.timestamp) >= (best.step, best.timestamp):
+                newest[point.key] = point
+        if newest:
+            conn.execute(
+                self._latest_upsert,
+                [
+                    {
+                        "run_uuid": run_id,
+                        "key": p.key,
+                        "value": _stored_value(float(p.value)),
+                        "is_nan": math.isnan(p.value),
+                        "step": int(p.step),
+                        "timestamp": int(p.timestamp),
+                    }
+                    for p in newest.values()
+                ],
+            )
 
     # -- search --------------------------------------------------------------------------------
 

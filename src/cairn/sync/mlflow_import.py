@@ -1,0 +1,594 @@
+"""``cairn.import_mlflow(...)``: bring an MLflow store's history into cairn, through the mlflow package.
+
+The MLflow store is read with ``MlflowClient`` (a ``./mlruns`` directory, an ``sqlite:///`` or
+PostgreSQL database, or an ``http(s)://`` tracking server) and written by the same copier as
+:func:`cairn.sync`, so an import is idempotent and resumable in the same way. mlflow is imported
+here only, on first use; cairn itself never needs it.
+
+How MLflow concepts land in cairn:
+
+* Experiments by name, runs with their ids, params, tags, full metric histories and artifacts.
+* MLflow 3 logged models (``models:/m-...``): their files are copied into the source run's
+  artifacts at the model's name (``runs:/<run>/model``), or at ``models/<model id>`` when that
+  name is taken; a logged model without a run goes to ``<experiment location>/models/<model id>``.
+  Registered versions whose source is ``models:/m-...`` point at that copy, so
+  ``cairn.pyfunc.load_model("models:/<name>@<alias>")`` loads them.
+* Registered models with versions (numbers kept), tags, aliases and stages.
+
+What cairn has no place for is named in :attr:`ImportReport.unrepresented`: dataset and model
+inputs of runs, links from metric points to logged models or datasets, the params, metrics and tags
+of logged-model entities, and traces.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from cairn.errors import CairnError, InvalidArgument, NotFound, UnsafePath
+from cairn.registry.entities import ModelVersion, RegisteredModel
+from cairn.store._sql.registry import SqlRegistryStore
+from cairn.store.base import StoredMetricPoint
+from cairn.sync.api import describe_uri, destination_root, open_destination, parse_since
+from cairn.sync.copier import Copier, CopyOptions
+from cairn.sync.progress import SyncProgress
+from cairn.sync.report import ImportReport, Note
+from cairn.sync.source import ArtifactSet, VersionLocation, under_root
+from cairn.tracking import config
+from cairn.tracking.entities import (
+    Experiment,
+    FileInfo,
+    LifecycleStage,
+    Run,
+    RunData,
+    RunInfo,
+    RunStatus,
+)
+
+__all__ = ["MlflowSource", "import_mlflow", "mlflow_tracking_uri"]
+
+_PAGE = 1000
+_MODEL_PAGE = 100  # the most search_registered_models accepts on every MLflow backend
+_VIEW_ALL = 3  # mlflow.entities.ViewType.ALL
+_MODEL_ID = re.compile(r"^m-[0-9a-f]{32}$")
+_REMOTE_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mssql", "http", "https", "file", "databricks")
+
+
+def import_mlflow(
+    source: str | os.PathLike[str],
+    destination: str | os.PathLike[str] | None = None,
+    *,
+    destination_artifact_root: str | None = None,
+    experiments: Sequence[str] = (),
+    run_ids: Sequence[str] = (),
+    since: datetime | date | str | int | None = None,
+    artifacts: bool = True,
+    registry: bool = True,
+    dry_run: bool = False,
+    progress: bool | None = None,
+    batch_size: int = 50_000,
+) -> ImportReport:
+    """Import experiments, runs, metric histories, artifacts, logged models and registered models
+    from an MLflow store into a cairn store.
+
+    Run ids and version numbers are kept. Importing again copies only what is new. The arguments
+    after ``source`` are those of :func:`cairn.sync`.
+
+    Args:
+        source: an ``mlruns`` directory (path or ``file://``), an MLflow ``sqlite:///`` file or
+            ``postgresql://`` database, or an MLflow tracking server ``http(s)://...``.
+        destination: the cairn store to write (default: the current tracking URI).
+
+    Returns:
+        What was copied, and in :attr:`ImportReport.unrepresented` what cairn could not represent.
+
+    Raises:
+        CairnError: mlflow is not installed (``pip install 'cairn[interop]'``).
+        NotFound: the source path does not exist.
+        ExperimentNotFound / RunNotFound: a requested experiment or run is not at the source.
+    """
+    started = time.perf_counter()
+    uri = mlflow_tracking_uri(source)
+    dest_uri = config.resolve_tracking_uri(os.fspath(destination)) if destination else config.get_tracking_uri()
+    options = CopyOptions(
+        experiments=tuple(experiments),
+        run_ids=tuple(run_ids),
+        since=parse_since(since),
+        artifacts=artifacts,
+        registry=registry,
+        dry_run=dry_run,
+        batch_size=batch_size,
+    )
+    report = ImportReport(source=describe_uri(uri), destination=describe_uri(dest_uri), dry_run=dry_run)
+    with ExitStack() as stack:
+        stack.enter_context(_mlflow_environment(uri))
+        source_view = MlflowSource(uri, report, registry=registry)
+        dest = stack.enter_context(
+            open_destination(dest_uri, destination_root(dest_uri, destination_artifact_root), dry_run)
+        )
+        dest_registry = SqlRegistryStore.from_tracking_store(dest) if registry else None
+        with SyncProgress(progress, "import") as bar:
+            Copier(source_view, dest, dest_registry, report, options, bar).copy()
+        source_view.finish()
+    report.elapsed = time.perf_counter() - started
+    return report
+
+
+def mlflow_tracking_uri(source: str | os.PathLike[str]) -> str:
+    """The MLflow tracking URI of ``source``: a directory becomes ``file://``, a ``.db`` file ``sqlite:///``,
+    and ``postgresql://`` uses psycopg 3 when psycopg2 (SQLAlchemy's default driver) is missing.
+
+    Raises:
+        NotFound: a local path that does not exist.
+    """
+    text = os.fspath(source).strip()
+    scheme = text.split(":", 1)[0].lower() if "://" in text or text.startswith("sqlite:") else ""
+    base_scheme = scheme.split("+", 1)[0]
+    if base_scheme in ("postgresql", "postgres") and "+" not in scheme and not _has_module("psycopg2"):
+        return "postgresql+psycopg://" + text.split("://", 1)[1]
+    if base_scheme == "file":
+        from urllib.parse import unquote, urlparse
+
+        path = Path(unquote(urlparse(text).path))
+        if not path.is_dir():
+            raise NotFound(f"no MLflow store at {text!r}: {path} is not a directory")
+        return path.resolve().as_uri()
+    if base_scheme == "sqlite":
+        database = Path(text[len("sqlite:///") :]) if text.startswith("sqlite:///") else None
+        if database is not None and not database.is_file():
+            raise NotFound(f"no MLflow database at {text!r}: {database} does not exist")
+        return text
+    if base_scheme in _REMOTE_SCHEMES:
+        return text
+    if scheme:
+        raise InvalidArgument(
+            f"MLflow store {text!r}: expected a directory, sqlite:///file.db, postgresql://... or http(s)://..."
+        )
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return path.resolve().as_uri()
+    if path.is_file():
+        return f"sqlite:///{path.resolve()}"
+    raise NotFound(f"no MLflow store at {text!r}: the path does not exist")
+
+
+def _has_module(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+@contextmanager
+def _mlflow_environment(uri: str) -> Iterator[None]:
+    """Point MLflow's defaults at the source while importing, let it read a file store (refused without an
+    opt-in since 3.x) and keep its tqdm bars quiet.
+
+    The defaults matter: MLflow's file registry store opens ``MlflowClient()`` internally, which would
+    otherwise create ``./mlflow.db`` in the working directory.
+    """
+    settings = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri}
+    if uri.startswith("file:"):
+        settings["MLFLOW_ALLOW_FILE_STORE"] = "true"
+    previous = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _import_mlflow() -> Any:
+    try:
+        import mlflow
+        from mlflow.tracking import MlflowClient
+    except ImportError as exc:
+        raise CairnError(
+            f"cairn import-mlflow reads MLflow stores through the mlflow package, which is not installed ({exc}); "
+            "install it with: pip install 'cairn[interop]'"
+        ) from exc
+    return mlflow, MlflowClient
+
+
+class MlflowSource:
+    """An MLflow store read through ``MlflowClient``, as the source of the copier.
+
+    Args:
+        uri: the MLflow tracking (and registry) URI.
+        report: where notes on what cairn cannot represent go.
+        registry: read the model registry too.
+    """
+
+    def __init__(self, uri: str, report: ImportReport, *, registry: bool = True) -> None:
+        mlflow, client_class = _import_mlflow()
+        self._mlflow = mlflow
+        self.uri = uri
+        self.description = describe_uri(uri)
+        self.report = report
+        self.client = client_class(tracking_uri=uri, registry_uri=uri)
+        self.registry = registry
+        self._runs: dict[str, Any] = {}
+        self._experiment_names: dict[str, str] = {}
+        self._logged_models: dict[str, list[Any]] = {}
+        self._placements: dict[str, VersionLocation] = {}
+        self._noted: set[tuple[str, str]] = set()
+
+    def _note(self, subject: str, message: str) -> None:
+        if (subject, message) not in self._noted:
+            self._noted.add((subject, message))
+            self.report.unrepresented.append(Note(subject, message))
+
+    def finish(self) -> None:
+        if self._placements:
+            self._note(
+                "logged models",
+                "MLflow 3 'models:/m-...' URIs do not resolve in cairn; load an imported logged model with "
+                "runs:/<run id>/<path> (see the notes above) or through the registered model",
+            )
+
+    def close(self) -> None:
+        """Nothing to release: MlflowClient keeps no connection of its own to close."""
+
+    # -- experiments and runs ----------------------------------------------------------------------
+
+    def experiments(self) -> list[Experiment]:
+        found: list[Experiment] = []
+        token: str | None = None
+        while True:
+            page = self.client.search_experiments(view_type=_VIEW_ALL, max_results=_PAGE, page_token=token)
+            for exp in page:
+                self._experiment_names[exp.experiment_id] = exp.name
+                found.append(
+                    Experiment(
+                        experiment_id=str(exp.experiment_id),
+                        name=exp.name,
+                        artifact_location=exp.artifact_location or "",
+                        lifecycle_stage=LifecycleStage(exp.lifecycle_stage),
+                        tags=dict(exp.tags or {}),
+                        creation_time=exp.creation_time,
+                        last_update_time=exp.last_update_time,
+                    )
+                )
+            token = page.token
+            if not token:
+                return found
+
+    def runs(self, experiment: Experiment) -> Iterator[Run]:
+        self._note_traces(experiment)
+        token: str | None = None
+        while True:
+            page = self.client.search_runs(
+                [experiment.experiment_id],
+                run_view_type=_VIEW_ALL,
+                max_results=_PAGE,
+                order_by=["attributes.start_time ASC"],
+                page_token=token,
+            )
+            for run in page:
+                self._runs[run.info.run_id] = run
+                self._note_inputs(run)
+                yield _cairn_run(run)
+            token = page.token
+            if not token:
+                return
+
+    def _note_traces(self, experiment: Experiment) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            traces = self.client.search_traces(locations=[experiment.experiment_id], max_results=1, include_spans=False)
+        except (MlflowException, NotImplementedError):  # a backend without traces has none to lose
+            return
+        if traces:
+            self._note(
+                f"experiment {experiment.name!r}", "has traces; cairn does not import traces (they stay in MLflow)"
+            )
+
+    def _note_inputs(self, run: Any) -> None:
+        inputs = getattr(run, "inputs", None)
+        datasets = list(getattr(inputs, "dataset_inputs", None) or [])
+        models = list(getattr(inputs, "model_inputs", None) or [])
+        if datasets:
+            names = ", ".join(sorted({d.dataset.name for d in datasets}))
+            self._note(
+                f"run {run.info.run_id}",
+                f"{len(datasets)} dataset input(s) ({names}) not imported: cairn has no datasets",
+            )
+        if models:
+            self._note(f"run {run.info.run_id}", f"{len(models)} logged-model input link(s) not imported")
+
+    def metric_counts(self, run_ids: Sequence[str]) -> dict[str, dict[str, tuple[int, int]]] | None:
+        return None
+
+    def metric_points(self, run: Run, keys: Sequence[str]) -> list[StoredMetricPoint]:
+        points: list[StoredMetricPoint] = []
+        linked = 0
+        for key in keys:
+            for metric in self.client.get_metric_history(run.info.run_id, key):
+                if getattr(metric, "model_id", None) or getattr(metric, "dataset_name", None):
+                    linked += 1
+                points.append(StoredMetricPoint(key, float(metric.value), int(metric.timestamp), int(metric.step or 0)))
+        if linked:
+            self._note(
+                f"run {run.info.run_id}",
+                f"{linked} metric point(s) are linked to a logged model or dataset in MLflow; the points are "
+                "imported, the links are not",
+            )
+        return points
+
+    # -- artifacts and logged models ---------------------------------------------------------------
+
+    def _repository(self, artifact_uri: str) -> Any:
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        return get_artifact_repository(artifact_uri, tracking_uri=self.uri)
+
+    def _artifact_set(
+        self, artifact_uri: str, anchor: Literal["run", "experiment"], relpath: str, kind: str, label: str
+    ) -> ArtifactSet:
+        repository = self._repository(artifact_uri)
+
+        def list_all() -> list[FileInfo]:
+            return _walk(repository, "")
+
+        def fetch(paths: Sequence[str], local_dir: Path) -> None:
+            for path in paths:
+                repository.download_artifacts(path, dst_path=str(local_dir))
+
+        return ArtifactSet(anchor, relpath, list_all, fetch, label=label, kind=kind)
+
+    def artifact_sets(self, run: Run) -> list[ArtifactSet]:
+        sets = [
+            self._artifact_set(run.info.artifact_uri, "run", "", "artifacts", f"artifacts of run {run.info.run_id}")
+        ]
+        for model in self._models_of_run(run):
+            location = self._placements[model.model_id]
+            sets.append(
+                self._artifact_set(
+                    model.artifact_location,
+                    "run",
+                    location.relpath,
+                    "logged_model",
+                    f"logged model {model.model_id}",
+                )
+            )
+        return sets
+
+    def experiment_artifact_sets(self, experiment: Experiment) -> list[ArtifactSet]:
+        sets = []
+        for model in self._experiment_models(experiment.experiment_id):
+            if model.source_run_id:
+                continue
+            location = self._place_orphan(model)
+            sets.append(
+                self._artifact_set(
+                    model.artifact_location,
+                    "experiment",
+                    location.relpath,
+                    "logged_model",
+                    f"logged model {model.model_id}",
+                )
+            )
+        return sets
+
+    def _experiment_models(self, experiment_id: str) -> list[Any]:
+        if experiment_id in self._logged_models:
+            return self._logged_models[experiment_id]
+        from mlflow.exceptions import MlflowException
+
+        found: list[Any] = []
+        token: str | None = None
+        try:
+            while True:
+                page = self.client.search_logged_models(
+                    experiment_ids=[experiment_id], max_results=_MODEL_PAGE, page_token=token
+                )
+                found.extend(page)
+                token = page.token
+                if not token:
+                    break
+        except (MlflowException, NotImplementedError) as exc:  # MLflow 2 servers have no logged models
+            self._note(f"experiment {experiment_id}", f"logged models could not be listed ({exc}); none imported")
+        found.sort(key=lambda m: (m.creation_timestamp or 0, m.model_id))
+        for model in found:
+            self._note_logged_model(model)
+        self._logged_models[experiment_id] = found
+        return found
+
+    def _note_logged_model(self, model: Any) -> None:
+        params = dict(getattr(model, "params", None) or {})
+        metrics = list(getattr(model, "metrics", None) or [])
+        tags = {k: v for k, v in (getattr(model, "tags", None) or {}).items() if not k.startswith("mlflow.")}
+        if params or metrics or tags:
+            self._note(
+                f"logged model {model.model_id} ({model.name!r})",
+                f"its {len(params)} param(s), {len(metrics)} metric(s) and {len(tags)} tag(s) are not imported: "
+                "cairn keeps a model as files in its run's artifacts (the run's own params and metrics are imported)",
+            )
+
+    def _models_of_run(self, run: Run) -> list[Any]:
+        models = [m for m in self._experiment_models(run.info.experiment_id) if m.source_run_id == run.info.run_id]
+        if models and not all(m.model_id in self._placements for m in models):
+            self._place_run_models(run.info.run_id, run.info.artifact_uri, models)
+        return models
+
+    def _place_run_models(self, run_id: str, artifact_uri: str, models: list[Any]) -> None:
+        """Where each logged model of a run goes: ``<name>`` when free, else ``models/<model id>``.
+
+        Decided from the source alone (the run's top-level artifact names, models in creation order),
+        so every import places a model at the same path.
+        """
+        used = {info.path.split("/")[0] for info in self._repository(artifact_uri).list_artifacts("") or []}
+        for model in models:
+            name = str(model.name or "")
+            relpath = f"models/{model.model_id}"
+            if name and "/" not in name and name not in used and _safe(name):
+                relpath = name
+            used.add(relpath.split("/")[0])
+            self._placements[model.model_id] = VersionLocation(relpath, run_id=run_id)
+            self._note(
+                f"logged model {model.model_id} ({model.name!r})", f"imported as files at runs:/{run_id}/{relpath}"
+            )
+
+    def _place_orphan(self, model: Any) -> VersionLocation:
+        name = (
+            self._experiment_names.get(str(model.experiment_id)) or self.client.get_experiment(model.experiment_id).name
+        )
+        location = VersionLocation(f"models/{model.model_id}", experiment_name=name)
+        self._placements[model.model_id] = location
+        return location
+
+    def _placement(self, model_id: str) -> VersionLocation | None:
+        if model_id in self._placements:
+            return self._placements[model_id]
+        from mlflow.exceptions import MlflowException
+
+        try:
+            model = self.client.get_logged_model(model_id)
+        except MlflowException:
+            return None
+        if not model.source_run_id:
+            return self._place_orphan(model)
+        try:
+            run = self._runs.get(model.source_run_id) or self.client.get_run(model.source_run_id)
+        except MlflowException:
+            return None
+        models = [m for m in self._experiment_models(model.experiment_id) if m.source_run_id == model.source_run_id]
+        self._place_run_models(model.source_run_id, run.info.artifact_uri, models or [model])
+        return self._placements.get(model_id)
+
+    # -- registry ----------------------------------------------------------------------------------
+
+    def registered_models(self) -> Iterator[tuple[RegisteredModel, list[ModelVersion]]]:
+        if not self.registry:
+            return
+        token: str | None = None
+        while True:
+            page = self.client.search_registered_models(max_results=_MODEL_PAGE, page_token=token)
+            for model in page:
+                yield _cairn_model(model), self._versions(model.name)
+            token = page.token
+            if not token:
+                return
+
+    def _versions(self, name: str) -> list[ModelVersion]:
+        escaped = name.replace("'", "\\'")
+        found: list[ModelVersion] = []
+        token: str | None = None
+        while True:
+            page = self.client.search_model_versions(f"name = '{escaped}'", max_results=_PAGE, page_token=token)
+            found.extend(_cairn_version(version) for version in page if version.name == name)
+            token = page.token
+            if not token:
+                return found
+
+    def version_location(self, version: ModelVersion) -> VersionLocation | None:
+        source = version.source
+        if source.startswith("models:/"):
+            reference, _, below = source[len("models:/") :].partition("/")
+            if not _MODEL_ID.match(reference):
+                return None  # a models:/<name>/<version> source: nothing of its own to copy
+            location = self._placement(reference)
+            if location is None:
+                return None
+            relpath = f"{location.relpath}/{below}".rstrip("/") if below else location.relpath
+            return VersionLocation(relpath, location.run_id, location.experiment_name)
+        if source.startswith("runs:/"):
+            run_id, _, path = source[len("runs:/") :].partition("/")
+            return VersionLocation(path.strip("/"), run_id=run_id)
+        if not version.run_id:
+            return None
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = self._runs.get(version.run_id) or self.client.get_run(version.run_id)
+        except MlflowException:
+            return None
+        inside = under_root(source, run.info.artifact_uri)
+        return None if inside is None else VersionLocation(inside, run_id=version.run_id)
+
+
+def _safe(name: str) -> bool:
+    from cairn.artifacts.paths import safe_relpath
+
+    try:
+        safe_relpath(name)
+    except UnsafePath:
+        return False
+    return True
+
+
+def _walk(repository: Any, path: str) -> list[FileInfo]:
+    found: list[FileInfo] = []
+    for entry in repository.list_artifacts(path or None) or []:
+        if entry.path.rstrip("/") == path.rstrip("/"):
+            continue
+        if entry.is_dir:
+            found.extend(_walk(repository, entry.path))
+        else:
+            found.append(FileInfo(entry.path, False, entry.file_size))
+    return sorted(found, key=lambda info: info.path)
+
+
+def _cairn_run(run: Any) -> Run:
+    info = run.info
+    try:
+        status = RunStatus.parse(info.status)
+    except InvalidArgument:
+        status = RunStatus.FAILED
+    return Run(
+        info=RunInfo(
+            run_id=info.run_id,
+            experiment_id=str(info.experiment_id),
+            run_name=info.run_name or "",
+            user_id=info.user_id or "",
+            status=status,
+            start_time=int(info.start_time or 0),
+            end_time=None if info.end_time is None else int(info.end_time),
+            artifact_uri=info.artifact_uri or "",
+            lifecycle_stage=LifecycleStage(info.lifecycle_stage),
+        ),
+        data=RunData(metrics=dict(run.data.metrics), params=dict(run.data.params), tags=dict(run.data.tags)),
+    )
+
+
+def _cairn_model(model: Any) -> RegisteredModel:
+    aliases = getattr(model, "aliases", None) or {}
+    if isinstance(aliases, list):  # some clients return alias entities
+        aliases = {alias.alias: alias.version for alias in aliases}
+    return RegisteredModel(
+        name=model.name,
+        creation_timestamp=int(model.creation_timestamp or 0),
+        last_updated_timestamp=int(model.last_updated_timestamp or 0),
+        description=model.description or None,
+        tags=dict(model.tags or {}),
+        aliases={str(alias): str(version) for alias, version in aliases.items()},
+    )
+
+
+def _cairn_version(version: Any) -> ModelVersion:
+    return ModelVersion(
+        name=version.name,
+        version=str(version.version),
+        creation_timestamp=int(version.creation_timestamp or 0),
+        last_updated_timestamp=int(version.last_updated_timestamp or version.creation_timestamp or 0),
+        source=version.source or "",
+        run_id=version.run_id or None,
+        description=version.description or None,
+        user_id=version.user_id or None,
+        current_stage=version.current_stage or "None",
+        status=version.status or "READY",
+        status_message=version.status_message or None,
+        run_link=version.run_link or None,
+        tags=dict(version.tags or {}),
+        aliases=list(version.aliases or []),
+    )
