@@ -58,6 +58,7 @@ _LAZY_MODULES: dict[str, str] = {
     "onnx": "cairn.onnx",
     "pyfunc": "cairn.pyfunc",
     "registry": "cairn.registry",
+    "sklearn": "cairn.sklearn",
     "sync": "cairn.sync",
 }
 

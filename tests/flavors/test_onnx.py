@@ -655,3 +655,26 @@ def test_mlflow_reads_cairn_onnx_models_and_cairn_reads_mlflow_ones(tmp_path: Pa
         loaded = cairn.onnx.load_pyfunc(tmp_path / "mlflow-model")
     out = loaded.predict({"a": np.ones((2, 1), np.float32), "b": np.full((2, 1), 3.0, np.float32)})
     np.testing.assert_array_equal(out["product"], np.full((2, 1), 3.0))
+
+
+def test_sklearn_log_model_also_onnx_adds_a_checked_onnx_flavor() -> None:
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    import cairn
+    import cairn.onnx
+    import cairn.sklearn
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(64, 4)).astype(np.float32)
+    labels = (features[:, 0] > 0).astype(int)
+    pipeline = make_pipeline(StandardScaler(), LogisticRegression()).fit(features, labels)
+    with cairn.start_run():
+        info = cairn.sklearn.log_model(pipeline, "model", input_example=features[:5], also_onnx=True)
+    assert {"sklearn", "onnx", "python_function"} <= set(info.flavors)
+    session_model = cairn.onnx.load_pyfunc(info.model_uri)
+    native = cairn.sklearn.load_model(info.model_uri)
+    onnx_labels = np.asarray(session_model.predict(features[:8])).ravel()
+    assert onnx_labels.tolist() == native.predict(features[:8]).tolist()

@@ -1,0 +1,511 @@
+"""The scikit-learn flavor: save, log and load estimators, safely by default.
+
+Serialization formats:
+
+- ``"skops"`` (default): ``model.skops``, written with :func:`skops.io.dump` and read with
+  :func:`skops.io.load`, which rebuilds the object without unpickling. cairn trusts only types
+  from scikit-learn, numpy and scipy (and skops' own safe defaults); a file naming any other type
+  is refused with :class:`~cairn.errors.UnsafeModel`, unless the caller trusts those types by name.
+- ``"cloudpickle"``: ``model.pkl``, for estimators skops cannot store (custom classes, lambdas).
+  Loading it unpickles, so it needs ``allow_pickle=True`` or ``CAIRN_ALLOW_PICKLE=1``.
+
+The directory has MLflow's layout (``sklearn`` flavor with ``pickled_model``,
+``serialization_format``, ``sklearn_version``, ``code``; ``python_function`` with ``model_path``),
+so ``mlflow.pyfunc.load_model`` loads it (calling this module's ``_load_pyfunc``) and this module
+loads models ``mlflow.sklearn`` wrote (``model.skops``, or ``model.pkl`` with the pickle opt-in).
+
+Pyfunc ``predict(data, params={"method": "predict_proba"})`` calls another prediction method; the
+``method`` param is declared in every signature cairn writes, so signature enforcement accepts it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import os
+import pickle
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from cairn.errors import InvalidArgument, UnsafeModel
+from cairn.models.model import Model, ModelInfo
+from cairn.models.schema import ModelSignature, ParamSchema, ParamSpec
+
+__all__ = [
+    "FLAVOR_NAME",
+    "PYFUNC_METHODS",
+    "SERIALIZATION_FORMAT_CLOUDPICKLE",
+    "SERIALIZATION_FORMAT_PICKLE",
+    "SERIALIZATION_FORMAT_SKOPS",
+    "TRUSTED_PACKAGES",
+    "SkopsUnsupported",
+    "load_model",
+    "log_model",
+    "save_model",
+]
+
+FLAVOR_NAME = "sklearn"
+LOADER_MODULE = "cairn.flavors.sklearn"
+SERIALIZATION_FORMAT_SKOPS = "skops"
+SERIALIZATION_FORMAT_CLOUDPICKLE = "cloudpickle"
+SERIALIZATION_FORMAT_PICKLE = "pickle"  # MLflow writes it; cairn loads it (with the opt-in) but never writes it
+_SAVE_FORMATS = (SERIALIZATION_FORMAT_SKOPS, SERIALIZATION_FORMAT_CLOUDPICKLE)
+_LOAD_FORMATS = (*_SAVE_FORMATS, SERIALIZATION_FORMAT_PICKLE)
+SKOPS_FILE = "model.skops"
+PICKLE_FILE = "model.pkl"
+#: Top-level packages whose types a skops file may name and still load without an explicit trust list.
+TRUSTED_PACKAGES = ("sklearn", "numpy", "scipy")
+#: Methods pyfunc ``predict`` can call through ``params={"method": ...}``.
+PYFUNC_METHODS = ("predict", "predict_proba", "predict_log_proba", "decision_function", "transform", "score_samples")
+METHOD_PARAM = "method"
+_DEFAULT_METHOD_KEY = "pyfunc_predict_fn"  # cairn's key in the sklearn flavor entry; MLflow ignores it
+
+
+class SkopsUnsupported(InvalidArgument):
+    """skops cannot store this estimator safely; ``serialization_format="cloudpickle"`` can.
+
+    Attributes:
+        reason: what skops could not handle (an exception text, or the types outside the trusted packages).
+    """
+
+    def __init__(self, estimator: Any, reason: str) -> None:
+        self.reason = reason
+        super().__init__(
+            f"cannot save {type(estimator).__name__} with skops, the safe default format: {reason}. "
+            "Save it with serialization_format='cloudpickle' instead; loading it will then require "
+            "allow_pickle=True (or CAIRN_ALLOW_PICKLE=1), because unpickling can run arbitrary code."
+        )
+
+
+# -- skops --------------------------------------------------------------------------------------------
+
+
+def _top_package(name: str) -> str:
+    return name.split(".", 1)[0]
+
+
+def _resolve(name: str) -> Any:
+    """The object a dotted skops type name refers to (module prefix imported, the rest looked up)."""
+    parts = name.split(".")
+    for split in range(len(parts) - 1, 0, -1):
+        try:
+            obj: Any = importlib.import_module(".".join(parts[:split]))
+        except ImportError:
+            continue
+        for attr in parts[split:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise LookupError(name)
+
+
+def is_trusted_type(name: str) -> bool:
+    """Whether a type or function named in a skops file is from scikit-learn, numpy or scipy.
+
+    The name's package must be one of :data:`TRUSTED_PACKAGES` and so must the module that really
+    defines the object it names, so a name such as ``sklearn.some_module.os`` (a module imported
+    there) or a foreign function re-exported by a trusted module is not trusted.
+    """
+    if not isinstance(name, str) or _top_package(name) not in TRUSTED_PACKAGES:
+        return False
+    try:
+        obj = _resolve(name)
+    except (LookupError, AttributeError, ImportError, ValueError):
+        return False
+    if inspect.ismodule(obj):
+        return False
+    defined_in = getattr(obj, "__module__", None)
+    return isinstance(defined_in, str) and _top_package(defined_in) in TRUSTED_PACKAGES
+
+
+def _untrusted_types(path: Path) -> list[str]:
+    import skops.io
+
+    return sorted(skops.io.get_untrusted_types(file=path))
+
+
+def _schema_types(path: Path) -> set[str]:
+    """Every ``module.name`` a skops file refers to, read from its ``schema.json`` (no object is built)."""
+    with zipfile.ZipFile(path) as archive:
+        schema = json.loads(archive.read("schema.json"))
+    found: set[str] = set()
+    stack: list[Any] = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            module, name = node.get("__module__"), node.get("__class__")
+            if isinstance(module, str) and isinstance(name, str):
+                found.add(f"{module}.{name}")
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return found
+
+
+def load_skops(path: str | os.PathLike[str], *, trusted_types: Sequence[str] = ()) -> Any:
+    """Load a ``.skops`` file, trusting only scikit-learn, numpy and scipy types plus ``trusted_types``.
+
+    The trust list is computed here from the file and :func:`is_trusted_type`; a list recorded in
+    the model's MLmodel file (MLflow's ``skops_trusted_types``) is never used, because whoever wrote
+    the file wrote that list too. skops still refuses anything outside that list and its own safe
+    defaults (builtin containers and scalars).
+
+    Raises:
+        UnsafeModel: the file names types outside the trusted packages; the message lists them.
+    """
+    import skops.io
+    from skops.io.exceptions import UntrustedTypesFoundException
+
+    target = Path(path)
+    extra = set(trusted_types)
+    trusted = sorted(t for t in _schema_types(target) if t in extra or is_trusted_type(t))
+    try:
+        return skops.io.load(target, trusted=trusted)
+    except UntrustedTypesFoundException:
+        refused = [t for t in _untrusted_types(target) if t not in trusted]
+        raise UnsafeModel(
+            f"the scikit-learn model {target.name} names types outside scikit-learn, numpy and scipy, which "
+            f"cairn does not load by default: {', '.join(refused)}. If you trust this model, load it with "
+            f"cairn.sklearn.load_model(uri, trusted_types={refused!r})."
+        ) from None
+
+
+def _dump_skops(estimator: Any, path: Path) -> list[str]:
+    """Write ``estimator`` to ``path`` with skops; returns the types skops needs trusted to load it.
+
+    Raises:
+        SkopsUnsupported: skops failed, or the file would name types cairn does not trust.
+    """
+    import skops.io
+
+    try:
+        skops.io.dump(estimator, path)
+    except Exception as exc:
+        path.unlink(missing_ok=True)
+        raise SkopsUnsupported(estimator, f"{type(exc).__name__}: {exc}") from exc
+    untrusted = _untrusted_types(path)
+    foreign = [t for t in untrusted if _top_package(t) not in TRUSTED_PACKAGES]
+    if foreign:
+        path.unlink(missing_ok=True)
+        raise SkopsUnsupported(
+            estimator, f"it contains types outside scikit-learn, numpy and scipy ({', '.join(foreign)})"
+        )
+    return untrusted
+
+
+def _dump_cloudpickle(estimator: Any, path: Path) -> None:
+    import cloudpickle
+
+    with open(path, "wb") as out:
+        # The default protocol, as MLflow does, so older Pythons can read the file.
+        cloudpickle.dump(estimator, out, protocol=pickle.DEFAULT_PROTOCOL)
+
+
+# -- signature ----------------------------------------------------------------------------------------
+
+
+def _default_method(estimator: Any, requested: str | None) -> str:
+    if requested is not None:
+        if requested not in PYFUNC_METHODS:
+            raise InvalidArgument(f"pyfunc_predict_fn must be one of {list(PYFUNC_METHODS)}, got {requested!r}")
+        if not hasattr(estimator, requested):
+            raise InvalidArgument(f"{type(estimator).__name__} has no {requested}() method")
+        return requested
+    for method in ("predict", "transform"):
+        if hasattr(estimator, method):
+            return method
+    return "predict"
+
+
+def _with_method_param(signature: ModelSignature | None, default: str) -> ModelSignature:
+    """``signature`` with a ``method`` string param (default ``default``), or a params-only signature."""
+    spec = ParamSpec(METHOD_PARAM, "string", default)
+    if signature is None:
+        return ModelSignature(params=ParamSchema([spec]))
+    params = list(signature.params.params) if signature.params is not None else []
+    if any(p.name == METHOD_PARAM for p in params):
+        return signature
+    return ModelSignature(signature.inputs, signature.outputs, ParamSchema([*params, spec]))
+
+
+def _infer_signature(estimator: Any, input_example: Any, method: str) -> ModelSignature | None:
+    from cairn.models.packaging import _infer_from_example
+
+    predict = getattr(estimator, method, None)
+    return _infer_from_example(input_example, predict)
+
+
+# -- save / log ---------------------------------------------------------------------------------------
+
+
+def save_model(
+    sk_model: Any,
+    path: str | os.PathLike[str],
+    *,
+    serialization_format: str = SERIALIZATION_FORMAT_SKOPS,
+    signature: ModelSignature | Literal[False] | None = None,
+    input_example: Any = None,
+    metadata: dict[str, Any] | None = None,
+    pip_requirements: Sequence[str] | None = None,
+    extra_pip_requirements: Sequence[str] | None = None,
+    code_paths: Sequence[str | os.PathLike[str]] | None = None,
+    pyfunc_predict_fn: str | None = None,
+    run_id: str | None = None,
+    artifact_path: str | None = None,
+    also_onnx: bool = False,
+    onnx_rtol: float = 1e-3,
+    onnx_atol: float = 1e-5,
+) -> Model:
+    """Save a scikit-learn estimator as a model directory at ``path``.
+
+    Args:
+        sk_model: the (fitted) estimator, pipeline or meta-estimator.
+        path: the new model directory; must not exist or be empty.
+        serialization_format: ``"skops"`` (safe, default) or ``"cloudpickle"``.
+        signature: the model signature; ``None`` infers it from ``input_example`` by running one
+            prediction; ``False`` records none (the pyfunc ``method`` param is then unavailable).
+            A ``method`` param is added to whatever signature is recorded.
+        input_example: a few rows of input, stored with the model.
+        metadata: free-form metadata for the MLmodel file.
+        pip_requirements: the packages the model needs, replacing the defaults
+            (``scikit-learn`` and ``skops`` or ``cloudpickle``).
+        extra_pip_requirements: packages added to the defaults.
+        code_paths: local files or directories stored with the model and importable at load time.
+        pyfunc_predict_fn: the method pyfunc ``predict`` calls by default (``"predict"``, or
+            ``"transform"`` for a model without ``predict``).
+        run_id: recorded in the MLmodel file (set by :func:`log_model`).
+        artifact_path: recorded in the MLmodel file (set by :func:`log_model`).
+        also_onnx: also convert to ONNX (skl2onnx) into the same model directory, as an ``onnx``
+            flavor; needs ``input_example``. The conversion runs both models on the example and fails
+            (saving nothing) when they differ beyond ``onnx_rtol``/``onnx_atol``.
+
+    Returns:
+        The :class:`~cairn.models.Model` written.
+
+    Raises:
+        SkopsUnsupported: skops cannot store the estimator (the message suggests ``"cloudpickle"``).
+        InvalidArgument: an unknown serialization format or predict function.
+        ResourceAlreadyExists: ``path`` exists and is not empty.
+    """
+    import sklearn
+
+    from cairn.models.packaging import save_model_dir
+
+    if serialization_format not in _SAVE_FORMATS:
+        raise InvalidArgument(
+            f"serialization_format must be one of {list(_SAVE_FORMATS)}, got {serialization_format!r}"
+        )
+    method = _default_method(sk_model, pyfunc_predict_fn)
+    if signature is None and input_example is not None:
+        signature = _infer_signature(sk_model, input_example, method)
+    if signature is not False:
+        signature = _with_method_param(signature, method)
+    packages = list(pip_requirements) if pip_requirements is not None else ["scikit-learn", serialization_format]
+    packages += list(extra_pip_requirements or ())
+
+    with tempfile.TemporaryDirectory(prefix="cairn-sklearn-") as tmp:
+        file_name = SKOPS_FILE if serialization_format == SERIALIZATION_FORMAT_SKOPS else PICKLE_FILE
+        staged = Path(tmp) / file_name
+        trusted_types: list[str] | None = None
+        if serialization_format == SERIALIZATION_FORMAT_SKOPS:
+            trusted_types = _dump_skops(sk_model, staged)
+        else:
+            _dump_cloudpickle(sk_model, staged)
+
+        def write_data(directory: Path) -> None:
+            shutil.move(staged, directory / file_name)
+
+        flavor_conf: dict[str, Any] = {
+            "pickled_model": file_name,
+            "sklearn_version": sklearn.__version__,
+            "serialization_format": serialization_format,
+            "code": None,
+            _DEFAULT_METHOD_KEY: method,
+        }
+        if trusted_types is not None:
+            # For MLflow's own loader, which reads this list; cairn recomputes it from the file.
+            flavor_conf["skops_trusted_types"] = trusted_types
+        model = save_model_dir(
+            path,
+            flavor_name=FLAVOR_NAME,
+            flavor_conf=flavor_conf,
+            loader_module=LOADER_MODULE,
+            write_data=write_data,
+            predict_fn=getattr(sk_model, method, None),
+            signature=signature,
+            input_example=input_example,
+            metadata=metadata,
+            pip_packages=packages,
+            code_paths=code_paths,
+            pyfunc_conf={"model_path": file_name, "predict_fn": "predict"},
+            run_id=run_id,
+            artifact_path=artifact_path,
+        )
+    if also_onnx:
+        from cairn.flavors.onnx import add_onnx_flavor
+
+        add_onnx_flavor(Path(path), model, sk_model, input_example, rtol=onnx_rtol, atol=onnx_atol)
+    return model
+
+
+def log_model(
+    sk_model: Any,
+    name: str | None = None,
+    *,
+    artifact_path: str | None = None,
+    serialization_format: str = SERIALIZATION_FORMAT_SKOPS,
+    signature: ModelSignature | Literal[False] | None = None,
+    input_example: Any = None,
+    metadata: dict[str, Any] | None = None,
+    pip_requirements: Sequence[str] | None = None,
+    extra_pip_requirements: Sequence[str] | None = None,
+    code_paths: Sequence[str | os.PathLike[str]] | None = None,
+    pyfunc_predict_fn: str | None = None,
+    registered_model_name: str | None = None,
+    run_id: str | None = None,
+    also_onnx: bool = False,
+    onnx_rtol: float = 1e-3,
+    onnx_atol: float = 1e-5,
+) -> ModelInfo:
+    """Save ``sk_model`` (see :func:`save_model`) into a run's artifacts at ``name``.
+
+    Args:
+        sk_model: the estimator.
+        name: the model's artifact path in the run (default ``"model"``).
+        artifact_path: MLflow's older name for ``name``.
+        registered_model_name: also register the model under this name.
+        run_id: log into this run instead of the active one (a run is started if none is active).
+        serialization_format, signature, input_example, metadata, pip_requirements,
+            extra_pip_requirements, code_paths, pyfunc_predict_fn, also_onnx, onnx_rtol, onnx_atol:
+            as in :func:`save_model`.
+
+    Returns:
+        The :class:`~cairn.models.ModelInfo` (``model_uri`` is ``runs:/<run_id>/<name>``).
+    """
+    from cairn.models import packaging
+
+    if name is not None and artifact_path is not None and name != artifact_path:
+        raise InvalidArgument(f"name={name!r} and artifact_path={artifact_path!r} disagree; pass only name")
+    target = name if name is not None else artifact_path if artifact_path is not None else "model"
+
+    def save(path: Path, **kwargs: Any) -> Model:
+        return save_model(sk_model, path, **kwargs)
+
+    return packaging.log_model(
+        save,
+        target,
+        registered_model_name=registered_model_name,
+        run_id=run_id,
+        serialization_format=serialization_format,
+        signature=signature,
+        input_example=input_example,
+        metadata=metadata,
+        pip_requirements=pip_requirements,
+        extra_pip_requirements=extra_pip_requirements,
+        code_paths=code_paths,
+        pyfunc_predict_fn=pyfunc_predict_fn,
+        also_onnx=also_onnx,
+        onnx_rtol=onnx_rtol,
+        onnx_atol=onnx_atol,
+    )
+
+
+# -- load ---------------------------------------------------------------------------------------------
+
+
+def _load_estimator(
+    model_dir: Path, meta: Model, *, allow_pickle: bool | None, trusted_types: Sequence[str] = ()
+) -> Any:
+    from cairn import safety
+    from cairn.models.loading import add_code_to_path, model_subpath
+
+    conf = meta.flavors.get(FLAVOR_NAME) or {}
+    pyfunc_conf = meta.flavors.get("python_function") or {}
+    add_code_to_path(model_dir, conf.get("code") or pyfunc_conf.get("code"))  # modules a pickle may import
+    fmt = conf.get("serialization_format") or SERIALIZATION_FORMAT_PICKLE  # MLflow's default before skops
+    if fmt not in _LOAD_FORMATS:
+        raise InvalidArgument(
+            f"the scikit-learn model at {model_dir} uses serialization format {fmt!r}; "
+            f"cairn reads {list(_LOAD_FORMATS)}"
+        )
+    default_file = SKOPS_FILE if fmt == SERIALIZATION_FORMAT_SKOPS else PICKLE_FILE
+    rel = conf.get("pickled_model") or pyfunc_conf.get("model_path") or default_file
+    path = model_subpath(model_dir, rel, "scikit-learn model file")
+    if fmt == SERIALIZATION_FORMAT_SKOPS:
+        return load_skops(path, trusted_types=trusted_types)
+    return safety.load_cloudpickle(path, allow_pickle, what=f"the scikit-learn model {rel} ({fmt} format)")
+
+
+def load_model(
+    model_uri: str | os.PathLike[str],
+    *,
+    allow_pickle: bool = False,
+    trusted_types: Sequence[str] = (),
+    dst_path: str | os.PathLike[str] | None = None,
+) -> Any:
+    """Load a scikit-learn model (cairn's or MLflow's) as the estimator itself.
+
+    Args:
+        model_uri: a local path, ``runs:/``, ``models:/`` or artifact-store URI.
+        allow_pickle: allow unpickling a ``cloudpickle``/``pickle`` model (or set ``CAIRN_ALLOW_PICKLE=1``).
+        trusted_types: type names a skops file may use beyond scikit-learn, numpy and scipy.
+        dst_path: where to download a remote model.
+
+    Raises:
+        UnsafeModel: the model needs unpickling without the opt-in (the message says how to opt
+            in), or a skops file names untrusted types (the message lists them).
+        ModelIntegrityError: a model file does not match its recorded sha256.
+    """
+    from cairn.models.loading import open_model_dir
+
+    local = open_model_dir(model_uri, dst=dst_path)
+    return _load_estimator(local.path, local.model, allow_pickle=allow_pickle, trusted_types=trusted_types)
+
+
+class SklearnPyfunc:
+    """The pyfunc implementation: ``predict(data, params={"method": ...})`` on an estimator."""
+
+    def __init__(self, sklearn_model: Any, default_method: str = "predict") -> None:
+        self.sklearn_model = sklearn_model
+        self.default_method = default_method
+
+    def get_raw_model(self) -> Any:
+        """The estimator."""
+        return self.sklearn_model
+
+    def predict(self, data: Any, params: dict[str, Any] | None = None) -> Any:
+        """Call the estimator's ``params["method"]`` (default: its ``predict``) on ``data``.
+
+        Raises:
+            InvalidArgument: the method is not one of :data:`PYFUNC_METHODS` or the estimator lacks it.
+        """
+        method = (params or {}).get(METHOD_PARAM) or self.default_method
+        if method not in PYFUNC_METHODS:
+            raise InvalidArgument(f"params['method'] must be one of {list(PYFUNC_METHODS)}, got {method!r}")
+        function = getattr(self.sklearn_model, method, None)
+        if function is None:
+            available = [m for m in PYFUNC_METHODS if hasattr(self.sklearn_model, m)]
+            raise InvalidArgument(
+                f"{type(self.sklearn_model).__name__} has no {method}(); this model supports {available}"
+            )
+        return function(data)
+
+
+def _load_pyfunc(data_path: str | os.PathLike[str], model_config: dict[str, Any] | None = None) -> SklearnPyfunc:
+    """MLflow's pyfunc loader entry point: ``data_path`` is the model directory or its model file.
+
+    Pickled models load only with the opt-in (:func:`cairn.safety.pickle_allowed`).
+    """
+    from cairn.models.hashes import verify_model_files
+
+    path = Path(data_path)
+    model_dir = path.parent if path.is_file() else path
+    meta = Model.load(model_dir)
+    verify_model_files(model_dir, meta)
+    estimator = _load_estimator(model_dir, meta, allow_pickle=None)
+    default = (meta.flavors.get(FLAVOR_NAME) or {}).get(_DEFAULT_METHOD_KEY) or "predict"
+    return SklearnPyfunc(estimator, default if default in PYFUNC_METHODS else "predict")
