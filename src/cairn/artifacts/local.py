@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import builtins
+import contextlib
+import errno
 import os
 import shutil
 import stat
+import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -158,6 +162,50 @@ class LocalArtifactStore(ArtifactStore):
             for item, dest in zip(files, targets, strict=True):
                 _write_atomically(dest, item.source, _mode_of(item.source))
                 advance(item.size)
+        _fsync_dirs({os.path.dirname(dest) for dest in targets})
+
+    @contextlib.contextmanager
+    def staging_dir(self) -> Iterator[Path]:
+        """A new empty directory inside the root, hidden from listings, for files to hand to :meth:`move_dir`.
+
+        Being on the store's filesystem is what lets :meth:`move_dir` rename instead of copy. The
+        directory and anything left in it are removed on exit.
+        """
+        os.makedirs(self.root, exist_ok=True)
+        path = tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=self.root)
+        try:
+            yield Path(path)
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def move_dir(self, local_dir: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+        """:meth:`put_dir` for files the caller gives up: each is fsynced and renamed into place, not copied.
+
+        A file on another filesystem is copied as :meth:`put_dir` does. Either way each file appears
+        at its destination whole (rename), and ``local_dir`` loses the files that were renamed.
+        """
+        base = safe_relpath(artifact_path)
+        files = collect_files(local_dir)
+        targets = [self._resolve(join(base, item.relpath))[1] for item in files]  # check all before writing
+        for item, dest in zip(files, targets, strict=True):
+            parent = os.path.dirname(dest)
+            try:
+                os.makedirs(parent, exist_ok=True)
+            except (FileExistsError, NotADirectoryError) as exc:
+                raise InvalidArgument(f"cannot write {dest}: a file is in the way of its directory ({exc})") from exc
+            if os.path.isdir(dest) and not os.path.islink(dest):
+                raise InvalidArgument(f"cannot write {dest}: a directory of that name exists")
+            fd = os.open(item.source, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.replace(item.source, dest)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                _write_atomically(dest, item.source, _mode_of(item.source))
         _fsync_dirs({os.path.dirname(dest) for dest in targets})
 
     def put_bytes(self, data: bytes, artifact_file: str) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -31,6 +32,7 @@ __all__ = [
     "FILES_MANIFEST",
     "MANIFEST_SHA256_KEY",
     "file_sha256",
+    "remember_file_sha256",
     "verified_scope",
     "verify_model_files",
     "write_files_manifest",
@@ -42,6 +44,10 @@ MANIFEST_SHA256_KEY = "cairn_files_sha256"
 _SKIPPED_NAMES = ("__pycache__", ".DS_Store")
 _CHUNK = 1024 * 1024
 _verified: ContextVar[frozenset[str]] = ContextVar("cairn_verified_model_dirs", default=frozenset())
+# path -> ((dev, inode, size, mtime_ns, ctime_ns), sha256) of files hashed while they were written.
+_remembered: dict[str, tuple[tuple[int, ...], str]] = {}
+_remembered_lock = threading.Lock()
+_REMEMBERED_MAX = 256
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -65,10 +71,43 @@ def _model_files(model_dir: Path) -> Iterator[tuple[str, Path]]:
                 yield rel, path
 
 
+def _stat_key(path: str | os.PathLike[str]) -> tuple[int, ...]:
+    info = os.stat(path)
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+def remember_file_sha256(path: str | os.PathLike[str], sha256: str) -> None:
+    """Record ``sha256`` as the digest of the file at ``path`` as it is now, for :func:`write_files_manifest`.
+
+    A writer that hashed the bytes while writing them (the PyTorch flavor's weights) calls this so the
+    manifest does not read a large file a second time. The record is kept in this process only and is
+    used only while the file's device, inode, size, mtime and ctime are unchanged; verification
+    (:func:`verify_model_files`) never uses it and always reads the bytes.
+    """
+    key = _stat_key(path)
+    with _remembered_lock:
+        if len(_remembered) >= _REMEMBERED_MAX:
+            _remembered.pop(next(iter(_remembered)))
+        _remembered[os.path.abspath(path)] = (key, sha256)
+
+
+def _manifest_sha256(path: Path) -> str:
+    with _remembered_lock:
+        record = _remembered.pop(os.path.abspath(path), None)
+    if record is not None and record[0] == _stat_key(path):
+        return record[1]
+    return file_sha256(path)
+
+
 def write_files_manifest(model_dir: str | os.PathLike[str]) -> str:
-    """Hash every file under ``model_dir`` into ``cairn_files.json``; returns the manifest's sha256."""
+    """Hash every file under ``model_dir`` into ``cairn_files.json``; returns the manifest's sha256.
+
+    Files registered with :func:`remember_file_sha256` (and unchanged since) are not read again.
+    """
     directory = Path(model_dir)
-    files = {rel: {"sha256": file_sha256(path), "size": path.stat().st_size} for rel, path in _model_files(directory)}
+    files = {
+        rel: {"sha256": _manifest_sha256(path), "size": path.stat().st_size} for rel, path in _model_files(directory)
+    }
     content = json.dumps({"algorithm": "sha256", "files": files}, indent=1, sort_keys=True).encode("utf-8")
     (directory / FILES_MANIFEST).write_bytes(content)
     return hashlib.sha256(content).hexdigest()

@@ -336,18 +336,21 @@ def log_model(
         run_id = fluent._active_run_id()
     else:
         client.get_run(run_id)  # RunNotFound before any work
-    with tempfile.TemporaryDirectory(prefix="cairn-model-") as tmp:
+    store = client.artifact_store(run_id)
+    # A local store stages the model on its own filesystem and renames the files into place (no copy).
+    staging = getattr(store, "staging_dir", None)
+    move_dir = getattr(store, "move_dir", None)
+    with staging() if callable(staging) else tempfile.TemporaryDirectory(prefix="cairn-model-") as tmp:
         local = Path(tmp) / "model"
         model = save_fn(local, run_id=run_id, artifact_path=name, **save_kwargs)
         if not isinstance(model, Model):
             raise InvalidArgument(f"save_fn must return the Model it saved, got {type(model).__name__}")
-        store = client.artifact_store(run_id)
         if store.exists(name):
             store.delete(name)
         mlmodel = Path(tmp) / MLMODEL_FILE_NAME
         os.replace(local / MLMODEL_FILE_NAME, mlmodel)
         if any(local.iterdir()):
-            store.put_dir(local, name)
+            (move_dir if callable(move_dir) else store.put_dir)(local, name)
         store.put_file(mlmodel, name)
     _record_logged_model(client, run_id, model)
     info = model.get_model_info(f"runs:/{run_id}/{name}")

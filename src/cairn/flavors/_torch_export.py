@@ -1,0 +1,339 @@
+"""The module's architecture as a ``torch.export`` program, saved without its weights, loaded only if checked safe.
+
+What ``torch.export.load`` does with a ``.pt2`` file in torch 2.13 (read from its source,
+``torch/export/pt2_archive/_package.py`` and ``torch/_export/serde/serialize.py``; its docstring also
+warns "uses pickle under the hood ... Never load data from an untrusted source"):
+
+- weights and constants whose payload config says ``use_pickle: true`` are read with
+  ``torch.load(weights_only=False)``; ``opaque_obj_*`` constants with ``pickle.loads``; ``custom_obj_*``
+  (TorchBind) constants with ``torch._C._pickle_load_obj``;
+- the sample inputs are read with ``torch.load(weights_only=True)`` and, if that fails, again with
+  ``weights_only=False``;
+- symbolic shape expressions (``expr_str``) go through ``sympy.sympify``, which evaluates Python;
+- ``guards_code`` strings from the file are compiled with ``exec`` when ``.module()`` is called;
+- a node's ``target`` string is resolved by attribute lookup on ``torch``, ``math`` or ``operator``
+  (``torch.<anything>``, so not only operators), and ``data/aotinductor/`` payloads are ``dlopen``-ed.
+
+So a crafted ``.pt2`` runs code. :func:`check_archive` reads the archive without running anything
+and refuses all of the above unless the caller opted in to pickle: only raw tensor payloads,
+JSON configs, an empty (or, for MLflow's files, ``weights_only``-loadable) sample input, operator
+targets under ``torch.ops``, ``operator``/``math`` functions from a fixed list, symbolic expressions
+made of numbers, shape symbols (``s0`` or ``Symbol('s0', positive=True)``) and known sympy
+functions, and no guards code.
+
+cairn saves the program with its weights replaced by one-element stand-ins (the weights live in
+``model.safetensors``) and without sample inputs, so the file is small and its load touches no
+pickle at all.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import operator
+import re
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cairn import safety
+from cairn.errors import InvalidArgument, UnsafeModel
+
+__all__ = ["check_archive", "export_module", "load_program", "save_program"]
+
+_ROOT_FILES = frozenset({"archive_format", "archive_version", "byteorder", ".data/version", ".data/serialization_id"})
+_ALLOWED_PATHS = [
+    re.compile(r"models/[A-Za-z0-9_.-]+\.json"),
+    re.compile(r"data/weights/weight_\d+"),
+    re.compile(r"data/weights/[A-Za-z0-9_.-]+_weights_config\.json"),
+    re.compile(r"data/constants/tensor_\d+"),
+    re.compile(r"data/constants/[A-Za-z0-9_.-]+_constants_config\.json"),
+    re.compile(r"data/sample_inputs/[A-Za-z0-9_.-]+\.pt"),
+    re.compile(r"extra/[A-Za-z0-9_./-]+"),
+]
+_OPERATOR_FUNCTIONS = frozenset(
+    {
+        "abs", "add", "and_", "contains", "eq", "floordiv", "ge", "getitem", "gt", "index", "inv", "invert",
+        "le", "lshift", "lt", "mod", "mul", "ne", "neg", "not_", "or_", "pos", "pow", "rshift", "sub",
+        "truediv", "truth", "xor", "matmul",
+    }
+)  # fmt: skip
+_MATH_FUNCTIONS = frozenset(name for name in dir(math) if not name.startswith("_") and callable(getattr(math, name)))
+_SYMPY_NAMES = frozenset(
+    {
+        "Abs", "And", "CeilDiv", "CeilToInt", "CleanDiv", "Eq", "FloatPow", "FloatTrueDiv", "FloorDiv",
+        "FloorToInt", "Ge", "Gt", "Identity", "IntTrueDiv", "IsNonOverlappingAndDenseIndicator", "LShift",
+        "Le", "Lt", "Max", "Min", "Mod", "ModularIndexing", "Ne", "Not", "Or", "PowByNatural", "PythonMod",
+        "RShift", "RoundDecimal", "RoundToInt", "ToFloat", "TruncToFloat", "TruncToInt", "Where", "ceiling",
+        "floor", "sqrt", "oo", "zoo", "nan", "True", "False", "pi", "E", "Integer", "Rational", "Float", "Symbol",
+    }
+)  # fmt: skip
+_EXPR_TOKEN = re.compile(
+    r"\s+|\d+\.\d*(?:e[+-]?\d+)?|\d+(?:e[+-]?\d+)?|[A-Za-z][A-Za-z0-9_]*|'[A-Za-z0-9_]+'"
+    r"|\*\*|//|[<>=!]=|[-+*/%(),<>&|~^=]"
+)
+#: sympy assumption keywords, as in ``Symbol('s0', positive=True, integer=True)``.
+_ASSUMPTIONS = frozenset(
+    {"positive", "negative", "nonnegative", "nonpositive", "integer", "real", "finite", "nonzero", "zero", "even"}
+)
+_SHAPE_SYMBOL = re.compile(r"[a-z]+\d+")
+_TORCH_SYMBOLIC = re.compile(r"torch\.(?:_?sym_[a-z_]+)")
+
+
+# -- saving -------------------------------------------------------------------------------------------------
+
+
+def example_arguments(example: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """``(args, kwargs)`` for the module from an input example: one tensor/array/DataFrame, or a dict of them."""
+    if isinstance(example, dict):
+        return (), {str(k): as_tensor(v) for k, v in example.items()}
+    return (as_tensor(example),), {}
+
+
+def as_tensor(value: Any) -> torch.Tensor:
+    """A tensor from a tensor, numpy array, pandas DataFrame/Series or nested list."""
+    if isinstance(value, torch.Tensor):
+        return value
+    module = type(value).__module__.split(".")[0]
+    if module == "pandas":
+        value = value.to_numpy()
+    if type(value).__module__ == "numpy" and getattr(value, "dtype", None) is not None:
+        import numpy as np
+
+        array = np.asarray(value)
+        if array.dtype.kind in "biufc":
+            return torch.from_numpy(np.ascontiguousarray(array)) if array.flags.writeable else torch.tensor(array)
+    try:
+        return torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise InvalidArgument(f"cannot make a tensor of a {type(value).__name__}: {exc}") from None
+
+
+def export_module(model: nn.Module, example: Any) -> torch.export.ExportedProgram:
+    """``torch.export.export`` of ``model`` in eval mode, with the first dimension of every input dynamic.
+
+    Raises:
+        InvalidArgument: the example cannot be turned into tensors, or torch cannot export the module
+            (the message carries torch's reason).
+    """
+    from cairn.flavors._torch_utils import eval_mode
+
+    args, kwargs = example_arguments(example)
+    batch = torch.export.Dim.AUTO
+    dynamic: Any
+    if kwargs:
+        dynamic = {name: {0: batch} if value.dim() > 0 else None for name, value in kwargs.items()}
+    else:
+        dynamic = tuple({0: batch} if value.dim() > 0 else None for value in args)
+    try:
+        with eval_mode(model), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.export.export(model, args, kwargs=kwargs or None, dynamic_shapes=dynamic)
+    except Exception as exc:
+        raise InvalidArgument(
+            f"torch.export could not export {type(model).__name__}: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def save_program(program: torch.export.ExportedProgram, path: Path, stored: set[str]) -> None:
+    """Save ``program`` to ``path`` with the tensors named in ``stored`` replaced by one-element stand-ins.
+
+    The stand-ins keep dtype and shape (a zero-stride expansion of a single element), so the file
+    holds the graph and small constants only; :func:`load_program`'s caller puts the real weights back.
+    The sample inputs are not saved (they would be read with ``torch.load``).
+    """
+    state_dict = program.state_dict
+    constants = program.constants
+    saved_state = dict(state_dict)
+    saved_constants = dict(constants)
+    saved_example = program._example_inputs
+    try:
+        for name, tensor in saved_state.items():
+            if name in stored:
+                state_dict[name] = _stand_in(tensor)
+        for name, value in saved_constants.items():
+            if name in stored and isinstance(value, torch.Tensor):
+                constants[name] = _stand_in(value)
+        program._example_inputs = None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "No complete tensor found in the group" for the stand-ins
+            torch.export.save(program, str(path))
+    finally:
+        state_dict.clear()
+        state_dict.update(saved_state)
+        constants.clear()
+        constants.update(saved_constants)
+        program._example_inputs = saved_example
+
+
+def _stand_in(tensor: torch.Tensor) -> torch.Tensor:
+    stub = torch.zeros((), dtype=tensor.dtype, device="cpu").expand(tensor.shape)
+    return nn.Parameter(stub, requires_grad=tensor.requires_grad) if isinstance(tensor, nn.Parameter) else stub
+
+
+# -- checking ------------------------------------------------------------------------------------------------
+
+
+def _refuse(path: Path, reason: str) -> UnsafeModel:
+    return UnsafeModel(
+        f"refusing to load the exported program {path.name}: {reason}. Loading it with torch.export.load "
+        f"could run code from the file. If you trust this model, pass allow_pickle=True (or set "
+        f"{safety.ALLOW_PICKLE_ENV}=1)."
+    )
+
+
+def _archive_entries(archive: zipfile.ZipFile, path: Path) -> dict[str, str]:
+    """Relative path inside the archive (below its single root folder) -> zip member name."""
+    entries: dict[str, str] = {}
+    for info in archive.infolist():
+        if info.is_dir():
+            continue
+        root, _, rel = info.filename.partition("/")
+        if not root or not rel:
+            raise _refuse(path, f"unexpected archive member {info.filename!r}")
+        entries[rel] = info.filename
+    return entries
+
+
+def check_archive(path: Path, *, allow_sample_inputs: bool = False) -> None:
+    """Refuse a ``.pt2`` file whose loading could run code (see the module docstring); read-only.
+
+    Args:
+        path: the archive.
+        allow_sample_inputs: accept non-empty sample inputs if torch's restricted ``weights_only``
+            unpickler reads them (MLflow's files have them; cairn's never do). Without it they must be empty.
+
+    Raises:
+        UnsafeModel: the archive contains anything but plain data and a checked graph; the message says what.
+    """
+    try:
+        archive = zipfile.ZipFile(path)
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise _refuse(path, f"it is not a zip archive ({exc})") from None
+    with archive:
+        entries = _archive_entries(archive, path)
+        for rel in entries:
+            if rel not in _ROOT_FILES and not any(p.fullmatch(rel) for p in _ALLOWED_PATHS):
+                raise _refuse(path, f"it contains {rel!r}, which is not a plain graph, tensor or config record")
+        for rel, member in entries.items():
+            if rel.endswith(("_weights_config.json", "_constants_config.json")):
+                _check_payload_config(path, rel, archive.read(member))
+            elif rel.startswith("models/"):
+                _check_program_json(path, rel, archive.read(member))
+            elif rel.startswith("data/sample_inputs/"):
+                content = archive.read(member)
+                if content and not (allow_sample_inputs and _weights_only_loadable(content)):
+                    raise _refuse(path, f"{rel} holds sample inputs that would be unpickled")
+
+
+def _load_json(path: Path, rel: str, content: bytes) -> Any:
+    try:
+        return json.loads(content)
+    except (UnicodeDecodeError, ValueError):
+        raise _refuse(path, f"{rel} is not valid JSON") from None
+
+
+def _check_payload_config(path: Path, rel: str, content: bytes) -> None:
+    config = _load_json(path, rel, content)
+    entries = config.get("config") if isinstance(config, dict) else None
+    if not isinstance(entries, dict):
+        raise _refuse(path, f"{rel} is not a payload config")
+    for name, entry in entries.items():
+        if not isinstance(entry, dict) or entry.get("use_pickle") is not False:
+            raise _refuse(path, f"{rel} marks {name!r} as pickled")
+        path_name = entry.get("path_name")
+        if not isinstance(path_name, str) or not re.fullmatch(r"(?:weight|tensor)_\d+", path_name):
+            raise _refuse(path, f"{rel} stores {name!r} as {path_name!r}, which is not a raw tensor record")
+
+
+def _weights_only_loadable(content: bytes) -> bool:
+    try:
+        torch.load(io.BytesIO(content), map_location="cpu", weights_only=True)
+    except Exception:
+        return False
+    return True
+
+
+def _check_program_json(path: Path, rel: str, content: bytes) -> None:
+    program = _load_json(path, rel, content)
+    stack: list[Any] = [program]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        guards = node.get("guards_code")
+        if guards:
+            raise _refuse(path, f"{rel} carries guards code, which torch would exec")
+        expr = node.get("expr_str")
+        if expr is not None and not _safe_expression(expr):
+            raise _refuse(path, f"{rel} has a symbolic expression that is not plain arithmetic: {expr!r:.80}")
+        target = node.get("target")
+        if isinstance(target, str) and not _safe_target(target):
+            raise _refuse(path, f"{rel} calls {target!r:.80}, which is not a torch operator")
+        stack.extend(node.values())
+
+
+def _safe_expression(text: object) -> bool:
+    if not isinstance(text, str) or len(text) > 10_000:
+        return False
+    position = 0
+    while position < len(text):
+        match = _EXPR_TOKEN.match(text, position)
+        if match is None:
+            return False
+        token = match.group()
+        if token[0] == "'" and not _SHAPE_SYMBOL.fullmatch(token[1:-1]):
+            return False
+        if token[0].isalpha() and token not in _SYMPY_NAMES | _ASSUMPTIONS and not _SHAPE_SYMBOL.fullmatch(token):
+            return False
+        position = match.end()
+    return True
+
+
+def _safe_target(target: str) -> bool:
+    parts = target.split(".")
+    if any(not part.isidentifier() or part.startswith("__") for part in parts):
+        return False
+    if target.startswith("torch.ops.") and len(parts) >= 4:
+        return True
+    if _TORCH_SYMBOLIC.fullmatch(target):
+        return True
+    if parts[0] == "_operator" and len(parts) == 2:
+        return parts[1] in _OPERATOR_FUNCTIONS and callable(getattr(operator, parts[1], None))
+    if parts[0] == "math" and len(parts) == 2:
+        return parts[1] in _MATH_FUNCTIONS
+    return False
+
+
+# -- loading ----------------------------------------------------------------------------------------------
+
+
+def load_program(path: Path, *, allow_pickle: bool | None, foreign: bool = False) -> torch.export.ExportedProgram:
+    """``torch.export.load(path)`` after :func:`check_archive` (skipped when pickle is allowed).
+
+    Args:
+        path: the ``.pt2`` file.
+        allow_pickle: the caller's opt-in; with it (or ``CAIRN_ALLOW_PICKLE=1``) the file is trusted as is.
+        foreign: the file was written by another tool (MLflow), so non-empty sample inputs are
+            accepted if the ``weights_only`` unpickler reads them.
+
+    Raises:
+        UnsafeModel: the archive fails the check and pickle is not allowed.
+        InvalidArgument: torch cannot read the program.
+    """
+    if not safety.pickle_allowed(allow_pickle):
+        check_archive(path, allow_sample_inputs=foreign)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.export.load(str(path))
+    except Exception as exc:
+        raise InvalidArgument(f"torch could not load the exported program {path}: {type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,826 @@
+"""The PyTorch flavor: ``nn.Module`` weights always as safetensors, the architecture without pickle when possible.
+
+Layout of a model directory (MLflow's flavor keys plus cairn's)::
+
+    MLmodel            pytorch: {model_data: data, pytorch_version, architecture, weights, weights_index,
+                                 module_class | model_factory + init_kwargs + imports | exported_program | skeleton}
+                       python_function: {loader_module: cairn.flavors.pytorch, data: data, ...}
+    data/model.safetensors   every parameter and buffer (tied ones once; see cairn.flavors._torch_utils)
+    data/weights.json        the slots: parameter/buffer, requires_grad, persistence, aliases (ties)
+    data/model.pt2           architecture "export": the torch.export program, weights stripped
+    data/skeleton.pkl        architecture "skeleton": the module cloudpickled with its tensors on "meta"
+    data/extra_state.*       modules' get_extra_state(), if any (safetensors + JSON, no pickle)
+
+How the architecture is stored, in order of preference:
+
+1. ``"class"`` / ``"factory"``: an importable ``module_class="pkg.mod:Class"`` or
+   ``model_factory="pkg.mod:function"`` plus JSON ``init_kwargs``. Loading imports ``pkg.mod`` (the
+   module named at save time, recorded as ``imports``; never from the model directory unless the model
+   was saved with ``code_paths``), builds the module on the ``meta`` device and assigns the weights.
+   Without either argument the model's own class is used when it is importable by name and either
+   ``init_kwargs`` were given or it builds with no arguments into the same parameter shapes.
+2. ``"export"``: a ``torch.export`` program traced from the input example. torch's own loader can
+   run code from a crafted file, so cairn checks the archive first (see
+   :mod:`cairn.flavors._torch_export`).
+3. ``"skeleton"``: the module cloudpickled without its weights. Loading it unpickles, so it needs
+   ``allow_pickle=True`` (or ``CAIRN_ALLOW_PICKLE=1``).
+
+Kinds 1 and 2 load without any pickle. Models written by ``mlflow.pytorch`` load too: ``data/model.pth``
+(a whole pickled module) only with the pickle opt-in, ``data/model.pt2`` after the same archive check.
+
+Pyfunc: ``predict`` takes a tensor, numpy array, pandas DataFrame or a dict of them (keyword
+arguments), runs the module in eval mode under ``torch.inference_mode`` and returns numpy (a dict
+of numpy arrays for several outputs). ``params={"device": "cuda:0"}`` moves the module first; the
+``device`` param is declared in every signature cairn writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from cairn import safety
+from cairn.errors import ArtifactNotFound, InvalidArgument, ModelIntegrityError, UnsafeModel
+from cairn.flavors import _torch_export, _torch_utils
+from cairn.models.model import Model, ModelInfo
+from cairn.models.schema import ModelSignature, ParamSchema, ParamSpec
+
+__all__ = [
+    "ARCHITECTURES",
+    "FLAVOR_NAME",
+    "STATE_DICT_NAME",
+    "load_model",
+    "load_state_dict",
+    "log_model",
+    "log_state_dict",
+    "save_model",
+    "save_state_dict",
+]
+
+FLAVOR_NAME = "pytorch"
+LOADER_MODULE = "cairn.flavors.pytorch"
+DATA_DIR = "data"
+WEIGHTS_FILE = "model.safetensors"
+INDEX_FILE = "weights.json"
+PROGRAM_FILE = "model.pt2"
+SKELETON_FILE = "skeleton.pkl"
+EXTRA_STATE_NAME = "extra_state"
+MLFLOW_PICKLE_FILE = "model.pth"
+#: File stem of a state dict logged by :func:`log_state_dict` (``state_dict.safetensors`` + ``state_dict.json``).
+STATE_DICT_NAME = "state_dict"
+MLFLOW_STATE_DICT_FILE = "state_dict.pth"
+ARCHITECTURES = ("class", "factory", "export", "skeleton")
+DEVICE_PARAM = "device"
+
+
+# -- choosing how to store the architecture ---------------------------------------------------------------
+
+
+@dataclass
+class _Architecture:
+    kind: str
+    target: str | None = None
+    init_kwargs: dict[str, Any] = field(default_factory=dict)
+    program: Any = None  # torch.export.ExportedProgram for "export"
+
+    def flavor_entries(self) -> dict[str, Any]:
+        entries: dict[str, Any] = {"architecture": self.kind}
+        if self.kind in ("class", "factory"):
+            entries["module_class" if self.kind == "class" else "model_factory"] = self.target
+            entries["init_kwargs"] = self.init_kwargs
+            entries["imports"] = [str(self.target).split(":")[0]]
+        elif self.kind == "export":
+            entries["exported_program"] = f"{DATA_DIR}/{PROGRAM_FILE}"
+        else:
+            entries["skeleton"] = f"{DATA_DIR}/{SKELETON_FILE}"
+        return entries
+
+
+def _json_kwargs(init_kwargs: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
+    if init_kwargs is None:
+        return {}
+    if not isinstance(init_kwargs, Mapping) or not all(isinstance(k, str) for k in init_kwargs):
+        raise InvalidArgument(f"{what} must be a dict with string keys, got {type(init_kwargs).__name__}")
+    try:
+        return dict(json.loads(json.dumps(dict(init_kwargs), allow_nan=False)))
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(f"{what} must be JSON-serializable (they go into the MLmodel file): {exc}") from None
+
+
+def _name_of(value: str | Callable[..., Any], what: str) -> str:
+    if isinstance(value, str):
+        return value
+    name = _torch_utils.target_name(value)
+    if name is None:
+        raise InvalidArgument(
+            f"{what} {getattr(value, '__qualname__', value)!r} cannot be imported by name (it is defined in "
+            "__main__ or inside a function); move it to a module, or pass 'package.module:Name'"
+        )
+    return name
+
+
+def _built_from(build: Callable[[], Any], index: _torch_utils.WeightsIndex) -> str | None:
+    """Why the module ``build`` makes does not match the saved slots, or ``None`` if it does.
+
+    Built on ``meta`` (no memory, no initialisation); on the CPU if the constructor cannot run on
+    ``meta``, as :func:`_construct` does at load time.
+    """
+    try:
+        module = _torch_utils.build_on_meta(build)
+    except Exception:  # e.g. a constructor that reads tensor values; the load falls back the same way
+        module = build()
+    if not isinstance(module, nn.Module):
+        return f"it returned a {type(module).__name__}, not a torch.nn.Module"
+    return _torch_utils.structure_mismatch(module, index)
+
+
+def _explicit_architecture(
+    model: nn.Module,
+    index: _torch_utils.WeightsIndex,
+    module_class: str | type | None,
+    model_factory: str | Callable[..., Any] | None,
+    kwargs: dict[str, Any],
+) -> _Architecture:
+    if module_class is not None:
+        name = _name_of(module_class, "module_class")
+        cls = _torch_utils.import_target(name, kind="class")
+        if not isinstance(model, cls):
+            raise InvalidArgument(f"module_class {name!r} does not match the model, a {type(model).__qualname__}")
+        kind, target, build = "class", name, lambda: cls(**kwargs)
+    else:
+        assert model_factory is not None
+        name = _name_of(model_factory, "model_factory")
+        factory = _torch_utils.import_target(name, kind="factory")
+        kind, target, build = "factory", name, lambda: factory(**kwargs)
+    try:
+        problem = _built_from(build, index)
+    except Exception as exc:
+        raise InvalidArgument(f"{target}(**init_kwargs) failed: {type(exc).__name__}: {exc}") from exc
+    if problem is not None:
+        raise InvalidArgument(f"{target}(**init_kwargs) does not rebuild this model: {problem}")
+    return _Architecture(kind, target, kwargs)
+
+
+def _lightning_hparams(model: nn.Module) -> dict[str, Any] | None:
+    hparams = getattr(model, "hparams", None)
+    if not isinstance(hparams, Mapping) or not hparams:
+        return None
+    try:
+        return _json_kwargs(dict(hparams), "hparams")
+    except InvalidArgument:
+        return None
+
+
+def _importable_class(model: nn.Module, index: _torch_utils.WeightsIndex, kwargs: dict[str, Any] | None) -> Any:
+    """The model's own class as architecture, if importable and rebuildable; else ``None``."""
+    name = _torch_utils.target_name(type(model))
+    if name is None:
+        return None
+    try:
+        cls = _torch_utils.import_target(name, kind="class")
+    except (UnsafeModel, InvalidArgument, ImportError):
+        return None
+    candidates = [kwargs] if kwargs is not None else [c for c in (_lightning_hparams(model), {}) if c is not None]
+    for candidate in candidates:
+
+        def build(kwargs: dict[str, Any] = candidate) -> Any:
+            return cls(**kwargs)
+
+        try:
+            problem = _built_from(build, index)
+        except Exception:  # a probe: any constructor failure means "not rebuildable this way"
+            continue
+        if problem is None:
+            return _Architecture("class", name, candidate)
+    return None
+
+
+def _choose_architecture(
+    model: nn.Module,
+    index: _torch_utils.WeightsIndex,
+    *,
+    module_class: str | type | None,
+    model_factory: str | Callable[..., Any] | None,
+    init_kwargs: Mapping[str, Any] | None,
+    export: bool | None,
+    example: Any,
+    allow_pickle_skeleton: bool,
+) -> _Architecture:
+    if module_class is not None and model_factory is not None:
+        raise InvalidArgument("pass module_class or model_factory, not both")
+    kwargs = _json_kwargs(init_kwargs, "init_kwargs")
+    if module_class is not None or model_factory is not None:
+        if export:
+            raise InvalidArgument("export=True and module_class/model_factory are exclusive; choose one")
+        return _explicit_architecture(model, index, module_class, model_factory, kwargs)
+    if export is None or export is False:
+        found = _importable_class(model, index, kwargs if init_kwargs is not None else None)
+        if found is not None:
+            return found
+    if export is not False and example is not None:
+        try:
+            return _Architecture("export", program=_torch_export.export_module(model, example))
+        except InvalidArgument as exc:
+            if export:
+                raise
+            reason = f"torch.export failed ({exc})"
+    elif export:
+        raise InvalidArgument("export=True needs an input_example to trace the module with")
+    else:
+        reason = "no input_example was given for torch.export"
+    if not allow_pickle_skeleton:
+        raise InvalidArgument(
+            f"cannot store the architecture of {type(model).__qualname__} without pickle: its class is not "
+            f"importable by name or does not rebuild from init_kwargs, and {reason}. Pass "
+            "module_class='pkg.mod:Class' with init_kwargs, model_factory='pkg.mod:function', or an input_example; "
+            "or allow_pickle_skeleton=True (loading then needs allow_pickle=True)"
+        )
+    warnings.warn(
+        f"storing the architecture of {type(model).__qualname__} as a cloudpickled skeleton ({reason}); loading "
+        "it will need allow_pickle=True. Pass module_class=/model_factory= or an input_example to avoid pickle.",
+        UserWarning,
+        stacklevel=4,
+    )
+    return _Architecture("skeleton")
+
+
+# -- pickled skeleton ---------------------------------------------------------------------------------------
+
+
+def _write_skeleton(model: nn.Module, path: Path) -> None:
+    """Cloudpickle ``model`` with every parameter and buffer replaced by a ``meta`` stand-in (no data)."""
+    import cloudpickle
+
+    stored = {id(tensor) for _n, _m, _l, _k, tensor in _torch_utils.slots_of(model)}
+
+    class SkeletonPickler(cloudpickle.Pickler):
+        def reducer_override(self, obj: Any) -> Any:
+            if isinstance(obj, torch.Tensor) and id(obj) in stored:
+                args = (list(obj.shape), str(obj.dtype).removeprefix("torch."), isinstance(obj, nn.Parameter))
+                return _torch_utils.meta_stub, (*args, bool(obj.requires_grad))
+            return super().reducer_override(obj)
+
+    with open(path, "wb") as out:
+        try:
+            SkeletonPickler(out, protocol=pickle.DEFAULT_PROTOCOL).dump(model)
+        except Exception as exc:
+            raise InvalidArgument(f"cannot cloudpickle the structure of {type(model).__qualname__}: {exc}") from exc
+
+
+# -- pyfunc ------------------------------------------------------------------------------------------------
+
+
+def _to_numpy(value: Any, label: str = "output") -> Any:
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().to("cpu")
+        if tensor.dtype == torch.bfloat16:
+            tensor = tensor.float()
+        return tensor.numpy()
+    if isinstance(value, Mapping):
+        return {str(k): _to_numpy(v, f"{label}[{k!r}]") for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return {f"output_{i}": _to_numpy(v, f"{label}[{i}]") for i, v in enumerate(value)}
+    if isinstance(value, (int, float, bool)):
+        import numpy as np
+
+        return np.asarray(value)
+    raise InvalidArgument(f"the model returned {type(value).__name__} at {label}; cairn converts tensors to numpy")
+
+
+def _flatten_outputs(value: Any) -> Any:
+    """Nested output dicts are not schema material; keep one level (tensors or arrays)."""
+    if isinstance(value, dict) and any(isinstance(v, dict) for v in value.values()):
+        raise InvalidArgument("the model returned nested outputs; cairn's pyfunc returns one level of named arrays")
+    return value
+
+
+def _module_device(model: nn.Module) -> torch.device:
+    for parameter in model.parameters():
+        return parameter.device
+    for buffer in model.buffers():
+        return buffer.device
+    return torch.device("cpu")
+
+
+class TorchPyfunc:
+    """The pyfunc implementation: ``predict(data, params={"device": ...})`` on an ``nn.Module``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.pytorch_model = model
+        _set_eval(model)
+        self._device = _module_device(model)
+
+    def get_raw_model(self) -> nn.Module:
+        """The module."""
+        return self.pytorch_model
+
+    def predict(self, data: Any, params: dict[str, Any] | None = None) -> Any:
+        """Run the module on ``data`` (moved to ``params["device"]`` if given); numpy out.
+
+        Raises:
+            InvalidArgument: the input cannot be made into tensors or the output into numpy arrays.
+        """
+        requested = (params or {}).get(DEVICE_PARAM)
+        try:
+            device = torch.device(requested) if requested else self._device
+        except (RuntimeError, TypeError) as exc:
+            raise InvalidArgument(
+                f"params['device'] must name a torch device such as 'cpu' or 'cuda:0': {exc}"
+            ) from None
+        if device != self._device:
+            self.pytorch_model.to(device)
+            self._device = device
+        args, kwargs = _torch_export.example_arguments(data)
+        args = tuple(a.to(device) for a in args)
+        kwargs = {k: v.to(device) for k, v in kwargs.items()}
+        with torch.inference_mode():
+            output = self.pytorch_model(*args, **kwargs)
+        return _flatten_outputs(_to_numpy(output))
+
+
+def _set_eval(model: nn.Module) -> None:
+    try:
+        model.eval()
+    except NotImplementedError:  # a torch.export program's module is already in inference form
+        pass
+
+
+def _with_device_param(signature: ModelSignature | None) -> ModelSignature:
+    spec = ParamSpec(DEVICE_PARAM, "string", "cpu")
+    if signature is None:
+        return ModelSignature(params=ParamSchema([spec]))
+    params = list(signature.params.params) if signature.params is not None else []
+    if any(p.name == DEVICE_PARAM for p in params):
+        return signature
+    return ModelSignature(signature.inputs, signature.outputs, ParamSchema([*params, spec]))
+
+
+# -- save / log ----------------------------------------------------------------------------------------------
+
+
+def _requirements(
+    kind: str, pip_requirements: Sequence[str] | None, extra_pip_requirements: Sequence[str] | None
+) -> list[str]:
+    if pip_requirements is not None and isinstance(pip_requirements, (str, os.PathLike)):
+        raise InvalidArgument("pip_requirements must be a list of requirement strings")
+    if pip_requirements is not None:
+        base = list(pip_requirements)
+    else:
+        base = ["torch", "safetensors"] + (["cloudpickle"] if kind == "skeleton" else [])
+    return base + list(extra_pip_requirements or ())
+
+
+def _extra_states(model: nn.Module) -> dict[str, Any]:
+    """``get_extra_state()`` of every submodule that overrides it, by module name."""
+    return {
+        prefix: module.get_extra_state()
+        for prefix, module in model.named_modules()
+        if type(module).get_extra_state is not nn.Module.get_extra_state
+    }
+
+
+def save_model(
+    pytorch_model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    module_class: str | type | None = None,
+    model_factory: str | Callable[..., Any] | None = None,
+    init_kwargs: Mapping[str, Any] | None = None,
+    export: bool | None = None,
+    signature: ModelSignature | Literal[False] | None = None,
+    input_example: Any = None,
+    metadata: dict[str, Any] | None = None,
+    pip_requirements: Sequence[str] | None = None,
+    extra_pip_requirements: Sequence[str] | None = None,
+    code_paths: Sequence[str | os.PathLike[str]] | None = None,
+    allow_pickle_skeleton: bool = True,
+    run_id: str | None = None,
+    artifact_path: str | None = None,
+) -> Model:
+    """Save an ``nn.Module`` as a model directory at ``path`` (see the module docstring for the layout).
+
+    Args:
+        pytorch_model: the module; its tensors may live on any device but not on ``meta``.
+        path: the new model directory; must not exist or be empty.
+        module_class: the class to rebuild the module with, as ``"pkg.mod:Class"`` or the class itself.
+        model_factory: a function returning the module, as ``"pkg.mod:function"`` or the function itself.
+        init_kwargs: JSON-serializable keyword arguments for ``module_class``/``model_factory`` (or for
+            the model's own class when neither is given).
+        export: ``True`` stores a ``torch.export`` program (needs ``input_example``), ``False`` never
+            does, ``None`` (default) does when the class cannot be used and an input example is given.
+        signature: the signature; ``None`` infers it from ``input_example`` (one forward pass),
+            ``False`` records none. A ``device`` param is added to any recorded signature.
+        input_example: example input (tensor, numpy array, DataFrame or dict of them), saved with the model.
+        metadata: free-form metadata for the MLmodel file.
+        pip_requirements: replaces the default requirements (torch, safetensors[, cloudpickle]).
+        extra_pip_requirements: added to the defaults.
+        code_paths: files or directories saved under ``code/`` and importable at load time (e.g. the
+            package defining ``module_class``).
+        allow_pickle_skeleton: fall back to a cloudpickled skeleton when nothing else works; with
+            ``False`` that case raises instead.
+        run_id: recorded in the MLmodel file (set by :func:`log_model`).
+        artifact_path: recorded in the MLmodel file (set by :func:`log_model`).
+
+    Returns:
+        The :class:`~cairn.models.Model` written.
+
+    Raises:
+        InvalidArgument: a tensor is on ``meta`` (or otherwise not storable), ``module_class``/
+            ``model_factory`` cannot be imported or do not rebuild the model, ``init_kwargs`` are not
+            JSON, ``export=True`` fails, or no pickle-free architecture exists and
+            ``allow_pickle_skeleton`` is off.
+        UnsafeModel: ``module_class``/``model_factory`` names something cairn would refuse to load.
+        ResourceAlreadyExists: ``path`` exists and is not empty.
+    """
+    from cairn.models import hashes
+    from cairn.models.packaging import _infer_from_example, _split_example, save_model_dir
+
+    if not isinstance(pytorch_model, nn.Module):
+        raise InvalidArgument(f"pytorch_model must be a torch.nn.Module, got {type(pytorch_model).__name__}")
+    index = _torch_utils.collect_weights(pytorch_model)
+    digest = _torch_utils.WeightsDigest(index.tensors)  # hashing overlaps everything up to the write
+    example_data = _split_example(input_example)[0] if input_example is not None else None
+    architecture = _choose_architecture(
+        pytorch_model,
+        index,
+        module_class=module_class,
+        model_factory=model_factory,
+        init_kwargs=init_kwargs,
+        export=export,
+        example=example_data,
+        allow_pickle_skeleton=allow_pickle_skeleton,
+    )
+    extra_states = _extra_states(pytorch_model)
+    if signature is None and input_example is not None:
+        with _torch_utils.eval_mode(pytorch_model):  # the caller's train/eval flags come back afterwards
+            signature = _infer_from_example(input_example, TorchPyfunc(pytorch_model).predict)
+    if signature is not False:
+        signature = _with_device_param(signature)
+
+    flavor_conf: dict[str, Any] = {
+        "model_data": DATA_DIR,
+        "pytorch_version": str(torch.__version__),
+        "weights": f"{DATA_DIR}/{WEIGHTS_FILE}",
+        "weights_index": f"{DATA_DIR}/{INDEX_FILE}",
+        "code": None,
+        **architecture.flavor_entries(),
+    }
+
+    def write_data(directory: Path) -> None:
+        data = directory / DATA_DIR
+        data.mkdir()
+        sha256 = _torch_utils.write_weights(
+            index.tensors,
+            data / WEIGHTS_FILE,
+            file_sha256=hashes.file_sha256,
+            digest=digest,
+            fsync=artifact_path is not None,  # set by log_model: the store will fsync it anyway
+        )
+        hashes.remember_file_sha256(data / WEIGHTS_FILE, sha256)  # the manifest need not read it again
+        (data / INDEX_FILE).write_text(json.dumps(index.to_json(WEIGHTS_FILE), indent=1), encoding="utf-8")
+        if extra_states:
+            from cairn.checkpoint.state_tree import save_state_tree
+
+            save_state_tree(extra_states, data, name=EXTRA_STATE_NAME)
+            flavor_conf["extra_state"] = f"{DATA_DIR}/{EXTRA_STATE_NAME}"
+        if architecture.kind == "export":
+            names = {slot.name for slot in index.slots}
+            _torch_export.save_program(architecture.program, data / PROGRAM_FILE, names)
+        elif architecture.kind == "skeleton":
+            _write_skeleton(pytorch_model, data / SKELETON_FILE)
+
+    return save_model_dir(
+        path,
+        flavor_name=FLAVOR_NAME,
+        flavor_conf=flavor_conf,
+        loader_module=LOADER_MODULE,
+        write_data=write_data,
+        signature=signature,
+        input_example=input_example,
+        metadata=metadata,
+        pip_packages=_requirements(architecture.kind, pip_requirements, extra_pip_requirements),
+        code_paths=code_paths,
+        pyfunc_conf={"data": DATA_DIR},
+        run_id=run_id,
+        artifact_path=artifact_path,
+    )
+
+
+def log_model(
+    pytorch_model: nn.Module,
+    name: str | None = None,
+    *,
+    artifact_path: str | None = None,
+    module_class: str | type | None = None,
+    model_factory: str | Callable[..., Any] | None = None,
+    init_kwargs: Mapping[str, Any] | None = None,
+    export: bool | None = None,
+    signature: ModelSignature | Literal[False] | None = None,
+    input_example: Any = None,
+    metadata: dict[str, Any] | None = None,
+    pip_requirements: Sequence[str] | None = None,
+    extra_pip_requirements: Sequence[str] | None = None,
+    code_paths: Sequence[str | os.PathLike[str]] | None = None,
+    allow_pickle_skeleton: bool = True,
+    registered_model_name: str | None = None,
+    run_id: str | None = None,
+) -> ModelInfo:
+    """Save ``pytorch_model`` (see :func:`save_model`) into a run's artifacts at ``name``.
+
+    Args:
+        pytorch_model: the module.
+        name: the model's artifact path in the run (default ``"model"``).
+        artifact_path: MLflow 2's name for ``name``.
+        registered_model_name: also register the model under this name (version 1, 2, ...).
+        run_id: log into this run instead of the active one (a run is started if none is active).
+        module_class, model_factory, init_kwargs, export, signature, input_example, metadata,
+            pip_requirements, extra_pip_requirements, code_paths, allow_pickle_skeleton: as in :func:`save_model`.
+
+    Returns:
+        The :class:`~cairn.models.ModelInfo` (``model_uri`` is ``runs:/<run_id>/<name>``).
+    """
+    from cairn.models import packaging
+
+    if name is not None and artifact_path is not None and name != artifact_path:
+        raise InvalidArgument(f"name={name!r} and artifact_path={artifact_path!r} disagree; pass only name")
+    target = name if name is not None else artifact_path if artifact_path is not None else "model"
+
+    def save(path: Path, **kwargs: Any) -> Model:
+        return save_model(pytorch_model, path, **kwargs)
+
+    return packaging.log_model(
+        save,
+        target,
+        registered_model_name=registered_model_name,
+        run_id=run_id,
+        module_class=module_class,
+        model_factory=model_factory,
+        init_kwargs=init_kwargs,
+        export=export,
+        signature=signature,
+        input_example=input_example,
+        metadata=metadata,
+        pip_requirements=pip_requirements,
+        extra_pip_requirements=extra_pip_requirements,
+        code_paths=code_paths,
+        allow_pickle_skeleton=allow_pickle_skeleton,
+    )
+
+
+# -- load ---------------------------------------------------------------------------------------------------
+
+
+def _construct(build: Callable[[], Any], target: str) -> nn.Module:
+    """``build()`` on the ``meta`` device, or on the CPU if that fails."""
+    try:
+        module = _torch_utils.build_on_meta(build)
+    except Exception:  # constructors that compute on tensors cannot run on meta; build for real instead
+        module = build()
+    if not isinstance(module, nn.Module):
+        raise InvalidArgument(f"{target} returned a {type(module).__name__}, not a torch.nn.Module")
+    return module
+
+
+def _read_weights(index_rel: Any, weights_rel: Any, model_dir: Path, device: str) -> tuple[Any, Any]:
+    import safetensors.torch
+
+    from cairn.models.loading import model_subpath
+
+    index = _torch_utils.read_index(model_subpath(model_dir, index_rel or f"{DATA_DIR}/{INDEX_FILE}", "weights index"))
+    weights = model_subpath(model_dir, weights_rel or f"{DATA_DIR}/{WEIGHTS_FILE}", "weights file")
+    return index, safetensors.torch.load_file(str(weights), device=device)
+
+
+def _load_cairn(model_dir: Path, conf: dict[str, Any], *, allow_pickle: bool | None, device: str) -> nn.Module:
+    from cairn.models.loading import model_subpath
+
+    kind = conf.get("architecture")
+    where = str(model_dir)
+    index, tensors = _read_weights(conf.get("weights_index"), conf.get("weights"), model_dir, device)
+    strict = True
+    if kind in ("class", "factory"):
+        target = conf.get("module_class" if kind == "class" else "model_factory")
+        obj = _torch_utils.import_target(target, kind=str(kind))
+        kwargs = conf.get("init_kwargs") or {}
+        if not isinstance(kwargs, dict) or not all(isinstance(key, str) for key in kwargs):
+            raise InvalidArgument(f"{where}: init_kwargs in the MLmodel file must be a mapping with string keys")
+        model = _construct(lambda: obj(**kwargs), str(target))
+    elif kind == "export":
+        program_path = model_subpath(model_dir, conf.get("exported_program") or f"{DATA_DIR}/{PROGRAM_FILE}", "program")
+        model = _torch_export.load_program(program_path, allow_pickle=allow_pickle).module()
+        strict = False
+    elif kind == "skeleton":
+        skeleton = model_subpath(model_dir, conf.get("skeleton") or f"{DATA_DIR}/{SKELETON_FILE}", "skeleton")
+        model = safety.load_cloudpickle(
+            skeleton,
+            allow_pickle,
+            what=f"the PyTorch model skeleton {DATA_DIR}/{SKELETON_FILE} (the module's structure, cloudpickled "
+            "because it could not be stored as an importable class or a torch.export program)",
+        )
+        if not isinstance(model, nn.Module):
+            raise InvalidArgument(f"{where}: the skeleton holds a {type(model).__name__}, not a torch.nn.Module")
+    else:
+        raise InvalidArgument(f"{where}: unknown PyTorch architecture kind {kind!r}; this cairn reads {ARCHITECTURES}")
+    _torch_utils.restore_weights(model, index, tensors, where=where, strict=strict)
+    if kind == "export":
+        # Every stand-in the program was saved with (a zero-stride expansion) must have been replaced.
+        left = [n for n, _m, _l, _k, t in _torch_utils.slots_of(model) if t.numel() > 1 and not any(t.stride())]
+        if left:
+            raise ModelIntegrityError(f"{where}: the weights file has no tensor for {', '.join(left[:20])}")
+    if kind in ("class", "factory") and _torch_utils.meta_tensors_left(model):
+        # The constructor made tensors that are not parameters or buffers (plain attributes); those
+        # need a real build. Slow for large models, but correct.
+        model = obj(**kwargs)
+        _torch_utils.restore_weights(model, index, tensors, where=where, strict=True)
+    if extra_rel := conf.get("extra_state"):
+        _restore_extra_state(model, model_subpath(model_dir, extra_rel, "extra state"), device)
+    return model
+
+
+def _restore_extra_state(model: nn.Module, stem: Path, device: str) -> None:
+    from cairn.checkpoint.state_tree import load_state_tree
+
+    states = load_state_tree(stem.parent, name=stem.name, map_location=device)
+    modules = dict(model.named_modules())
+    for prefix, state in states.items():
+        if prefix in modules:
+            modules[prefix].set_extra_state(state)
+
+
+def _load_mlflow(model_dir: Path, conf: dict[str, Any], *, allow_pickle: bool | None, device: str) -> nn.Module:
+    from cairn.models.loading import model_subpath
+
+    data = model_subpath(model_dir, conf.get("model_data") or DATA_DIR, "model data")
+    pickled = data / MLFLOW_PICKLE_FILE
+    program = data / PROGRAM_FILE
+    if pickled.is_file():
+        safety.require_pickle_opt_in(
+            f"the PyTorch model {DATA_DIR}/{MLFLOW_PICKLE_FILE} written by MLflow (a whole module saved with "
+            "torch.save, i.e. pickled)",
+            allow_pickle,
+        )
+        model = torch.load(str(pickled), map_location=device, weights_only=False)  # opt-in checked above
+    elif program.is_file():
+        model = _torch_export.load_program(program, allow_pickle=allow_pickle, foreign=True).module()
+    else:
+        raise ArtifactNotFound(f"{model_dir}: the pytorch flavor has neither {MLFLOW_PICKLE_FILE} nor {PROGRAM_FILE}")
+    if not isinstance(model, nn.Module):
+        raise InvalidArgument(f"{pickled} holds a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _load_from_dir(model_dir: Path, meta: Model, *, allow_pickle: bool | None, device: str) -> nn.Module:
+    conf = meta.flavors.get(FLAVOR_NAME)
+    if conf is None:
+        raise InvalidArgument(f"the model at {model_dir} has no {FLAVOR_NAME} flavor; it has {sorted(meta.flavors)}")
+    if conf.get("architecture") is not None:
+        model = _load_cairn(model_dir, conf, allow_pickle=allow_pickle, device=device)
+    else:
+        model = _load_mlflow(model_dir, conf, allow_pickle=allow_pickle, device=device)
+    _set_eval(model)
+    return model
+
+
+def load_model(
+    model_uri: str | os.PathLike[str],
+    *,
+    allow_pickle: bool = False,
+    map_location: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
+    dst_path: str | os.PathLike[str] | None = None,
+) -> nn.Module:
+    """Load a PyTorch model (cairn's or MLflow's) as an ``nn.Module`` in eval mode.
+
+    The weights are memory-mapped from the safetensors file (copy-on-write: changing them never
+    changes the file).
+
+    Args:
+        model_uri: a local path, ``runs:/``, ``models:/`` or artifact-store URI.
+        allow_pickle: allow unpickling (a ``"skeleton"`` model, MLflow's ``model.pth``) and trust
+            exported programs without checking them; also ``CAIRN_ALLOW_PICKLE=1``.
+        map_location: the device the weights are loaded onto.
+        device: MLflow's name; overrides ``map_location`` when given.
+        dst_path: where to download a remote model.
+
+    Raises:
+        UnsafeModel: the model needs unpickling without the opt-in (the message says how to opt in),
+            names a class or factory cairn refuses, or its exported program fails the safety check.
+        StateMismatch: the rebuilt module's parameters differ from the saved ones (names listed).
+        ModelIntegrityError: a model file does not match its recorded sha256.
+    """
+    from cairn.models.loading import add_code_to_path, open_model_dir
+
+    target = str(torch.device(device if device is not None else map_location))
+    local = open_model_dir(model_uri, dst=dst_path)
+    conf = local.model.flavors.get(FLAVOR_NAME) or {}
+    add_code_to_path(local.path, conf.get("code") or (local.model.flavors.get("python_function") or {}).get("code"))
+    with safety.pickle_opt_in(allow_pickle):
+        return _load_from_dir(local.path, local.model, allow_pickle=allow_pickle, device=target)
+
+
+def _model_dir_of(data_path: Path) -> Path:
+    from cairn.models.model import MLMODEL_FILE_NAME
+
+    for candidate in (data_path, data_path.parent, data_path.parent.parent):
+        if (candidate / MLMODEL_FILE_NAME).is_file():
+            return candidate
+    raise ArtifactNotFound(f"no MLmodel file next to {data_path}")
+
+
+def _load_pyfunc(data_path: str | os.PathLike[str], model_config: dict[str, Any] | None = None) -> TorchPyfunc:
+    """MLflow's pyfunc entry point; ``data_path`` is the model's ``data`` directory (or the model directory).
+
+    Pickled models load only with the opt-in (:func:`cairn.safety.pickle_allowed`).
+    """
+    from cairn.models.hashes import verify_model_files
+
+    model_dir = _model_dir_of(Path(data_path))
+    meta = Model.load(model_dir)
+    verify_model_files(model_dir, meta)
+    device = str((model_config or {}).get(DEVICE_PARAM) or "cpu")
+    return TorchPyfunc(_load_from_dir(model_dir, meta, allow_pickle=None, device=device))
+
+
+# -- state dicts -------------------------------------------------------------------------------------------
+
+
+def save_state_dict(state_dict: Any, path: str | os.PathLike[str]) -> list[Path]:
+    """Write ``state_dict`` (nested dicts/lists of tensors and scalars) to the directory ``path``, without pickle.
+
+    Files: ``state_dict.safetensors`` and ``state_dict.json``. Returns the paths written.
+    """
+    from cairn.checkpoint.state_tree import save_state_tree
+
+    return save_state_tree(state_dict, path, name=STATE_DICT_NAME)
+
+
+def log_state_dict(state_dict: Any, artifact_path: str, *, run_id: str | None = None) -> None:
+    """Log a state dict (a module's, an optimizer's, or any nested dict of tensors and scalars) to a run.
+
+    MLflow's ``mlflow.pytorch.log_state_dict``, stored as safetensors + JSON instead of a pickle:
+    the run's ``<artifact_path>/state_dict.safetensors`` and ``state_dict.json``. The run is
+    ``run_id``, else the active run, else a new one.
+
+    Raises:
+        InvalidArgument: a value cannot be stored (the message names its path in the dict).
+    """
+    from cairn.artifacts.paths import safe_relpath
+    from cairn.tracking import fluent
+    from cairn.tracking.client import Client
+
+    if not isinstance(artifact_path, str) or not safe_relpath(artifact_path):
+        raise InvalidArgument(f"artifact_path must be a non-empty relative path, got {artifact_path!r}")
+    client = Client()
+    run = run_id if run_id is not None else fluent._active_run_id()
+    with tempfile.TemporaryDirectory(prefix="cairn-state-dict-") as tmp:
+        save_state_dict(state_dict, tmp)
+        client.artifact_store(run).put_dir(tmp, safe_relpath(artifact_path))
+
+
+def load_state_dict(
+    state_dict_uri: str | os.PathLike[str],
+    *,
+    map_location: str | torch.device = "cpu",
+    allow_pickle: bool = False,
+    dst_path: str | os.PathLike[str] | None = None,
+) -> Any:
+    """Load a state dict logged by :func:`log_state_dict` (or MLflow's, with the pickle opt-in).
+
+    Args:
+        state_dict_uri: ``runs:/<run_id>/<artifact_path>``, a local directory, or an artifact-store URI.
+        map_location: where the tensors land.
+        allow_pickle: allow reading MLflow's pickled ``state_dict.pth`` (or ``CAIRN_ALLOW_PICKLE=1``).
+        dst_path: where to download a remote state dict.
+
+    Raises:
+        ArtifactNotFound: nothing at the URI, or no state dict in it.
+        UnsafeModel: only MLflow's pickled ``state_dict.pth`` is there and pickle is not allowed.
+        CheckpointCorrupt: the files are unreadable or disagree.
+    """
+    from cairn.checkpoint.state_tree import load_state_tree, tree_files
+    from cairn.models.loading import resolve_local_model_dir
+
+    directory = resolve_local_model_dir(state_dict_uri, dst_path)
+    if directory.is_file():
+        directory = directory.parent
+    tensors_file, structure_file = tree_files(directory, STATE_DICT_NAME)
+    if structure_file.is_file():
+        return load_state_tree(directory, name=STATE_DICT_NAME, map_location=map_location)
+    pickled = directory / MLFLOW_STATE_DICT_FILE
+    if pickled.is_file():
+        safety.require_pickle_opt_in(f"the state dict {MLFLOW_STATE_DICT_FILE} written by MLflow", allow_pickle)
+        return torch.load(str(pickled), map_location=map_location, weights_only=False)  # opt-in checked above
+    raise ArtifactNotFound(
+        f"no state dict at {state_dict_uri}: expected {structure_file.name} and {tensors_file.name} "
+        f"(or MLflow's {MLFLOW_STATE_DICT_FILE}) in {directory}"
+    )
