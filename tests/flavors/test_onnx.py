@@ -678,3 +678,24 @@ def test_sklearn_log_model_also_onnx_adds_a_checked_onnx_flavor() -> None:
     native = cairn.sklearn.load_model(info.model_uri)
     onnx_labels = np.asarray(session_model.predict(features[:8])).ravel()
     assert onnx_labels.tolist() == native.predict(features[:8]).tolist()
+
+
+def test_pytorch_log_model_also_onnx_adds_a_checked_onnx_flavor() -> None:
+    import numpy as np
+    import torch
+
+    import cairn
+    import cairn.onnx
+    from cairn.flavors import pytorch as torch_flavor
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    example = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    with cairn.start_run():
+        info = torch_flavor.log_model(net, "model", input_example=example, also_onnx=True)
+    assert {"pytorch", "onnx", "python_function"} <= set(info.flavors)
+    batch = np.random.default_rng(1).normal(size=(16, 4)).astype(np.float32)  # another batch size
+    through_onnx = np.asarray(cairn.onnx.load_pyfunc(info.model_uri).predict(batch))
+    with torch.no_grad():
+        expected = net(torch.from_numpy(batch)).numpy()
+    np.testing.assert_allclose(through_onnx.reshape(expected.shape), expected, rtol=1e-4, atol=1e-5)

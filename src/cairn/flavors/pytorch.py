@@ -406,6 +406,9 @@ def save_model(
     allow_pickle_skeleton: bool = True,
     run_id: str | None = None,
     artifact_path: str | None = None,
+    also_onnx: bool = False,
+    onnx_rtol: float = 1e-3,
+    onnx_atol: float = 1e-5,
 ) -> Model:
     """Save an ``nn.Module`` as a model directory at ``path`` (see the module docstring for the layout).
 
@@ -430,6 +433,9 @@ def save_model(
             ``False`` that case raises instead.
         run_id: recorded in the MLmodel file (set by :func:`log_model`).
         artifact_path: recorded in the MLmodel file (set by :func:`log_model`).
+        also_onnx: also export to ONNX (``torch.onnx.export``, dynamic batch axis) into the same model
+            directory as an ``onnx`` flavor; needs ``input_example``. Both models run on the example and
+            a difference beyond ``onnx_rtol``/``onnx_atol`` fails the save (nothing is kept).
 
     Returns:
         The :class:`~cairn.models.Model` written.
@@ -499,7 +505,7 @@ def save_model(
         elif architecture.kind == "skeleton":
             _write_skeleton(pytorch_model, data / SKELETON_FILE)
 
-    return save_model_dir(
+    model = save_model_dir(
         path,
         flavor_name=FLAVOR_NAME,
         flavor_conf=flavor_conf,
@@ -514,6 +520,11 @@ def save_model(
         run_id=run_id,
         artifact_path=artifact_path,
     )
+    if also_onnx:  # an ONNX export of the same module, checked against it on the input example
+        from cairn.flavors.onnx import add_onnx_flavor
+
+        add_onnx_flavor(Path(path), model, pytorch_model, input_example, rtol=onnx_rtol, atol=onnx_atol)
+    return model
 
 
 def log_model(
@@ -534,6 +545,9 @@ def log_model(
     allow_pickle_skeleton: bool = True,
     registered_model_name: str | None = None,
     run_id: str | None = None,
+    also_onnx: bool = False,
+    onnx_rtol: float = 1e-3,
+    onnx_atol: float = 1e-5,
 ) -> ModelInfo:
     """Save ``pytorch_model`` (see :func:`save_model`) into a run's artifacts at ``name``.
 
@@ -544,7 +558,8 @@ def log_model(
         registered_model_name: also register the model under this name (version 1, 2, ...).
         run_id: log into this run instead of the active one (a run is started if none is active).
         module_class, model_factory, init_kwargs, export, signature, input_example, metadata,
-            pip_requirements, extra_pip_requirements, code_paths, allow_pickle_skeleton: as in :func:`save_model`.
+            pip_requirements, extra_pip_requirements, code_paths, allow_pickle_skeleton, also_onnx, onnx_rtol,
+            onnx_atol: as in :func:`save_model`.
 
     Returns:
         The :class:`~cairn.models.ModelInfo` (``model_uri`` is ``runs:/<run_id>/<name>``).
@@ -574,6 +589,9 @@ def log_model(
         extra_pip_requirements=extra_pip_requirements,
         code_paths=code_paths,
         allow_pickle_skeleton=allow_pickle_skeleton,
+        also_onnx=also_onnx,
+        onnx_rtol=onnx_rtol,
+        onnx_atol=onnx_atol,
     )
 
 
