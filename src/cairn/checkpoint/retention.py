@@ -51,7 +51,7 @@ class RetentionPolicy:
         if self.keep_last is None:
             return []
         by_step = sorted(checkpoints, key=lambda c: (c.step, c.created_at, c.name))
-        keep = {c.path for c in by_step[len(by_step) - self.keep_last :]} if self.keep_last else set()
+        keep = {c.path for c in by_step[max(0, len(by_step) - self.keep_last) :]} if self.keep_last else set()
         if self.keep_best and self.monitor is not None:
             sign = 1.0 if self.mode == "min" else -1.0
             ranked = [c for c in by_step if _score(c, self.monitor) is not None]

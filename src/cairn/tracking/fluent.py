@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -38,6 +38,7 @@ _last_active_run_id: str | None = None
 _active_experiment_id: str | None = None
 _client: Client | None = None
 _client_generation = -1
+_end_run_hooks: list[Callable[[str, RunStatus], None]] = []
 
 
 class ActiveRun(Run):
@@ -214,27 +215,63 @@ def _resume(
     return client.get_run(run_id)
 
 
+def add_end_run_hook(hook: Callable[[str, RunStatus], None]) -> None:
+    """Call ``hook(run_id, status)`` whenever a run of the fluent stack ends (``end_run``, leaving its
+    ``with`` block, interpreter exit, SIGTERM), while it is still the active run, before it is marked
+    terminated. Integrations use it to finish background work (checkpoint uploads, final models).
+
+    A hook that raises does not stop the run from ending: the run is terminated, the remaining hooks
+    run, and the first error is raised afterwards. Adding the same hook twice has no effect.
+    """
+    with _stack_lock:
+        if hook not in _end_run_hooks:
+            _end_run_hooks.append(hook)
+
+
+def remove_end_run_hook(hook: Callable[[str, RunStatus], None]) -> None:
+    """Forget a hook added by :func:`add_end_run_hook` (no error if absent)."""
+    with _stack_lock:
+        if hook in _end_run_hooks:
+            _end_run_hooks.remove(hook)
+
+
 def end_run(status: str | RunStatus = "FINISHED", *, _run_id: str | None = None) -> None:
-    """End the active run (flushing its queued metric points first)."""
+    """End the active run (flushing its queued metric points first).
+
+    Raises:
+        CairnError: an end-run hook failed (e.g. a background checkpoint write); the run ended anyway.
+    """
+    errors: list[BaseException] = []
     with _stack_lock:
         if not _run_stack:
             return
         if _run_id is not None:
             while _run_stack and _run_stack[-1].info.run_id != _run_id:  # children left open by the user
-                _end_top(RunStatus.parse(status))
+                _end_top(RunStatus.parse(status), errors)
         if _run_stack:
-            _end_top(RunStatus.parse(status))
+            _end_top(RunStatus.parse(status), errors)
+    if errors:
+        raise errors[0]
 
 
-def _end_top(status: RunStatus) -> None:
+def _end_top(status: RunStatus, errors: list[BaseException]) -> None:
+    run_id = _run_stack[-1].info.run_id
+    for hook in list(_end_run_hooks):
+        try:
+            hook(run_id, status)
+        except Exception as exc:  # raised once the run is terminated
+            errors.append(exc)
     run = _run_stack.pop()
     _get_client().set_terminated(run.info.run_id, status)
 
 
 def _end_all_runs(status: RunStatus) -> None:
+    errors: list[BaseException] = []
     with _stack_lock:
         while _run_stack:
-            _end_top(status)
+            _end_top(status, errors)
+    if errors:
+        raise errors[0]
 
 
 def reset() -> None:
@@ -467,6 +504,7 @@ __all__ = [
     "ActiveRun",
     "Metric",
     "active_run",
+    "add_end_run_hook",
     "create_experiment",
     "delete_experiment",
     "delete_run",
@@ -491,6 +529,7 @@ __all__ = [
     "log_param",
     "log_params",
     "log_text",
+    "remove_end_run_hook",
     "search_experiments",
     "search_runs",
     "set_experiment",

@@ -1,0 +1,925 @@
+"""Transformers ``Trainer`` integration: a native callback, ``report_to="cairn"``, autolog, checkpoints, resume.
+
+:class:`CairnCallback` is a ``TrainerCallback``. Attach it with ``callbacks=[CairnCallback()]``, with
+``report_to="cairn"`` (after ``import cairn.transformers``), or to every Trainer at once with
+:func:`autolog`. Only the main process (``state.is_world_process_zero``) logs. What it records:
+
+- params: the model config and ``TrainingArguments``, flattened (``id2label.0``), values cut to the
+  param length limit, in batches of 100; keys the run already has are not logged again, so a resume
+  never conflicts;
+- metrics: every ``on_log`` value (training loss, learning rate, ``eval_*`` metrics, ...) at
+  ``state.global_step``, queued with no I/O on the training thread;
+- checkpoints: on each ``on_save``, ``<output_dir>/checkpoint-N`` (weights, optimizer, scheduler,
+  RNG state, trainer state, tokenizer) is uploaded by a background thread into the run at
+  ``checkpoints/checkpoint-N/``, followed by a cairn ``manifest.json`` (sha256 of every file),
+  written last: an upload without it is incomplete and ignored. The files are hard-linked into a
+  staging directory first, so Trainer's ``save_total_limit`` rotation cannot pull them away mid-upload;
+  checkpoints the rotation removes are deleted from the run too. The run id goes into the checkpoint
+  twice: ``cairn_run.json`` and the callback's entry in ``trainer_state.json``;
+- the final model (``log_models="end"``, the default): logged at ``model`` with the tokenizer, the task,
+  an input example (the first training inputs, decoded) and a signature, registered under
+  ``registered_model_name`` if given. ``log_models="checkpoint"`` also logs each checkpoint as a
+  model at ``checkpoint_models/checkpoint-N`` (from its files, without loading it).
+
+Resume: :func:`checkpoint_path` downloads a committed checkpoint and verifies its hashes; pass the
+path to ``trainer.train(resume_from_checkpoint=...)``. The callback reads the checkpoint's run id,
+re-opens that run, supersedes the points it holds after the checkpoint's step (those of the dead
+process) and keeps logging there. ``CAIRN_RUN_ID`` picks the run explicitly. Transformers itself
+reads ``optimizer.pt``, ``scheduler.pt`` and ``rng_state.pth`` on resume with
+``torch.load(weights_only=True)`` (torch's restricted unpickler); that is its behaviour on the
+resume you ask for, not cairn's, and cairn hands it only files whose sha256 matches what the run uploaded.
+
+Any failure in cairn's own code becomes an :class:`~cairn.autolog.config.AutologWarning`; training
+goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import queue
+import re
+import shutil
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transformers.trainer_callback import ExportableState, TrainerCallback
+
+from cairn.autolog.config import AutologConfig, PatchSet, report_failure, safe_autolog
+from cairn.errors import ArtifactNotFound, CheckpointCorrupt, InvalidArgument, NotFound
+from cairn.tracking.entities import Metric, Param
+
+__all__ = [
+    "CHECKPOINTS_DIR",
+    "CHECKPOINT_MODELS_DIR",
+    "REPORT_TO_NAME",
+    "RUN_FILE",
+    "CairnCallback",
+    "TransformersAutologConfig",
+    "autolog",
+    "checkpoint_path",
+    "register_report_to",
+]
+
+INTEGRATION = "transformers"
+REPORT_TO_NAME = "cairn"
+CHECKPOINTS_DIR = "checkpoints"
+CHECKPOINT_MODELS_DIR = "checkpoint_models"
+RUN_FILE = "cairn_run.json"
+RUN_FILE_FORMAT = "cairn.transformers.run"
+RESUMED_FROM_TAG = "cairn.transformers.resumed_from_step"
+STAGING_DIR = ".cairn-staging"
+_CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
+_METRIC_KEY_BAD_CHARS = re.compile(r"[^\w\-. /:]")
+_PARAM_BATCH = 100
+_OWNER_ATTR = "_cairn_callback"  # set on the TrainerState: which CairnCallback logs this training
+_LOG_MODELS = ("end", "checkpoint")
+_EXAMPLE_ROWS = 2
+
+logger = logging.getLogger("cairn.autolog")
+
+# Checkpoints materialised by checkpoint_path() in this process: local path -> run id.
+_materialized: dict[str, str] = {}
+
+
+# ----------------------------------------------------------------------------------------- uploads
+
+
+@dataclass
+class _UploadJob:
+    step: int
+    name: str
+    source: Path  # the staged (hard-linked) copy, or the checkpoint itself when linking failed
+    cleanup: Path | None  # removed once the job is done (the staging directory)
+    save_total_limit: int | None
+    best_step: int | None
+    log_model: bool
+    task: str | None
+
+
+@dataclass
+class _UploadState:
+    committed: list[int] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    pending: int = 0
+
+
+class _CheckpointUploader:
+    """One background thread uploading checkpoints of one run, in order."""
+
+    def __init__(self, store: Any, run_id: str) -> None:
+        self._store = store
+        self._run_id = run_id
+        self._jobs: queue.Queue[_UploadJob | None] = queue.Queue()
+        self._state = _UploadState()
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._loop, name="cairn-checkpoint-upload", daemon=True)
+        self._thread.start()
+
+    @property
+    def committed(self) -> list[int]:
+        with self._cond:
+            return list(self._state.committed)
+
+    def take_errors(self) -> list[str]:
+        with self._cond:
+            errors, self._state.errors = self._state.errors, []
+            return errors
+
+    def submit(self, job: _UploadJob) -> None:
+        with self._cond:
+            self._state.pending += 1
+        self._jobs.put(job)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until every submitted checkpoint is uploaded (or failed); False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._state.pending:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+        return True
+
+    def close(self) -> None:
+        self._jobs.put(None)
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            try:
+                self._upload(job)
+                with self._cond:
+                    self._state.committed.append(job.step)
+            except Exception as exc:
+                with self._cond:
+                    self._state.errors.append(f"uploading {job.name}: {type(exc).__name__}: {exc}")
+            finally:
+                if job.cleanup is not None:
+                    shutil.rmtree(job.cleanup, ignore_errors=True)
+                with self._cond:
+                    self._state.pending -= 1
+                    self._cond.notify_all()
+
+    def _upload(self, job: _UploadJob) -> None:
+        from cairn.checkpoint.manifest import MANIFEST_NAME, write_manifest
+
+        prefix = f"{CHECKPOINTS_DIR}/{job.name}"
+        source = job.source
+        if job.cleanup is None:  # hard links failed: copy now (Trainer's rotation may still win the race)
+            job.cleanup = Path(tempfile.mkdtemp(prefix="cairn-checkpoint-"))
+            source = job.cleanup / job.name
+            shutil.copytree(job.source, source)
+        _delete_checkpoint(self._store, prefix)  # an earlier, possibly partial, upload of this step
+        manifest = write_manifest(
+            source,
+            step=job.step,
+            run_id=self._run_id,
+            metadata={"kind": "transformers.trainer", "name": job.name},
+            fsync=False,
+        )
+        manifest_file = source / MANIFEST_NAME
+        payload = manifest_file.read_bytes()
+        manifest_file.unlink()
+        del manifest
+        self._store.put_dir(source, prefix)
+        self._store.put_bytes(payload, f"{prefix}/{MANIFEST_NAME}")  # the commit marker, last
+        if job.log_model:
+            from cairn.flavors import transformers as flavor
+
+            flavor.log_model(source, f"{CHECKPOINT_MODELS_DIR}/{job.name}", task=job.task, run_id=self._run_id)
+        if job.save_total_limit:
+            self._prune(job)
+
+    def _prune(self, job: _UploadJob) -> None:
+        """Keep the newest ``save_total_limit`` committed checkpoints up to this one, and the best one.
+
+        Checkpoints after this step (a dead process's, beyond the resume point) are left alone: this
+        run will write those steps again, replacing them.
+        """
+        from cairn.checkpoint.manifest import MANIFEST_NAME
+
+        steps = [s for s in _remote_steps(self._store) if s <= job.step]
+        committed = [s for s in steps if self._store.exists(f"{CHECKPOINTS_DIR}/checkpoint-{s}/{MANIFEST_NAME}")]
+        keep = set(sorted(committed)[-int(job.save_total_limit or 0) :]) | {job.step}
+        if job.best_step is not None:
+            keep.add(job.best_step)
+        for step in steps:
+            if step not in keep:
+                _delete_checkpoint(self._store, f"{CHECKPOINTS_DIR}/checkpoint-{step}")
+                if self._store.exists(f"{CHECKPOINT_MODELS_DIR}/checkpoint-{step}"):
+                    self._store.delete(f"{CHECKPOINT_MODELS_DIR}/checkpoint-{step}")
+
+
+def _delete_checkpoint(store: Any, prefix: str) -> None:
+    """Delete an uploaded checkpoint, its commit marker first (so no reader sees a manifest without files)."""
+    from cairn.checkpoint.manifest import MANIFEST_NAME
+
+    if store.exists(f"{prefix}/{MANIFEST_NAME}"):
+        store.delete(f"{prefix}/{MANIFEST_NAME}")
+    if store.exists(prefix):
+        store.delete(prefix)
+
+
+def _sha256_or_none(path: Path) -> str | None:
+    from cairn.checkpoint._fs import digest_file
+
+    try:
+        return digest_file(path).sha256
+    except OSError:
+        return None
+
+
+def _remote_steps(store: Any) -> list[int]:
+    if not store.exists(CHECKPOINTS_DIR):
+        return []
+    steps = []
+    for info in store.list(CHECKPOINTS_DIR):
+        match = _CHECKPOINT_NAME.match(info.path.rsplit("/", 1)[-1])
+        if match and info.is_dir:
+            steps.append(int(match.group(1)))
+    return sorted(steps)
+
+
+def _stage(checkpoint: Path, staging_root: Path) -> Path | None:
+    """Hard-link every file of ``checkpoint`` into ``staging_root/<name>`` and return that directory;
+    None when the filesystem refuses links (the upload thread then copies the checkpoint).
+
+    A file named like cairn's manifest is copied rather than linked: the upload writes that name, and
+    writing through a link would change the user's checkpoint.
+    """
+    from cairn.checkpoint.manifest import MANIFEST_NAME
+
+    target = staging_root / checkpoint.name
+    try:
+        if target.exists():
+            shutil.rmtree(target)
+        for path in checkpoint.rglob("*"):
+            destination = target / path.relative_to(checkpoint)
+            if path.is_dir():
+                destination.mkdir(parents=True, exist_ok=True)
+            elif path.is_file():
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                if path.parent == checkpoint and path.name == MANIFEST_NAME:
+                    shutil.copy2(path, destination)
+                else:
+                    os.link(path, destination)
+    except OSError:
+        shutil.rmtree(target, ignore_errors=True)
+        return None
+    return target
+
+
+# ----------------------------------------------------------------------------------------- resume
+
+
+def checkpoint_path(
+    run_id: str,
+    which: str | int = "latest",
+    *,
+    dst: str | os.PathLike[str] | None = None,
+) -> str:
+    """Download a checkpoint a :class:`CairnCallback` uploaded into ``run_id`` and return its local path.
+
+    Only committed checkpoints count (their ``manifest.json`` exists), and the download is verified
+    against the manifest's sha256 before the path is returned. Pass the path to
+    ``trainer.train(resume_from_checkpoint=...)``: the callback then continues the same run.
+    Transformers reads the checkpoint's ``optimizer.pt``, ``scheduler.pt`` and ``rng_state.pth`` with
+    ``torch.load(weights_only=True)`` on that resume; cairn itself unpickles nothing here.
+
+    Args:
+        run_id: the run the checkpoints were logged into.
+        which: ``"latest"`` (the highest step whose download verifies) or a global step.
+        dst: the directory to download into (a new temporary directory by default); the checkpoint
+            lands in ``<dst>/checkpoints/checkpoint-N``.
+
+    Raises:
+        ArtifactNotFound: the run has no committed checkpoint (at that step).
+        CheckpointCorrupt: the checkpoint at the requested step does not match its manifest.
+        InvalidArgument: ``which`` is neither ``"latest"`` nor a step.
+    """
+    from cairn.checkpoint.manifest import MANIFEST_NAME, read_manifest
+    from cairn.tracking import fluent
+
+    if which == "latest":
+        wanted = None
+    elif isinstance(which, int) and not isinstance(which, bool) and which >= 0:
+        wanted = which
+    elif isinstance(which, str) and which.isdigit():
+        wanted = int(which)
+    else:
+        raise InvalidArgument(f"which must be 'latest' or a global step (an integer >= 0), got {which!r}")
+    store = fluent._get_client().artifact_store(run_id)
+    steps = sorted(_remote_steps(store), reverse=True)
+    if wanted is not None:
+        steps = [s for s in steps if s == wanted]
+    root = Path(dst) if dst is not None else Path(tempfile.mkdtemp(prefix="cairn-hf-checkpoint-"))
+    for step in steps:
+        prefix = f"{CHECKPOINTS_DIR}/checkpoint-{step}"
+        if not store.exists(f"{prefix}/{MANIFEST_NAME}"):
+            continue  # an interrupted upload
+        local = store.download(prefix, root)
+        try:
+            read_manifest(local, verify_hashes=True)
+        except CheckpointCorrupt as exc:
+            shutil.rmtree(local, ignore_errors=True)
+            if wanted is not None:
+                raise
+            warnings.warn(f"skipping checkpoint-{step} of run {run_id}: {exc}", UserWarning, stacklevel=2)
+            continue
+        _materialized[str(Path(local).resolve())] = run_id
+        return str(local)
+    where = f"at step {wanted}" if wanted is not None else "at all"
+    raise ArtifactNotFound(
+        f"run {run_id} has no complete checkpoint {where} under {CHECKPOINTS_DIR}/ (uploads without a manifest "
+        "are incomplete and do not count)"
+    )
+
+
+def _read_run_file(directory: Path) -> dict[str, Any] | None:
+    try:
+        content = json.loads((directory / RUN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(content, dict) or content.get("format") != RUN_FILE_FORMAT:
+        return None
+    return content if isinstance(content.get("run_id"), str) else None
+
+
+def _state_run_id(state: Any) -> str | None:
+    """The run id this callback stored in ``trainer_state.json`` (read back by Trainer on resume)."""
+    entry = (getattr(state, "stateful_callbacks", None) or {}).get(CairnCallback.__name__)
+    for item in entry if isinstance(entry, list) else [entry]:
+        if isinstance(item, dict):
+            run_id = (item.get("attributes") or {}).get("_checkpoint_run_id")
+            if isinstance(run_id, str) and run_id:
+                return run_id
+    return None
+
+
+def _checkpoint_run_id(args: Any, state: Any) -> str | None:
+    """The run a resumed training came from: the callback's entry in the trainer state, else ``cairn_run.json``."""
+    found = _state_run_id(state)
+    if found:
+        return found
+    step = int(state.global_step)
+    candidates = []
+    resume = getattr(args, "resume_from_checkpoint", None)
+    if isinstance(resume, str):
+        candidates.append(Path(resume))
+    if getattr(args, "output_dir", None):
+        candidates.append(Path(args.output_dir) / f"checkpoint-{step}")
+    candidates.extend(Path(p) for p in _materialized)
+    for directory in candidates:
+        content = _read_run_file(directory)
+        if content is not None and _is_resumed_checkpoint(directory, content, state):
+            return str(content["run_id"])
+    return None
+
+
+def _is_resumed_checkpoint(directory: Path, content: Mapping[str, Any], state: Any) -> bool:
+    """Whether ``cairn_run.json`` in ``directory`` describes the checkpoint Trainer just resumed from.
+
+    Its step must match, the ``trainer_state.json`` next to it must be the one it was written with
+    (a reused output directory can hold a stale ``cairn_run.json``), and that state's log history must
+    be the one Trainer loaded.
+    """
+    from cairn.checkpoint._fs import digest_file
+
+    if content.get("global_step") != int(state.global_step):
+        return False
+    trainer_state = directory / "trainer_state.json"
+    try:
+        if digest_file(trainer_state).sha256 != content.get("trainer_state_sha256"):
+            return False
+        saved = json.loads(trainer_state.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(saved, dict) and saved.get("log_history") == getattr(state, "log_history", None)
+
+
+# ----------------------------------------------------------------------------------------- params and metrics
+
+
+def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def training_params(args: Any, model: Any) -> dict[str, str]:
+    """The model config and ``TrainingArguments`` as loggable params (arguments win on a shared key).
+
+    Never raises on odd values: anything whose ``str`` fails is logged as its ``repr`` or type name.
+    """
+    from cairn.autolog.sklearn import loggable_params
+
+    combined: dict[str, Any] = {}
+    config = getattr(model, "config", None)
+    if config is not None and callable(getattr(config, "to_dict", None)):
+        try:
+            combined.update(_flatten(config.to_dict()))
+        except Exception as exc:
+            logger.debug("model config to_dict failed: %s", exc)
+    to_dict = getattr(args, "to_dict", None)
+    combined.update(_flatten(to_dict() if callable(to_dict) else dict(vars(args))))
+    return loggable_params(combined)
+
+
+def _metric_value(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    numel = getattr(value, "numel", None)
+    if callable(numel) and numel() == 1:
+        return float(value.item())
+    size = getattr(value, "size", None)
+    if type(value).__module__.split(".", 1)[0] == "numpy" and size == 1:
+        return float(value)
+    return None
+
+
+_metric_keys: dict[str, str] = {}
+
+
+def _metric_key(key: Any) -> str:
+    cached = _metric_keys.get(key) if isinstance(key, str) else None
+    if cached is not None:
+        return cached
+    text = _METRIC_KEY_BAD_CHARS.sub("_", str(key)).strip("/") or "_"
+    if isinstance(key, str) and len(_metric_keys) < 10_000:
+        _metric_keys[key] = text
+    return text
+
+
+# ----------------------------------------------------------------------------------------- the callback
+
+
+class CairnCallback(TrainerCallback, ExportableState):
+    """Log a ``transformers.Trainer`` run into cairn: params, metrics, checkpoints, the final model.
+
+    Args:
+        run: the run to log into (a run id or a run object); default: the active run, else the
+            checkpoint's run when resuming (or ``CAIRN_RUN_ID``), else a new run that the callback
+            ends when training ends.
+        log_models: ``"end"`` logs the final model at ``model``; ``"checkpoint"`` also logs each
+            checkpoint as a model at ``checkpoint_models/checkpoint-N``; ``False`` logs none.
+        log_checkpoints: upload each ``checkpoint-N`` in the background (needed for resume).
+        registered_model_name: register the final model under this name.
+        task: the pipeline task of the logged model; default: inferred from the model class.
+        input_example: the logged model's input example; default: the first training inputs, decoded.
+        silent: report cairn's own failures on the ``cairn.autolog`` logger instead of as warnings.
+    """
+
+    def __init__(
+        self,
+        run: Any = None,
+        log_models: str | bool = "end",
+        log_checkpoints: bool = True,
+        registered_model_name: str | None = None,
+        *,
+        task: str | None = None,
+        input_example: Any = None,
+        silent: bool = False,
+    ) -> None:
+        if log_models is True:
+            log_models = "end"
+        if log_models not in (*_LOG_MODELS, False, None):
+            raise InvalidArgument(f"log_models must be 'end', 'checkpoint' or False, got {log_models!r}")
+        if run is not None and not isinstance(run, str):
+            run = getattr(getattr(run, "info", None), "run_id", None)
+            if not isinstance(run, str):
+                raise InvalidArgument("run must be a run id or a run object with info.run_id")
+        self.log_models: str | None = log_models or None
+        self.log_checkpoints = bool(log_checkpoints)
+        self.registered_model_name = registered_model_name
+        self.task = task
+        self.input_example = input_example
+        self.silent = silent
+        self._run_arg: str | None = run
+        self._checkpoint_run_id: str | None = None  # exported in trainer_state.json (see state())
+        self.run_id: str | None = None
+        self._created_run = False
+        self._client: Any = None
+        self._uploader: _CheckpointUploader | None = None
+        self._staging_root: Path | None = None
+        self._committed: list[int] = []  # of this train() call, once its uploader is closed
+        self._told_duplicate = False
+        self._experiment_id: str | None = None
+
+    # -- ExportableState: what trainer_state.json keeps of this callback ---------------------------
+
+    def state(self) -> dict[str, Any]:
+        """Saved by Trainer in each checkpoint's ``trainer_state.json``: the options and the run id."""
+        return {
+            "args": {
+                "log_models": self.log_models or False,
+                "log_checkpoints": self.log_checkpoints,
+                "registered_model_name": self.registered_model_name,
+                "task": self.task,
+            },
+            "attributes": {"_checkpoint_run_id": self.run_id or self._checkpoint_run_id},
+        }
+
+    # -- public helpers ---------------------------------------------------------------------------
+
+    @property
+    def committed_checkpoints(self) -> list[int]:
+        """Global steps of the checkpoints of the current (or last) ``train()`` whose upload is committed."""
+        return self._committed + (self._uploader.committed if self._uploader is not None else [])
+
+    def wait_for_uploads(self, timeout: float | None = None) -> bool:
+        """Block until every checkpoint handed to the uploader is committed or failed; False on timeout."""
+        return self._uploader.wait(timeout) if self._uploader is not None else True
+
+    # -- hooks ------------------------------------------------------------------------------------
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        if not state.is_world_process_zero or not self._claim(state):
+            return
+        self._close_uploader()
+        self._committed = []
+        self.run_id = None
+        with safe_autolog(INTEGRATION, "starting the run", silent=self.silent):
+            self._setup(args, state, model, resuming=state.global_step > 0)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, model: Any = None, **kwargs: Any) -> None:
+        if not state.is_world_process_zero or not logs or not self._claim(state):
+            return
+        if self.run_id is None:  # evaluate() or log() outside train()
+            with safe_autolog(INTEGRATION, "starting the run", silent=self.silent):
+                self._setup(args, state, model, resuming=False)
+            if self.run_id is None:
+                return
+        with safe_autolog(INTEGRATION, "logging metrics", silent=self.silent):
+            step = int(state.global_step)
+            now = time.time_ns() // 1_000_000
+            metrics = []
+            for key, value in logs.items():
+                number = _metric_value(value)
+                if number is not None:
+                    metrics.append(Metric(_metric_key(key), number, now, step))
+            if metrics:
+                self._client.log_batch(self.run_id, metrics=metrics, synchronous=False)
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if not state.is_world_process_zero or self.run_id is None or not self._claim(state):
+            return
+        self._report_upload_errors()
+        with safe_autolog(INTEGRATION, "recording the checkpoint", silent=self.silent):
+            checkpoint = self._record_run(args, state)
+            if self.log_checkpoints and self._uploader is not None:
+                self._queue_checkpoint(args, state, checkpoint)
+
+    def on_train_end(
+        self,
+        args: Any,
+        state: Any,
+        control: Any,
+        model: Any = None,
+        processing_class: Any = None,
+        train_dataloader: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        if not state.is_world_process_zero or self.run_id is None:
+            return
+        if self.log_models == "checkpoint":  # its uploads log models too: one writer of the run's model history
+            self._finish_uploads()
+        if self.log_models and model is not None:  # overlaps with the last checkpoint's upload
+            with safe_autolog(INTEGRATION, "logging the model", silent=self.silent):
+                self._log_final_model(model, processing_class, train_dataloader)
+        self._finish_uploads()  # train() returns with every checkpoint committed
+        with safe_autolog(INTEGRATION, "ending the run", silent=self.silent):
+            self._client.flush()
+            if self._created_run:
+                from cairn.tracking import fluent
+
+                fluent.end_run("FINISHED", _run_id=self.run_id)
+                self._created_run = False
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _claim(self, state: Any) -> bool:
+        """Whether this callback logs this training: the first CairnCallback of a Trainer does, a second
+        one (``callbacks=[CairnCallback()]`` together with ``report_to="cairn"``) stays silent."""
+        owner = getattr(state, _OWNER_ATTR, None)
+        if owner is None:
+            try:
+                setattr(state, _OWNER_ATTR, id(self))  # an id, not a reference: the state stays copyable
+            except AttributeError:  # a state object that takes no attributes: no duplicate check
+                return True
+            return True
+        if owner != id(self) and not self._told_duplicate:
+            self._told_duplicate = True
+            self._warn("this Trainer has two CairnCallbacks (callbacks=[...] and report_to='cairn'?); one logs")
+        return bool(owner == id(self))
+
+    def _setup(self, args: Any, state: Any, model: Any, *, resuming: bool) -> None:
+        from cairn.tracking import fluent
+
+        client = fluent._get_client()
+        self._client = client
+        stateful = getattr(state, "stateful_callbacks", None)
+        if isinstance(stateful, dict):
+            # Trainer indexes this entry at every save; a resumed state written without cairn lacks it.
+            stateful.setdefault(type(self).__name__, self.state())
+        from_checkpoint = _checkpoint_run_id(args, state) if resuming else None
+        if from_checkpoint is not None:
+            try:
+                client.get_run(from_checkpoint)
+            except NotFound:
+                self._warn(
+                    f"the checkpoint was logged into run {from_checkpoint}, which this tracking store does not "
+                    "have; logging into another run"
+                )
+                from_checkpoint = None
+        self.run_id, self._created_run = self._choose_run(args, from_checkpoint)
+        self._checkpoint_run_id = self.run_id
+        self._experiment_id = client.get_run(self.run_id).info.experiment_id
+        if resuming:
+            client.flush()
+            client.store.supersede_metrics_after(self.run_id, int(state.global_step))
+            client.set_tag(self.run_id, RESUMED_FROM_TAG, str(int(state.global_step)))
+        with safe_autolog(INTEGRATION, "logging params", silent=self.silent):
+            self._log_params(args, model)
+        if self.log_checkpoints:
+            self._uploader = _CheckpointUploader(client.artifact_store(self.run_id), self.run_id)
+
+    def _choose_run(self, args: Any, from_checkpoint: str | None) -> tuple[str, bool]:
+        from cairn.tracking import fluent
+
+        if self._run_arg is not None:
+            self._client.get_run(self._run_arg)  # RunNotFound now rather than at the first metric
+            return self._run_arg, False
+        active = fluent.active_run()
+        if active is not None:
+            if from_checkpoint is not None and from_checkpoint != active.info.run_id:
+                self._warn(
+                    f"the checkpoint was logged into run {from_checkpoint}, but run {active.info.run_id} is active; "
+                    "logging into the active run"
+                )
+            return active.info.run_id, False
+        env_run = os.environ.get("CAIRN_RUN_ID") or None
+        if env_run is not None and from_checkpoint is not None and env_run != from_checkpoint:
+            self._warn(
+                f"the checkpoint was logged into run {from_checkpoint}, but CAIRN_RUN_ID names {env_run}; "
+                "logging into CAIRN_RUN_ID's run"
+            )
+        target = env_run or from_checkpoint
+        run_name = None if target else getattr(args, "run_name", None)
+        run = fluent.start_run(run_id=target, run_name=run_name if isinstance(run_name, str) else None)
+        return run.info.run_id, True
+
+    def _warn(self, message: str) -> None:
+        if self.silent:
+            logger.warning("cairn transformers: %s", message)
+        else:
+            from cairn.autolog.config import AutologWarning
+
+            warnings.warn(f"cairn transformers: {message}", AutologWarning, stacklevel=3)
+
+    def _log_params(self, args: Any, model: Any) -> None:
+        assert self.run_id is not None
+        params = training_params(args, model)
+        existing = self._client.get_run(self.run_id).data.params
+        fresh = [(k, v) for k, v in params.items() if k not in existing]
+        changed = sorted(k for k, v in params.items() if k in existing and existing[k] != v)
+        if changed:
+            logger.info("cairn transformers: params already logged with other values, kept as they were: %s", changed)
+        for start in range(0, len(fresh), _PARAM_BATCH):
+            batch = [Param(k, v) for k, v in fresh[start : start + _PARAM_BATCH]]
+            self._client.log_batch(self.run_id, params=batch)
+
+    def _record_run(self, args: Any, state: Any) -> Path:
+        """Write ``cairn_run.json`` (the run id) into the checkpoint Trainer just saved; return its path."""
+        step = int(state.global_step)
+        name = f"checkpoint-{step}"
+        checkpoint = Path(args.output_dir) / name
+        if not checkpoint.is_dir():
+            raise FileNotFoundError(f"Trainer reported a save but {checkpoint} does not exist")
+        run_file = {
+            "format": RUN_FILE_FORMAT,
+            "format_version": 1,
+            "run_id": self.run_id,
+            "experiment_id": self._experiment_id,
+            "global_step": step,
+            "artifact_path": f"{CHECKPOINTS_DIR}/{name}",
+            "trainer_state_sha256": _sha256_or_none(checkpoint / "trainer_state.json"),
+        }
+        (checkpoint / RUN_FILE).write_text(json.dumps(run_file, indent=1) + "\n", encoding="utf-8")
+        return checkpoint
+
+    def _queue_checkpoint(self, args: Any, state: Any, checkpoint: Path) -> None:
+        assert self._uploader is not None
+        step = int(state.global_step)
+        name = checkpoint.name
+        self._staging_root = checkpoint.parent / STAGING_DIR
+        staged = _stage(checkpoint, self._staging_root)
+        best = getattr(state, "best_model_checkpoint", None)
+        best_match = _CHECKPOINT_NAME.match(Path(best).name) if isinstance(best, str) else None
+        limit = getattr(args, "save_total_limit", None)
+        self._uploader.submit(
+            _UploadJob(
+                step=step,
+                name=name,
+                source=staged if staged is not None else checkpoint,
+                cleanup=staged,
+                save_total_limit=int(limit) if limit else None,
+                best_step=int(best_match.group(1)) if best_match else None,
+                log_model=self.log_models == "checkpoint",
+                task=self.task,
+            )
+        )
+
+    def _finish_uploads(self) -> None:
+        if self._uploader is not None:
+            self._uploader.wait()
+            self._report_upload_errors()
+            self._close_uploader()
+
+    def _report_upload_errors(self) -> None:
+        if self._uploader is None:
+            return
+        for error in self._uploader.take_errors():
+            report_failure(INTEGRATION, "a checkpoint upload", RuntimeError(error), silent=self.silent)
+
+    def _close_uploader(self) -> None:
+        if self._uploader is not None:
+            self._uploader.close()
+            self._committed.extend(self._uploader.committed)
+            self._uploader = None
+        if self._staging_root is not None:
+            with contextlib.suppress(OSError):
+                self._staging_root.rmdir()  # only if empty
+            self._staging_root = None
+
+    def _log_final_model(self, model: Any, processing_class: Any, train_dataloader: Any) -> None:
+        from cairn.flavors import transformers as flavor
+        from cairn.flavors._transformers_tasks import QUESTION_ANSWERING, infer_task
+
+        task = self.task or infer_task(type(model).__name__)
+        components = _components_of(processing_class)
+        example = self.input_example
+        if example is None and task not in (None, QUESTION_ANSWERING):
+            with safe_autolog(INTEGRATION, "building an input example", silent=True):
+                example = _example_texts(train_dataloader, components.get("tokenizer"))
+        flavor.log_model(
+            model,
+            "model",
+            task=task,
+            input_example=example,
+            registered_model_name=self.registered_model_name,
+            run_id=self.run_id,
+            **components,
+        )
+
+
+def _components_of(processing_class: Any) -> dict[str, Any]:
+    """``processing_class`` under the flavor's component name (tokenizer, processor, ...)."""
+    if processing_class is None:
+        return {}
+    import transformers
+
+    if isinstance(processing_class, transformers.PreTrainedTokenizerBase):
+        return {"tokenizer": processing_class}
+    if isinstance(processing_class, transformers.ProcessorMixin):
+        return {"processor": processing_class}
+    image_base = getattr(transformers, "BaseImageProcessor", None)
+    if image_base is not None and isinstance(processing_class, image_base):
+        return {"image_processor": processing_class}
+    return {"feature_extractor": processing_class}
+
+
+def _example_texts(train_dataloader: Any, tokenizer: Any) -> list[str] | None:
+    """The first training inputs, decoded back to text (None when the data is not tokenized text)."""
+    dataset = getattr(train_dataloader, "dataset", None)
+    if dataset is None or tokenizer is None or not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
+        return None
+    texts = []
+    for index in range(min(_EXAMPLE_ROWS, len(dataset))):
+        item = dataset[index]
+        ids = item.get("input_ids") if isinstance(item, Mapping) else None
+        if ids is None:
+            return None
+        ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+        text = tokenizer.decode(ids, skip_special_tokens=True).strip()
+        if text:
+            texts.append(text)
+    return texts or None
+
+
+# ----------------------------------------------------------------------------------------- report_to and autolog
+
+
+def register_report_to() -> None:
+    """Make ``TrainingArguments(report_to="cairn")`` attach :class:`CairnCallback` (idempotent)."""
+    from transformers.integrations import integration_utils
+
+    integration_utils.INTEGRATION_TO_CALLBACK[REPORT_TO_NAME] = CairnCallback
+
+
+@dataclass(frozen=True)
+class TransformersAutologConfig(AutologConfig):
+    """:class:`AutologConfig` plus the Trainer options (see :class:`CairnCallback`)."""
+
+    log_models_mode: str | None = "end"
+    log_checkpoints: bool = True
+    registered_model_name: str | None = None
+
+
+class _State:
+    def __init__(self) -> None:
+        self.config: TransformersAutologConfig | None = None
+        self.patches = PatchSet()
+
+
+_state = _State()
+
+
+def autolog(
+    log_models: str | bool = "end",
+    log_checkpoints: bool = True,
+    registered_model_name: str | None = None,
+    disable: bool = False,
+    silent: bool = False,
+) -> None:
+    """Attach a :class:`CairnCallback` to every ``transformers.Trainer`` (subclasses included) created from now on.
+
+    ``Trainer.__init__`` is wrapped; a Trainer that already has a CairnCallback (passed in
+    ``callbacks`` or through ``report_to="cairn"``) gets no second one. ``disable=True`` restores
+    ``Trainer.__init__``.
+
+    Args:
+        log_models: ``"end"``, ``"checkpoint"`` or False (see :class:`CairnCallback`).
+        log_checkpoints: upload checkpoints into the run in the background.
+        registered_model_name: register the final model under this name.
+        disable: turn autologging off.
+        silent: report cairn's failures on the ``cairn.autolog`` logger rather than as warnings.
+
+    Raises:
+        InvalidArgument: ``log_models`` has another value.
+    """
+    if log_models is True:
+        log_models = "end"
+    if log_models not in (*_LOG_MODELS, False, None):
+        raise InvalidArgument(f"log_models must be 'end', 'checkpoint' or False, got {log_models!r}")
+    if disable:
+        _state.patches.restore()
+        _state.config = None
+        return
+    _state.config = TransformersAutologConfig(
+        log_models=bool(log_models),
+        log_models_mode=log_models or None,
+        log_checkpoints=log_checkpoints,
+        registered_model_name=registered_model_name,
+        silent=silent,
+    )
+    if len(_state.patches) == 0:
+        from transformers import Trainer
+
+        _state.patches.patch(Trainer, "__init__", _wrap_init)
+
+
+def is_enabled() -> bool:
+    """True while Trainer autologging is on."""
+    return _state.config is not None
+
+
+def _wrap_init(original: Callable[..., Any]) -> Callable[..., Any]:
+    def patched(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)  # the user's call: its errors propagate
+        config = _state.config
+        if config is None:
+            return
+        with safe_autolog(INTEGRATION, "attaching CairnCallback", silent=config.silent):
+            handler = getattr(self, "callback_handler", None)
+            if handler is None or any(isinstance(cb, CairnCallback) for cb in handler.callbacks):
+                return
+            self.add_callback(
+                CairnCallback(
+                    log_models=config.log_models_mode or False,
+                    log_checkpoints=config.log_checkpoints,
+                    registered_model_name=config.registered_model_name,
+                    silent=config.silent,
+                )
+            )
+
+    return patched

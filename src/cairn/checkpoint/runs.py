@@ -1,0 +1,734 @@
+"""Checkpoints of a run: log them into the run's artifacts, and resume training (and the run) from them.
+
+:func:`log_checkpoint` captures the training state on the caller's thread (a memory copy into reused
+buffers), then a background thread writes it atomically into a local staging directory, flushes the
+run's queued metric points, and uploads it into the run's artifacts at ``checkpoints/step-<N>/`` with
+``manifest.json`` uploaded last: a partial remote copy has no manifest and does not exist. Retention
+(``keep_last``/``keep_best``) then deletes pruned checkpoints from the artifact store as well as from
+the staging directory. Because the metric flush precedes the upload, every point logged before a
+checkpoint is durable once that checkpoint is visible, so a resume never leaves a gap in a curve.
+
+:func:`resume` downloads a checkpoint (the newest valid one by default; a local staging copy with the
+same manifest is used instead when present), verifies it, loads it into the given objects and restores
+the RNG. From the newest checkpoint it continues the *same* run: the run becomes the active run and the
+points the dead process logged after the checkpoint's step are superseded (kept, hidden). From an older
+checkpoint while newer ones exist it forks a new run (tagged ``cairn.forkedFrom``) carrying the history
+up to that step and a copy of the checkpoint, so nothing of the original is overwritten.
+
+Errors of the background work (disk full, upload failures) are raised by the next
+:func:`log_checkpoint` (whose own state is queued nonetheless), by :func:`flush_checkpoints`, and when
+the run ends (``end_run``, leaving ``with start_run()``, interpreter exit); at run end a failed snapshot
+still in memory is written once more before the error is raised.
+
+Staging: ``$CAIRN_CHECKPOINT_STAGING/<run_id>/checkpoints``, else ``staging/`` beside a SQLite tracking
+database, else a per-user directory in the system temp dir. It keeps the checkpoints not yet uploaded
+and the newest uploaded one (which a resume on the same machine reads instead of downloading).
+
+Under ``torch.distributed`` only rank 0 writes checkpoints and changes runs; other ranks' calls to
+:func:`log_checkpoint` return ``None``, and their :func:`resume` restores the objects (not the RNG,
+which is per rank) without touching any run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import threading
+import uuid
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from cairn.artifacts.base import ArtifactStore, collect_files
+from cairn.checkpoint.capture import RestoredState, capture_training_state, restore_training_state
+from cairn.checkpoint.local import TEMP_PREFIX, CheckpointInfo, scan_checkpoints, step_dirname
+from cairn.checkpoint.manifest import MANIFEST_NAME, _parse, read_manifest
+from cairn.checkpoint.retention import RetentionPolicy
+from cairn.checkpoint.writer import AsyncCheckpointWriter
+from cairn.errors import (
+    ArtifactNotFound,
+    CheckpointCorrupt,
+    CheckpointError,
+    CheckpointWriteError,
+    InvalidArgument,
+)
+from cairn.tracking import config, fluent
+from cairn.tracking.client import Client, now_ms
+from cairn.tracking.entities import RunStatus
+
+__all__ = [
+    "ARTIFACT_DIR",
+    "LoggedCheckpoint",
+    "ResumeState",
+    "checkpoint_path",
+    "flush_checkpoints",
+    "list_run_checkpoints",
+    "log_checkpoint",
+    "resume",
+    "staging_dir",
+]
+
+ARTIFACT_DIR = "checkpoints"
+"""Artifact directory of a run holding its checkpoints (``checkpoints/step-<N>/``)."""
+STAGING_ENV = "CAIRN_CHECKPOINT_STAGING"
+_STEP_NAME = re.compile(r"^step-(\d+)$")
+
+
+# -- results ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoggedCheckpoint:
+    """A checkpoint handed to :func:`log_checkpoint` (written in the background unless ``synchronous``)."""
+
+    run_id: str
+    step: int
+    artifact_path: str
+    """Where it lands in the run's artifacts, ``checkpoints/step-<N>``."""
+    local_path: Path
+    """Its directory in the staging area (present once written, possibly pruned later)."""
+
+
+@dataclass
+class ResumeState:
+    """What :func:`resume` restored, and where training goes on.
+
+    Attributes:
+        step: the checkpoint's step (0 when nothing was restored).
+        epoch: the checkpoint's epoch (``None`` when not recorded; 0 when nothing was restored).
+        batch_in_epoch: batches of ``epoch`` consumed before the checkpoint.
+        extra: the ``extra`` tree given to :func:`log_checkpoint`.
+        run_id: the run training continues in: the same run, or the fork (``None`` when no run was
+            named: ``autolog(resume=True)`` without ``CAIRN_RUN_ID``).
+        forked_from: the original run when an older checkpoint was resumed into a fork.
+        resumed: False when the run had no checkpoint yet (a fresh start; nothing was restored).
+        path: the verified local checkpoint directory.
+        metrics: the checkpoint's metrics (as given for ``keep_best``).
+    """
+
+    step: int
+    epoch: int | None
+    batch_in_epoch: int | None
+    extra: Any
+    run_id: str | None
+    forked_from: str | None = None
+    resumed: bool = True
+    path: Path | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    _restored: RestoredState | None = field(default=None, repr=False)
+
+    @property
+    def dataloader_state(self) -> dict[str, Any] | None:
+        """The data-loader position saved with the checkpoint, if any."""
+        return None if self._restored is None else self._restored.dataloader_state
+
+    def fast_forward(self, loader: Any) -> Iterator[Any]:
+        """An iterator over the batches of ``loader`` the interrupted epoch had not consumed yet.
+
+        Use it in place of ``iter(loader)`` for the resumed epoch only (a :class:`ResumableLoader` passed
+        to :func:`resume` does this by itself). Without a restored checkpoint it is ``iter(loader)``.
+
+        Raises:
+            InvalidArgument: the checkpoint holds no data-loader position.
+        """
+        if self._restored is None:
+            return iter(loader)
+        return self._restored.fast_forward(loader)
+
+
+# -- locations ---------------------------------------------------------------------------------------
+
+
+def staging_root() -> Path:
+    """The directory holding every run's checkpoint staging area (see the module docstring)."""
+    explicit = os.environ.get(STAGING_ENV)
+    if explicit:
+        return Path(explicit).expanduser().resolve()
+    uri = config.get_tracking_uri()
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///") :]).parent / "staging"
+    try:
+        user = getpass.getuser()
+    except Exception:  # no passwd entry in some containers
+        user = str(os.getuid()) if hasattr(os, "getuid") else "user"
+    return Path(tempfile.gettempdir()) / f"cairn-staging-{user}"
+
+
+def staging_dir(run_id: str) -> Path:
+    """The local directory where the checkpoints of ``run_id`` are written before upload."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", run_id):
+        raise InvalidArgument(f"invalid run id {run_id!r}")
+    return staging_root() / run_id / ARTIFACT_DIR
+
+
+def _artifact_path(name: str) -> str:
+    return f"{ARTIFACT_DIR}/{name}"
+
+
+# -- distributed -----------------------------------------------------------------------------------
+
+
+def _rank() -> int:
+    """This process's rank under an initialised ``torch.distributed`` group, else 0 (no torch import)."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return 0
+    return int(dist.get_rank())
+
+
+# -- the per-run writer ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Remote:
+    """One ``checkpoints/<name>`` directory of the artifact store; ``info`` is None without a manifest."""
+
+    name: str
+    step: int
+    info: CheckpointInfo | None
+    manifest: bytes | None
+
+
+def _remote_checkpoints(store: ArtifactStore, staging: Path) -> dict[str, _Remote]:
+    """Every ``checkpoints/step-<N>`` directory of a run's artifacts, with its parsed manifest."""
+    try:
+        entries = store.list(ARTIFACT_DIR)
+    except ArtifactNotFound:
+        return {}
+    found: dict[str, _Remote] = {}
+    for entry in entries:
+        name = entry.path.rsplit("/", 1)[-1]
+        match = _STEP_NAME.match(name)
+        if not entry.is_dir or match is None:
+            continue
+        found[name] = _read_remote(store, name, int(match.group(1)), staging)
+    return found
+
+
+def _read_remote(store: ArtifactStore, name: str, step: int, staging: Path) -> _Remote:
+    try:
+        with store.open(f"{_artifact_path(name)}/{MANIFEST_NAME}") as handle:
+            data = handle.read()
+        manifest = _parse(json.loads(data.decode("utf-8")), Path(_artifact_path(name)) / MANIFEST_NAME)
+    except (ArtifactNotFound, CheckpointCorrupt, ValueError, UnicodeDecodeError):
+        return _Remote(name, step, None, None)
+    return _Remote(name, manifest.step, CheckpointInfo.from_manifest(staging / name, manifest), data)
+
+
+def _upload(store: ArtifactStore, local: Path, name: str) -> None:
+    """Upload a committed checkpoint directory, its manifest last (after removing any previous copy)."""
+    base = _artifact_path(name)
+    if store.exists(base):
+        if store.exists(f"{base}/{MANIFEST_NAME}"):
+            store.delete(f"{base}/{MANIFEST_NAME}")  # invalidate first: a crash now leaves no valid copy
+        store.delete(base)
+    files = [f for f in collect_files(local) if f.relpath != MANIFEST_NAME]
+    for item in files:
+        parent = item.relpath.rsplit("/", 1)[0] if "/" in item.relpath else ""
+        store.put_file(item.source, f"{base}/{parent}" if parent else base)
+    store.put_file(local / MANIFEST_NAME, base)
+
+
+def _delete_remote(store: ArtifactStore, name: str) -> None:
+    base = _artifact_path(name)
+    try:
+        if store.exists(f"{base}/{MANIFEST_NAME}"):
+            store.delete(f"{base}/{MANIFEST_NAME}")
+        store.delete(base)
+    except ArtifactNotFound:
+        pass
+
+
+class _RunCheckpointer:
+    """The background writer, uploader and pruner of one run's checkpoints in this process."""
+
+    def __init__(self, run_id: str, client: Client) -> None:
+        self.run_id = run_id
+        self.client = client
+        self.staging = staging_dir(run_id)
+        self.policy = RetentionPolicy()
+        self._lock = threading.Lock()
+        self._store: ArtifactStore | None = None
+        self._remote: dict[str, _Remote] | None = None
+        self.writer = AsyncCheckpointWriter(self.staging, on_commit=self._on_commit)
+
+    @property
+    def store(self) -> ArtifactStore:
+        if self._store is None:
+            self._store = self.client.artifact_store(self.run_id)
+        return self._store
+
+    def _on_commit(self, info: CheckpointInfo) -> None:
+        """On the writer thread: make the metrics durable, upload, prune (remote and local)."""
+        _flush_metrics(self.client)
+        _upload(self.store, info.path, info.name)
+        with self._lock:
+            policy = self.policy
+            if self._remote is None:
+                self._remote = _remote_checkpoints(self.store, self.staging)
+            data = (info.path / MANIFEST_NAME).read_bytes()
+            self._remote[info.name] = _Remote(info.name, info.step, info, data)
+            remote = dict(self._remote)
+        # Remote directories without a manifest are interrupted uploads of an earlier process.
+        for name, entry in remote.items():
+            if entry.info is None:
+                _delete_remote(self.store, name)
+                with self._lock:
+                    self._remote.pop(name, None)
+        candidates = [entry.info for entry in remote.values() if entry.info is not None]
+        for doomed in policy.select_for_deletion(candidates):
+            _delete_remote(self.store, doomed.name)
+            with self._lock:
+                self._remote.pop(doomed.name, None)
+            shutil.rmtree(self.staging / doomed.name, ignore_errors=True)
+        # Locally keep only this newest uploaded one (older ones were uploaded before it, in order).
+        for local in scan_checkpoints(self.staging, verify_hashes=False):
+            if local.step < info.step:
+                shutil.rmtree(local.path, ignore_errors=True)
+
+    def finish(self) -> None:
+        """Wait for every write and upload and stop the writer. A snapshot whose write failed is written once
+        more; if that works the earlier failure becomes a warning, else both are raised.
+
+        Raises:
+            CheckpointWriteError: a write or upload failed and could not be made good.
+        """
+        try:
+            self.writer.wait()
+        except CheckpointWriteError as first:
+            if self.writer.failed is None:  # an upload or pruning failure: nothing left to retry here
+                raise
+            try:
+                self.writer.retry_failed()
+                self.writer.wait()
+            except CheckpointWriteError as second:
+                raise CheckpointWriteError(f"{first}; writing it again at run end failed too: {second}") from first
+            warnings.warn(
+                f"cairn: {first} -- it was written on a second attempt when run {self.run_id} ended",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        finally:
+            with contextlib.suppress(CheckpointError):
+                self.writer.close()
+
+
+_checkpointers: dict[str, _RunCheckpointer] = {}
+_registry_lock = threading.Lock()
+
+
+def _checkpointer(run_id: str) -> _RunCheckpointer:
+    with _registry_lock:
+        found = _checkpointers.get(run_id)
+        if found is None or getattr(found.writer, "_closed", False):  # closed at interpreter exit
+            fluent.add_end_run_hook(_on_run_end)  # idempotent
+            found = _RunCheckpointer(run_id, fluent._get_client())
+            _checkpointers[run_id] = found
+        return found
+
+
+def _flush_metrics(client: Client) -> None:
+    """Write this process's queued metric points (autolog's buffered ones included); errors stay queued."""
+    autolog = sys.modules.get("cairn.autolog.pytorch")
+    drain = getattr(autolog, "drain_metrics", None)
+    if drain is not None:
+        drain()
+    batcher = config.existing_batcher(client.store)
+    if batcher is not None:
+        batcher.flush(raise_errors=False)
+
+
+def _on_run_end(run_id: str, status: RunStatus) -> None:
+    """End-run hook: finish this run's checkpoint writes and uploads, raising their failures."""
+    with _registry_lock:
+        found = _checkpointers.pop(run_id, None)
+    if found is not None:
+        found.finish()
+
+
+# -- logging -----------------------------------------------------------------------------------------
+
+
+def _loader_position(loader: Any) -> Any:
+    """Something with ``state_dict()`` giving the loader's position (a ResumableLoader, or autolog's view)."""
+    if callable(getattr(loader, "state_dict", None)):
+        return loader
+    autolog = sys.modules.get("cairn.autolog.pytorch")
+    position = getattr(autolog, "loader_position", None)
+    tracked = position(loader) if position is not None else None
+    if tracked is None:
+        raise InvalidArgument(
+            f"loader= needs the loader's position: wrap the DataLoader in cairn.checkpoint.ResumableLoader "
+            f"(or turn on cairn.pytorch.autolog(), which tracks plain DataLoaders); got {type(loader).__name__}"
+        )
+    return tracked
+
+
+def log_checkpoint(
+    *,
+    model: Any = None,
+    optimizer: Any = None,
+    scheduler: Any = None,
+    scaler: Any = None,
+    step: int,
+    epoch: int | None = None,
+    batch_in_epoch: int | None = None,
+    extra: Any = None,
+    metrics: Mapping[str, float] | None = None,
+    run_id: str | None = None,
+    keep_last: int | None = 3,
+    keep_best: int | None = None,
+    monitor: str | None = None,
+    mode: Literal["min", "max"] = "min",
+    loader: Any = None,
+    synchronous: bool = False,
+) -> LoggedCheckpoint | None:
+    """Checkpoint the training state into the run's artifacts at ``checkpoints/step-<step>/``.
+
+    Captures weights, optimizer, scheduler and grad-scaler state, the RNG states, step, epoch, position
+    in the epoch and run id on this thread (a memory copy), and returns; writing, uploading and pruning
+    happen in the background (see the module docstring).
+
+    Args:
+        model: the ``nn.Module`` (DDP/compiled wrappers are unwrapped). ``optimizer``/``scheduler`` may be lists.
+        step: optimizer steps done; the resumed run continues after it.
+        epoch: the epoch in progress; batch_in_epoch: its batches consumed (taken from ``loader`` if omitted).
+        extra: any further state tree (tensors, arrays, scalars, containers).
+        metrics: values recorded with the checkpoint, ranked by ``monitor`` for ``keep_best``.
+        run_id: the run (default: the active run, started if there is none).
+        keep_last: how many newest checkpoints to keep (``None``: all).
+        keep_best: how many best by ``monitor`` to keep besides (default 1 when ``monitor`` is set).
+        mode: ``"min"`` or ``"max"`` for ``monitor``.
+        loader: a :class:`~cairn.checkpoint.ResumableLoader` (or, with autolog on, a plain ``DataLoader``)
+            whose position is saved so a resume sees the same remaining batches.
+        synchronous: wait until the checkpoint is written and uploaded (and raise its errors).
+
+    Returns:
+        The checkpoint's coordinates, or ``None`` on a ``torch.distributed`` rank other than 0.
+
+    Raises:
+        CheckpointWriteError: an earlier background write or upload failed. This call's state was queued
+            nonetheless (it supersedes the failed one), so catching the error loses nothing.
+        InvalidArgument: a value cannot be stored, or an argument is invalid.
+    """
+    if _rank() != 0:
+        return None
+    policy = RetentionPolicy(
+        keep_last=keep_last,
+        keep_best=keep_best if keep_best is not None else (1 if monitor else 0),
+        monitor=monitor,
+        mode=mode,
+    )
+    rid = run_id or fluent._active_run_id()
+    checkpointer = _checkpointer(rid)
+    state = capture_training_state(
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        step=step,
+        epoch=epoch,  # type: ignore[arg-type]  # None is stored as "not recorded"
+        batch_in_epoch=batch_in_epoch,
+        extra=extra,
+        run_id=rid,
+        metrics=metrics,
+        dataloader=_loader_position(loader) if loader is not None else None,
+        buffers=checkpointer.writer.buffers,
+    )
+    with checkpointer._lock:
+        checkpointer.policy = policy
+    name = step_dirname(state.step)
+    try:
+        checkpointer.writer.submit(state, name)
+    except CheckpointWriteError as exc:
+        checkpointer.writer.submit(state, name)  # the error is reported; this newer state still gets written
+        raise CheckpointWriteError(f"{exc}. (The checkpoint of step {state.step} was queued nonetheless.)") from exc
+    if synchronous:
+        checkpointer.writer.wait()
+    return LoggedCheckpoint(rid, state.step, _artifact_path(name), checkpointer.staging / name)
+
+
+def flush_checkpoints(run_id: str | None = None) -> None:
+    """Block until the checkpoints logged so far (of ``run_id``, default all runs) are written and uploaded.
+
+    Raises:
+        CheckpointWriteError: a background write or upload failed.
+    """
+    with _registry_lock:
+        targets = [c for rid, c in _checkpointers.items() if run_id is None or rid == run_id]
+    for checkpointer in targets:
+        checkpointer.writer.wait()
+
+
+# -- finding and materialising ------------------------------------------------------------------------
+
+
+def _resolve_run_id(run_id: str | None) -> str:
+    if run_id:
+        return run_id
+    env = os.environ.get("CAIRN_RUN_ID")
+    if env:
+        return env
+    active = fluent.active_run()
+    if active is not None:
+        return active.info.run_id
+    raise InvalidArgument(
+        "no run to resume: pass run_id=, set CAIRN_RUN_ID, or start the run first (cairn.start_run())"
+    )
+
+
+def list_run_checkpoints(run_id: str | None = None) -> list[CheckpointInfo]:
+    """The checkpoints in a run's artifacts whose manifest was uploaded, oldest step first.
+
+    Their ``path`` is where :func:`checkpoint_path` would put them locally (they may not be there yet).
+    """
+    rid = _resolve_run_id(run_id)
+    store = fluent._get_client().artifact_store(rid)
+    remote = _remote_checkpoints(store, staging_dir(rid))
+    infos = [entry.info for entry in remote.values() if entry.info is not None]
+    return sorted(infos, key=lambda info: (info.step, info.created_at, info.name))
+
+
+@dataclass
+class _Found:
+    path: Path
+    step: int
+    name: str
+    newest_step: int
+
+
+def _materialize(store: ArtifactStore, entry: _Remote, staging: Path) -> Path:
+    """A verified local copy of a remote checkpoint: the staging copy if it has the same manifest, else
+    a fresh download moved into the staging area.
+
+    Raises:
+        CheckpointCorrupt: the remote copy is incomplete or damaged.
+    """
+    local = staging / entry.name
+    manifest = local / MANIFEST_NAME
+    if entry.manifest is not None and manifest.is_file() and manifest.read_bytes() == entry.manifest:
+        try:
+            read_manifest(local, verify_hashes=True)
+            return local
+        except CheckpointCorrupt:
+            pass
+    staging.mkdir(parents=True, exist_ok=True)
+    tmp = staging / f"{TEMP_PREFIX}download-{uuid.uuid4().hex}"
+    try:
+        fetched = store.download(_artifact_path(entry.name), tmp)
+        read_manifest(fetched, verify_hashes=True)
+        try:
+            if local.exists():
+                aside = staging / f"{TEMP_PREFIX}old-{entry.name}-{uuid.uuid4().hex}"
+                os.rename(local, aside)
+                shutil.rmtree(aside, ignore_errors=True)
+            os.rename(fetched, local)
+        except OSError:  # another process (a second rank) put the same checkpoint there first
+            if not (manifest.is_file() and manifest.read_bytes() == entry.manifest):
+                raise
+            read_manifest(local, verify_hashes=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return local
+
+
+def _find(run_id: str, step: int | str, client: Client) -> _Found | None:
+    """Materialise the requested checkpoint of ``run_id`` (``None``: "latest" and the run has none)."""
+    staging = staging_dir(run_id)
+    store = client.artifact_store(run_id)
+    remote = _remote_checkpoints(store, staging)
+    complete = sorted((e for e in remote.values() if e.info is not None), key=lambda e: e.step, reverse=True)
+    newest = complete[0].step if complete else -1
+    if step == "latest":
+        problems = []
+        for entry in complete:
+            try:
+                return _Found(_materialize(store, entry, staging), entry.step, entry.name, entry.step)
+            except CheckpointCorrupt as exc:  # damaged newest copy: fall back to the previous one
+                problems.append(str(exc))
+                newest = entry.step - 1
+        if problems:
+            raise CheckpointCorrupt(f"no valid checkpoint in run {run_id}: " + "; ".join(problems))
+        return None
+    if isinstance(step, bool) or not isinstance(step, int):
+        raise InvalidArgument(f"step must be 'latest' or an integer, got {step!r}")
+    match = [e for e in complete if e.step == step]
+    if not match:
+        available = ", ".join(str(e.step) for e in reversed(complete)) or "none"
+        raise CheckpointError(f"run {run_id} has no checkpoint at step {step} (available steps: {available})")
+    return _Found(_materialize(store, match[0], staging), step, match[0].name, newest)
+
+
+def checkpoint_path(run_id: str | None = None, step: int | str = "latest") -> Path:
+    """Materialise one checkpoint of a run locally (verified) and return its directory.
+
+    Args:
+        run_id: the run (default: ``CAIRN_RUN_ID``, else the active run).
+        step: ``"latest"`` (the newest valid one) or a step number.
+
+    Raises:
+        CheckpointError: the run has no (such) checkpoint. CheckpointCorrupt: it is damaged.
+    """
+    rid = _resolve_run_id(run_id)
+    found = _find(rid, step, fluent._get_client())
+    if found is None:
+        raise CheckpointError(f"run {rid} has no checkpoint yet")
+    return found.path
+
+
+# -- resuming ------------------------------------------------------------------------------------
+
+
+def _check_active(allowed: str) -> None:
+    active = fluent.active_run()
+    if active is not None and active.info.run_id != allowed:
+        raise InvalidArgument(
+            f"run {active.info.run_id} ({active.info.run_name}) is active; end it before resuming run {allowed}"
+        )
+
+
+def _activate(run_id: str) -> None:
+    active = fluent.active_run()
+    if active is None or active.info.run_id != run_id:
+        fluent.start_run(run_id=run_id)
+
+
+def _loader_for_restore(loader: Any) -> tuple[Any, Any]:
+    """Split ``loader`` into (object restore_training_state loads into, plain DataLoader autolog arms)."""
+    if loader is None:
+        return None, None
+    if callable(getattr(loader, "load_state_dict", None)):
+        return loader, None
+    position = getattr(sys.modules.get("cairn.autolog.pytorch"), "loader_position", None)
+    if position is not None and position(loader) is not None:
+        return None, loader
+    raise InvalidArgument(
+        "loader= must be a cairn.checkpoint.ResumableLoader (or a DataLoader with autolog on); for a plain "
+        "DataLoader use `for batch in state.fast_forward(loader)` for the resumed epoch instead"
+    )
+
+
+def resume(
+    run_id: str | None = None,
+    step: int | str = "latest",
+    *,
+    model: Any = None,
+    optimizer: Any = None,
+    scheduler: Any = None,
+    scaler: Any = None,
+    loader: Any = None,
+    strict: bool = True,
+    map_location: str = "cpu",
+) -> ResumeState:
+    """Restore training from a run's checkpoint, and continue the run (or fork it) at that step.
+
+    Args:
+        run_id: the run (default: ``CAIRN_RUN_ID``, else the active run).
+        step: ``"latest"`` continues the same run from its newest valid checkpoint; a step number whose
+            checkpoint is older than the newest forks a new run (``forked_from`` says which).
+        model, optimizer, scheduler, scaler: objects to load into (built the same way as when saved).
+        loader: a :class:`~cairn.checkpoint.ResumableLoader`: its next iteration yields exactly the
+            batches the interrupted epoch had left. With autolog on, a plain DataLoader works too.
+        strict: fail on missing/unexpected model keys and on class changes.
+        map_location: where tensors are read to before being copied into the objects.
+
+    Returns:
+        The restored position. When the run has no checkpoint yet (``step="latest"``) nothing is
+        restored, the run is made active and ``resumed`` is False: a script can call ``resume`` on
+        every start.
+
+    Raises:
+        InvalidArgument: no run can be determined, or another run is active.
+        CheckpointError: no checkpoint at ``step``. CheckpointCorrupt: the checkpoint is damaged.
+        StateMismatch: saved state does not fit an object (lists the mismatched keys and shapes);
+            nothing of the run was changed then.
+    """
+    rid = _resolve_run_id(run_id)
+    rank0 = _rank() == 0
+    with _registry_lock:
+        own = _checkpointers.get(rid)
+    if own is not None:
+        own.writer.wait()
+    client = fluent._get_client()
+    if rank0:
+        _check_active(rid)
+    found = _find(rid, step, client)
+    if found is None:
+        if rank0:
+            _activate(rid)
+        return ResumeState(step=0, epoch=0, batch_in_epoch=0, extra=None, run_id=rid, resumed=False)
+    fork = found.step < found.newest_step
+    if rank0 and fork and fluent.active_run() is not None:
+        raise InvalidArgument(
+            f"resuming run {rid} from step {found.step} (older than its newest checkpoint, step "
+            f"{found.newest_step}) forks a new run; end the active run {rid} first"
+        )
+    target, armed = _loader_for_restore(loader)
+    restored = restore_training_state(
+        found.path,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        dataloader=target,
+        strict=strict,
+        map_location=map_location,
+        restore_rng=rank0,
+    )
+    autolog = sys.modules.get("cairn.autolog.pytorch")
+    if armed is not None and restored.dataloader_state is not None and autolog is not None:
+        autolog.arm_loader(armed, restored.dataloader_state, restored.epoch)
+    if autolog is not None:
+        autolog.note_resumed(restored.step, loader, restored.epoch)
+    active_id, forked_from = rid, None
+    if rank0:
+        if fork:
+            active_id, forked_from = _fork(client, rid, found), rid
+        else:
+            _activate(rid)
+            client.flush()
+            client.store.supersede_metrics_after(rid, found.step)
+            _clean_staging(staging_dir(rid), client.artifact_store(rid))
+    return ResumeState(
+        step=restored.step,
+        epoch=restored.epoch,
+        batch_in_epoch=restored.batch_in_epoch,
+        extra=restored.extra,
+        run_id=active_id,
+        forked_from=forked_from,
+        resumed=True,
+        path=found.path,
+        metrics=dict(restored.metrics),
+        _restored=restored,
+    )
+
+
+def _fork(client: Client, run_id: str, found: _Found) -> str:
+    """Fork ``run_id`` at the checkpoint's step, copy the checkpoint into the fork, make the fork active."""
+    fork = client.store.fork_run(run_id, found.step, start_time=now_ms())
+    fork_id = fork.info.run_id
+    _upload(client.artifact_store(fork_id), found.path, found.name)
+    fluent.start_run(run_id=fork_id)
+    return fork_id
+
+
+def _clean_staging(staging: Path, store: ArtifactStore) -> None:
+    """After resuming a run's newest checkpoint: drop local leftovers of the dead process (partial writes,
+    checkpoints it never uploaded)."""
+    remote = _remote_checkpoints(store, staging)
+    try:
+        entries = list(os.scandir(staging))
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        known = entry.name in remote and remote[entry.name].info is not None
+        if entry.is_dir(follow_symlinks=False) and (entry.name.startswith(TEMP_PREFIX) or not known):
+            shutil.rmtree(entry.path, ignore_errors=True)
