@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
 import json
 import logging
 import os
@@ -202,11 +203,12 @@ def side(config: str, reps: int, steps: int, warmup: int, workdir: Path) -> dict
         result["points_per_run"] = [len(cairn.Client().get_metric_history(r.info.run_id, "loss")) for r in runs]
     if config == "cairn_logger":
         result["log_metrics_us"] = _log_metrics_cost(cairn)
+        result["paired"] = _paired_blocks(cairn, mlp, loader, steps=6400, block=64)
     return result
 
 
 def _log_metrics_cost(cairn: Any, calls: int = 50_000) -> float:
-    """Training-thread CPU of one ``CairnLogger.log_metrics`` call with Lightning's two metrics, in µs."""
+    """Training-thread CPU of one ``CairnLogger.log_metrics`` call with Lightning's two metrics, in µs (hot loop)."""
     logger = cairn.lightning.CairnLogger()
     logger.log_metrics({"loss": 0.5, "epoch": 0}, step=0)
     start = time.thread_time()
@@ -215,6 +217,66 @@ def _log_metrics_cost(cairn: Any, calls: int = 50_000) -> float:
     cost = (time.thread_time() - start) / calls * 1e6
     logger.finalize("success")
     return cost
+
+
+def _paired_blocks(cairn: Any, mlp: Any, loader: Any, *, steps: int, block: int, rounds: int = 2) -> dict[str, Any]:
+    """CairnLogger's marginal cost per step, from blocks of one fit that alternate between handing
+    Lightning's metrics to CairnLogger and dropping them (a slow drift of the machine's load hits
+    neighbouring blocks alike). A control fit alternates between two blocks that both drop them: its
+    difference is the noise floor of the method. Blocks of 64 steps do not line up with the 50-batch epochs."""
+    import lightning as L
+    from lightning.pytorch.loggers.logger import Logger
+
+    inner = cairn.lightning.CairnLogger()
+
+    def difference(forward: bool) -> float:
+        class Toggle(Logger):
+            name = "toggle"
+            version = "0"
+
+            def log_metrics(self, metrics: Any, step: Any = None) -> None:
+                if forward and (int(step or 0) // block) % 2 == 0:
+                    inner.log_metrics(metrics, step)
+
+            def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+                pass
+
+        marks: list[float] = []
+
+        class Blocks(L.Callback):
+            def on_train_batch_start(self, trainer: Any, *args: Any) -> None:
+                if trainer.global_step % block == 0:
+                    marks.append(time.thread_time())
+
+        trainer = L.Trainer(
+            accelerator="cpu",
+            max_steps=steps + 2 * block,
+            log_every_n_steps=1,
+            logger=Toggle(),
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+            callbacks=[Blocks()],
+        )
+        trainer.fit(mlp(), loader)
+        # durations[j - 1] is block j (steps j*block ..); block 0 is the warm-up; even blocks are the "on" ones
+        durations = [(b - a) / block * 1e6 for a, b in itertools.pairwise(marks[1:])]
+        on = [d for j, d in enumerate(durations, start=1) if j % 2 == 0]
+        off = [d for j, d in enumerate(durations, start=1) if j % 2 == 1]
+        return statistics.median(on) - statistics.median(off), statistics.median(off)
+
+    cairn_runs, control_runs = [], []
+    for _ in range(rounds):
+        control_runs.append(difference(False))
+        cairn_runs.append(difference(True))
+    inner.finalize("success")
+    return {
+        "cairn_us": [d for d, _ in cairn_runs],
+        "control_us": [d for d, _ in control_runs],
+        "step_us": statistics.median(base for _, base in cairn_runs + control_runs),
+        "steps": steps,
+        "block": block,
+    }
 
 
 # -- the parent ------------------------------------------------------------------------------------------
@@ -307,6 +369,19 @@ def _report(results: list[dict[str, Any]], args: argparse.Namespace, load: tuple
             f"- `CairnLogger.log_metrics` itself, called directly 50,000 times with Lightning's two metrics "
             f"(`loss`, `epoch`): {cairn_result['log_metrics_us']:.1f} µs of training-thread CPU per call "
             f"({cairn_result['log_metrics_us'] / per_step_none(cairn_result) * 100:.2f}% of a no-logger step)."
+        )
+    paired = (cairn_result or {}).get("paired")
+    if paired:
+
+        def listed(values: list[float]) -> str:
+            return ", ".join(f"{v:+,.1f}" for v in values)
+
+        lines.append(
+            f"- Paired blocks, the steadiest figure here: in fits of {paired['steps']:,} steps, blocks of "
+            f"{paired['block']} steps alternate between CairnLogger receiving Lightning's metrics and not. Extra "
+            f"training-thread CPU per step in the CairnLogger blocks, per fit: {listed(paired['cairn_us'])} µs; in "
+            f"control fits whose blocks all drop the metrics (the method's noise): {listed(paired['control_us'])} µs; "
+            f"a step is {paired['step_us']:,.0f} µs."
         )
     points = by_config.get("cairn_logger", {}).get("points_per_run")
     if points:

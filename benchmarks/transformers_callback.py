@@ -391,8 +391,8 @@ def _report(results: dict[str, list[dict[str, Any]]], versions: dict[str, str], 
         f"ending the run) is {cairn_share * 100:.1f}% of the median `train()` of `none`: "
         f"{'met' if met else 'not met'}. The whole-training comparisons are noisier on this shared machine: "
         f"training-thread CPU {_overhead(cairn_cpu, base_cpu)}, best wall time {_overhead(cairn_wall, base_wall)} "
-        "(identical trainings vary by tens of percent in wall time; `cairn+model` does strictly more than `cairn` "
-        f"and can come out faster). Every cairn training committed checkpoints {sorted(committed)} before "
+        "(identical trainings vary by tens of percent in wall time). Every cairn training committed checkpoints "
+        f"{sorted(committed)} before "
         "`train()` returned.",
         "",
         "`tracker on_save` is the time the tracker's own `on_save` keeps the training thread: MLflow uploads the "
