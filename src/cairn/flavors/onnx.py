@@ -913,10 +913,9 @@ def log_model(
         The :class:`~cairn.models.ModelInfo` (``model_uri`` is ``runs:/<run_id>/<name>``).
     """
     from cairn.models import packaging
+    from cairn.models.packaging import model_artifact_name
 
-    if name is not None and artifact_path is not None and name != artifact_path:
-        raise InvalidArgument(f"name={name!r} and artifact_path={artifact_path!r} disagree; pass only name")
-    target = name if name is not None else artifact_path if artifact_path is not None else "model"
+    target = model_artifact_name(name, artifact_path)
 
     def save(path: Path, **kwargs: Any) -> Model:
         return save_model(onnx_model, path, **kwargs)

@@ -449,7 +449,7 @@ def save_model(
         ResourceAlreadyExists: ``path`` exists and is not empty.
     """
     from cairn.models import hashes
-    from cairn.models.packaging import _infer_from_example, _split_example, save_model_dir
+    from cairn.models.packaging import _split_example, infer_signature_from_example, save_model_dir
 
     if not isinstance(pytorch_model, nn.Module):
         raise InvalidArgument(f"pytorch_model must be a torch.nn.Module, got {type(pytorch_model).__name__}")
@@ -469,7 +469,7 @@ def save_model(
     extra_states = _extra_states(pytorch_model)
     if signature is None and input_example is not None:
         with _torch_utils.eval_mode(pytorch_model):  # the caller's train/eval flags come back afterwards
-            signature = _infer_from_example(input_example, TorchPyfunc(pytorch_model).predict)
+            signature = infer_signature_from_example(input_example, TorchPyfunc(pytorch_model).predict)
     if signature is not False:
         signature = _with_device_param(signature)
 
@@ -565,10 +565,9 @@ def log_model(
         The :class:`~cairn.models.ModelInfo` (``model_uri`` is ``runs:/<run_id>/<name>``).
     """
     from cairn.models import packaging
+    from cairn.models.packaging import model_artifact_name
 
-    if name is not None and artifact_path is not None and name != artifact_path:
-        raise InvalidArgument(f"name={name!r} and artifact_path={artifact_path!r} disagree; pass only name")
-    target = name if name is not None else artifact_path if artifact_path is not None else "model"
+    target = model_artifact_name(name, artifact_path)
 
     def save(path: Path, **kwargs: Any) -> Model:
         return save_model(pytorch_model, path, **kwargs)

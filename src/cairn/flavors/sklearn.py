@@ -233,10 +233,10 @@ def _with_method_param(signature: ModelSignature | None, default: str) -> ModelS
 
 
 def _infer_signature(estimator: Any, input_example: Any, method: str) -> ModelSignature | None:
-    from cairn.models.packaging import _infer_from_example
+    from cairn.models.packaging import infer_signature_from_example
 
     predict = getattr(estimator, method, None)
-    return _infer_from_example(input_example, predict)
+    return infer_signature_from_example(input_example, predict)
 
 
 # -- save / log ---------------------------------------------------------------------------------------
@@ -387,10 +387,9 @@ def log_model(
         The :class:`~cairn.models.ModelInfo` (``model_uri`` is ``runs:/<run_id>/<name>``).
     """
     from cairn.models import packaging
+    from cairn.models.packaging import model_artifact_name
 
-    if name is not None and artifact_path is not None and name != artifact_path:
-        raise InvalidArgument(f"name={name!r} and artifact_path={artifact_path!r} disagree; pass only name")
-    target = name if name is not None else artifact_path if artifact_path is not None else "model"
+    target = model_artifact_name(name, artifact_path)
 
     def save(path: Path, **kwargs: Any) -> Model:
         return save_model(sk_model, path, **kwargs)

@@ -356,7 +356,7 @@ def save_model(
         InvalidArgument: an unsupported object, an unknown task, or weights that are not safetensors.
         ResourceAlreadyExists: ``path`` exists and is not empty.
     """
-    from cairn.models.packaging import _infer_from_example, save_model_dir
+    from cairn.models.packaging import infer_signature_from_example, save_model_dir
 
     source = _resolve_source(
         transformers_model,
@@ -369,7 +369,7 @@ def save_model(
         },
     )
     if signature is None and input_example is not None:
-        signature = _infer_from_example(input_example, _predict_fn(source))
+        signature = infer_signature_from_example(input_example, _predict_fn(source))
     if signature is not False:
         signature = _with_task_params(signature, source.task)
     packages = (
@@ -436,10 +436,9 @@ def log_model(
         The :class:`~cairn.models.ModelInfo` (``model_uri`` is ``runs:/<run_id>/<name>``).
     """
     from cairn.models import packaging
+    from cairn.models.packaging import model_artifact_name
 
-    if name is not None and artifact_path is not None and name != artifact_path:
-        raise InvalidArgument(f"name={name!r} and artifact_path={artifact_path!r} disagree; pass only name")
-    target = name if name is not None else artifact_path if artifact_path is not None else "model"
+    target = model_artifact_name(name, artifact_path)
 
     def save(path: Path, **kwargs: Any) -> Model:
         return save_model(transformers_model, path, **kwargs)

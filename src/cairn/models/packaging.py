@@ -88,7 +88,7 @@ def _split_example(input_example: Any) -> tuple[Any, dict[str, Any] | None]:
     return input_example, None
 
 
-def _infer_from_example(input_example: Any, predict_fn: Callable[[Any], Any] | None) -> ModelSignature | None:
+def infer_signature_from_example(input_example: Any, predict_fn: Callable[[Any], Any] | None) -> ModelSignature | None:
     data, params = _split_example(input_example)
     output = None
     if predict_fn is not None:
@@ -216,7 +216,7 @@ def _write(
     if input_example is not None:
         example_info = save_input_example(directory, input_example)
         if signature is None:
-            signature = _infer_from_example(input_example, predict_fn)
+            signature = infer_signature_from_example(input_example, predict_fn)
     env = write_requirements(directory, list(pip_packages))
 
     pyfunc_entry: dict[str, Any] = {
@@ -295,6 +295,17 @@ def _record_logged_model(client: Any, run_id: str, model: Model) -> None:
         entry = history[-1]
         text = json.dumps([{k: v for k, v in entry.items() if k != "flavors"}])
     client.set_tag(run_id, LOGGED_MODELS_TAG, text)
+
+
+def model_artifact_name(name: str | None, artifact_path: str | None) -> str:
+    """The artifact path a flavor's ``log_model`` writes to: ``name``, or MLflow 2's ``artifact_path``.
+
+    Raises:
+        InvalidArgument: both are given and differ.
+    """
+    if name is not None and artifact_path is not None and name != artifact_path:
+        raise InvalidArgument(f"name={name!r} and artifact_path={artifact_path!r} disagree; pass only name")
+    return name if name is not None else artifact_path if artifact_path is not None else "model"
 
 
 def log_model(
