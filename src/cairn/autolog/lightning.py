@@ -1407,8 +1407,8 @@ class LightningAutologConfig(AutologConfig):
             the newest ``keep_last`` kept) to Trainers that have no ``ModelCheckpoint`` of their own.
         checkpoint_every_n_epochs: the same, every so many epochs.
         keep_last: how many of those checkpoints to keep (locally and in the run).
-        resume: a run id (or ``True`` for ``CAIRN_RUN_ID``): ``fit`` without ``ckpt_path`` resumes from
-            that run's last Lightning checkpoint, in that run.
+        resume: a run id (or ``True``/``"latest"`` for ``CAIRN_RUN_ID``): ``fit`` without ``ckpt_path``
+            resumes from that run's last Lightning checkpoint, in that run.
     """
 
     log_every_n_steps: int = 1
@@ -1534,8 +1534,8 @@ def _attach(trainer: Any) -> None:
 def _wrap_fit(original: Callable[..., Any]) -> Callable[..., Any]:
     def fit(self: Any, *args: Any, **kwargs: Any) -> Any:
         resume = getattr(_config, "resume", None)
-        if resume and kwargs.get("ckpt_path") is None and len(args) < 4:
-            run_id = os.environ.get("CAIRN_RUN_ID") if resume is True else str(resume)
+        if resume and kwargs.get("ckpt_path") is None and len(args) < 5:  # (model, train, val, datamodule)
+            run_id = os.environ.get("CAIRN_RUN_ID") if resume is True or resume == "latest" else str(resume)
             if run_id:
                 kwargs["ckpt_path"] = _resume_path(run_id)
         return original(self, *args, **kwargs)

@@ -7,9 +7,11 @@ What is hooked, all process-wide and undone by ``autolog(disable=True)``:
   starting at 1), logs each optimizer's class and param-group hyperparameters once as params, and the
   learning rate of every param group at each logged step (read after the step, so it is the rate the
   step used; a scheduler's change shows from the next step);
-- ``torch.Tensor.backward``: the scalar ``backward()`` is called on is kept *detached, on its device*
-  (``GradScaler.scale`` is wrapped too, so the unscaled loss is kept under AMP). ``loss`` is the mean
-  over each logging interval. ``torch.autograd.backward(loss)`` is not seen; call ``loss.backward()``;
+- ``torch.Tensor.backward``: the scalar ``backward()`` is called on is recorded: read at once when it
+  is on the CPU (no sync there, and cheaper than keeping a detached tensor), kept *detached, on its
+  device* otherwise (``GradScaler.scale`` is wrapped too, so the unscaled loss is kept under AMP).
+  ``loss`` is the mean over each logging interval. ``torch.autograd.backward(loss)`` is not seen;
+  call ``loss.backward()``;
 - ``DataLoader.__iter__`` and ``_BaseDataLoaderIter.__next__``: count epochs and batches (``epoch`` is
   logged when it changes). The *training* loader is the one whose batches are followed by optimizer
   steps;
@@ -25,11 +27,12 @@ What is hooked, all process-wide and undone by ``autolog(disable=True)``:
   when the run ends (``end_run``, leaving ``with start_run()``, interpreter exit) the model is logged
   with :func:`cairn.flavors.pytorch.log_model`, the input slice as its input example.
 
-Cost on the training thread: about 1 µs per hook call and a tuple appended per logged step; no I/O,
-no ``.item()``. A background thread reads the queued loss tensors in bulk every 0.2 s (one
-``torch.stack(...).tolist()``, so one device sync per batch of steps, off the training thread) and
-hands the points to the store's metric writer. Values of a logging step thus reach the store within
-about half a second, and are flushed before each checkpoint is uploaded and when the run ends.
+Cost on the training thread: a few µs per step (one Python call per hook, a tuple queued per logged
+step); no I/O and no ``.item()`` of a device tensor. A background thread turns the queue into metric
+points every 0.2 s, reading device losses in bulk (one ``torch.stack(...).tolist()``: one sync per
+batch of steps, off the training thread), and hands them to the store's metric writer. Values reach
+the store within about half a second, and are flushed before each checkpoint is uploaded and when
+the run ends. (``benchmarks/pytorch_autolog.py`` measures it against a loop without logging.)
 
 Runs: the first optimizer step starts a run if none is active (it stays active, as with
 ``cairn.log_metric``). Under ``torch.distributed`` only rank 0 starts the run and logs; the run id is
@@ -58,6 +61,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
+import math
 import os
 import sys
 import threading
@@ -227,8 +231,8 @@ class _State:
         self.patches = PatchSet()
         self.handles: list[Any] = []
         self.forward_handles: list[Any] = []
-        self.losses: list[torch.Tensor] = []
-        self.scaled: tuple[int, torch.Tensor] | None = None
+        self.losses: list[Any] = []  # floats (CPU losses) or detached tensors on their device
+        self.scaled: tuple[int, Any] | None = None
         self.in_backward = False
         self.session: _Session | None = None
         self.top_modules: weakref.WeakKeyDictionary[nn.Module, Any] = weakref.WeakKeyDictionary()
@@ -811,24 +815,30 @@ def _emit(session: _Session, config: PyTorchAutologConfig) -> None:
     )
 
 
-def _mean(losses: list[torch.Tensor]) -> torch.Tensor:
-    try:
-        return torch.stack([x.float() for x in losses]).mean()
-    except RuntimeError:  # on several devices (losses restored from a checkpoint on the CPU)
-        return torch.stack([x.float().cpu() for x in losses]).mean()
-
-
-def _to_floats(tensors: list[torch.Tensor]) -> list[float]:
-    """One-element tensors as floats: on the CPU one ``item()`` each (no sync, cheapest); on an accelerator
-    one ``stack`` and one read for all of them (a single device sync)."""
+def _mean(losses: list[Any]) -> Any:
+    """The mean of recorded losses: a float for floats (CPU losses), else a tensor on their device (no sync)."""
+    tensors = [x for x in losses if isinstance(x, torch.Tensor)]
     if not tensors:
-        return []
-    if tensors[0].is_cpu:
-        return [t.item() for t in tensors]
+        return math.fsum(losses) / len(losses)
     try:
-        return [float(v) for v in torch.stack([t.reshape(()) for t in tensors]).float().tolist()]
+        if len(tensors) == len(losses):
+            return torch.stack([x.float().reshape(()) for x in losses]).mean()
+    except RuntimeError:  # several devices
+        pass
+    return math.fsum(float(x) for x in losses) / len(losses)  # mixed: reads the device values
+
+
+def _to_floats(values: list[Any]) -> list[float]:
+    """Recorded values (floats, or one-element tensors on an accelerator) as floats, reading the tensors
+    with one ``stack`` and one read (a single device sync, on the calling background thread)."""
+    tensors = [v for v in values if isinstance(v, torch.Tensor)]
+    if not tensors:
+        return [float(v) for v in values]
+    try:
+        read = iter(torch.stack([t.reshape(()) for t in tensors]).float().tolist())
     except RuntimeError:  # several devices or shapes
-        return [float(t.item()) for t in tensors]
+        read = iter([float(t.item()) for t in tensors])
+    return [float(next(read)) if isinstance(v, torch.Tensor) else float(v) for v in values]
 
 
 def _grad_norm(optimizer: Any) -> torch.Tensor | None:
@@ -847,7 +857,8 @@ def _wrap_backward(original: Callable[..., Any]) -> Callable[..., Any]:
         if state.in_backward or (args[0] if args else kwargs.get("gradient")) is not None:
             return original(self, *args, **kwargs)
         try:
-            loss = self.detach()
+            # A CPU value is read now (no sync; cheaper than detach()); elsewhere it stays on its device.
+            loss = self.item() if self.is_cpu else self.detach()
             scaled = state.scaled
             if scaled is not None and scaled[0] == id(self):
                 loss = scaled[1]
@@ -871,7 +882,7 @@ def _wrap_scale(original: Callable[..., Any]) -> Callable[..., Any]:
     def scale(self: Any, outputs: Any) -> Any:
         scaled = original(self, outputs)
         if isinstance(outputs, torch.Tensor) and isinstance(scaled, torch.Tensor) and outputs.dim() == 0:
-            _state.scaled = (id(scaled), outputs.detach())
+            _state.scaled = (id(scaled), outputs.item() if outputs.is_cpu else outputs.detach())
         return scaled
 
     return scale
@@ -1047,7 +1058,7 @@ def _take_checkpoint(session: _Session, track: _LoaderTrack | None, *, boundary:
     extra = {
         "autolog": {
             "optimizers": [_optimizer_signature(o) for o in optimizers],
-            "pending_losses": [loss.float().to("cpu") for loss in _state.losses],
+            "pending_losses": [float(loss) for loss in _state.losses],  # a sync only if kept on a device
         }
     }
     session.last_ckpt_step = session.step
@@ -1213,7 +1224,7 @@ def _apply_restore(track: _LoaderTrack) -> None:
                 from torch.nn.modules import module as module_module
 
                 _arm_forward_hooks(module_module)
-        state.losses = [loss.clone() for loss in saved.get("pending_losses") or []]
+        state.losses = [float(loss) for loss in saved.get("pending_losses") or []]
         track.armed = (pending.dataloader_state, pending.epoch)
         track.train = True
         state.train_track = track
