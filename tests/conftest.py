@@ -150,3 +150,15 @@ def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+
+
+def truncate_all(url: str) -> None:
+    """Empty every cairn table of a PostgreSQL test database (schema kept, ids restarted)."""
+    from cairn.store._sql.schema import metadata
+
+    engine = sa.create_engine(driver_url(url))
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"TRUNCATE {', '.join(metadata.tables)} RESTART IDENTITY CASCADE")
+    finally:
+        engine.dispose()

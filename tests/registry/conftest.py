@@ -6,14 +6,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
 from cairn.registry.client import RegistryMethods
 from cairn.store._sql import SqlTrackingStore
 from cairn.store._sql.registry import SqlRegistryStore
-from cairn.store._sql.schema import metadata
 from cairn.tracking.client import Client
-from tests.conftest import PgServer, driver_url
+from tests.conftest import PgServer, truncate_all
 
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
@@ -35,15 +33,6 @@ def pg_registry_url(pg_server: PgServer) -> Iterator[str]:
         yield url
 
 
-def _truncate(url: str) -> None:
-    engine = sa.create_engine(driver_url(url))
-    try:
-        with engine.begin() as conn:
-            conn.exec_driver_sql(f"TRUNCATE {', '.join(metadata.tables)} RESTART IDENTITY CASCADE")
-    finally:
-        engine.dispose()
-
-
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
@@ -55,7 +44,7 @@ def db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
     if backend == "sqlite":
         return f"sqlite:///{tmp_path}/db/cairn.db"
     url: str = request.getfixturevalue("pg_registry_url")
-    _truncate(url)
+    truncate_all(url)
     return url
 
 

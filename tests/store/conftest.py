@@ -11,13 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
 from cairn.store._sql import SqlTrackingStore
-from tests.conftest import PgServer, driver_url
+from tests.conftest import PgServer, truncate_all
 
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
-_TABLES = "experiments, experiment_tags, runs, params, tags, metrics, latest_metrics"
 
 
 @pytest.fixture(scope="session")
@@ -26,15 +24,6 @@ def pg_store_url(pg_server: PgServer) -> Iterator[str]:
     with pg_server.new_database() as url:
         SqlTrackingStore(url, "/unused").close()  # create the schema once
         yield url
-
-
-def _truncate(url: str) -> None:
-    engine = sa.create_engine(driver_url(url))
-    try:
-        with engine.begin() as conn:
-            conn.exec_driver_sql(f"TRUNCATE {_TABLES} RESTART IDENTITY CASCADE")
-    finally:
-        engine.dispose()
 
 
 @pytest.fixture(params=BACKENDS)
@@ -48,7 +37,7 @@ def db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
     if backend == "sqlite":
         return f"sqlite:///{tmp_path}/db/cairn.db"
     url: str = request.getfixturevalue("pg_store_url")
-    _truncate(url)
+    truncate_all(url)
     return url
 
 
