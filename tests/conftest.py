@@ -22,10 +22,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def _reset_cairn() -> None:
+    from cairn.models import verified_files
     from cairn.tracking import config, fluent
 
     fluent.reset()
     config.reset()
+    verified_files.forget_all()
 
 
 @pytest.fixture(autouse=True)
@@ -40,6 +42,8 @@ def _isolated_cairn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CAIRN_CACHE_DIR", str(tmp_path / ".cairn-cache"))
+    monkeypatch.delenv("CAIRN_VERIFY_CACHE", raising=False)
     _reset_cairn()
     yield
     _reset_cairn()

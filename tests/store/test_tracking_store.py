@@ -315,6 +315,9 @@ def test_create_run_with_id_and_errors(store: SqlTrackingStore) -> None:
         store.create_run("9", user_id="u", start_time=1, run_name="x")
     with pytest.raises(RunNotFound):
         store.get_run(uuid.uuid4().hex)
+    with pytest.raises(RunNotFound):
+        store.get_run_info(uuid.uuid4().hex)
+    assert store.get_run_info(run_id) == store.get_run(run_id).info
 
 
 def test_update_run_info(store: SqlTrackingStore) -> None:

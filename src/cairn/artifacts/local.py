@@ -140,6 +140,14 @@ class LocalArtifactStore(ArtifactStore):
             )
         return rel, real
 
+    def local_path(self, path: str | None = None) -> Path:
+        """The resolved local path of the artifact ``path`` (which need not exist), confined to the root.
+
+        Raises:
+            UnsafePath: ``path`` is unsafe or resolves outside the root.
+        """
+        return Path(self._resolve(path)[1])
+
     def _missing(self, rel: str) -> ArtifactNotFound:
         return ArtifactNotFound(f"no artifact at {rel!r} under {self.root}")
 

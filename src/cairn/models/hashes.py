@@ -10,6 +10,11 @@ last) vouches for the manifest, which vouches for the files. A model without eit
 MLflow, or by another tool) is accepted unchecked. Files added after saving (``__pycache__`` from
 importing the model's code, for instance) are ignored; listed files that are missing or differ
 are refused.
+
+Checking a large model reads every byte, so a file whose digest matched is recorded in
+:mod:`cairn.models.verified_files` (keyed by its path, inode, size, mtime and ctime) and not read
+again while it stays unchanged; the files ``log_model`` and ``save_model`` wrote are recorded as
+they are written.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import hashlib
 import json
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -26,12 +32,14 @@ from typing import Any
 
 from cairn.artifacts.paths import safe_relpath
 from cairn.errors import ModelIntegrityError, UnsafePath
+from cairn.models import verified_files
 from cairn.models.model import MLMODEL_FILE_NAME, Model
 
 __all__ = [
     "FILES_MANIFEST",
     "MANIFEST_SHA256_KEY",
     "file_sha256",
+    "record_model_files",
     "remember_file_sha256",
     "verified_scope",
     "verify_model_files",
@@ -171,11 +179,52 @@ def verify_model_files(model_dir: str | os.PathLike[str], model: Model | None = 
         if not path.is_file():
             raise ModelIntegrityError(f"model file {rel!r} is missing from {directory} (it was saved with the model)")
         size = record.get("size") if isinstance(record, dict) else None
-        if (size is not None and path.stat().st_size != size) or file_sha256(path) != want:
-            raise ModelIntegrityError(
-                f"model file {rel!r} in {directory} does not match the sha256 recorded when the model was saved; "
-                "it was modified or corrupted, so cairn refuses to load it"
-            )
+        if size is not None and path.stat().st_size != size:
+            raise _altered(rel, directory)
+        if isinstance(want, str) and verified_files.is_verified(path, want):
+            continue
+        identity, started = verified_files.file_identity(path), time.time()
+        if file_sha256(path) != want:
+            raise _altered(rel, directory)
+        verified_files.record_verified(identity, str(want), known_at=started)
+
+
+def _altered(rel: str, directory: Path) -> ModelIntegrityError:
+    return ModelIntegrityError(
+        f"model file {rel!r} in {directory} does not match the sha256 recorded when the model was saved; "
+        "it was modified or corrupted, so cairn refuses to load it"
+    )
+
+
+def record_model_files(model_dir: str | os.PathLike[str]) -> None:
+    """Record the files of a model cairn has just written as verified, so loading it does not hash them again.
+
+    Called where the files are final (after ``log_model`` moved them into a local artifact store,
+    or at the end of ``save_model``), with the digests of ``cairn_files.json``, which cairn computed
+    from the bytes it wrote. Only files at least :data:`verified_files.MIN_CACHED_SIZE` long are recorded.
+    """
+    directory = Path(model_dir)
+    try:
+        manifest = json.loads((directory / FILES_MANIFEST).read_bytes())
+        files = manifest["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    written: list[tuple[verified_files.FileIdentity, str]] = []
+    for rel, record in files.items():
+        want = record.get("sha256") if isinstance(record, dict) else None
+        size = record.get("size") if isinstance(record, dict) else None
+        if not isinstance(want, str) or not isinstance(size, int) or size < verified_files.MIN_CACHED_SIZE:
+            continue
+        try:
+            identity = verified_files.file_identity(directory.joinpath(*safe_relpath(rel).split("/")))
+        except UnsafePath:
+            continue
+        if identity is not None and identity.size == size:
+            written.append((identity, want))
+    verified_files.wait_settled([identity for identity, _ in written])
+    now = time.time()
+    for identity, want in written:
+        verified_files.record_verified(identity, want, known_at=now)
 
 
 @contextmanager

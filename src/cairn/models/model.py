@@ -25,6 +25,7 @@ from cairn.models.schema import ModelSignature, ParamSchema, Schema
 __all__ = ["FORMAT_VERSION", "MLMODEL_FILE_NAME", "Model", "ModelInfo", "directory_size"]
 
 MLMODEL_FILE_NAME = "MLmodel"
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 #: Version of the cairn model format, stored as ``metadata.cairn_format``; bump on incompatible changes.
 FORMAT_VERSION = 1
 
@@ -232,7 +233,7 @@ class Model:
         except (FileNotFoundError, NotADirectoryError):
             raise ArtifactNotFound(f'no "{MLMODEL_FILE_NAME}" file at "{target}"') from None
         try:
-            content = yaml.safe_load(text)
+            content = yaml.load(text, Loader=_SAFE_LOADER)  # the safe loader, libyaml's when available
         except yaml.YAMLError as exc:
             raise InvalidArgument(f"{target} is not valid YAML: {exc}") from exc
         try:

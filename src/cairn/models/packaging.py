@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cairn.errors import InvalidArgument, ResourceAlreadyExists
-from cairn.models.hashes import MANIFEST_SHA256_KEY, write_files_manifest
+from cairn.models.hashes import MANIFEST_SHA256_KEY, record_model_files, write_files_manifest
 from cairn.models.input_example import save_input_example
 from cairn.models.model import FORMAT_VERSION, MLMODEL_FILE_NAME, Model, ModelInfo, directory_size
 from cairn.models.requirements import write_requirements
@@ -168,7 +168,7 @@ def save_model_dir(
     directory = Path(path)
     _prepare_directory(directory)
     try:
-        return _write(
+        model = _write(
             directory,
             flavor_name=flavor_name,
             flavor_conf=flavor_conf,
@@ -188,6 +188,9 @@ def save_model_dir(
         # Leave no half-written directory (it has no MLmodel, but it would block the next save).
         shutil.rmtree(directory, ignore_errors=True)
         raise
+    if artifact_path is None:  # saved where it stays (log_model records the files once they are in the store)
+        record_model_files(directory)
+    return model
 
 
 def _write(
@@ -363,6 +366,9 @@ def log_model(
         if any(local.iterdir()):
             (move_dir if callable(move_dir) else store.put_dir)(local, name)
         store.put_file(mlmodel, name)
+    local_path = getattr(store, "local_path", None)
+    if callable(local_path):  # files in a local store stay where they are: record them as verified
+        record_model_files(local_path(name))
     _record_logged_model(client, run_id, model)
     info = model.get_model_info(f"runs:/{run_id}/{name}")
     if registered_model_name is not None:

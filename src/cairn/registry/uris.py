@@ -177,7 +177,7 @@ def resolve_model_uri(uri: str | os.PathLike[str], client: RegistryMethods | Non
 def _resolve(uri: str, client: RegistryMethods, depth: int) -> ResolvedModel:
     if is_runs_uri(uri):
         run_id, path = parse_runs_uri(uri)
-        root = client.store.get_run(run_id).info.artifact_uri.rstrip("/")
+        root = client.store.get_run_info(run_id).artifact_uri.rstrip("/")
         return ResolvedModel(f"{root}/{path}" if path else root, run_id=run_id)
     if _scheme(uri) != "models":
         return ResolvedModel(_local_path(uri) if is_local(uri) else uri)

@@ -128,6 +128,10 @@ class TrackingStore(ABC):
     def get_run(self, run_id: str) -> Run:
         """The run with latest metric values, params and tags. Raises RunNotFound."""
 
+    def get_run_info(self, run_id: str) -> RunInfo:
+        """The run's info alone (no metrics, params or tags). Raises RunNotFound."""
+        return self.get_run(run_id).info
+
     @abstractmethod
     def update_run_info(
         self,

@@ -371,6 +371,13 @@ class SqlTrackingStore(TrackingStore):
             data = self._run_data(conn, [run_id])[run_id]
         return Run(info=_run_info(row), data=data)
 
+    def get_run_info(self, run_id: str) -> RunInfo:
+        with self._db.transaction() as conn:
+            row = conn.execute(sa.select(*_RUN_COLUMNS).where(runs.c.run_uuid == run_id)).first()
+        if row is None:
+            raise RunNotFound(f"no run with id {run_id!r}")
+        return _run_info(row)
+
     def _run_data(self, conn: sa.Connection, run_ids: Sequence[str]) -> dict[str, RunData]:
         """Latest metrics, params and tags of many runs: one query per table (per chunk of ids)."""
         data = {run_id: RunData() for run_id in run_ids}
