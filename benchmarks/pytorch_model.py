@@ -11,8 +11,9 @@ model (untimed), then measures once, in a fresh directory (and fresh SQLite stor
   ``load_state_dict(load_file(f), assign=True)``) and ``load_file`` + reading every byte (a copy of each tensor).
 - ``cairn``: ``cairn.pytorch.save_model`` into a directory (the flavor alone, no store); inside a run
   ``log_model(model, name="model", input_example=x[:2], init_kwargs={"width": 4096, "depth": 6})``
-  (class architecture, signature inferred by one forward pass on two rows; the local store fsyncs
-  every file) and the same without ``input_example`` (no forward pass, no signature);
+  (class architecture, signature inferred by one forward pass on two rows; the files' fsync runs in
+  the background, and its wait is added for the durable figure) and the same without
+  ``input_example`` (no forward pass, no signature);
   ``load_model("runs:/...")`` (the sha256 of every file is checked first; for the weights, which
   ``log_model`` recorded as verified, that is a lookup), ``load_model`` of the local path, the same
   with the check skipped (the flavor's own cost), the first load where no record exists
@@ -198,6 +199,7 @@ def side_cairn(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     import cairn
+    from cairn.artifacts import durability
     from cairn.flavors import pytorch as flavor
     from cairn.models import Model
     from cairn.models.hashes import verified_scope
@@ -218,6 +220,8 @@ def side_cairn(args: argparse.Namespace) -> dict[str, Any]:
     with cairn.start_run():
         cairn.log_param("warmup", 1)
         times["log"], info = _timed(flavor.log_model, model, name="model", input_example=x[:2], init_kwargs=kwargs)
+        durable_wait, _ = _timed(durability.wait_durable)  # the fsync log_model left to its background thread
+        times["log_durable"] = times["log"] + durable_wait
     os.sync()
     with cairn.start_run():
         times["log_no_example"], _ = _timed(flavor.log_model, model, name="model", init_kwargs=kwargs)
@@ -358,7 +362,14 @@ def _report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace, 
             None,
             None,
         ),
-        ("durable write: `save_file` + fsync vs `log_model`", raw.get("save_durable"), ours.get("log"), "", None, None),
+        (
+            "durable write: `save_file` + fsync vs `log_model` + its background fsync",
+            raw.get("save_durable"),
+            ours.get("log_durable"),
+            "",
+            None,
+            None,
+        ),
         ("write: `save_file` vs `save_model` (no store)", raw.get("save"), ours.get("save"), "", None, None),
         ("load + read every byte", raw.get("load_read"), ours.get("load_read"), "<= 1.0x", load_ratio, 1.0),
         ("cold cache: load + read every byte", raw.get("cold_load_read"), ours.get("cold_load_read"), "", None, None),
@@ -415,10 +426,11 @@ def _report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace, 
             "idle) is the floor whenever `save_file` only fills the page cache."
         )
         lines.append(
-            f"- `log_model` - `save_model` ({_fmt(ours['log'] - ours['save'])} ms) is making the files durable "
-            "(fsync; the local store fsyncs every file before its MLmodel commits the model) and the run "
-            "bookkeeping: the model is staged inside the store's directory and renamed into place, not copied. "
-            "Against a durable raw write (`save_file` + fsync) the ratio is the 'durable write' row."
+            f"- `log_model` - `save_model` ({_fmt(ours['log'] - ours['save'])} ms) is the run bookkeeping and "
+            "the upload: the model is staged inside the store's directory and renamed into place, not copied. "
+            "Making the files durable (fsync: for 403 MB about as long as writing them, on this disk) runs in a "
+            "background thread that `end_run` and interpreter exit wait for; the 'durable write' row compares "
+            "`log_model` plus that wait with `save_file` plus fsync."
         )
     return "\n".join(lines) + "\n"
 

@@ -80,6 +80,10 @@ class ArtifactNotFound(NotFound, FileNotFoundError):
     """No artifact exists at this path."""
 
 
+class ArtifactWriteError(CairnError, OSError):
+    """Artifacts could not be written or made durable (disk full, I/O error); the message names the files."""
+
+
 class UnsafeModel(CairnError, PermissionError):
     """Loading this model would run code cairn does not trust (unpickling without the opt-in, or a
     ``loader_module`` outside cairn's allow-list)."""

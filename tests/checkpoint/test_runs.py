@@ -228,6 +228,29 @@ def test_background_write_failure_surfaces_at_next_call_and_run_end(monkeypatch:
     assert cairn.get_run(rid).info.status.value == "FINISHED"
 
 
+def test_background_write_failure_surfaces_at_next_log_metric(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, optimizer, _ = _setup()
+    original = state_tree._write_tensors
+
+    def disk_full(tensors: Any, path: Path) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    run = cairn.start_run()
+    rid = run.info.run_id
+    monkeypatch.setattr(state_tree, "_write_tensors", disk_full)
+    runs.log_checkpoint(model=model, optimizer=optimizer, step=1)
+    while runs._checkpointers[rid].writer.pending:
+        time.sleep(0.01)
+    with pytest.raises(CheckpointWriteError, match="No space left on device"):
+        cairn.log_metric("loss", 0.5, step=1)
+    cairn.log_metric("loss", 0.25, step=2)  # raised once, not on every call
+    monkeypatch.setattr(state_tree, "_write_tensors", original)  # space freed before the run ends
+    with pytest.warns(RuntimeWarning, match="second attempt"):
+        cairn.end_run()
+    assert [m.value for m in cairn.Client().get_metric_history(rid, "loss")] == [0.5, 0.25]
+    assert _remote_names(rid) == ["checkpoints/step-1"]
+
+
 def test_failed_write_is_retried_at_run_end(monkeypatch: pytest.MonkeyPatch) -> None:
     model, _, _ = _setup()
     original = state_tree._write_tensors

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from cairn.artifacts.base import ArtifactStore, collect_files, is_inside, transfer_progress
+from cairn.artifacts.durability import fsync_dirs, fsync_file, fsync_in_background
 from cairn.artifacts.paths import join, safe_relpath
 from cairn.errors import ArtifactNotFound, InvalidArgument, UnsafePath
 from cairn.tracking.entities import FileInfo
@@ -60,34 +61,18 @@ def _write_atomically(dest: str, source: str | os.PathLike[str] | bytes, mode: i
         raise
 
 
-def _fsync_dirs(dirs: set[str]) -> None:
-    """Make the renames into ``dirs`` durable; best effort (not every OS can fsync a directory)."""
-    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
-    for directory in dirs:
-        try:
-            fd = os.open(directory, flags)
-        except OSError:
-            continue
-        try:
-            os.fsync(fd)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
-
-
 def atomic_write_bytes(dest: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``dest`` through a fsynced temporary file in the same directory and ``os.replace``."""
     target = os.path.abspath(os.fspath(dest))
     _write_atomically(target, data, 0o666)
-    _fsync_dirs({os.path.dirname(target)})
+    fsync_dirs({os.path.dirname(target)})
 
 
 def atomic_copy(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> None:
     """Copy the file ``src`` to ``dest`` atomically, keeping its permission bits (always owner-writable)."""
     target = os.path.abspath(os.fspath(dest))
     _write_atomically(target, src, _mode_of(src))
-    _fsync_dirs({os.path.dirname(target)})
+    fsync_dirs({os.path.dirname(target)})
 
 
 def _mode_of(path: str | os.PathLike[str]) -> int:
@@ -159,7 +144,7 @@ class LocalArtifactStore(ArtifactStore):
             raise InvalidArgument(f"cannot upload {source}: it is not an existing file")
         _, dest = self._resolve(join(safe_relpath(artifact_path), source.name))
         _write_atomically(dest, source, _mode_of(source))
-        _fsync_dirs({os.path.dirname(dest)})
+        fsync_dirs({os.path.dirname(dest)})
 
     def put_dir(self, local_dir: str | os.PathLike[str], artifact_path: str | None = None) -> None:
         base = safe_relpath(artifact_path)
@@ -170,7 +155,7 @@ class LocalArtifactStore(ArtifactStore):
             for item, dest in zip(files, targets, strict=True):
                 _write_atomically(dest, item.source, _mode_of(item.source))
                 advance(item.size)
-        _fsync_dirs({os.path.dirname(dest) for dest in targets})
+        fsync_dirs({os.path.dirname(dest) for dest in targets})
 
     @contextlib.contextmanager
     def staging_dir(self) -> Iterator[Path]:
@@ -186,11 +171,20 @@ class LocalArtifactStore(ArtifactStore):
         finally:
             shutil.rmtree(path, ignore_errors=True)
 
-    def move_dir(self, local_dir: str | os.PathLike[str], artifact_path: str | None = None) -> None:
-        """:meth:`put_dir` for files the caller gives up: each is fsynced and renamed into place, not copied.
+    def move_dir(
+        self, local_dir: str | os.PathLike[str], artifact_path: str | None = None, *, durable_now: bool = True
+    ) -> None:
+        """:meth:`put_dir` for files the caller gives up: each is renamed into place, not copied.
 
         A file on another filesystem is copied as :meth:`put_dir` does. Either way each file appears
         at its destination whole (rename), and ``local_dir`` loses the files that were renamed.
+
+        Args:
+            local_dir: the files to move (on this store's filesystem, see :meth:`staging_dir`).
+            artifact_path: where under the root.
+            durable_now: fsync each file before returning (as every other write does). With ``False``
+                the fsyncs run in :mod:`cairn.artifacts.durability`'s thread, which ``end_run`` and
+                interpreter exit wait for.
         """
         base = safe_relpath(artifact_path)
         files = collect_files(local_dir)
@@ -203,25 +197,25 @@ class LocalArtifactStore(ArtifactStore):
                 raise InvalidArgument(f"cannot write {dest}: a file is in the way of its directory ({exc})") from exc
             if os.path.isdir(dest) and not os.path.islink(dest):
                 raise InvalidArgument(f"cannot write {dest}: a directory of that name exists")
-            fd = os.open(item.source, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            if durable_now:
+                fsync_file(item.source)
             try:
                 os.replace(item.source, dest)
             except OSError as exc:
                 if exc.errno != errno.EXDEV:
                     raise
                 _write_atomically(dest, item.source, _mode_of(item.source))
-        _fsync_dirs({os.path.dirname(dest) for dest in targets})
+        if durable_now:
+            fsync_dirs({os.path.dirname(dest) for dest in targets})
+        else:
+            fsync_in_background(targets, {os.path.dirname(dest) for dest in targets})
 
     def put_bytes(self, data: bytes, artifact_file: str) -> None:
         rel, dest = self._resolve(artifact_file)
         if not rel:
             raise InvalidArgument("put_bytes needs a file name, not the artifact root")
         _write_atomically(dest, bytes(data), 0o666)
-        _fsync_dirs({os.path.dirname(dest)})
+        fsync_dirs({os.path.dirname(dest)})
 
     # -- reads -----------------------------------------------------------------------------------
 
@@ -282,7 +276,7 @@ class LocalArtifactStore(ArtifactStore):
                 _write_atomically(str(dest), item.source, _mode_of(item.source))
                 advance(item.size)
         target.mkdir(parents=True, exist_ok=True)
-        _fsync_dirs({str(dest.parent) for dest in dests})
+        fsync_dirs({str(dest.parent) for dest in dests})
         return target
 
     def exists(self, path: str | None = None) -> bool:

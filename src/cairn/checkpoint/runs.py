@@ -16,7 +16,8 @@ checkpoint while newer ones exist it forks a new run (tagged ``cairn.forkedFrom`
 up to that step and a copy of the checkpoint, so nothing of the original is overwritten.
 
 Errors of the background work (disk full, upload failures) are raised by the next
-:func:`log_checkpoint` (whose own state is queued nonetheless), by :func:`flush_checkpoints`, and when
+:func:`log_checkpoint` (whose own state is queued nonetheless) or logging call (``log_metric``,
+``log_metrics``, ``log_param``, ``log_batch``: after their data is queued), by :func:`flush_checkpoints`, and when
 the run ends (``end_run``, leaving ``with start_run()``, interpreter exit); at run end a failed snapshot
 still in memory is written once more before the error is raised.
 
@@ -303,6 +304,10 @@ class _RunCheckpointer:
         """
         try:
             self.writer.wait()
+            if self.writer.failed is not None:  # its error was already raised by a logging call
+                raise CheckpointWriteError(
+                    f"the checkpoint of step {self.writer.failed.state.step} could not be written earlier"
+                ) from self.writer.failed.error
         except CheckpointWriteError as first:
             if self.writer.failed is None:  # an upload or pruning failure: nothing left to retry here
                 raise

@@ -40,6 +40,7 @@ from cairn.checkpoint.local import TEMP_PREFIX, CheckpointInfo, scan_checkpoints
 from cairn.checkpoint.manifest import write_manifest
 from cairn.checkpoint.retention import RetentionPolicy, apply_retention, delete_local
 from cairn.errors import CheckpointError, CheckpointWriteError, InvalidArgument
+from cairn.tracking import background_errors
 
 __all__ = ["AsyncCheckpointWriter", "FailedWrite", "write_checkpoint"]
 
@@ -205,6 +206,15 @@ class AsyncCheckpointWriter:
                 self._cond.wait()
             self._raise_errors()
 
+    def raise_errors(self) -> None:
+        """Raise (and forget) the failures recorded since the last raise, without waiting for anything.
+
+        Raises:
+            CheckpointWriteError: a background write or ``on_commit`` step failed.
+        """
+        with self._cond:
+            self._raise_errors()
+
     def retry_failed(self) -> bool:
         """Queue the kept failed snapshot again; returns whether there was one."""
         with self._cond:
@@ -274,6 +284,7 @@ class AsyncCheckpointWriter:
     def _record(self, text: str, exc: BaseException) -> None:
         with self._cond:
             self._errors.append((text, exc))
+        background_errors.report(self)
 
     def _write_one(self, state: TrainingState, name: str) -> None:
         try:
@@ -284,6 +295,7 @@ class AsyncCheckpointWriter:
                 self.failed = FailedWrite(name, state, exc)
                 text = f"checkpoint {name!r} could not be written to {self.directory}: {type(exc).__name__}: {exc}"
                 self._errors.append((text, exc))
+            background_errors.report(self)
             return
         with self._cond:
             self.committed.append(info)

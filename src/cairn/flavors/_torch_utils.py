@@ -26,7 +26,6 @@ import hashlib
 import importlib
 import inspect
 import json
-import os
 import struct
 import sys
 import threading
@@ -346,21 +345,12 @@ class WeightsDigest:
         return file_sha256(path)
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_weights(
     tensors: dict[str, torch.Tensor],
     path: Path,
     *,
     file_sha256: Callable[[Path], str],
     digest: WeightsDigest | None = None,
-    fsync: bool = False,
 ) -> str:
     """Write ``tensors`` with :func:`safetensors.torch.save_file`; return the file's sha256 (hex).
 
@@ -370,14 +360,10 @@ def write_weights(
         file_sha256: hashes a file; used only if the digest computed from memory cannot be trusted.
         digest: a :class:`WeightsDigest` of ``tensors`` started earlier; one is started now if omitted,
             so hashing runs alongside the write either way.
-        fsync: also flush the file to disk, while the digest finishes (for a file about to go into an
-            artifact store, which fsyncs every file anyway: done here it overlaps the hashing).
     """
     digest = digest if digest is not None else WeightsDigest(tensors)
     try:
         safetensors.torch.save_file(tensors, str(path), metadata=_METADATA)
-        if fsync:
-            _fsync_file(path)  # I/O-bound; the digest thread keeps hashing meanwhile
     finally:
         digest.wait()
     return digest.result(path, file_sha256)

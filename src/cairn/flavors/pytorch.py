@@ -490,7 +490,6 @@ def save_model(
             data / WEIGHTS_FILE,
             file_sha256=hashes.file_sha256,
             digest=digest,
-            fsync=artifact_path is not None,  # set by log_model: the store will fsync it anyway
         )
         hashes.remember_file_sha256(data / WEIGHTS_FILE, sha256)  # the manifest need not read it again
         (data / INDEX_FILE).write_text(json.dumps(index.to_json(WEIGHTS_FILE), indent=1), encoding="utf-8")

@@ -351,7 +351,8 @@ def log_model(
     else:
         client.get_run(run_id)  # RunNotFound before any work
     store = client.artifact_store(run_id)
-    # A local store stages the model on its own filesystem and renames the files into place (no copy).
+    # A local store stages the model on its own filesystem and renames the files into place (no copy);
+    # their fsync runs in the background, waited for at run end (cairn.artifacts.durability).
     staging = getattr(store, "staging_dir", None)
     move_dir = getattr(store, "move_dir", None)
     with staging() if callable(staging) else tempfile.TemporaryDirectory(prefix="cairn-model-") as tmp:
@@ -364,7 +365,10 @@ def log_model(
         mlmodel = Path(tmp) / MLMODEL_FILE_NAME
         os.replace(local / MLMODEL_FILE_NAME, mlmodel)
         if any(local.iterdir()):
-            (move_dir if callable(move_dir) else store.put_dir)(local, name)
+            if callable(move_dir):
+                move_dir(local, name, durable_now=False)
+            else:
+                store.put_dir(local, name)
         store.put_file(mlmodel, name)
     local_path = getattr(store, "local_path", None)
     if callable(local_path):  # files in a local store stay where they are: record them as verified

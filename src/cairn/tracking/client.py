@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from cairn.errors import InvalidArgument
 from cairn.registry.client import RegistryMethods
 from cairn.store.base import MetricPoint, TrackingStore
-from cairn.tracking import config, context, rendering, system_tags, validation
+from cairn.tracking import background_errors, config, context, rendering, system_tags, validation
 from cairn.tracking.entities import (
     Experiment,
     FileInfo,
@@ -220,11 +220,15 @@ class Client(RegistryMethods):
             self._store.log_metric_points([point])
         else:
             self._batcher.add(point)
+        if background_errors.pending:  # a checkpoint write failed: say so now (this point is already queued)
+            background_errors.raise_pending()
 
     def log_param(self, run_id: str, key: str, value: Any) -> Any:
         """Params are immutable: a different value for a logged key raises ParamConflict."""
         validation.validate_key(key, "param")
         self._store.log_batch(run_id, params=[Param(key, validation.param_value(value, key))])
+        if background_errors.pending:
+            background_errors.raise_pending()
         return value
 
     def set_tag(self, run_id: str, key: str, value: Any) -> None:
@@ -253,13 +257,17 @@ class Client(RegistryMethods):
         ]
         if synchronous:
             self._store.log_batch(run_id, metrics, checked_params, checked_tags)
-            return
-        if checked_params or checked_tags:
-            self._store.log_batch(run_id, (), checked_params, checked_tags)
-        for metric in metrics:
-            self._batcher.add(
-                MetricPoint(run_id, metric.key, validation.metric_value(metric.value), metric.timestamp, metric.step)
-            )
+        else:
+            if checked_params or checked_tags:
+                self._store.log_batch(run_id, (), checked_params, checked_tags)
+            for metric in metrics:
+                self._batcher.add(
+                    MetricPoint(
+                        run_id, metric.key, validation.metric_value(metric.value), metric.timestamp, metric.step
+                    )
+                )
+        if background_errors.pending:
+            background_errors.raise_pending()
 
     def get_metric_history(self, run_id: str, key: str, *, include_superseded: bool = False) -> list[Metric]:
         """Points ordered by step; points superseded by a resume are hidden unless asked for."""

@@ -13,9 +13,10 @@ from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
+from cairn.artifacts import durability
 from cairn.errors import ExperimentNotFound, InvalidArgument, RunNotActive
 from cairn.store.base import DEFAULT_EXPERIMENT_ID, MetricPoint
-from cairn.tracking import config, lifecycle, system_tags, validation
+from cairn.tracking import background_errors, config, lifecycle, system_tags, validation
 from cairn.tracking.client import Client
 from cairn.tracking.entities import (
     Experiment,
@@ -261,6 +262,10 @@ def _end_top(status: RunStatus, errors: list[BaseException]) -> None:
             hook(run_id, status)
         except Exception as exc:  # raised once the run is terminated
             errors.append(exc)
+    try:
+        durability.wait_durable()  # models logged with their fsync left to the background
+    except Exception as exc:
+        errors.append(exc)
     run = _run_stack.pop()
     _get_client().set_terminated(run.info.run_id, status)
 
@@ -282,6 +287,7 @@ def reset() -> None:
         _client = None
         _active_experiment_id = None
         _last_active_run_id = None
+    background_errors.reset()
 
 
 def active_run() -> ActiveRun | None:
@@ -341,10 +347,12 @@ def log_metrics(
     ]
     if synchronous:
         client.store.log_metric_points(points)
-        return
-    batcher = config.get_batcher(client.store)
-    for point in points:
-        batcher.add(point)
+    else:
+        batcher = config.get_batcher(client.store)
+        for point in points:
+            batcher.add(point)
+    if background_errors.pending:  # a checkpoint write failed: say so now (these points are already queued)
+        background_errors.raise_pending()
 
 
 def log_param(key: str, value: Any, synchronous: bool = True) -> Any:
