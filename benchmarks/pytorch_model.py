@@ -23,6 +23,9 @@ model (untimed), then measures once, in a fresh directory (and fresh SQLite stor
   ``mlflow.pytorch.load_model``; ``mlflow-pickle-pip``: the same with ``pip_requirements`` given;
   ``mlflow-pt2``: MLflow 3's default ``pt2`` format (``torch.export``, needs the input example), with
   ``pip_requirements`` given.
+- ``pairs``: ``save_file`` and ``log_model`` (as in ``cairn``) taking turns, 3 of each per interpreter:
+  writes into the page cache vary from one process to the next on this VM (see the report), so the
+  target row compares writes that met the same memory state; the figure is the median of the pairs' ratios.
 - Cold loads: before a "cold" load the weights file is dropped from the page cache
   (``posix_fadvise(DONTNEED)`` on that file only), so the load reads from disk.
 
@@ -61,7 +64,8 @@ from _common import RESULT_MARKER, emit  # noqa: E402 - needs the path above
 RESULTS = HERE / "RESULTS.md"
 SECTION_START = "<!-- pytorch_model:start -->"
 SECTION_END = "<!-- pytorch_model:end -->"
-CONFIGS = ("raw", "cairn", "mlflow-pickle", "mlflow-pickle-pip", "mlflow-pt2")
+CONFIGS = ("raw", "cairn", "pairs", "mlflow-pickle", "mlflow-pickle-pip", "mlflow-pt2")
+PAIRS_PER_PROCESS = 3
 
 
 def _build(width: int, depth: int) -> Any:
@@ -254,6 +258,41 @@ def side_cairn(args: argparse.Namespace) -> dict[str, Any]:
     return {"config": "cairn", "times": times, "size": size, "architecture": architecture, "version": cairn.__version__}
 
 
+def side_pairs(args: argparse.Namespace) -> dict[str, Any]:
+    """``save_file`` and ``log_model`` taking turns in one interpreter, so both meet the same memory state."""
+    import safetensors.torch
+    import torch
+
+    import cairn
+    from cairn.flavors import pytorch as flavor
+
+    model = _build(args.width, args.depth)
+    state = model.state_dict()
+    x = torch.randn(2, args.width, generator=torch.Generator().manual_seed(1))
+    kwargs = {"width": args.width, "depth": args.depth}
+    work = _fresh_dir(args.dir, "pairs")
+    with cairn.start_run():
+        flavor.log_model(_build(64, 2), "warm", input_example=torch.randn(2, 64))
+    ratios, raw_times, log_times = [], [], []
+    for pair in range(PAIRS_PER_PROCESS):
+        order = ("raw", "cairn") if pair % 2 == 0 else ("cairn", "raw")
+        measured: dict[str, float] = {}
+        for kind in order:
+            os.sync()
+            if kind == "raw":
+                measured[kind], _ = _timed(safetensors.torch.save_file, state, work / f"pair-{pair}.safetensors")
+            else:
+                with cairn.start_run():
+                    measured[kind], _ = _timed(
+                        flavor.log_model, model, name="model", input_example=x, init_kwargs=kwargs
+                    )
+        raw_times.append(measured["raw"])
+        log_times.append(measured["cairn"])
+        ratios.append(measured["cairn"] / measured["raw"])
+    shutil.rmtree(work, ignore_errors=True)
+    return {"config": "pairs", "times": {}, "ratios": ratios, "raw": raw_times, "log": log_times, "size": 0}
+
+
 def side_mlflow(args: argparse.Namespace) -> dict[str, Any]:
     os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "true"  # MLflow gates pickle loads behind it
     import mlflow
@@ -350,10 +389,22 @@ def _report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace, 
         "| step | raw safetensors | cairn | cairn / raw | target | met? |",
         "|---|---:|---:|---:|---|---|",
     ]
-    log_ratio = ours["log"] / raw["save"] if raw and ours else None
+    pair_ratios = [r for run in results.get("pairs", []) for r in run["ratios"]]
+    pair_raw = [t for run in results.get("pairs", []) for t in run["raw"]]
+    pair_log = [t for run in results.get("pairs", []) for t in run["log"]]
+    log_ratio = _median(pair_ratios) if pair_ratios else None
     load_ratio = ours["load_read"] / raw["load_read"] if raw and ours else None
     rows = [
-        ("write: `save_file` vs `log_model`", raw.get("save"), ours.get("log"), "<= 1.5x", log_ratio, 1.5),
+        (
+            f"write, taking turns in one interpreter ({len(pair_ratios)} pairs; ratio = median of the pairs' ratios):"
+            " `save_file` vs `log_model`",
+            _median(pair_raw) if pair_raw else None,
+            _median(pair_log) if pair_log else None,
+            "<= 1.5x",
+            log_ratio,
+            1.5,
+        ),
+        ("write: `save_file` vs `log_model`", raw.get("save"), ours.get("log"), "", None, None),
         (
             "write: `save_file` vs `log_model` without input example",
             raw.get("save"),
@@ -394,7 +445,10 @@ def _report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace, 
     ]
     for label, base, value, target, ratio, limit in rows:
         met = "—" if ratio is None or limit is None else ("yes" if ratio <= limit else "no")
-        lines.append(f"| {label} | {_fmt(base)} | {_fmt(value)} | {_x(value, base)} | {target or '—'} | {met} |")
+        shown = f"{ratio:.2f}x" if ratio is not None else _x(value, base)
+        lines.append(f"| {label} | {_fmt(base)} | {_fmt(value)} | {shown} | {target or '—'} | {met} |")
+    if pair_ratios:
+        lines += ["", "Pairs' ratios (`log_model` / `save_file`): " + ", ".join(f"{r:.2f}" for r in pair_ratios)]
     if mlflow_configs:
         lines += [
             "",
@@ -460,7 +514,7 @@ def main() -> None:
     warnings.simplefilter("ignore")
     if args.side is not None:
         args.config = args.side
-        side = {"raw": side_raw, "cairn": side_cairn}.get(args.side, side_mlflow)
+        side = {"raw": side_raw, "cairn": side_cairn, "pairs": side_pairs}.get(args.side, side_mlflow)
         emit(side(args))
         return
 
@@ -476,6 +530,7 @@ def main() -> None:
                 result = _run_side(config, args)
                 results[config].append(result)
                 times = ", ".join(f"{k} {v * 1000:,.0f} ms" for k, v in sorted(result["times"].items()))
+                times += "".join(f"log_model/save_file {r:.2f} " for r in result.get("ratios", []))
                 print(f"[pytorch_model] round {round_ + 1}/{args.reps} {config}: {times}", file=sys.stderr)
     size_mb = results["raw"][0]["size"] / 1e6 if results.get("raw") else 0
     import torch
