@@ -43,6 +43,10 @@ def autolog(
     disable: bool = False,
     silent: bool = False,
     extra_tags: Mapping[str, str] | None = None,
+    *,
+    log_system_metrics: bool = False,
+    system_metrics_interval: float = 10.0,
+    log_grad_norm: bool = False,
 ) -> None:
     """Make every Lightning ``Trainer`` created from now on log to cairn, with no other change.
 
@@ -64,6 +68,9 @@ def autolog(
         disable: undo autolog (Trainers created meanwhile keep what they got).
         silent: report failures of cairn's own code on the ``cairn.autolog`` logger instead of as warnings.
         extra_tags: tags set on every run autolog logs into.
+        log_system_metrics: sample ``system/...`` metrics (CPU, memory, disk, network, GPU with pynvml) every
+            ``system_metrics_interval`` seconds during ``fit``.
+        log_grad_norm: log ``grad_norm``, the total 2-norm of the gradients before each optimizer step.
     """
     if disable:
         _integration.disable()
@@ -78,5 +85,8 @@ def autolog(
             resume=resume,
             silent=silent,
             extra_tags=dict(extra_tags or {}),
+            log_system_metrics=log_system_metrics,
+            system_metrics_interval=system_metrics_interval,
+            log_grad_norm=log_grad_norm,
         )
     )

@@ -10,6 +10,7 @@ import json
 import logging
 import signal
 import threading
+import time
 import warnings
 from argparse import Namespace
 from collections.abc import Iterator
@@ -80,6 +81,14 @@ class TinyModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+
+
+class Slow(TinyModule):
+    """Steps long enough for a background sampler to take a few samples."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        time.sleep(0.02)
+        return super().training_step(batch, batch_idx)
 
 
 class Interrupted(TinyModule):
@@ -526,6 +535,34 @@ def test_pytorch_autolog_covers_lightning(tmp_path: Path) -> None:
     finally:
         pytorch_autolog.autolog(disable=True)
     assert not integration.is_enabled()
+
+
+def test_pytorch_autolog_passes_system_metrics_and_grad_norm_to_lightning(tmp_path: Path) -> None:
+    pytorch_autolog = pytest.importorskip("cairn.autolog.pytorch")
+    pytorch_autolog.autolog(log_models=False, log_system_metrics=True, system_metrics_interval=0.02, log_grad_norm=True)
+    try:
+        trainer = _trainer(tmp_path, enable_checkpointing=False)
+        trainer.fit(Slow(), *_loaders(16))
+    finally:
+        pytorch_autolog.autolog(disable=True)
+    run_id = next(lg for lg in trainer.loggers if isinstance(lg, cairn.lightning.CairnLogger)).run_id
+    norms = _history(run_id, "grad_norm")
+    assert [s for s, _ in norms] == list(range(8))  # the steps train_loss_step is logged at
+    assert all(v > 0 for _, v in norms)
+    metrics = cairn.get_run(run_id).data.metrics
+    assert {"system/cpu_percent", "system/memory_used_mb"} <= set(metrics)
+    samples = len(_history(run_id, "system/memory_used_mb"))
+    time.sleep(0.1)
+    assert len(_history(run_id, "system/memory_used_mb")) == samples  # the sampler stopped with fit
+
+
+def test_lightning_autolog_grad_norm_per_optimizer(tmp_path: Path) -> None:
+    cairn.lightning.autolog(log_models=False, log_grad_norm=True)
+    trainer = _trainer(tmp_path, max_epochs=1, enable_checkpointing=False)
+    trainer.fit(TwoOptimizers(), *_loaders(16))
+    run_id = next(lg for lg in trainer.loggers if isinstance(lg, cairn.lightning.CairnLogger)).run_id
+    for key in ("grad_norm/opt0", "grad_norm/opt1"):
+        assert len(_history(run_id, key)) == 4, key
 
 
 def test_autolog_resume_picks_up_the_runs_last_checkpoint(tmp_path: Path) -> None:

@@ -991,10 +991,16 @@ class _CheckpointCallbackImpl:
         model_name: str = "model",
         restore_rng: bool = True,
         resumable_dataloaders: bool = True,
+        log_system_metrics: bool = False,
+        system_metrics_interval: float = 10.0,
+        log_grad_norm: bool = False,
         silent: bool = False,
     ) -> None:
         super().__init__()
         self.upload_checkpoints = upload_checkpoints
+        self.log_system_metrics = log_system_metrics
+        self.system_metrics_interval = system_metrics_interval
+        self.log_grad_norm = log_grad_norm
         self.log_model = log_model
         self.model_name = model_name
         self.restore_rng = restore_rng
@@ -1011,11 +1017,14 @@ class _CheckpointCallbackImpl:
         self._save_info: dict[str, Any] = {}
         self._failed = False
         self._status = RunStatus.FAILED
+        self._monitor: Any = None
+        self._add_point: Callable[[MetricPoint], None] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         """Picklable (``ddp_spawn`` pickles the Trainer): settings travel, the per-fit state does not."""
         state = dict(self.__dict__)
-        state.update(_uploader=None, _undo=[], _swapped=[], _loader_states={}, _warning_filter=None)
+        fit_only = ("_uploader", "_warning_filter", "_monitor", "_add_point")
+        state.update(dict.fromkeys(fit_only), _undo=[], _swapped=[], _loader_states={})
         return state
 
     # -- the run ------------------------------------------------------------------------------------
@@ -1144,6 +1153,30 @@ class _CheckpointCallbackImpl:
         limit = trainer.num_training_batches
         for loader, _original in self._swapped:
             loader._cairn_limit = int(limit) if limit != float("inf") else None
+        if trainer.is_global_zero and (self.log_system_metrics or self.log_grad_norm):
+            with safe_autolog(INTEGRATION, "starting system metrics and grad-norm logging", silent=self.silent):
+                self._start_extra_metrics(trainer)
+
+    def _start_extra_metrics(self, trainer: Any) -> None:
+        from cairn.tracking import fluent
+
+        run_id = self._resolve_run(trainer)
+        self._add_point = tracking_config.get_batcher(fluent._get_client().store).add
+        if self.log_system_metrics and self._monitor is None:
+            from cairn.autolog.system_metrics import SystemMetricsMonitor
+
+            self._monitor = SystemMetricsMonitor(run_id, self._add_point, interval=self.system_metrics_interval)
+            self._monitor.start()
+
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
+        add = self._add_point
+        if not self.log_grad_norm or add is None or self._run_id is None:
+            return
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if grads:
+            norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0, error_if_nonfinite=False)
+            key = "grad_norm" if len(trainer.optimizers) == 1 else f"grad_norm/opt{trainer.optimizers.index(optimizer)}"
+            add(MetricPoint(self._run_id, key, float(norm), int(time.time() * 1000), _log_step(trainer)))
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         from cairn.checkpoint.rng import capture_rng_state
@@ -1225,6 +1258,10 @@ class _CheckpointCallbackImpl:
 
     def _cleanup(self) -> None:
         """Wait for uploads, undo the patches, end the run if this callback started it (idempotent)."""
+        monitor, self._monitor, self._add_point = self._monitor, None, None
+        if monitor is not None:
+            with safe_autolog(INTEGRATION, "stopping system metrics", silent=self.silent):
+                monitor.stop()
         self._drain()
         self._restore()
         if self._owned_run and self._run_id is not None:
@@ -1288,6 +1325,10 @@ class CairnCheckpointCallback(_CheckpointCallbackImpl, _CallbackBase):
         restore_rng: restore the RNG states stored in a checkpoint when Lightning loads it.
         resumable_dataloaders: track the training ``DataLoader``'s position so a mid-epoch resume continues
             the same shuffled epoch (loaders with a ``state_dict`` of their own are left to Lightning).
+        log_system_metrics: sample CPU, memory, disk, network (and GPU with pynvml) as ``system/...`` metrics
+            every ``system_metrics_interval`` seconds during ``fit``, in a background thread.
+        log_grad_norm: log ``grad_norm`` (``grad_norm/opt<i>`` for several optimizers), the total 2-norm of
+            the gradients before each optimizer step (reading it waits for the device).
         silent: report problems of cairn's own code on the ``cairn.autolog`` logger instead of as warnings.
     """
 
@@ -1409,6 +1450,7 @@ class LightningAutologConfig(AutologConfig):
         keep_last: how many of those checkpoints to keep (locally and in the run).
         resume: a run id (or ``True``/``"latest"`` for ``CAIRN_RUN_ID``): ``fit`` without ``ckpt_path``
             resumes from that run's last Lightning checkpoint, in that run.
+        log_system_metrics, system_metrics_interval, log_grad_norm: see :class:`CairnCheckpointCallback`.
     """
 
     log_every_n_steps: int = 1
@@ -1416,6 +1458,9 @@ class LightningAutologConfig(AutologConfig):
     checkpoint_every_n_epochs: int | None = None
     keep_last: int = 3
     resume: str | bool | None = None
+    log_system_metrics: bool = False
+    system_metrics_interval: float = 10.0
+    log_grad_norm: bool = False
 
 
 _patches = PatchSet()
@@ -1522,7 +1567,13 @@ def _attach(trainer: Any) -> None:
         loggers.append(logger_class(tags={"cairn.autolog": INTEGRATION, **dict(extra)}, log_model=False))
         trainer.loggers = loggers
     if not any(isinstance(cb, _CheckpointCallbackImpl) for cb in trainer.callbacks):
-        callback = callback_class(log_model=bool(getattr(_config, "log_models", True)), silent=_silent())
+        callback = callback_class(
+            log_model=bool(getattr(_config, "log_models", True)),
+            log_system_metrics=bool(getattr(_config, "log_system_metrics", False)),
+            system_metrics_interval=float(getattr(_config, "system_metrics_interval", 10.0)),
+            log_grad_norm=bool(getattr(_config, "log_grad_norm", False)),
+            silent=_silent(),
+        )
         callbacks = trainer.callbacks
         position = next(
             (i for i, cb in enumerate(callbacks) if isinstance(cb, _framework_of(trainer).model_checkpoint)),

@@ -88,6 +88,9 @@ _TORCH_SYMBOLIC = re.compile(r"torch\.(?:_?sym_[a-z_]+)")
 # -- saving -------------------------------------------------------------------------------------------------
 
 
+_ALIGNMENT = 64  # bytes, torch's CPU allocator
+
+
 def example_arguments(example: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """``(args, kwargs)`` for the module from an input example: one tensor/array/DataFrame, or a dict of them."""
     if isinstance(example, dict):
@@ -107,7 +110,11 @@ def as_tensor(value: Any) -> torch.Tensor:
 
         array = np.asarray(value)
         if array.dtype.kind in "biufc":
-            return torch.from_numpy(np.ascontiguousarray(array)) if array.flags.writeable else torch.tensor(array)
+            # Shared only when C-contiguous and aligned as torch's own memory; else copied into that layout
+            # (a read-only pandas view is column-major): CPU kernels sum in another order on other layouts,
+            # and the same rows would predict differently in the last bits.
+            shareable = array.flags.writeable and array.flags.c_contiguous and array.ctypes.data % _ALIGNMENT == 0
+            return torch.from_numpy(array) if shareable else torch.tensor(array).contiguous()
     try:
         return torch.as_tensor(value)
     except (TypeError, ValueError, RuntimeError) as exc:
