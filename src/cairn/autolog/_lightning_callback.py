@@ -1,0 +1,368 @@
+"""The body of the Lightning integration's ``CairnCheckpointCallback`` (see :mod:`cairn.autolog.lightning`)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import warnings
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from cairn.autolog._lightning_frameworks import (
+    INTEGRATION,
+    LOADERS_KEY,
+    LOG_STEP_KEY,
+    RNG_KEY,
+    RUN_ID_KEY,
+    _rng_from_checkpoint,
+    _rng_to_checkpoint,
+)
+from cairn.autolog._lightning_loaders import _make_resumable, _undo_resumable
+from cairn.autolog._lightning_logger import _CairnLoggerImpl
+from cairn.autolog._lightning_resume import _log_step, _open_run, _supersede_once
+from cairn.autolog._lightning_uploads import _kind_of, _remote_name, _Uploader, _watch_removals
+from cairn.autolog.config import safe_autolog
+from cairn.store.base import MetricPoint
+from cairn.tracking import config as tracking_config
+from cairn.tracking import system_tags
+from cairn.tracking.entities import RunStatus
+
+if TYPE_CHECKING:
+    from lightning.pytorch import LightningModule, Trainer
+
+
+# ------------------------------------------------------------------------------------------------ the callback
+
+
+class _CheckpointCallbackImpl:
+    """The body of :class:`CairnCheckpointCallback` (shared by both Lightning packages)."""
+
+    def __init__(
+        self,
+        *,
+        upload_checkpoints: bool = True,
+        log_model: bool = True,
+        model_name: str = "model",
+        restore_rng: bool = True,
+        resumable_dataloaders: bool = True,
+        log_system_metrics: bool = False,
+        system_metrics_interval: float = 10.0,
+        log_grad_norm: bool = False,
+        silent: bool = False,
+    ) -> None:
+        super().__init__()
+        self.upload_checkpoints = upload_checkpoints
+        self.log_system_metrics = log_system_metrics
+        self.system_metrics_interval = system_metrics_interval
+        self.log_grad_norm = log_grad_norm
+        self.log_model = log_model
+        self.model_name = model_name
+        self.restore_rng = restore_rng
+        self.resumable_dataloaders = resumable_dataloaders
+        self.silent = silent
+        self._run_id: str | None = None
+        self._owned_run = False
+        self._uploader: _Uploader | None = None
+        self._undo: list[Callable[[], None]] = []
+        self._swapped: list[tuple[Any, type]] = []
+        self._loader_states: dict[int, dict[str, Any]] = {}
+        self._loader_calls = 0
+        self._warning_filter: Any = None
+        self._save_info: dict[str, Any] = {}
+        self._failed = False
+        self._status = RunStatus.FAILED
+        self._monitor: Any = None
+        self._add_point: Callable[[MetricPoint], None] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable (``ddp_spawn`` pickles the Trainer): settings travel, the per-fit state does not."""
+        state = dict(self.__dict__)
+        fit_only = ("_uploader", "_warning_filter", "_monitor", "_add_point")
+        state.update(dict.fromkeys(fit_only), _undo=[], _swapped=[], _loader_states={})
+        return state
+
+    # -- the run ------------------------------------------------------------------------------------
+
+    def _cairn_loggers(self, trainer: Any) -> list[_CairnLoggerImpl]:
+        return [lg for lg in getattr(trainer, "loggers", []) if isinstance(lg, _CairnLoggerImpl)]
+
+    def _resolve_run(self, trainer: Any) -> str:
+        from cairn.tracking import fluent
+
+        if self._run_id is not None:
+            return self._run_id
+        for cairn_logger in self._cairn_loggers(trainer):
+            run_id = cairn_logger.run_id
+            if run_id is not None:
+                self._run_id = run_id
+                return run_id
+        self._run_id, self._owned_run = _open_run(fluent._get_client(), None)
+        return self._run_id
+
+    # -- hooks --------------------------------------------------------------------------------------
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if _stage_name(stage) != "fit":
+            return
+        self._failed = False
+        for cairn_logger in self._cairn_loggers(trainer):
+            cairn_logger._callback = self
+        if self.resumable_dataloaders:
+            self._patch_strategy(trainer)
+        if not trainer.is_global_zero:
+            return
+        with safe_autolog(INTEGRATION, "preparing checkpoint uploads", silent=self.silent):
+            run_id = self._resolve_run(trainer)
+            if self.upload_checkpoints:
+                from cairn.tracking import fluent
+
+                if self._uploader is None or self._uploader.run_id != run_id:
+                    self._uploader = _Uploader(fluent._get_client(), run_id, silent=self.silent)
+                for position, callback in enumerate(trainer.checkpoint_callbacks):
+                    self._watch(trainer, callback, "" if position == 0 else str(position))
+
+    def _watch(self, trainer: Any, checkpoint_callback: Any, subdir: str) -> None:
+        uploader = self._uploader
+        assert uploader is not None
+        callback_ref = weakref.proxy(checkpoint_callback)
+        slot = subdir or "0"
+        save = getattr(checkpoint_callback, "_save_checkpoint", None)
+        link = getattr(checkpoint_callback, "_link_checkpoint", None)
+
+        def upload(path: str) -> None:
+            if not os.path.isfile(path):
+                return
+            meta = {
+                "global_step": int(trainer.global_step),
+                "epoch": int(trainer.current_epoch),
+                "log_step": self._save_info.get("log_step", _log_step(trainer)),
+                "kind": _kind_of(callback_ref, path),
+                "local_path": os.path.abspath(path),
+                "monitor": getattr(callback_ref, "monitor", None),
+                "score": _score(getattr(callback_ref, "current_score", None)),
+                "time": time.time_ns() // 1_000_000,
+            }
+            remote = _remote_name(subdir, path)
+            uploader.put(path, remote, meta)
+            best = getattr(callback_ref, "best_model_path", "")
+            if best:
+                uploader.set_best(slot, _remote_name(subdir, best))
+
+        if save is not None:
+
+            def save_checkpoint(trainer_: Any, filepath: str) -> None:
+                save(trainer_, filepath)
+                if trainer_.is_global_zero:
+                    with safe_autolog(INTEGRATION, "queueing a checkpoint upload", silent=self.silent):
+                        upload(str(filepath))
+
+            checkpoint_callback._save_checkpoint = save_checkpoint
+            self._undo.append(lambda: checkpoint_callback.__dict__.pop("_save_checkpoint", None))
+        if link is not None:
+
+            def link_checkpoint(trainer_: Any, filepath: str, linkpath: str) -> None:
+                link(trainer_, filepath, linkpath)
+                if trainer_.is_global_zero:
+                    with safe_autolog(INTEGRATION, "queueing a checkpoint upload", silent=self.silent):
+                        upload(str(linkpath))
+
+            checkpoint_callback._link_checkpoint = link_checkpoint
+            self._undo.append(lambda: checkpoint_callback.__dict__.pop("_link_checkpoint", None))
+        self._undo.append(_watch_removals(checkpoint_callback, uploader, subdir))
+
+    def _patch_strategy(self, trainer: Any) -> None:
+        strategy = trainer.strategy
+        original = strategy.process_dataloader
+        callback = self
+
+        def process_dataloader(dataloader: Any) -> Any:
+            dataloader = original(dataloader)
+            if trainer.training and not trainer.sanity_checking:
+                with safe_autolog(INTEGRATION, "making the training DataLoader resumable", silent=callback.silent):
+                    callback._track_loader(dataloader)
+            return dataloader
+
+        strategy.process_dataloader = process_dataloader
+        self._undo.append(lambda: strategy.__dict__.pop("process_dataloader", None))
+
+    def _track_loader(self, dataloader: Any) -> None:
+        position = self._loader_calls
+        self._loader_calls += 1
+        previous = _make_resumable(dataloader)
+        if previous is None:
+            return
+        self._swapped.append((dataloader, previous))
+        state = self._loader_states.pop(position, None)
+        if state is not None:
+            dataloader._cairn_load_state_dict(state)
+            self._quiet_lightnings_resume_warning()
+
+    def _quiet_lightnings_resume_warning(self) -> None:
+        """Lightning warns that a mid-epoch resume with a plain DataLoader is unreliable; here it is not."""
+        if self._warning_filter is None:
+            warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch")
+            self._warning_filter = warnings.filters[0]
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        limit = trainer.num_training_batches
+        for loader, _original in self._swapped:
+            loader._cairn_limit = int(limit) if limit != float("inf") else None
+        if trainer.is_global_zero and (self.log_system_metrics or self.log_grad_norm):
+            with safe_autolog(INTEGRATION, "starting system metrics and grad-norm logging", silent=self.silent):
+                self._start_extra_metrics(trainer)
+
+    def _start_extra_metrics(self, trainer: Any) -> None:
+        from cairn.tracking import fluent
+
+        run_id = self._resolve_run(trainer)
+        self._add_point = tracking_config.get_batcher(fluent._get_client().store).add
+        if self.log_system_metrics and self._monitor is None:
+            from cairn.autolog.system_metrics import SystemMetricsMonitor
+
+            self._monitor = SystemMetricsMonitor(run_id, self._add_point, interval=self.system_metrics_interval)
+            self._monitor.start()
+
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
+        add = self._add_point
+        if not self.log_grad_norm or add is None or self._run_id is None:
+            return
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if grads:
+            norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0, error_if_nonfinite=False)
+            key = "grad_norm" if len(trainer.optimizers) == 1 else f"grad_norm/opt{trainer.optimizers.index(optimizer)}"
+            add(MetricPoint(self._run_id, key, float(norm), int(time.time() * 1000), _log_step(trainer)))
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        from cairn.checkpoint.rng import capture_rng_state
+
+        log_step = _log_step(trainer)
+        self._save_info = {"log_step": log_step}
+        checkpoint[RNG_KEY] = _rng_to_checkpoint(capture_rng_state())
+        checkpoint[LOG_STEP_KEY] = log_step
+        loaders = self._training_loader_states(trainer)
+        if loaders:
+            checkpoint[LOADERS_KEY] = loaders
+        if self._run_id is not None:
+            checkpoint[RUN_ID_KEY] = self._run_id
+
+    def _training_loader_states(self, trainer: Any) -> list[dict[str, Any]]:
+        """``{"index": position among the training loaders, **state}`` of each loader this callback tracks."""
+        combined = getattr(trainer.fit_loop, "_combined_loader", None)
+        flattened = list(getattr(combined, "flattened", []) or [])
+        tracked = {id(loader) for loader, _original in self._swapped}
+        return [
+            {"index": i, **loader._cairn_state_dict()} for i, loader in enumerate(flattened) if id(loader) in tracked
+        ]
+
+    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        from cairn.checkpoint.rng import restore_rng_state
+
+        self._loader_calls = 0
+        self._loader_states = {
+            int(state["index"]): state
+            for state in checkpoint.get(LOADERS_KEY) or []
+            if isinstance(state, dict) and isinstance(state.get("index"), int)
+        }
+        if self.restore_rng and RNG_KEY in checkpoint:
+            with safe_autolog(INTEGRATION, "restoring the RNG states", silent=self.silent):
+                restore_rng_state(_rng_from_checkpoint(checkpoint[RNG_KEY]))
+        source = checkpoint.get(RUN_ID_KEY)
+        step = checkpoint.get(LOG_STEP_KEY)
+        if not trainer.is_global_zero or not isinstance(source, str) or not isinstance(step, int):
+            return
+        with safe_autolog(INTEGRATION, "continuing the run's metrics", silent=self.silent):
+            from cairn.tracking import fluent
+
+            run_id = self._resolve_run(trainer)
+            client = fluent._get_client()
+            if run_id == source:
+                _supersede_once(client, run_id, step)
+            elif client.get_run(run_id).data.tags.get(system_tags.FORKED_FROM) != source:
+                warnings.warn(
+                    f"cairn: this checkpoint was written by run {source}, but training now logs into run {run_id}; "
+                    f"to continue run {source}, get the checkpoint with cairn.lightning.checkpoint_path({source!r}) "
+                    "and start no other run",
+                    UserWarning,
+                    stacklevel=2,
+                )
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self.log_model or not trainer.is_global_zero or self._failed:
+            return
+        with safe_autolog(INTEGRATION, "logging the trained model", silent=self.silent):
+            import cairn.flavors.lightning as lightning_flavor
+
+            run_id = self._resolve_run(trainer)
+            example = getattr(pl_module, "example_input_array", None)
+            if isinstance(example, torch.Tensor):
+                example = example.detach().cpu().numpy()
+            elif example is not None and not hasattr(example, "shape"):
+                example = None
+            lightning_flavor.log_model(pl_module, self.model_name, run_id=run_id, input_example=example)
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self._failed = True
+        self._status = RunStatus.KILLED if isinstance(exception, KeyboardInterrupt) else RunStatus.FAILED
+        if not self._cairn_loggers(trainer):
+            self._cleanup()  # no CairnLogger.finalize will follow (Lightning skips teardown hooks on errors)
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if _stage_name(stage) == "fit":
+            self._cleanup()
+
+    def _cleanup(self) -> None:
+        """Wait for uploads, undo the patches, end the run if this callback started it (idempotent)."""
+        monitor, self._monitor, self._add_point = self._monitor, None, None
+        if monitor is not None:
+            with safe_autolog(INTEGRATION, "stopping system metrics", silent=self.silent):
+                monitor.stop()
+        self._drain()
+        self._restore()
+        if self._owned_run and self._run_id is not None:
+            from cairn.tracking import fluent
+
+            with safe_autolog(INTEGRATION, "ending the run", silent=self.silent):
+                fluent.end_run(self._status if self._failed else RunStatus.FINISHED, _run_id=self._run_id)
+        self._owned_run = False
+        self._run_id = None
+
+    def _drain(self) -> None:
+        if self._uploader is not None:
+            self._uploader.drain()
+
+    def _restore(self) -> None:
+        while self._undo:
+            self._undo.pop()()
+        if self._warning_filter is not None:
+            filters: list[Any] = warnings.filters  # type: ignore[assignment]
+            with contextlib.suppress(ValueError):
+                filters.remove(self._warning_filter)
+            warnings._filters_mutated()  # type: ignore[attr-defined]
+            self._warning_filter = None
+        self._loader_states, self._loader_calls = {}, 0
+        while self._swapped:
+            loader, original = self._swapped.pop()
+            _undo_resumable(loader, original)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        return None
+
+
+def _stage_name(stage: Any) -> str:
+    return str(getattr(stage, "value", stage))
+
+
+def _score(value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None

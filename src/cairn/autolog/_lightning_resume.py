@@ -1,0 +1,235 @@
+"""Resume bookkeeping of the Lightning integration: the run a logger or callback logs into, and
+:func:`checkpoint_path` (see :mod:`cairn.autolog.lightning`)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from cairn.autolog._lightning_frameworks import CHECKPOINTS_DIR, INDEX_FILE, logger
+from cairn.autolog._lightning_uploads import _CheckpointIndex, _read_index
+from cairn.errors import CheckpointCorrupt, CheckpointError, InvalidArgument
+from cairn.tracking.entities import RunStatus
+
+if TYPE_CHECKING:
+    from cairn.tracking.client import Client
+
+
+# ------------------------------------------------------------------------------------------------ resume bookkeeping
+
+
+@dataclass(frozen=True)
+class _PendingResume:
+    """Set by :func:`checkpoint_path`: the next CairnLogger continues ``run_id`` (or forks it)."""
+
+    run_id: str
+    path: str
+    global_step: int
+    log_step: int | None
+    fork: bool
+
+
+_pending_resume: _PendingResume | None = None
+_superseded: set[tuple[str, int]] = set()
+_pending_lock = threading.Lock()
+
+
+def _take_pending() -> _PendingResume | None:
+    global _pending_resume
+    with _pending_lock:
+        pending, _pending_resume = _pending_resume, None
+    return pending
+
+
+def _supersede_once(client: Client, run_id: str, step: int) -> None:
+    """Hide the points logged after ``step`` (by a process that died after its checkpoint), once per process."""
+    if (run_id, step) in _superseded:
+        return
+    client.flush()
+    hidden = client.store.supersede_metrics_after(run_id, step)
+    _superseded.add((run_id, step))
+    if hidden:
+        logger.info("cairn: resumed run %s at step %d; %d later points superseded", run_id, step, hidden)
+
+
+def _log_step(trainer: Any) -> int:
+    """The step Lightning hands to loggers (batches that stepped an optimizer), else the global step."""
+    loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+    value = getattr(loop, "_batches_that_stepped", None)
+    return int(value) if isinstance(value, int) else int(trainer.global_step)
+
+
+def _open_run(
+    client: Client,
+    requested: str | None,
+    *,
+    experiment_id: str | None = None,
+    run_name: str | None = None,
+    tags: Mapping[str, Any] | None = None,
+) -> tuple[str, bool]:
+    """The run to log into and whether the caller owns it (ends it): ``requested``; else the run a
+    :func:`checkpoint_path` call prepared (continued from its checkpoint, or a fork of it) when no run is
+    active; else the active run (not owned); else a new run (or ``CAIRN_RUN_ID``'s)."""
+    from cairn.tracking import fluent
+
+    active = fluent.active_run()
+    run_id = requested
+    pending = _take_pending() if run_id is None and active is None else None
+    supersede_at: int | None = None
+    if pending is not None:
+        run_id = pending.run_id
+        if pending.fork and pending.log_step is not None:
+            now = time.time_ns() // 1_000_000
+            run_id = client.store.fork_run(pending.run_id, pending.log_step, start_time=now).info.run_id
+        else:
+            supersede_at = pending.log_step
+    owned = True
+    if run_id is not None:
+        if active is not None and active.info.run_id == run_id:
+            owned = False
+        elif active is None:
+            fluent.start_run(run_id=run_id, tags=dict(tags or {}) or None)
+        else:
+            client.store.update_run_info(run_id, status=RunStatus.RUNNING)
+    elif active is not None:
+        run_id, owned = active.info.run_id, False
+    else:
+        run_id = fluent.start_run(
+            experiment_id=experiment_id, run_name=run_name, tags=dict(tags or {}) or None
+        ).info.run_id
+    if supersede_at is not None:
+        _supersede_once(client, run_id, supersede_at)
+    return run_id, owned
+
+
+def _experiment_id_for(client: Client, name: str) -> str:
+    from cairn.errors import ResourceAlreadyExists
+
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        with contextlib.suppress(ResourceAlreadyExists):
+            client.create_experiment(name)
+        found = client.get_experiment_by_name(name)
+        assert found is not None
+    return found.experiment_id
+
+
+# ------------------------------------------------------------------------------------------------ checkpoint_path
+
+
+def checkpoint_path(
+    run_id: str | None = None,
+    which: Literal["last", "best"] | int = "last",
+    *,
+    dst_path: str | os.PathLike[str] | None = None,
+) -> str:
+    """Download a Lightning checkpoint of a run and return its local path, for ``trainer.fit(ckpt_path=...)``.
+
+    The file's sha256 is checked against the one recorded at upload. The next :class:`CairnLogger`
+    of this process (with no ``run_id`` of its own and no active run) then continues ``run_id``: the
+    points logged after the checkpoint are superseded, so metrics continue without duplicates.
+    Choosing a checkpoint older than the newest one forks a new run instead (tags
+    ``cairn.forkedFrom``/``cairn.forkedAtStep``), carrying the history up to it: nothing is hidden.
+
+    Lightning loads the file with ``torch.load`` (see the module docstring about ``weights_only``).
+
+    Args:
+        run_id: the run; default ``CAIRN_RUN_ID``.
+        which: ``"last"`` (the newest upload), ``"best"`` (``ModelCheckpoint.best_model_path`` of the
+            first ``ModelCheckpoint``), or a global step.
+        dst_path: directory to download into (default: a new temporary directory).
+
+    Raises:
+        InvalidArgument: no run id, or a bad ``which``.
+        CheckpointError: the run has no Lightning checkpoint, or none matching ``which`` (the message
+            lists the steps available).
+        CheckpointCorrupt: the downloaded file does not match its recorded sha256 (for ``"last"``, older
+            intact checkpoints are tried first, with a warning).
+    """
+    global _pending_resume
+    from cairn.tracking import fluent
+
+    run_id = run_id or os.environ.get("CAIRN_RUN_ID")
+    if not run_id:
+        raise InvalidArgument("checkpoint_path needs a run_id (or CAIRN_RUN_ID in the environment)")
+    client = fluent._get_client()
+    store = client.artifact_store(run_id)
+    index = _read_index(store)
+    if index is None or not index.entries:
+        raise CheckpointError(f"run {run_id} has no Lightning checkpoints ({CHECKPOINTS_DIR}/{INDEX_FILE} is missing)")
+    newest_first = sorted(index.entries.values(), key=lambda e: e["seq"], reverse=True)
+    candidates = _select(index, newest_first, which, run_id)
+    destination = Path(dst_path) if dst_path is not None else Path(tempfile.mkdtemp(prefix="cairn-lightning-"))
+    last_error: CheckpointCorrupt | None = None
+    damaged: set[str] = set()
+    for entry in candidates:
+        local = store.download(entry["path"], destination)
+        digest = hashlib.sha256()
+        with open(local, "rb") as handle:
+            while chunk := handle.read(1 << 22):
+                digest.update(chunk)
+        if digest.hexdigest() != entry.get("sha256"):
+            last_error = CheckpointCorrupt(
+                f"{entry['path']} of run {run_id} does not match the sha256 recorded when it was uploaded "
+                "(the uploading process probably died while replacing it)"
+            )
+            if which == "last":
+                warnings.warn(f"cairn: {last_error}; trying an older checkpoint", UserWarning, stacklevel=2)
+                damaged.add(entry["path"])
+                continue
+            raise last_error
+        log_step = entry.get("log_step")
+        intact = [e for path, e in index.entries.items() if path not in damaged]
+        steps = [e["log_step"] for e in intact if isinstance(e.get("log_step"), int)]
+        newest_step = max(steps, default=None)
+        fork = isinstance(log_step, int) and newest_step is not None and newest_step > log_step
+        with _pending_lock:
+            _pending_resume = _PendingResume(
+                run_id,
+                str(local),
+                int(entry.get("global_step") or 0),
+                log_step if isinstance(log_step, int) else None,
+                fork,
+            )
+        return str(local)
+    assert last_error is not None
+    raise last_error
+
+
+def _select(
+    index: _CheckpointIndex, newest_first: list[dict[str, Any]], which: Any, run_id: str
+) -> list[dict[str, Any]]:
+    if which == "last":
+        return newest_first
+    if which == "best":
+        best = index.best.get("0")
+        if best is None or best not in index.entries:
+            raise CheckpointError(f"run {run_id} records no best Lightning checkpoint")
+        return [index.entries[best]]
+    if isinstance(which, bool) or not isinstance(which, int):
+        raise InvalidArgument(f"which must be 'last', 'best' or a global step, got {which!r}")
+    found = [e for e in newest_first if e.get("global_step") == which]
+    if not found:
+        steps = sorted({e["global_step"] for e in newest_first if isinstance(e.get("global_step"), int)})
+        raise CheckpointError(f"run {run_id} has no Lightning checkpoint at global step {which}; available: {steps}")
+    return found
+
+
+def _resume_path(run_id: str) -> str | None:
+    """The run's last checkpoint, or None (training starts fresh in that run) if it has none yet."""
+    global _pending_resume
+    try:
+        return checkpoint_path(run_id, "last")
+    except CheckpointError:
+        with _pending_lock:
+            _pending_resume = _PendingResume(run_id, "", 0, None, False)
+        return None

@@ -1,0 +1,310 @@
+"""Plain-PyTorch autolog: checkpoints and resume for :mod:`cairn.autolog.pytorch`.
+
+When a checkpoint is due and what goes into it (model, optimizers, LR schedulers, GradScaler, the training
+loader's position), the positions :mod:`cairn.checkpoint.runs` asks for, and resuming a run from its newest
+checkpoint. That module re-exports every name here; what lives there (``_state``, ``_report``, ...) is
+reached through it at call time.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+from torch.utils.data import DataLoader
+
+from cairn.autolog._pytorch_loaders import _LoaderTrack, _PositionView
+
+if TYPE_CHECKING:
+    from cairn.autolog.pytorch import _Session
+
+
+# -- checkpoints --------------------------------------------------------------------------------------
+
+
+def _schedule_checkpoint(session: _Session) -> None:
+    """Mark a checkpoint as due at the next batch boundary (see the docstring of :mod:`cairn.autolog.pytorch`)."""
+    from cairn.autolog import pytorch as core
+
+    session.ckpt_due = True
+    if core._state.train_track is None and session.forward_ckpt_handle is None and session.model is not None:
+        model = session.model()
+        if model is not None:
+
+            def before_forward(module: nn.Module, args: Any) -> None:
+                if session.ckpt_due:
+                    _checkpoint_now(session, None, boundary=False)
+
+            session.forward_ckpt_handle = model.register_forward_pre_hook(before_forward)
+
+
+def _schedulers_of(optimizers: list[Any]) -> list[Any]:
+    """The LR schedulers (built while autolog was on) driving ``optimizers``, in the optimizers' order.
+
+    Warns once when an optimizer is driven by a scheduler autolog did not see being built (it was
+    created before ``autolog()``), since checkpoints then lack its state.
+    """
+    from cairn.autolog import pytorch as core
+
+    ids = [id(o) for o in optimizers]
+    schedulers = [s for s in core._made("scheduler") if id(getattr(s, "optimizer", None)) in ids]
+    schedulers.sort(key=lambda s: ids.index(id(s.optimizer)))
+    covered = {id(s.optimizer) for s in schedulers}
+    for optimizer in optimizers:
+        if hasattr(optimizer.step, "_wrapped_by_lr_sched") and id(optimizer) not in covered:
+            core._report(
+                "finding the LR scheduler",
+                RuntimeError(
+                    f"{type(optimizer).__name__} is driven by an LR scheduler created before autolog() was turned "
+                    "on; checkpoints do not include its state (call autolog() before building it)"
+                ),
+            )
+    return schedulers
+
+
+def _scaler() -> Any:
+    """The one enabled GradScaler built while autolog was on, if exactly one exists."""
+    from cairn.autolog import pytorch as core
+
+    enabled = [s for s in core._made("scaler") if getattr(s, "_enabled", True)]
+    return enabled[0] if len(enabled) == 1 else None
+
+
+def _discover(session: _Session) -> tuple[list[Any], Any]:
+    """The LR schedulers of the session's optimizers and the live GradScaler (cached per session)."""
+    if session.discovered is None:
+        session.discovered = (_schedulers_of(session.optimizers), _scaler())
+    return session.discovered
+
+
+def _checkpoint_now(session: _Session, track: _LoaderTrack | None, *, boundary: bool) -> None:
+    """Take the due checkpoint (warnings on failure; the training step is never disturbed)."""
+    from cairn.autolog import pytorch as core
+
+    session.ckpt_due = False
+    if session.forward_ckpt_handle is not None:
+        session.forward_ckpt_handle.remove()
+        session.forward_ckpt_handle = None
+    if session.run_id is None or session.step == session.last_ckpt_step:
+        return
+    try:
+        _take_checkpoint(session, track, boundary=boundary)
+    except Exception as exc:
+        core._report(f"checkpointing at step {session.step}", exc)
+
+
+def _take_checkpoint(session: _Session, track: _LoaderTrack | None, *, boundary: bool) -> None:
+    from cairn.autolog import pytorch as core
+    from cairn.checkpoint import runs
+
+    config = core._state.config
+    assert config is not None and session.run_id is not None
+    model = session.model() if session.model is not None else None
+    schedulers, scaler = _discover(session)
+    optimizers = session.optimizers
+    if track is not None:
+        epoch = track.epoch + 1 if boundary else track.epoch
+        batch = 0 if boundary else track.batch
+        loader: Any = _PositionView(track.position(boundary=boundary))
+    else:
+        epoch, batch, loader = None, None, None
+    extra = {
+        "autolog": {
+            "optimizers": [_optimizer_signature(o) for o in optimizers],
+            "pending_losses": [float(loss) for loss in core._state.losses],  # a sync only if kept on a device
+        }
+    }
+    session.last_ckpt_step = session.step
+    runs.log_checkpoint(
+        model=model,
+        optimizer=_one_or_list(optimizers),
+        scheduler=_one_or_list(schedulers),
+        scaler=scaler,
+        step=session.step,
+        epoch=epoch,
+        batch_in_epoch=batch,
+        extra=extra,
+        run_id=session.run_id,
+        keep_last=config.keep_last,
+        loader=loader,
+    )
+
+
+def _one_or_list(items: list[Any]) -> Any:
+    return None if not items else items[0] if len(items) == 1 else list(items)
+
+
+def _optimizer_signature(optimizer: Any) -> list[Any]:
+    shapes = [list(p.shape) for group in optimizer.param_groups for p in group["params"]]
+    return [f"{type(optimizer).__module__}.{type(optimizer).__qualname__}", shapes]
+
+
+def loader_position(loader: Any) -> _PositionView | None:
+    """The position of a plain DataLoader autolog tracks (for ``log_checkpoint(loader=...)``), else None."""
+    from cairn.autolog import pytorch as core
+
+    if core._state.config is None or not isinstance(loader, DataLoader):
+        return None
+    track = core._state.loaders.get(loader)
+    if track is None:
+        track = _LoaderTrack(loader)
+        core._state.loaders[loader] = track
+    return _PositionView(track.position(boundary=False))
+
+
+def note_resumed(step: int, loader: Any = None, epoch: int | None = None) -> None:
+    """Called by :func:`cairn.checkpoint.runs.resume`: autolog's step count continues at ``step`` (and the
+    epoch count of ``loader``, a DataLoader or a ResumableLoader, at ``epoch``)."""
+    from cairn.autolog import pytorch as core
+
+    state = core._state
+    if state.config is None:
+        return
+    session = state.session
+    if session is not None:
+        session.step = step
+    else:
+        state.resume_step = step
+    inner = getattr(loader, "loader", loader)
+    if epoch is not None and isinstance(inner, DataLoader):
+        track = state.loaders.get(inner)
+        if track is None:
+            track = _LoaderTrack(inner)
+            state.loaders[inner] = track
+        track.epoch = epoch - 1  # the next iter() starts epoch `epoch` (or continues it, for a ResumableLoader)
+        if track.armed is not None:
+            track.armed = (track.armed[0], epoch)
+
+
+def arm_loader(loader: DataLoader[Any], tree: dict[str, Any] | None, epoch: int | None = None) -> None:
+    """Make the next ``iter(loader)`` resume the epoch recorded in ``tree`` (from a checkpoint)."""
+    from cairn.autolog import pytorch as core
+
+    track = core._state.loaders.get(loader)
+    if track is None:
+        track = _LoaderTrack(loader)
+        core._state.loaders[loader] = track
+    track.armed = (tree, epoch)
+
+
+# -- resume --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Pending:
+    """A checkpoint of a resumed run waiting to be loaded when training starts."""
+
+    path: Path
+    step: int
+    epoch: int | None
+    batch_in_epoch: int | None
+    dataloader_state: dict[str, Any] | None
+    classes: dict[str, str]
+    extra: Any
+    rank0: bool
+
+
+def _prepare_resume(resume: bool | str) -> Any:
+    """Resolve ``resume=``, continue the run now, and keep the checkpoint to load when training starts."""
+    from cairn.autolog import pytorch as core
+    from cairn.checkpoint import runs
+    from cairn.checkpoint.capture import _read_state_file, load_component
+    from cairn.checkpoint.manifest import read_manifest
+    from cairn.tracking import fluent
+
+    run_id = os.environ.get("CAIRN_RUN_ID") if resume is True or resume == "latest" else str(resume)
+    if not run_id:
+        return runs.ResumeState(step=0, epoch=0, batch_in_epoch=0, extra=None, run_id=None, resumed=False)
+    dist = core._dist()
+    rank0 = dist is None or dist.get_rank() == 0
+    client = fluent._get_client()
+    if rank0:
+        runs._check_active(run_id)
+    found = runs._find(run_id, "latest", client)
+    if found is None:
+        if rank0:
+            runs._activate(run_id)
+        return runs.ResumeState(step=0, epoch=0, batch_in_epoch=0, extra=None, run_id=run_id, resumed=False)
+    manifest = read_manifest(found.path, verify_hashes=True)
+    info = _read_state_file(found.path)
+    components = set(info["components"])
+    extra = load_component(found.path, "extra") if "extra" in components else None
+    loader_state = load_component(found.path, "dataloader") if "dataloader" in components else None
+    core._state.restore = _Pending(
+        path=found.path,
+        step=info["step"],
+        epoch=info.get("epoch"),
+        batch_in_epoch=info.get("batch_in_epoch"),
+        dataloader_state=loader_state,
+        classes=dict(info.get("classes") or {}),
+        extra=extra,
+        rank0=rank0,
+    )
+    core._state.resume_step = info["step"]
+    if rank0:
+        runs._activate(run_id)
+        client.flush()
+        client.store.supersede_metrics_after(run_id, info["step"])
+    return runs.ResumeState(
+        step=info["step"],
+        epoch=info.get("epoch"),
+        batch_in_epoch=info.get("batch_in_epoch"),
+        extra=extra,
+        run_id=run_id,
+        resumed=True,
+        path=found.path,
+        metrics=dict(manifest.metrics),
+    )
+
+
+def _apply_restore(track: _LoaderTrack) -> None:
+    """Load the pending checkpoint into the live model/optimizers/schedulers/scaler, arm ``loader``."""
+    from cairn.autolog import pytorch as core
+    from cairn.checkpoint.capture import restore_training_state
+
+    state = core._state
+    pending = state.restore
+    assert pending is not None
+    saved = (pending.extra or {}).get("autolog", {}) if isinstance(pending.extra, dict) else {}
+    live = core._made("optimizer")
+    optimizers: list[Any] = []
+    signatures = saved.get("optimizers") or []
+    if signatures:  # an autolog checkpoint: match class and parameter shapes
+        for signature in signatures:
+            match = [o for o in live if _optimizer_signature(o) == list(signature) and o not in optimizers]
+            if not match:
+                return  # not built yet: try again at the next iter()
+            optimizers.append(match[0])
+    elif "optimizer" in pending.classes:  # from log_checkpoint: match the class, which must be unambiguous
+        for name in pending.classes["optimizer"].split(","):
+            match = [o for o in live if _optimizer_signature(o)[0] == name and o not in optimizers]
+            if len(match) != 1:
+                return
+            optimizers.append(match[0])
+    if not optimizers:
+        return
+    state.restore = None
+    try:
+        schedulers = _schedulers_of(optimizers)
+        restore_training_state(
+            pending.path,
+            optimizer=_one_or_list(optimizers),
+            scheduler=_one_or_list(schedulers) if "scheduler" in pending.classes else None,
+            scaler=_scaler() if "scaler" in pending.classes else None,
+            restore_rng=pending.rank0,
+        )
+        if "model" in pending.classes:  # loaded before the first forward of the module these optimizers train
+            state.pending_model = (pending.path, set().union(*(core._param_ids(o) for o in optimizers)))
+            if not state.forward_handles:
+                from torch.nn.modules import module as module_module
+
+                core._arm_forward_hooks(module_module)
+        state.losses = [float(loss) for loss in saved.get("pending_losses") or []]
+        track.armed = (pending.dataloader_state, pending.epoch)
+        track.train = True
+        state.train_track = track
+    except Exception as exc:
+        core._report(f"restoring the checkpoint {pending.path}", exc)

@@ -1,0 +1,110 @@
+"""Plain-PyTorch autolog: handing the options on to the Lightning integration (:mod:`cairn.autolog.pytorch`).
+
+``autolog()`` calls :func:`_lightning_call`; when Lightning is installed but not imported yet, enabling
+waits in :class:`_LightningImportHook` until the script imports it. Part of :mod:`cairn.autolog.pytorch`,
+which re-exports every name; what lives there (``_report``, ``logger``) is reached through that module
+at call time.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from typing import Any
+
+_LIGHTNING_PACKAGES = ("lightning", "pytorch_lightning")
+
+
+def _lightning_call(name: str, *args: Any) -> None:
+    """Forward to ``cairn.autolog.lightning`` when Lightning is installed (its failures are warnings).
+
+    Importing Lightning takes seconds, so when it is not imported yet, ``enable`` is deferred until
+    the script imports it (a post-import hook on ``lightning`` / ``pytorch_lightning``).
+    """
+    from cairn.autolog import pytorch as core
+
+    _LightningImportHook.uninstall()
+    if name == "enable" and not any(top in sys.modules for top in _LIGHTNING_PACKAGES):
+        if any(importlib.util.find_spec(top) is not None for top in _LIGHTNING_PACKAGES):
+            _LightningImportHook.install(*args)
+        return
+    if not any(top in sys.modules for top in _LIGHTNING_PACKAGES):
+        return  # never imported, so never enabled
+    try:
+        module = importlib.import_module("cairn.autolog.lightning")
+    except ImportError as exc:
+        core.logger.debug("cairn: Lightning autolog is not available: %s", exc)
+        return
+    try:
+        getattr(module, name)(*args)
+    except Exception as exc:
+        core._report(f"{name} of the Lightning integration", exc)
+
+
+class _LightningImportHook:
+    """A ``sys.meta_path`` finder that enables the Lightning integration once Lightning is imported.
+
+    It watches ``lightning``, ``pytorch_lightning`` and ``cairn.autolog.lightning``; after any of them
+    finishes executing, it enables the integration if Lightning is loaded and the integration module
+    is complete (it may itself be the one importing Lightning), then removes itself.
+    """
+
+    _installed: _LightningImportHook | None = None
+    WATCHED = (*_LIGHTNING_PACKAGES, "cairn.autolog.lightning")
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+        self.busy = False
+
+    @classmethod
+    def install(cls, config: Any) -> None:
+        cls.uninstall()
+        cls._installed = cls(config)
+        sys.meta_path.insert(0, cls._installed)
+
+    @classmethod
+    def uninstall(cls) -> None:
+        hook, cls._installed = cls._installed, None
+        if hook is not None and hook in sys.meta_path:
+            sys.meta_path.remove(hook)
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if fullname not in self.WATCHED or self.busy:
+            return None
+        self.busy = True
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            self.busy = False
+        loader = getattr(spec, "loader", None)
+        if spec is None or loader is None or not hasattr(loader, "exec_module"):
+            return None
+        original = loader.exec_module
+
+        def exec_module(module: Any) -> None:
+            original(module)
+            self.maybe_enable()
+
+        loader.exec_module = exec_module
+        return spec
+
+    def maybe_enable(self) -> None:
+        from cairn.autolog import pytorch as core
+
+        if _LightningImportHook._installed is not self or not any(t in sys.modules for t in _LIGHTNING_PACKAGES):
+            return
+        integration = sys.modules.get("cairn.autolog.lightning")
+        if integration is None:
+            try:
+                integration = importlib.import_module("cairn.autolog.lightning")  # may enable through this hook
+            except ImportError as exc:
+                core.logger.debug("cairn: Lightning autolog is not available: %s", exc)
+                _LightningImportHook.uninstall()
+                return
+        if _LightningImportHook._installed is not self or not hasattr(integration, "enable"):
+            return  # done already, or the integration module is still executing (it calls back when done)
+        _LightningImportHook.uninstall()
+        try:
+            integration.enable(self.config)
+        except Exception as exc:
+            core._report("enable of the Lightning integration", exc)
