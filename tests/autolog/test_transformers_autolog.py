@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import gc
 import json
-import time
+import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -165,27 +165,25 @@ def test_upload_runs_in_the_background(
     from cairn.artifacts.local import LocalArtifactStore
 
     original = LocalArtifactStore.put_dir
+    step_three_ended = threading.Event()
+    first_upload: dict[str, bool] = {}
 
-    def slow_put_dir(self: Any, *args: Any, **kwargs: Any) -> None:
-        time.sleep(0.6)
+    def held_put_dir(self: Any, *args: Any, **kwargs: Any) -> None:
+        if not first_upload:  # checkpoint-2's upload cannot finish before step 3 has ended
+            first_upload["released_by_step_3"] = step_three_ended.wait(timeout=30)
         original(self, *args, **kwargs)
 
-    monkeypatch.setattr(LocalArtifactStore, "put_dir", slow_put_dir)
-    marks: dict[str, float] = {}
+    monkeypatch.setattr(LocalArtifactStore, "put_dir", held_put_dir)
 
-    class Timer(TrainerCallback):
-        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            if state.global_step == 2:
-                marks["saved"] = time.perf_counter()
-
+    class StepWatcher(TrainerCallback):
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if state.global_step == 3:
-                marks["next_step"] = time.perf_counter()
+                step_three_ended.set()
 
     callback = cairn.transformers.CairnCallback(log_models=False)
-    trainer = make_trainer(tokenizer, rows, tmp_path / "out", callbacks=[callback, Timer()])
+    trainer = make_trainer(tokenizer, rows, tmp_path / "out", callbacks=[callback, StepWatcher()])
     trainer.train()
-    assert marks["next_step"] - marks["saved"] < 0.5  # step 3 did not wait for checkpoint-2's upload
+    assert first_upload == {"released_by_step_3": True}  # training went on while checkpoint-2 was uploading
     assert callback.committed_checkpoints == [2, 4]  # both were committed before train() returned
 
 
@@ -328,6 +326,29 @@ def test_resume_from_the_output_dir_continues_the_same_run(tmp_path: Path, token
     with pytest.warns(AutologWarning, match="this tracking store does not have"):
         make_trainer(tokenizer, rows, tmp_path / "out", callbacks=[third], max_steps=8).train(path)
     assert third.run_id not in (None, run_id) and steps(str(third.run_id), "loss") == [7, 8]
+
+
+def test_resume_with_cairn_run_id_set(
+    tmp_path: Path, tokenizer: Any, rows: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = cairn.transformers.CairnCallback(log_models=False)
+    make_trainer(tokenizer, rows, tmp_path / "out", callbacks=[first]).train()
+    run_id = str(first.run_id)
+    monkeypatch.setenv("CAIRN_RUN_ID", run_id)  # a restarted script under `cairn run`: the same run
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AutologWarning)
+        second = cairn.transformers.CairnCallback(log_models=False)
+        make_trainer(tokenizer, rows, tmp_path / "out", callbacks=[second], max_steps=6).train(True)
+    assert second.run_id == run_id and steps(run_id, "loss") == [1, 2, 3, 4, 5, 6]
+
+    other = cairn.Client().create_run("0").info.run_id
+    monkeypatch.setenv("CAIRN_RUN_ID", other)  # names another run than the checkpoint: said, and obeyed
+    third = cairn.transformers.CairnCallback(log_models=False, log_checkpoints=False)
+    with pytest.warns(AutologWarning, match=f"CAIRN_RUN_ID names {other}"):
+        make_trainer(tokenizer, rows, tmp_path / "out", callbacks=[third], max_steps=8).train(True)
+    assert third.run_id == other and steps(other, "loss") == [7, 8]
+    assert steps(run_id, "loss") == [1, 2, 3, 4, 5, 6]  # the checkpoint's run is left as it was
+    assert len(cairn.search_runs(output_format="list")) == 2
 
 
 def test_resume_from_a_checkpoint_made_without_cairn(tmp_path: Path, tokenizer: Any, rows: Any) -> None:

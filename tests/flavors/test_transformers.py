@@ -183,6 +183,50 @@ def test_components_return_type(saved_classifier: Path, classifier: Any) -> None
         cairn.transformers.load_model(saved_classifier, return_type="model")  # type: ignore[arg-type]
 
 
+def test_image_processor_and_feature_extractor_are_saved_and_loaded_beside_the_model(tmp_path: Path) -> None:
+    from PIL import Image
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor, Wav2Vec2FeatureExtractor
+
+    torch.manual_seed(0)
+    config = ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=37,
+        image_size=32,
+        patch_size=8,
+        num_labels=3,
+    )
+    model = ViTForImageClassification(config).eval()
+    image_processor = ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.3] * 3, image_std=[0.2] * 3)
+    extractor = Wav2Vec2FeatureExtractor(sampling_rate=8000, padding_value=0.5)
+    cairn.transformers.save_model(
+        model,
+        tmp_path / "vit",
+        image_processor=image_processor,
+        feature_extractor=extractor,
+        task="image-classification",
+    )
+    conf = yaml.safe_load((tmp_path / "vit" / "MLmodel").read_text())["flavors"]["transformers"]
+    assert conf["task"] == "image-classification"
+    assert conf["image_processor_type"] == type(image_processor).__name__  # transformers 5: ViTImageProcessorPil
+    assert conf["feature_extractor_type"] == "Wav2Vec2FeatureExtractor"
+    assert {"image_processor", "feature_extractor"} <= set(conf["components"])
+
+    parts = cairn.transformers.load_model(tmp_path / "vit", return_type="components")
+    loaded_processor, loaded_extractor = parts["image_processor"], parts["feature_extractor"]
+    assert type(loaded_processor) is type(image_processor) and list(loaded_processor.image_mean) == [0.3] * 3
+    assert isinstance(loaded_extractor, Wav2Vec2FeatureExtractor)
+    assert (loaded_extractor.sampling_rate, loaded_extractor.padding_value) == (8000, 0.5)
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    with torch.inference_mode():
+        logits = model(**image_processor(image, return_tensors="pt")).logits[0]
+    predicted = cairn.transformers.load_model(tmp_path / "vit")(image)  # a pipeline using the saved processor
+    assert predicted[0]["label"] == config.id2label[int(logits.argmax())]
+    assert predicted[0]["score"] == pytest.approx(float(logits.softmax(-1).max()), rel=1e-5)
+
+
 def test_model_with_keyword_tokenizer_or_dict_infers_the_task(tmp_path: Path, tokenizer: Any) -> None:
     model = BertForMaskedLM(tiny_bert_config(tokenizer))
     cairn.transformers.save_model(model, tmp_path / "kw", tokenizer=tokenizer)
