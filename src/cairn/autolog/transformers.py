@@ -37,22 +37,43 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
-import queue
-import re
 import shutil
 import tempfile
-import threading
 import time
 import warnings
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from transformers.trainer_callback import ExportableState, TrainerCallback
 
+# The names marked "noqa: F401" are not used here: they are re-exported, so everything the module held before
+# it was split (tests reach e.g. ``training_params``) is still an attribute of ``cairn.autolog.transformers``.
+from cairn.autolog._transformers_model import _EXAMPLE_ROWS, _components_of, _example_texts  # noqa: F401
+from cairn.autolog._transformers_params import (
+    _METRIC_KEY_BAD_CHARS,  # noqa: F401
+    _flatten,  # noqa: F401
+    _metric_key,
+    _metric_keys,  # noqa: F401
+    _metric_value,
+    logger,
+    training_params,
+)
+from cairn.autolog._transformers_resume import RUN_FILE, RUN_FILE_FORMAT, _is_resumed_checkpoint, _read_run_file
+from cairn.autolog._transformers_uploads import (
+    _CHECKPOINT_NAME,
+    CHECKPOINT_MODELS_DIR,
+    CHECKPOINTS_DIR,
+    _CheckpointUploader,
+    _delete_checkpoint,  # noqa: F401
+    _remote_steps,
+    _sha256_or_none,
+    _stage,
+    _UploadJob,
+    _UploadState,  # noqa: F401
+)
 from cairn.autolog.config import AutologConfig, PatchSet, report_failure, safe_autolog
 from cairn.errors import ArtifactNotFound, CheckpointCorrupt, InvalidArgument, NotFound
 from cairn.tracking.entities import Metric, Param
@@ -71,215 +92,14 @@ __all__ = [
 
 INTEGRATION = "transformers"
 REPORT_TO_NAME = "cairn"
-CHECKPOINTS_DIR = "checkpoints"
-CHECKPOINT_MODELS_DIR = "checkpoint_models"
-RUN_FILE = "cairn_run.json"
-RUN_FILE_FORMAT = "cairn.transformers.run"
 RESUMED_FROM_TAG = "cairn.transformers.resumed_from_step"
 STAGING_DIR = ".cairn-staging"
-_CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
-_METRIC_KEY_BAD_CHARS = re.compile(r"[^\w\-. /:]")
 _PARAM_BATCH = 100
 _OWNER_ATTR = "_cairn_callback"  # set on the TrainerState: which CairnCallback logs this training
 _LOG_MODELS = ("end", "checkpoint")
-_EXAMPLE_ROWS = 2
-
-logger = logging.getLogger("cairn.autolog")
 
 # Checkpoints materialised by checkpoint_path() in this process: local path -> run id.
 _materialized: dict[str, str] = {}
-
-
-# ----------------------------------------------------------------------------------------- uploads
-
-
-@dataclass
-class _UploadJob:
-    step: int
-    name: str
-    source: Path  # the staged (hard-linked) copy, or the checkpoint itself when linking failed
-    cleanup: Path | None  # removed once the job is done (the staging directory)
-    save_total_limit: int | None
-    best_step: int | None
-    log_model: bool
-    task: str | None
-
-
-@dataclass
-class _UploadState:
-    committed: list[int] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    pending: int = 0
-
-
-class _CheckpointUploader:
-    """One background thread uploading checkpoints of one run, in order."""
-
-    def __init__(self, store: Any, run_id: str) -> None:
-        self._store = store
-        self._run_id = run_id
-        self._jobs: queue.Queue[_UploadJob | None] = queue.Queue()
-        self._state = _UploadState()
-        self._cond = threading.Condition()
-        self._thread = threading.Thread(target=self._loop, name="cairn-checkpoint-upload", daemon=True)
-        self._thread.start()
-
-    @property
-    def committed(self) -> list[int]:
-        with self._cond:
-            return list(self._state.committed)
-
-    def take_errors(self) -> list[str]:
-        with self._cond:
-            errors, self._state.errors = self._state.errors, []
-            return errors
-
-    def submit(self, job: _UploadJob) -> None:
-        with self._cond:
-            self._state.pending += 1
-        self._jobs.put(job)
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until every submitted checkpoint is uploaded (or failed); False on timeout."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while self._state.pending:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._cond.wait(remaining)
-        return True
-
-    def close(self) -> None:
-        self._jobs.put(None)
-        self._thread.join()
-
-    def _loop(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            try:
-                self._upload(job)
-                with self._cond:
-                    self._state.committed.append(job.step)
-            except Exception as exc:
-                with self._cond:
-                    self._state.errors.append(f"uploading {job.name}: {type(exc).__name__}: {exc}")
-            finally:
-                if job.cleanup is not None:
-                    shutil.rmtree(job.cleanup, ignore_errors=True)
-                with self._cond:
-                    self._state.pending -= 1
-                    self._cond.notify_all()
-
-    def _upload(self, job: _UploadJob) -> None:
-        from cairn.checkpoint.manifest import MANIFEST_NAME, write_manifest
-
-        prefix = f"{CHECKPOINTS_DIR}/{job.name}"
-        source = job.source
-        if job.cleanup is None:  # hard links failed: copy now (Trainer's rotation may still win the race)
-            job.cleanup = Path(tempfile.mkdtemp(prefix="cairn-checkpoint-"))
-            source = job.cleanup / job.name
-            shutil.copytree(job.source, source)
-        _delete_checkpoint(self._store, prefix)  # an earlier, possibly partial, upload of this step
-        manifest = write_manifest(
-            source,
-            step=job.step,
-            run_id=self._run_id,
-            metadata={"kind": "transformers.trainer", "name": job.name},
-            fsync=False,
-        )
-        manifest_file = source / MANIFEST_NAME
-        payload = manifest_file.read_bytes()
-        manifest_file.unlink()
-        del manifest
-        self._store.put_dir(source, prefix)
-        self._store.put_bytes(payload, f"{prefix}/{MANIFEST_NAME}")  # the commit marker, last
-        if job.log_model:
-            from cairn.flavors import transformers as flavor
-
-            flavor.log_model(source, f"{CHECKPOINT_MODELS_DIR}/{job.name}", task=job.task, run_id=self._run_id)
-        if job.save_total_limit:
-            self._prune(job)
-
-    def _prune(self, job: _UploadJob) -> None:
-        """Keep the newest ``save_total_limit`` committed checkpoints up to this one, and the best one.
-
-        Checkpoints after this step (a dead process's, beyond the resume point) are left alone: this
-        run will write those steps again, replacing them.
-        """
-        from cairn.checkpoint.manifest import MANIFEST_NAME
-
-        steps = [s for s in _remote_steps(self._store) if s <= job.step]
-        committed = [s for s in steps if self._store.exists(f"{CHECKPOINTS_DIR}/checkpoint-{s}/{MANIFEST_NAME}")]
-        keep = set(sorted(committed)[-int(job.save_total_limit or 0) :]) | {job.step}
-        if job.best_step is not None:
-            keep.add(job.best_step)
-        for step in steps:
-            if step not in keep:
-                _delete_checkpoint(self._store, f"{CHECKPOINTS_DIR}/checkpoint-{step}")
-                if self._store.exists(f"{CHECKPOINT_MODELS_DIR}/checkpoint-{step}"):
-                    self._store.delete(f"{CHECKPOINT_MODELS_DIR}/checkpoint-{step}")
-
-
-def _delete_checkpoint(store: Any, prefix: str) -> None:
-    """Delete an uploaded checkpoint, its commit marker first (so no reader sees a manifest without files)."""
-    from cairn.checkpoint.manifest import MANIFEST_NAME
-
-    if store.exists(f"{prefix}/{MANIFEST_NAME}"):
-        store.delete(f"{prefix}/{MANIFEST_NAME}")
-    if store.exists(prefix):
-        store.delete(prefix)
-
-
-def _sha256_or_none(path: Path) -> str | None:
-    from cairn.checkpoint._fs import digest_file
-
-    try:
-        return digest_file(path).sha256
-    except OSError:
-        return None
-
-
-def _remote_steps(store: Any) -> list[int]:
-    if not store.exists(CHECKPOINTS_DIR):
-        return []
-    steps = []
-    for info in store.list(CHECKPOINTS_DIR):
-        match = _CHECKPOINT_NAME.match(info.path.rsplit("/", 1)[-1])
-        if match and info.is_dir:
-            steps.append(int(match.group(1)))
-    return sorted(steps)
-
-
-def _stage(checkpoint: Path, staging_root: Path) -> Path | None:
-    """Hard-link every file of ``checkpoint`` into ``staging_root/<name>`` and return that directory;
-    None when the filesystem refuses links (the upload thread then copies the checkpoint).
-
-    A file named like cairn's manifest is copied rather than linked: the upload writes that name, and
-    writing through a link would change the user's checkpoint.
-    """
-    from cairn.checkpoint.manifest import MANIFEST_NAME
-
-    target = staging_root / checkpoint.name
-    try:
-        if target.exists():
-            shutil.rmtree(target)
-        for path in checkpoint.rglob("*"):
-            destination = target / path.relative_to(checkpoint)
-            if path.is_dir():
-                destination.mkdir(parents=True, exist_ok=True)
-            elif path.is_file():
-                destination.parent.mkdir(parents=True, exist_ok=True)
-                if path.parent == checkpoint and path.name == MANIFEST_NAME:
-                    shutil.copy2(path, destination)
-                else:
-                    os.link(path, destination)
-    except OSError:
-        shutil.rmtree(target, ignore_errors=True)
-        return None
-    return target
 
 
 # ----------------------------------------------------------------------------------------- resume
@@ -348,16 +168,6 @@ def checkpoint_path(
     )
 
 
-def _read_run_file(directory: Path) -> dict[str, Any] | None:
-    try:
-        content = json.loads((directory / RUN_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(content, dict) or content.get("format") != RUN_FILE_FORMAT:
-        return None
-    return content if isinstance(content.get("run_id"), str) else None
-
-
 def _state_run_id(state: Any) -> str | None:
     """The run id this callback stored in ``trainer_state.json`` (read back by Trainer on resume)."""
     entry = (getattr(state, "stateful_callbacks", None) or {}).get(CairnCallback.__name__)
@@ -387,87 +197,6 @@ def _checkpoint_run_id(args: Any, state: Any) -> str | None:
         if content is not None and _is_resumed_checkpoint(directory, content, state):
             return str(content["run_id"])
     return None
-
-
-def _is_resumed_checkpoint(directory: Path, content: Mapping[str, Any], state: Any) -> bool:
-    """Whether ``cairn_run.json`` in ``directory`` describes the checkpoint Trainer just resumed from.
-
-    Its step must match, the ``trainer_state.json`` next to it must be the one it was written with
-    (a reused output directory can hold a stale ``cairn_run.json``), and that state's log history must
-    be the one Trainer loaded.
-    """
-    from cairn.checkpoint._fs import digest_file
-
-    if content.get("global_step") != int(state.global_step):
-        return False
-    trainer_state = directory / "trainer_state.json"
-    try:
-        if digest_file(trainer_state).sha256 != content.get("trainer_state_sha256"):
-            return False
-        saved = json.loads(trainer_state.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(saved, dict) and saved.get("log_history") == getattr(state, "log_history", None)
-
-
-# ----------------------------------------------------------------------------------------- params and metrics
-
-
-def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat.update(_flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
-def training_params(args: Any, model: Any) -> dict[str, str]:
-    """The model config and ``TrainingArguments`` as loggable params (arguments win on a shared key).
-
-    Never raises on odd values: anything whose ``str`` fails is logged as its ``repr`` or type name.
-    """
-    from cairn.autolog.sklearn import loggable_params
-
-    combined: dict[str, Any] = {}
-    config = getattr(model, "config", None)
-    if config is not None and callable(getattr(config, "to_dict", None)):
-        try:
-            combined.update(_flatten(config.to_dict()))
-        except Exception as exc:
-            logger.debug("model config to_dict failed: %s", exc)
-    to_dict = getattr(args, "to_dict", None)
-    combined.update(_flatten(to_dict() if callable(to_dict) else dict(vars(args))))
-    return loggable_params(combined)
-
-
-def _metric_value(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    numel = getattr(value, "numel", None)
-    if callable(numel) and numel() == 1:
-        return float(value.item())
-    size = getattr(value, "size", None)
-    if type(value).__module__.split(".", 1)[0] == "numpy" and size == 1:
-        return float(value)
-    return None
-
-
-_metric_keys: dict[str, str] = {}
-
-
-def _metric_key(key: Any) -> str:
-    cached = _metric_keys.get(key) if isinstance(key, str) else None
-    if cached is not None:
-        return cached
-    text = _METRIC_KEY_BAD_CHARS.sub("_", str(key)).strip("/") or "_"
-    if isinstance(key, str) and len(_metric_keys) < 10_000:
-        _metric_keys[key] = text
-    return text
 
 
 # ----------------------------------------------------------------------------------------- the callback
@@ -790,40 +519,6 @@ class CairnCallback(TrainerCallback, ExportableState):
             run_id=self.run_id,
             **components,
         )
-
-
-def _components_of(processing_class: Any) -> dict[str, Any]:
-    """``processing_class`` under the flavor's component name (tokenizer, processor, ...)."""
-    if processing_class is None:
-        return {}
-    import transformers
-
-    if isinstance(processing_class, transformers.PreTrainedTokenizerBase):
-        return {"tokenizer": processing_class}
-    if isinstance(processing_class, transformers.ProcessorMixin):
-        return {"processor": processing_class}
-    image_base = getattr(transformers, "BaseImageProcessor", None)
-    if image_base is not None and isinstance(processing_class, image_base):
-        return {"image_processor": processing_class}
-    return {"feature_extractor": processing_class}
-
-
-def _example_texts(train_dataloader: Any, tokenizer: Any) -> list[str] | None:
-    """The first training inputs, decoded back to text (None when the data is not tokenized text)."""
-    dataset = getattr(train_dataloader, "dataset", None)
-    if dataset is None or tokenizer is None or not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
-        return None
-    texts = []
-    for index in range(min(_EXAMPLE_ROWS, len(dataset))):
-        item = dataset[index]
-        ids = item.get("input_ids") if isinstance(item, Mapping) else None
-        if ids is None:
-            return None
-        ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
-        text = tokenizer.decode(ids, skip_special_tokens=True).strip()
-        if text:
-            texts.append(text)
-    return texts or None
 
 
 # ----------------------------------------------------------------------------------------- report_to and autolog

@@ -32,6 +32,7 @@ import safetensors.torch
 import torch
 
 from cairn.checkpoint.buffers import BufferPool
+from cairn.checkpoint.copies import copy_all
 from cairn.errors import CheckpointCorrupt, InvalidArgument
 
 __all__ = [
@@ -196,12 +197,15 @@ class _Flattener:
         self._views: dict[tuple[Any, ...], str] = {}  # identity of a stored view -> its key
         self._storages: set[tuple[str, int]] = set()  # storages referenced by stored tensors (copy=False)
         self._devices: set[torch.device] = set()  # CUDA devices with in-flight non_blocking copies
+        self._host_copies: list[tuple[torch.Tensor, torch.Tensor]] = []  # (snapshot buffer, CPU source), done at finish
         self._active: set[int] = set()  # containers being visited, to report cycles
 
     def where(self, path: tuple[Any, ...]) -> str:
         return ".".join([self.root, *map(str, path)]) if self.root else ".".join(map(str, path)) or "<root>"
 
     def finish(self) -> list[Any]:
+        copy_all(self._host_copies)
+        self._host_copies = []
         events = []
         for device in self._devices:
             with torch.cuda.device(device):
@@ -315,9 +319,13 @@ class _Flattener:
             out = self.pool.take(data.shape, data.dtype, pinned=pinned) if self.pool is not None else None
             if out is None:
                 out = torch.empty(data.shape, dtype=data.dtype, pin_memory=pinned)
-            out.copy_(data, non_blocking=pinned)
             if pinned:
+                out.copy_(data, non_blocking=True)
                 self._devices.add(data.device)
+            elif data.device.type == "cpu":
+                self._host_copies.append((out, data))
+            else:
+                out.copy_(data)
             self.owned.append(out)
             return out
         data = data.to("cpu")
