@@ -37,12 +37,14 @@ from cairn.tracking.entities import RunStatus
 
 logging.getLogger("lightning").setLevel(logging.ERROR)
 logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
 
 
 @pytest.fixture(autouse=True)
 def _quiet() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", module="lightning")
+        warnings.filterwarnings("ignore", module="pytorch_lightning")
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         yield
@@ -164,7 +166,8 @@ def _loaders(n: int = 32, batch: int = 4) -> tuple[DataLoader[Any], DataLoader[A
     return DataLoader(data, batch_size=batch, shuffle=True), DataLoader(data, batch_size=16)
 
 
-def _trainer(tmp_path: Path, **kwargs: Any) -> L.Trainer:
+def _trainer(tmp_path: Path, *, trainer_class: Any = None, **kwargs: Any) -> Any:
+    """A quiet CPU Trainer (``lightning.Trainer`` unless ``trainer_class``, e.g. ``pytorch_lightning.Trainer``)."""
     options: dict[str, Any] = {
         "accelerator": "cpu",
         "max_epochs": 2,
@@ -175,7 +178,7 @@ def _trainer(tmp_path: Path, **kwargs: Any) -> L.Trainer:
         "default_root_dir": str(tmp_path / "lightning"),
     }
     options.update(kwargs)
-    return L.Trainer(**options)
+    return (trainer_class or L.Trainer)(**options)
 
 
 def _history(run_id: str, key: str, **kwargs: Any) -> list[tuple[int, float]]:
@@ -607,3 +610,84 @@ def test_logger_and_callback_pickle_for_spawned_processes(tmp_path: Path) -> Non
     assert _history(run_id, "x") == [(0, 1.0)]
     callback = pickle.loads(pickle.dumps(cairn.lightning.CairnCheckpointCallback(model_name="m")))
     assert callback.model_name == "m"
+
+
+# -- the standalone pytorch_lightning package ----------------------------------------------------------
+# The same Trainer under another package name, whose Logger and Callback base classes are distinct classes.
+
+
+def _pl() -> Any:
+    return pytest.importorskip("pytorch_lightning", reason="pytorch_lightning is not installed")
+
+
+def _plain_module(pl: Any) -> Any:
+    """TinyModule's training, as a ``pytorch_lightning.LightningModule``."""
+
+    class PlainModule(pl.LightningModule):
+        training_step = TinyModule.training_step
+        validation_step = TinyModule.validation_step
+
+        def __init__(self, lr: float = 0.05) -> None:
+            super().__init__()
+            self.save_hyperparameters()
+            self.hparams.fail_at = None
+            self.net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x)
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+
+    return PlainModule()
+
+
+def _the_cairn_logger(trainer: Any) -> Any:
+    found = [lg for lg in trainer.loggers if isinstance(lg, integration._CairnLoggerImpl)]
+    assert len(found) == 1, trainer.loggers
+    return found[0]
+
+
+def test_pytorch_autolog_covers_a_pytorch_lightning_trainer(tmp_path: Path) -> None:
+    pl = _pl()
+    pytorch_autolog = pytest.importorskip("cairn.autolog.pytorch")
+    pytorch_autolog.autolog(log_models=True)
+    try:
+        keep_best = pl.callbacks.ModelCheckpoint(save_top_k=1, monitor="val_loss")
+        trainer = _trainer(tmp_path, trainer_class=pl.Trainer, callbacks=[keep_best])
+        cairn_logger = _the_cairn_logger(trainer)
+        assert isinstance(cairn_logger, pl.loggers.logger.Logger)  # built on that package's own base class
+        trainer.fit(_plain_module(pl), *_loaders())
+    finally:
+        pytorch_autolog.autolog(disable=True)
+    run_id = cairn_logger.run_id
+    run = cairn.get_run(run_id)
+    assert run.info.status is RunStatus.FINISHED and run.data.params["lr"] == "0.05"
+    assert [s for s, _ in _history(run_id, "train_loss_step")] == list(range(16))  # one point per step
+    assert [s for s, _ in _history(run_id, "val_loss")] == [7, 15]
+    assert _remote_checkpoints(run_id) == {"epoch=1-step=16.ckpt"}
+    assert any(f.path == "model" for f in cairn.list_artifacts(run_id=run_id))
+
+
+def test_checkpoint_path_resumes_a_pytorch_lightning_fit_in_the_same_run(tmp_path: Path) -> None:
+    pl = _pl()
+    pl.seed_everything(0)
+    first = _trainer(
+        tmp_path,
+        trainer_class=pl.Trainer,
+        max_epochs=1,
+        logger=cairn.lightning.CairnLogger(),
+        callbacks=[cairn.lightning.CairnCheckpointCallback(log_model=False)],
+    )
+    first.fit(_plain_module(pl), *_loaders())
+    run_id = _the_cairn_logger(first).run_id
+
+    again = _trainer(
+        tmp_path,
+        trainer_class=pl.Trainer,
+        logger=cairn.lightning.CairnLogger(run_id=run_id),
+        callbacks=[cairn.lightning.CairnCheckpointCallback(log_model=False)],
+    )
+    again.fit(_plain_module(pl), *_loaders(), ckpt_path=cairn.lightning.checkpoint_path(run_id, "last"))
+    assert again.global_step == 16
+    assert [s for s, _ in _history(run_id, "train_loss_step")] == list(range(16))

@@ -114,6 +114,38 @@ def test_a_plain_loop_logs_params_loss_lr_epochs_summary_and_model() -> None:
     assert torch.allclose(torch.as_tensor(loaded.predict(x.numpy())), model(x).detach(), atol=1e-6)
 
 
+def test_param_groups_and_a_second_optimizer_get_their_own_params_and_lr_keys() -> None:
+    torch.manual_seed(0)
+    model = Net()
+    head = nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(
+        [{"params": model.fc1.parameters()}, {"params": model.fc2.parameters(), "lr": 0.01}], lr=0.1, momentum=0.5
+    )
+    head_optimizer = torch.optim.Adam(head.parameters(), lr=0.003)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=3, gamma=0.5)
+    autolog_pytorch.autolog(log_models=False)
+    with cairn.start_run() as run:
+        for x, y in _loader():
+            optimizer.zero_grad()
+            head_optimizer.zero_grad()
+            logits = model(x)
+            loss = nn.functional.cross_entropy(logits, y) + head(logits).pow(2).mean()
+            loss.backward()
+            optimizer.step()
+            head_optimizer.step()
+            scheduler.step()
+    data = cairn.get_run(run.info.run_id).data
+    assert data.params["optimizer_name"] == "SGD" and data.params["optimizer1.optimizer_name"] == "Adam"
+    assert (data.params["lr"], data.params["group1.lr"], data.params["group1.momentum"]) == ("0.1", "0.01", "0.5")
+    assert data.params["optimizer1.lr"] == "0.003" and data.params["optimizer1.betas"] == "(0.9, 0.999)"
+    steps = list(range(1, 7))  # 6 batches: steps counted from the first optimizer only
+    assert _history(run.info.run_id, "lr/opt0/group0") == [(s, 0.1 * 0.5 ** ((s - 1) // 3)) for s in steps]
+    assert _history(run.info.run_id, "lr/opt0/group1") == [(s, 0.01 * 0.5 ** ((s - 1) // 3)) for s in steps]
+    # the second optimizer is known from its first step on, after the first optimizer's step 1 was logged
+    assert _history(run.info.run_id, "lr/opt1") == [(s, 0.003) for s in steps[1:]]
+    assert [s for s, _ in _history(run.info.run_id, "loss")] == steps
+
+
 def test_training_results_are_identical_with_autolog_on_and_off() -> None:
     plain, plain_losses, _ = _train(epochs=2)
     autolog_pytorch.autolog(checkpoint_every_n_steps=3, log_grad_norm=True, log_models=False)
