@@ -23,6 +23,7 @@ from cairn.store._sql import schema, search
 from cairn.store._sql.engine import Database
 from cairn.store._sql.migrate import DEFAULT_EXPERIMENT_ID, ensure_schema
 from cairn.store._sql.schema import experiment_tags, experiments, latest_metrics, metrics, params, runs, tags
+from cairn.store._sql.sqlite_points import insert_points
 from cairn.store._sql.util import artifact_location_for, now_ms
 from cairn.store.base import MetricPoint, StoredMetricPoint, TrackingStore
 from cairn.tracking import system_tags, validation
@@ -56,12 +57,6 @@ _RUN_COLUMNS = (
     runs.c.end_time,
     runs.c.lifecycle_stage,
     runs.c.artifact_uri,
-)
-# The hot path on SQLite skips SQLAlchemy's statement layer: one executemany of plain tuples.
-# ``is_nan`` is derived from the bound value, which is NULL exactly for NaN.
-_SQLITE_INSERT_POINTS = (
-    "INSERT INTO metrics (run_uuid, key, value, is_nan, step, timestamp, superseded) "
-    "VALUES (?1, ?2, ?3, ?3 IS NULL, ?4, ?5, 0)"
 )
 _PG_COPY_POINTS = "COPY metrics (run_uuid, key, value, is_nan, step, timestamp) FROM STDIN (FORMAT BINARY)"
 _PG_COPY_TYPES = ("varchar", "varchar", "float8", "bool", "int8", "int8")
@@ -549,12 +544,13 @@ class SqlTrackingStore(TrackingStore):
     def _write_points(self, conn: sa.Connection, points: Sequence[MetricPoint]) -> None:
         """Insert the points and move each (run, key)'s latest value forward (never backward).
 
-        The hot path of the batcher: SQLite gets one ``executemany`` of plain tuples, PostgreSQL a
-        ``COPY``. Points are indexed by position (run_id, key, value, timestamp, step) for speed.
+        The hot path of the batcher: SQLite gets multi-row ``INSERT`` statements of plain tuples (see
+        :mod:`.sqlite_points`), PostgreSQL a ``COPY``. Points are indexed by position (run_id, key,
+        value, timestamp, step) for speed.
         """
         rows = [(p[0], p[1], None if p[2] != p[2] else p[2], p[4], p[3]) for p in points]  # NaN -> NULL
         if self.dialect == "sqlite":
-            conn.exec_driver_sql(_SQLITE_INSERT_POINTS, rows)
+            insert_points(conn.exec_driver_sql, rows)
         else:
             self._copy_points(conn, rows)
         newest: dict[tuple[str, str], MetricPoint] = {}
