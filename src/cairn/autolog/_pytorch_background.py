@@ -32,6 +32,7 @@ class _Worker:
     def __init__(self) -> None:
         self.tasks: deque[tuple[Callable[[], None], str]] = deque()
         self.wake = threading.Event()
+        self.running = threading.RLock()  # held while tasks run, so the end of a run waits for one in flight
         self.thread = threading.Thread(target=self._loop, name="cairn-pytorch-autolog", daemon=True)
         self.thread.start()
 
@@ -43,22 +44,27 @@ class _Worker:
             self.wake.clear()
             self.run_tasks()
             try:
-                drain_metrics()
+                drain_metrics(hold_newest=True)
             except Exception as exc:
                 core._report("converting metrics", exc)
 
     def run_tasks(self) -> None:
+        """Run the queued tasks; from another thread, also wait for the task this thread is running.
+
+        Tasks only talk to the store (no lock of the fluent API), so waiting here cannot deadlock.
+        """
         from cairn.autolog import pytorch as core
 
-        while self.tasks:
-            try:
-                task, what = self.tasks.popleft()
-            except IndexError:
-                return
-            try:
-                task()
-            except Exception as exc:
-                core._report(what, exc)
+        with self.running:
+            while self.tasks:
+                try:
+                    task, what = self.tasks.popleft()
+                except IndexError:
+                    return
+                try:
+                    task()
+                except Exception as exc:
+                    core._report(what, exc)
 
 
 def _submit(task: Callable[[], None], what: str) -> None:
@@ -72,10 +78,13 @@ def _submit(task: Callable[[], None], what: str) -> None:
     worker.wake.set()
 
 
-def drain_metrics() -> None:
+def drain_metrics(*, hold_newest: bool = False) -> None:
     """Turn the queued step values of the active session into metric points in the store's batcher now.
 
     Called by the background thread every 0.2 s, before each checkpoint is uploaded and when the run ends.
+    ``hold_newest`` (the background thread's call) leaves the values of the step in progress queued: an
+    optimizer stepping for the first time later in that step renames the ``lr`` keys (``lr/opt<i>/...``),
+    and every step is written under the names known once it is complete, whatever the thread's timing.
     """
     from cairn.autolog import pytorch as core
 
@@ -93,8 +102,10 @@ def drain_metrics() -> None:
         add = session.add or tracking_config.get_batcher(fluent._get_client().store).add
         pending = session.pending
         items = []
-        while pending:
+        while pending and not (hold_newest and pending[0][0] >= session.step):
             items.append(pending.popleft())
+        if not items:
+            return
         for point in _points(session, items):
             add(point)
 
