@@ -6,6 +6,8 @@ steps, logging every step. Two data paths: 50 pre-built batches cycled (the hars
 itself is cheapest) and a shuffling ``DataLoader`` over 1,600 samples. Configurations:
 
 - ``none``: the loop, no logging;
+- ``control``: ``none`` against itself (a run started and ended around the second loop, nothing logged):
+  the spread of the method on this machine, to read the other overheads against;
 - ``cairn autolog``: ``cairn.pytorch.autolog(log_every_n_steps=1, log_models=False)``, nothing else
   in the loop (loss and lr logged every step, epochs counted);
 - ``cairn log_metric``: ``cairn.log_metric("loss", loss.item(), step=i)`` every step;
@@ -51,8 +53,9 @@ RESULTS = HERE / "RESULTS.md"
 SECTION_START = "<!-- pytorch_autolog:start -->"
 SECTION_END = "<!-- pytorch_autolog:end -->"
 MARKER = "BENCH-RESULT "
-CONFIGS = ("cairn_autolog", "cairn_log_metric", "mlflow_log_metric", "mlflow_log_metric_async")
+CONFIGS = ("control", "cairn_autolog", "cairn_log_metric", "mlflow_log_metric", "mlflow_log_metric_async")
 LABELS = {
+    "control": "control: no logging on either side (the method's noise)",
     "cairn_autolog": "cairn autolog (loss + lr every step)",
     "cairn_log_metric": "cairn `log_metric` every step",
     "mlflow_log_metric": "MLflow `log_metric` every step",
@@ -106,7 +109,7 @@ def _loop(model: Any, optimizer: Any, data: Any, steps: int, log: Any) -> tuple[
 def side(config: str, data_path: str, reps: int, steps: int, warmup: int, workdir: Path) -> dict[str, Any]:
     os.chdir(workdir)
     model, optimizer, data = _setup(data_path)
-    if config.startswith("cairn"):
+    if config.startswith("cairn") or config == "control":
         import cairn
 
         cairn.set_tracking_uri(workdir / "cairn-store")
@@ -120,7 +123,7 @@ def side(config: str, data_path: str, reps: int, steps: int, warmup: int, workdi
         lib = mlflow
 
     def logger(synchronous: bool | None) -> Any:
-        if config == "cairn_autolog":
+        if config in ("cairn_autolog", "control"):
             return None
         if synchronous is None:
             return lambda loss, step: lib.log_metric("loss", loss.item(), step=step)

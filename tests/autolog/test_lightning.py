@@ -657,7 +657,8 @@ def test_pytorch_autolog_covers_a_pytorch_lightning_trainer(tmp_path: Path) -> N
         trainer = _trainer(tmp_path, trainer_class=pl.Trainer, callbacks=[keep_best])
         cairn_logger = _the_cairn_logger(trainer)
         assert isinstance(cairn_logger, pl.loggers.logger.Logger)  # built on that package's own base class
-        trainer.fit(_plain_module(pl), *_loaders())
+        with pytest.warns(UserWarning, match="cloudpickled skeleton"):  # a class defined in a function
+            trainer.fit(_plain_module(pl), *_loaders())
     finally:
         pytorch_autolog.autolog(disable=True)
     run_id = cairn_logger.run_id
