@@ -76,17 +76,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.data import dataloader as _dataloader_module
 
-# The colder parts live in private sibling modules, re-exported here (every name stays reachable as
-# ``cairn.autolog.pytorch.<name>``); the per-step hooks stay in this module, next to ``_state``.
-from cairn.autolog._pytorch_background import _DRAIN_INTERVAL_S as _DRAIN_INTERVAL_S
-from cairn.autolog._pytorch_background import _log_params as _log_params
-from cairn.autolog._pytorch_background import _log_text as _log_text
-from cairn.autolog._pytorch_background import _points as _points
-from cairn.autolog._pytorch_background import _submit as _submit
-from cairn.autolog._pytorch_background import _to_floats as _to_floats
+# The colder parts live in private sibling modules; the per-step hooks stay here, next to ``_state``.
 from cairn.autolog._pytorch_background import _Worker, drain_metrics
-from cairn.autolog._pytorch_background import model_summary as model_summary
-from cairn.autolog._pytorch_checkpoints import _apply_restore as _apply_restore
 from cairn.autolog._pytorch_checkpoints import (
     _checkpoint_now,
     _Pending,
@@ -95,26 +86,10 @@ from cairn.autolog._pytorch_checkpoints import (
     arm_loader,
     loader_position,
 )
-from cairn.autolog._pytorch_checkpoints import _discover as _discover
-from cairn.autolog._pytorch_checkpoints import _one_or_list as _one_or_list
-from cairn.autolog._pytorch_checkpoints import _optimizer_signature as _optimizer_signature
-from cairn.autolog._pytorch_checkpoints import _scaler as _scaler
-from cairn.autolog._pytorch_checkpoints import _schedulers_of as _schedulers_of
-from cairn.autolog._pytorch_checkpoints import _take_checkpoint as _take_checkpoint
 from cairn.autolog._pytorch_checkpoints import note_resumed as note_resumed
-from cairn.autolog._pytorch_lightning_hook import _LIGHTNING_PACKAGES as _LIGHTNING_PACKAGES
 from cairn.autolog._pytorch_lightning_hook import _lightning_call
-from cairn.autolog._pytorch_lightning_hook import _LightningImportHook as _LightningImportHook
-from cairn.autolog._pytorch_loaders import _fingerprint as _fingerprint
-from cairn.autolog._pytorch_loaders import _fits as _fits
 from cairn.autolog._pytorch_loaders import _LoaderTrack, _wrap_iter
-from cairn.autolog._pytorch_loaders import _PositionView as _PositionView
-from cairn.autolog._pytorch_loaders import _start_epoch as _start_epoch
 from cairn.autolog._pytorch_session import _first_step_of, _on_run_end, _start_session, _stop_monitor
-from cairn.autolog._pytorch_session import _log_final_model as _log_final_model
-from cairn.autolog._pytorch_session import _lr_keys as _lr_keys
-from cairn.autolog._pytorch_session import _optimizer_params as _optimizer_params
-from cairn.autolog._pytorch_session import _start_monitor as _start_monitor
 from cairn.autolog.config import AutologConfig, PatchSet, report_failure
 from cairn.store.base import MetricPoint
 
