@@ -45,68 +45,26 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-# The names marked "noqa: F401" are not used here: they are re-exported, so everything the module held before
-# it was split (tests reach e.g. ``_take_pending``) is still an attribute of ``cairn.autolog.lightning``.
-from cairn.autolog._lightning_callback import _CheckpointCallbackImpl, _score, _stage_name  # noqa: F401
+# The integration's parts live in private sibling modules; the names marked "noqa: F401" are not used here but
+# are part of this module's surface (checkpoint keys, and ``_take_pending`` for tests).
+from cairn.autolog._lightning_callback import _CheckpointCallbackImpl
 from cairn.autolog._lightning_frameworks import (
-    _FRAMEWORK_PACKAGES,  # noqa: F401
-    _PARAM_BATCH,  # noqa: F401
     CHECKPOINTS_DIR,
     INDEX_FILE,
-    INDEX_FORMAT,  # noqa: F401
     INTEGRATION,
     LOADERS_KEY,  # noqa: F401
     LOG_STEP_KEY,  # noqa: F401
     RNG_KEY,  # noqa: F401
     RUN_ID_KEY,  # noqa: F401
     _Framework,
-    _framework_cache,  # noqa: F401
     _framework_of,
-    _load_framework,  # noqa: F401
-    _rng_from_checkpoint,  # noqa: F401
-    _rng_to_checkpoint,  # noqa: F401
     frameworks,
-    logger,  # noqa: F401
 )
-from cairn.autolog._lightning_loaders import (
-    _make_resumable,  # noqa: F401
-    _resumable_classes,  # noqa: F401
-    _ResumableLoaderMethods,  # noqa: F401
-    _tracked,  # noqa: F401
-    _undo_resumable,  # noqa: F401
-)
-from cairn.autolog._lightning_logger import (
-    _CairnLoggerImpl,
-    _clean_key,  # noqa: F401
-    _flatten_params,  # noqa: F401
-    _lightning_status,  # noqa: F401
-    _NoOpExperiment,  # noqa: F401
-    _param_text,  # noqa: F401
-    _rank_zero_experiment,  # noqa: F401
-)
+from cairn.autolog._lightning_logger import _CairnLoggerImpl
 from cairn.autolog._lightning_resume import (
-    _experiment_id_for,  # noqa: F401
-    _log_step,  # noqa: F401
-    _open_run,  # noqa: F401
-    _pending_lock,  # noqa: F401
-    _PendingResume,  # noqa: F401
     _resume_path,
-    _select,  # noqa: F401
-    _supersede_once,  # noqa: F401
-    _superseded,  # noqa: F401
     _take_pending,  # noqa: F401
     checkpoint_path,
-)
-from cairn.autolog._lightning_uploads import (
-    _CheckpointIndex,  # noqa: F401
-    _drain_all_at_exit,  # noqa: F401
-    _Job,  # noqa: F401
-    _kind_of,  # noqa: F401
-    _live_uploaders,  # noqa: F401
-    _read_index,  # noqa: F401
-    _remote_name,  # noqa: F401
-    _Uploader,  # noqa: F401
-    _watch_removals,  # noqa: F401
 )
 from cairn.autolog.config import AutologConfig, PatchSet, safe_autolog
 
