@@ -26,6 +26,7 @@ from cairn.autolog._lightning_logger import _CairnLoggerImpl
 from cairn.autolog._lightning_resume import _log_step, _open_run, _supersede_once
 from cairn.autolog._lightning_uploads import _kind_of, _remote_name, _Uploader, _watch_removals
 from cairn.autolog.config import safe_autolog
+from cairn.autolog.pytorch import _grad_norm  # the plain-loop autolog's, one definition
 from cairn.store.base import MetricPoint
 from cairn.tracking import config as tracking_config
 from cairn.tracking import system_tags
@@ -230,9 +231,8 @@ class _CheckpointCallbackImpl:
         add = self._add_point
         if not self.log_grad_norm or add is None or self._run_id is None:
             return
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if grads:
-            norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0, error_if_nonfinite=False)
+        norm = _grad_norm(optimizer)
+        if norm is not None:
             key = "grad_norm" if len(trainer.optimizers) == 1 else f"grad_norm/opt{trainer.optimizers.index(optimizer)}"
             add(MetricPoint(self._run_id, key, float(norm), int(time.time() * 1000), _log_step(trainer)))
 

@@ -1,8 +1,8 @@
 """Plain-PyTorch autolog: the background thread and what it does for :mod:`cairn.autolog.pytorch`.
 
 Queued logging tasks (params, the model summary) and the conversion of queued step values into metric
-points, off the training thread. That module re-exports every name here; what lives there (``_state``,
-``_report``) is reached through it at call time.
+points, off the training thread. What lives there (``_state``, ``_report``) is reached
+through it at call time.
 """
 
 from __future__ import annotations

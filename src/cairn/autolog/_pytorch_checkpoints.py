@@ -2,8 +2,8 @@
 
 When a checkpoint is due and what goes into it (model, optimizers, LR schedulers, GradScaler, the training
 loader's position), the positions :mod:`cairn.checkpoint.runs` asks for, and resuming a run from its newest
-checkpoint. That module re-exports every name here; what lives there (``_state``, ``_report``, ...) is
-reached through it at call time.
+checkpoint. What lives there (``_state``, ``_report``, ...) is reached through
+it at call time.
 """
 
 from __future__ import annotations

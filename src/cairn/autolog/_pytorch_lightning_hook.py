@@ -1,9 +1,8 @@
 """Plain-PyTorch autolog: handing the options on to the Lightning integration (:mod:`cairn.autolog.pytorch`).
 
 ``autolog()`` calls :func:`_lightning_call`; when Lightning is installed but not imported yet, enabling
-waits in :class:`_LightningImportHook` until the script imports it. Part of :mod:`cairn.autolog.pytorch`,
-which re-exports every name; what lives there (``_report``, ``logger``) is reached through that module
-at call time.
+waits in :class:`_LightningImportHook` until the script imports it. Part of :mod:`cairn.autolog.pytorch`;
+what lives there (``_report``, ``logger``) is reached through that module at call time.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Per-loader bookkeeping (:class:`_LoaderTrack`), what tells the training loader apart on resume, and the
 patched ``DataLoader.__iter__`` with its epoch start (``_BaseDataLoaderIter.__next__``, once per batch,
-stays in :mod:`cairn.autolog.pytorch` next to the state it updates). That module re-exports every name
-here; what lives there (``_state``, ``_report``) is reached through it at call time.
+stays in :mod:`cairn.autolog.pytorch` next to the state it updates). What lives there (``_state``,
+``_report``) is reached through it at call time.
 """
 
 from __future__ import annotations

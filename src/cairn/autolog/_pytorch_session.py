@@ -3,8 +3,8 @@
 The start: the run (started or found, its id broadcast under ``torch.distributed``), then at each
 optimizer's first step its params, learning-rate keys and the model summary. The end: the last
 checkpoint if due, the queued metrics, the final model, system metrics. Part of
-:mod:`cairn.autolog.pytorch`, which re-exports every name here; what lives there (``_state``,
-``_report``, ...) is reached through that module at call time.
+:mod:`cairn.autolog.pytorch`; what lives there (``_state``, ``_report``, ...) is reached through that
+module at call time.
 """
 
 from __future__ import annotations
