@@ -9,6 +9,7 @@ import json
 import random
 import statistics
 import sys
+from pathlib import Path
 from typing import Any
 
 INGEST_KEYS = ("loss", "accuracy", "learning_rate", "grad_norm")
@@ -51,3 +52,21 @@ def emit(result: dict[str, Any]) -> None:
     """Print a result as one marked JSON line (the parent ignores every other output line)."""
     sys.stdout.write(RESULT_MARKER + json.dumps(result) + "\n")
     sys.stdout.flush()
+
+
+def write_section(results: Path, name: str, text: str) -> None:
+    """Put ``text`` between ``<!-- name:start -->`` and ``<!-- name:end -->`` in ``results``.
+
+    The section is replaced where it already is, appended otherwise; every other section is kept.
+    """
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    block = f"{start}\n{text.rstrip()}\n{end}\n"
+    current = results.read_text(encoding="utf-8") if results.exists() else ""
+    if start in current and end in current:
+        head, rest = current.split(start, 1)
+        tail = rest.split(end, 1)[1].lstrip("\n")
+        updated = head + block + (("\n" + tail) if tail else "")
+    else:
+        updated = current.rstrip("\n") + ("\n\n" if current else "") + block
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(updated, encoding="utf-8")

@@ -51,8 +51,11 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
-SECTION_START = "<!-- lightning_autolog:start -->"
-SECTION_END = "<!-- lightning_autolog:end -->"
+sys.path.insert(0, str(HERE))
+
+from _common import write_section  # noqa: E402 - needs the path above
+
+SECTION = "lightning_autolog"
 MARKER = "BENCH-RESULT "
 CONFIGS = ("noop_logger", "cairn_logger", "cairn_autolog", "cairn_pytorch_autolog", "mlflow_autolog")
 LABELS = {
@@ -437,18 +440,6 @@ def _report(results: list[dict[str, Any]], args: argparse.Namespace, load: tuple
     return "\n".join(lines)
 
 
-def _write_section(text: str) -> None:
-    block = f"{SECTION_START}\n{text.rstrip()}\n{SECTION_END}\n"
-    current = RESULTS.read_text() if RESULTS.exists() else ""
-    if SECTION_START in current and SECTION_END in current:
-        head, rest = current.split(SECTION_START, 1)
-        tail = rest.split(SECTION_END, 1)[1].lstrip("\n")
-        updated = head + block + (("\n" + tail) if tail else "")
-    else:
-        updated = current.rstrip("\n") + ("\n\n" if current else "") + block
-    RESULTS.write_text(updated)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--side", choices=CONFIGS)
@@ -480,7 +471,7 @@ def main() -> None:
     text = _report(results, args, load)
     print(text)
     if not args.quick and not args.only:
-        _write_section(text)
+        write_section(RESULTS, SECTION, text)
         print(f"[lightning_autolog] section written to {RESULTS}", file=sys.stderr)
 
 

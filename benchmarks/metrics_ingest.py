@@ -6,7 +6,7 @@ measurement from fresh temporary directories. Not a test: CI does not run it.
 
     /work/main/.venv/bin/python benchmarks/metrics_ingest.py [--quick] [--skip-mlflow]
 
-Writes ``benchmarks/RESULTS.md`` (``--output``) and prints the same tables.
+Writes its section of ``benchmarks/RESULTS.md`` (or of ``--output``), keeping the others, and prints the same tables.
 """
 
 from __future__ import annotations
@@ -40,8 +40,10 @@ from _common import (  # noqa: E402 - needs the path above
     ingest_values,
     latency_summary,
     run_data,
+    write_section,
 )
 
+SECTION = "metrics_ingest"
 DEFAULT_MLFLOW_PYTHON = HERE / ".venv-mlflow" / "bin" / "python"
 HEAVY_MODULES = ("torch", "transformers", "lightning", "sklearn", "onnx", "pandas", "sqlalchemy")
 RAW_BATCH = 50_000
@@ -127,7 +129,7 @@ def _table(section: Section) -> str:
         for r in section.rows
     )
     notes = "".join(f"\n- {n}" for n in section.notes)
-    return f"## {section.title}\n\n{head}{body}{notes}\n"
+    return f"### {section.title}\n\n{head}{body}{notes}\n"
 
 
 def _log(message: str) -> None:
@@ -599,14 +601,13 @@ def main(argv: list[str] | None = None) -> int:
         sections.append(section_search(sizes, mlflow_python))
 
     text = (
-        "# cairn benchmarks: metric ingest, import time, search_runs\n\n"
+        "## Metric ingest, import time, search_runs\n\n"
         + "\n".join(header)
         + "\n\nAll figures come from this one run on this machine; ratios compare figures of the same run. "
         "Not a CI test. How each figure is measured: see `benchmarks/README.md`.\n\n"
         + "\n".join(_table(s) for s in sections)
     )
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(text, encoding="utf-8")
+    write_section(output, SECTION, text)
     print(text)
     _log(f"wrote {output}")
     return 0

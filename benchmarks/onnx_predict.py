@@ -52,8 +52,11 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
-SECTION_START = "<!-- onnx_predict:start -->"
-SECTION_END = "<!-- onnx_predict:end -->"
+sys.path.insert(0, str(HERE))
+
+from _common import write_section  # noqa: E402 - needs the path above
+
+SECTION = "onnx_predict"
 CONTENDERS = ("cairn onnx pyfunc", "onnxruntime run", "native", "cairn native pyfunc")
 
 
@@ -326,18 +329,6 @@ def _speed(ratio: float) -> str:
     return f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
 
 
-def _write_section(text: str) -> None:
-    block = f"{SECTION_START}\n{text.rstrip()}\n{SECTION_END}\n"
-    current = RESULTS.read_text() if RESULTS.exists() else ""
-    if SECTION_START in current and SECTION_END in current:
-        head, rest = current.split(SECTION_START, 1)
-        tail = rest.split(SECTION_END, 1)[1].lstrip("\n")
-        updated = head + block + (("\n" + tail) if tail else "")
-    else:
-        updated = current.rstrip("\n") + ("\n\n" if current else "") + block
-    RESULTS.write_text(updated)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
@@ -358,7 +349,7 @@ def main() -> None:
     report = _report(results, args, load)
     print(report)
     if not args.quick:
-        _write_section(report)
+        write_section(RESULTS, SECTION, report)
 
 
 if __name__ == "__main__":

@@ -50,8 +50,11 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
-SECTION_START = "<!-- pytorch_autolog:start -->"
-SECTION_END = "<!-- pytorch_autolog:end -->"
+sys.path.insert(0, str(HERE))
+
+from _common import write_section  # noqa: E402 - needs the path above
+
+SECTION = "pytorch_autolog"
 MARKER = "BENCH-RESULT "
 CONFIGS = ("control", "cairn_autolog", "cairn_log_metric", "mlflow_log_metric", "mlflow_log_metric_async")
 LABELS = {
@@ -311,18 +314,6 @@ def _version(name: str) -> str:
         return "?"
 
 
-def _write_section(text: str) -> None:
-    block = f"{SECTION_START}\n{text.rstrip()}\n{SECTION_END}\n"
-    current = RESULTS.read_text() if RESULTS.exists() else ""
-    if SECTION_START in current and SECTION_END in current:
-        head, rest = current.split(SECTION_START, 1)
-        tail = rest.split(SECTION_END, 1)[1].lstrip("\n")
-        updated = head + block + (("\n" + tail) if tail else "")
-    else:
-        updated = current.rstrip("\n") + ("\n\n" if current else "") + block
-    RESULTS.write_text(updated)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--side", choices=(*CONFIGS, "stall"))
@@ -365,7 +356,7 @@ def main() -> None:
     text = _report(results, stall, args)
     print(text)
     if not args.quick and list(args.configs) == list(CONFIGS):
-        _write_section(text)
+        write_section(RESULTS, SECTION, text)
         print(f"[pytorch_autolog] section written to {RESULTS}", file=sys.stderr)
 
 

@@ -61,11 +61,10 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _common import RESULT_MARKER, emit  # noqa: E402 - needs the path above
+from _common import RESULT_MARKER, emit, write_section  # noqa: E402 - needs the path above
 
 RESULTS = HERE / "RESULTS.md"
-SECTION_START = "<!-- pytorch_model:start -->"
-SECTION_END = "<!-- pytorch_model:end -->"
+SECTION = "pytorch_model"
 CONFIGS = ("raw", "cairn", "pairs", "mlflow-pickle", "mlflow-pickle-pip", "mlflow-pt2")
 PAIRS_PER_PROCESS = 3
 LOAD_PAIRS_PER_PROCESS = 6
@@ -547,18 +546,6 @@ def _report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace, 
     return "\n".join(lines) + "\n"
 
 
-def _write_section(text: str) -> None:
-    block = f"{SECTION_START}\n{text.rstrip()}\n{SECTION_END}\n"
-    current = RESULTS.read_text() if RESULTS.exists() else ""
-    if SECTION_START in current and SECTION_END in current:
-        head, rest = current.split(SECTION_START, 1)
-        tail = rest.split(SECTION_END, 1)[1].lstrip("\n")
-        updated = head + block + (("\n" + tail) if tail else "")
-    else:
-        updated = current.rstrip("\n") + ("\n\n" if current else "") + block
-    RESULTS.write_text(updated)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--side", choices=CONFIGS)
@@ -624,7 +611,7 @@ def main() -> None:
     text = _report(results, args, header)
     print(text)
     if not args.quick:
-        _write_section(text)
+        write_section(RESULTS, SECTION, text)
         print(f"[pytorch_model] section written to {RESULTS}", file=sys.stderr)
 
 

@@ -43,12 +43,11 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _common import RESULT_MARKER, emit  # noqa: E402 - needs the path above
+from _common import RESULT_MARKER, emit, write_section  # noqa: E402 - needs the path above
 
 DEFAULT_MLFLOW_PYTHON = HERE / ".venv-mlflow" / "bin" / "python"
 RESULTS = HERE / "RESULTS.md"
-SECTION_START = "<!-- sklearn_model:start -->"
-SECTION_END = "<!-- sklearn_model:end -->"
+SECTION = "sklearn_model"
 STEPS = ("log_model", "load_model", "pyfunc_load", "predict")
 
 
@@ -240,18 +239,6 @@ def _table(cairn_result: dict[str, Any], mlflow_result: dict[str, Any] | None, l
     return lines
 
 
-def _write_section(text: str) -> None:
-    block = f"{SECTION_START}\n{text.rstrip()}\n{SECTION_END}\n"
-    current = RESULTS.read_text() if RESULTS.exists() else ""
-    if SECTION_START in current and SECTION_END in current:
-        head, rest = current.split(SECTION_START, 1)
-        tail = rest.split(SECTION_END, 1)[1].lstrip("\n")
-        updated = head + block + (("\n" + tail) if tail else "")
-    else:
-        updated = current.rstrip("\n") + ("\n\n" if current else "") + block
-    RESULTS.write_text(updated)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--side", choices=("cairn", "mlflow"))
@@ -346,7 +333,7 @@ def main() -> None:
     text = "\n".join(header + sections)
     print(text)
     if not args.quick:
-        _write_section(text)
+        write_section(RESULTS, SECTION, text)
         print(f"[sklearn_model] section written to {RESULTS}", file=sys.stderr)
 
 

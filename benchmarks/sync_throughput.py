@@ -44,8 +44,11 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
-SECTION_START = "<!-- sync_throughput:start -->"
-SECTION_END = "<!-- sync_throughput:end -->"
+sys.path.insert(0, str(HERE))
+
+from _common import write_section  # noqa: E402 - needs the path above
+
+SECTION = "sync_throughput"
 KEYS = ("loss", "accuracy", "learning_rate", "grad_norm")
 T0 = 1_700_000_000_000
 PG_ADMIN_URL = os.environ.get("CAIRN_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -305,20 +308,8 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if not args.quick:
-        _write_section(text)
+        write_section(RESULTS, SECTION, text)
         print(f"[sync_throughput] section written to {RESULTS}", file=sys.stderr)
-
-
-def _write_section(text: str) -> None:
-    block = f"{SECTION_START}\n{text.rstrip()}\n{SECTION_END}\n"
-    current = RESULTS.read_text() if RESULTS.exists() else ""
-    if SECTION_START in current and SECTION_END in current:
-        head, rest = current.split(SECTION_START, 1)
-        tail = rest.split(SECTION_END, 1)[1].lstrip("\n")
-        updated = head + block + (("\n" + tail) if tail else "")
-    else:
-        updated = current.rstrip("\n") + ("\n\n" if current else "") + block
-    RESULTS.write_text(updated)
 
 
 if __name__ == "__main__":

@@ -60,11 +60,10 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _common import RESULT_MARKER, emit  # noqa: E402 - needs the path above
+from _common import RESULT_MARKER, emit, write_section  # noqa: E402 - needs the path above
 
 RESULTS = HERE / "RESULTS.md"
-SECTION_START = "<!-- transformers_callback:start -->"
-SECTION_END = "<!-- transformers_callback:end -->"
+SECTION = "transformers_callback"
 CONFIGS = ("none", "cairn", "cairn+model", "mlflow", "mlflow+artifacts")
 SENTENCES = [
     "the cat sat on the mat",
@@ -320,18 +319,6 @@ def _overhead(ours: float, base: float) -> str:
     return f"{(ours / base - 1) * 100:+.1f}%"
 
 
-def _write_section(text: str) -> None:
-    block = f"{SECTION_START}\n{text.rstrip()}\n{SECTION_END}\n"
-    current = RESULTS.read_text() if RESULTS.exists() else ""
-    if SECTION_START in current and SECTION_END in current:
-        head, rest = current.split(SECTION_START, 1)
-        tail = rest.split(SECTION_END, 1)[1].lstrip("\n")
-        updated = head + block + (("\n" + tail) if tail else "")
-    else:
-        updated = current.rstrip("\n") + ("\n\n" if current else "") + block
-    RESULTS.write_text(updated)
-
-
 def _report(results: dict[str, list[dict[str, Any]]], versions: dict[str, str], args: argparse.Namespace) -> str:
     def med(config: str, key: str) -> float:
         return _median([s[key] for s in results[config]])
@@ -468,7 +455,7 @@ def main() -> None:
     text = _report(results, versions, args)
     print(text)
     if not args.quick:
-        _write_section(text)
+        write_section(RESULTS, SECTION, text)
         print(f"[transformers_callback] section written to {RESULTS}", file=sys.stderr)
 
 

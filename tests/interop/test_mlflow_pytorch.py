@@ -87,7 +87,7 @@ def test_cairn_logged_model_loads_in_mlflow_pyfunc(mlflow: ModuleType, net: Net,
 
     loaded = mlflow.pyfunc.load_model(str(local_dir))
     assert loaded.metadata.flavors["python_function"]["loader_module"] == "cairn.flavors.pytorch"
-    assert type(loaded._model_impl).__module__ == "cairn.flavors.pytorch"  # MLflow called our _load_pyfunc
+    assert isinstance(loaded._model_impl, flavor.TorchPyfunc)  # MLflow called our _load_pyfunc
     np.testing.assert_array_equal(loaded.predict(x), _predict(net, x))
     # MLflow enforces the signature cairn wrote, including the declared device param.
     np.testing.assert_array_equal(loaded.predict(x, params={"device": "cpu"}), _predict(net, x))

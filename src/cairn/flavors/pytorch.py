@@ -50,8 +50,23 @@ import torch
 from torch import nn
 
 from cairn import safety
-from cairn.errors import ArtifactNotFound, InvalidArgument, ModelIntegrityError, UnsafeModel
-from cairn.flavors import _torch_export, _torch_utils
+from cairn.errors import ArtifactNotFound, InvalidArgument, UnsafeModel
+from cairn.flavors import _torch_export, _torch_loading, _torch_utils
+from cairn.flavors._torch_layout import (
+    ARCHITECTURES,
+    DATA_DIR,
+    DEVICE_PARAM,
+    EXTRA_STATE_NAME,
+    FLAVOR_NAME,
+    INDEX_FILE,
+    LOADER_MODULE,
+    MLFLOW_STATE_DICT_FILE,
+    PROGRAM_FILE,
+    SKELETON_FILE,
+    STATE_DICT_NAME,
+    WEIGHTS_FILE,
+)
+from cairn.flavors._torch_pyfunc import TorchPyfunc
 from cairn.models.model import Model, ModelInfo
 from cairn.models.schema import ModelSignature, ParamSchema, ParamSpec
 
@@ -66,21 +81,6 @@ __all__ = [
     "save_model",
     "save_state_dict",
 ]
-
-FLAVOR_NAME = "pytorch"
-LOADER_MODULE = "cairn.flavors.pytorch"
-DATA_DIR = "data"
-WEIGHTS_FILE = "model.safetensors"
-INDEX_FILE = "weights.json"
-PROGRAM_FILE = "model.pt2"
-SKELETON_FILE = "skeleton.pkl"
-EXTRA_STATE_NAME = "extra_state"
-MLFLOW_PICKLE_FILE = "model.pth"
-#: File stem of a state dict logged by :func:`log_state_dict` (``state_dict.safetensors`` + ``state_dict.json``).
-STATE_DICT_NAME = "state_dict"
-MLFLOW_STATE_DICT_FILE = "state_dict.pth"
-ARCHITECTURES = ("class", "factory", "export", "skeleton")
-DEVICE_PARAM = "device"
 
 
 # -- choosing how to store the architecture ---------------------------------------------------------------
@@ -275,84 +275,6 @@ def _write_skeleton(model: nn.Module, path: Path) -> None:
             SkeletonPickler(out, protocol=pickle.DEFAULT_PROTOCOL).dump(model)
         except Exception as exc:
             raise InvalidArgument(f"cannot cloudpickle the structure of {type(model).__qualname__}: {exc}") from exc
-
-
-# -- pyfunc ------------------------------------------------------------------------------------------------
-
-
-def _to_numpy(value: Any, label: str = "output") -> Any:
-    if isinstance(value, torch.Tensor):
-        tensor = value.detach().to("cpu")
-        if tensor.dtype == torch.bfloat16:
-            tensor = tensor.float()
-        return tensor.numpy()
-    if isinstance(value, Mapping):
-        return {str(k): _to_numpy(v, f"{label}[{k!r}]") for k, v in value.items()}
-    if isinstance(value, (tuple, list)):
-        return {f"output_{i}": _to_numpy(v, f"{label}[{i}]") for i, v in enumerate(value)}
-    if isinstance(value, (int, float, bool)):
-        import numpy as np
-
-        return np.asarray(value)
-    raise InvalidArgument(f"the model returned {type(value).__name__} at {label}; cairn converts tensors to numpy")
-
-
-def _flatten_outputs(value: Any) -> Any:
-    """Nested output dicts are not schema material; keep one level (tensors or arrays)."""
-    if isinstance(value, dict) and any(isinstance(v, dict) for v in value.values()):
-        raise InvalidArgument("the model returned nested outputs; cairn's pyfunc returns one level of named arrays")
-    return value
-
-
-def _module_device(model: nn.Module) -> torch.device:
-    for parameter in model.parameters():
-        return parameter.device
-    for buffer in model.buffers():
-        return buffer.device
-    return torch.device("cpu")
-
-
-class TorchPyfunc:
-    """The pyfunc implementation: ``predict(data, params={"device": ...})`` on an ``nn.Module``."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.pytorch_model = model
-        _set_eval(model)
-        self._device = _module_device(model)
-
-    def get_raw_model(self) -> nn.Module:
-        """The module."""
-        return self.pytorch_model
-
-    def predict(self, data: Any, params: dict[str, Any] | None = None) -> Any:
-        """Run the module on ``data`` (moved to ``params["device"]`` if given); numpy out.
-
-        Raises:
-            InvalidArgument: the input cannot be made into tensors or the output into numpy arrays.
-        """
-        requested = (params or {}).get(DEVICE_PARAM)
-        try:
-            device = torch.device(requested) if requested else self._device
-        except (RuntimeError, TypeError) as exc:
-            raise InvalidArgument(
-                f"params['device'] must name a torch device such as 'cpu' or 'cuda:0': {exc}"
-            ) from None
-        if device != self._device:
-            self.pytorch_model.to(device)
-            self._device = device
-        args, kwargs = _torch_export.example_arguments(data)
-        args = tuple(a.to(device) for a in args)
-        kwargs = {k: v.to(device) for k, v in kwargs.items()}
-        with torch.inference_mode():
-            output = self.pytorch_model(*args, **kwargs)
-        return _flatten_outputs(_to_numpy(output))
-
-
-def _set_eval(model: nn.Module) -> None:
-    try:
-        model.eval()
-    except NotImplementedError:  # a torch.export program's module is already in inference form
-        pass
 
 
 def _with_device_param(signature: ModelSignature | None) -> ModelSignature:
@@ -596,117 +518,6 @@ def log_model(
 # -- load ---------------------------------------------------------------------------------------------------
 
 
-def _construct(build: Callable[[], Any], target: str) -> nn.Module:
-    """``build()`` on the ``meta`` device, or on the CPU if that fails."""
-    try:
-        module = _torch_utils.build_on_meta(build)
-    except Exception:  # constructors that compute on tensors cannot run on meta; build for real instead
-        module = build()
-    if not isinstance(module, nn.Module):
-        raise InvalidArgument(f"{target} returned a {type(module).__name__}, not a torch.nn.Module")
-    return module
-
-
-def _read_weights(index_rel: Any, weights_rel: Any, model_dir: Path, device: str) -> tuple[Any, Any]:
-    import safetensors.torch
-
-    from cairn.models.loading import model_subpath
-
-    index = _torch_utils.read_index(model_subpath(model_dir, index_rel or f"{DATA_DIR}/{INDEX_FILE}", "weights index"))
-    weights = model_subpath(model_dir, weights_rel or f"{DATA_DIR}/{WEIGHTS_FILE}", "weights file")
-    return index, safetensors.torch.load_file(str(weights), device=device)
-
-
-def _load_cairn(model_dir: Path, conf: dict[str, Any], *, allow_pickle: bool | None, device: str) -> nn.Module:
-    from cairn.models.loading import model_subpath
-
-    kind = conf.get("architecture")
-    where = str(model_dir)
-    index, tensors = _read_weights(conf.get("weights_index"), conf.get("weights"), model_dir, device)
-    strict = True
-    if kind in ("class", "factory"):
-        target = conf.get("module_class" if kind == "class" else "model_factory")
-        obj = _torch_utils.import_target(target, kind=str(kind))
-        kwargs = conf.get("init_kwargs") or {}
-        if not isinstance(kwargs, dict) or not all(isinstance(key, str) for key in kwargs):
-            raise InvalidArgument(f"{where}: init_kwargs in the MLmodel file must be a mapping with string keys")
-        model = _construct(lambda: obj(**kwargs), str(target))
-    elif kind == "export":
-        program_path = model_subpath(model_dir, conf.get("exported_program") or f"{DATA_DIR}/{PROGRAM_FILE}", "program")
-        model = _torch_export.load_program(program_path, allow_pickle=allow_pickle).module()
-        strict = False
-    elif kind == "skeleton":
-        skeleton = model_subpath(model_dir, conf.get("skeleton") or f"{DATA_DIR}/{SKELETON_FILE}", "skeleton")
-        model = safety.load_cloudpickle(
-            skeleton,
-            allow_pickle,
-            what=f"the PyTorch model skeleton {DATA_DIR}/{SKELETON_FILE} (the module's structure, cloudpickled "
-            "because it could not be stored as an importable class or a torch.export program)",
-        )
-        if not isinstance(model, nn.Module):
-            raise InvalidArgument(f"{where}: the skeleton holds a {type(model).__name__}, not a torch.nn.Module")
-    else:
-        raise InvalidArgument(f"{where}: unknown PyTorch architecture kind {kind!r}; this cairn reads {ARCHITECTURES}")
-    _torch_utils.restore_weights(model, index, tensors, where=where, strict=strict)
-    if kind == "export":
-        # Every stand-in the program was saved with (a zero-stride expansion) must have been replaced.
-        left = [n for n, _m, _l, _k, t in _torch_utils.slots_of(model) if t.numel() > 1 and not any(t.stride())]
-        if left:
-            raise ModelIntegrityError(f"{where}: the weights file has no tensor for {', '.join(left[:20])}")
-    if kind in ("class", "factory") and _torch_utils.meta_tensors_left(model):
-        # The constructor made tensors that are not parameters or buffers (plain attributes); those
-        # need a real build. Slow for large models, but correct.
-        model = obj(**kwargs)
-        _torch_utils.restore_weights(model, index, tensors, where=where, strict=True)
-    if extra_rel := conf.get("extra_state"):
-        _restore_extra_state(model, model_subpath(model_dir, extra_rel, "extra state"), device)
-    return model
-
-
-def _restore_extra_state(model: nn.Module, stem: Path, device: str) -> None:
-    from cairn.checkpoint.state_tree import load_state_tree
-
-    states = load_state_tree(stem.parent, name=stem.name, map_location=device)
-    modules = dict(model.named_modules())
-    for prefix, state in states.items():
-        if prefix in modules:
-            modules[prefix].set_extra_state(state)
-
-
-def _load_mlflow(model_dir: Path, conf: dict[str, Any], *, allow_pickle: bool | None, device: str) -> nn.Module:
-    from cairn.models.loading import model_subpath
-
-    data = model_subpath(model_dir, conf.get("model_data") or DATA_DIR, "model data")
-    pickled = data / MLFLOW_PICKLE_FILE
-    program = data / PROGRAM_FILE
-    if pickled.is_file():
-        safety.require_pickle_opt_in(
-            f"the PyTorch model {DATA_DIR}/{MLFLOW_PICKLE_FILE} written by MLflow (a whole module saved with "
-            "torch.save, i.e. pickled)",
-            allow_pickle,
-        )
-        model = torch.load(str(pickled), map_location=device, weights_only=False)  # opt-in checked above
-    elif program.is_file():
-        model = _torch_export.load_program(program, allow_pickle=allow_pickle, foreign=True).module()
-    else:
-        raise ArtifactNotFound(f"{model_dir}: the pytorch flavor has neither {MLFLOW_PICKLE_FILE} nor {PROGRAM_FILE}")
-    if not isinstance(model, nn.Module):
-        raise InvalidArgument(f"{pickled} holds a {type(model).__name__}, not a torch.nn.Module")
-    return model
-
-
-def _load_from_dir(model_dir: Path, meta: Model, *, allow_pickle: bool | None, device: str) -> nn.Module:
-    conf = meta.flavors.get(FLAVOR_NAME)
-    if conf is None:
-        raise InvalidArgument(f"the model at {model_dir} has no {FLAVOR_NAME} flavor; it has {sorted(meta.flavors)}")
-    if conf.get("architecture") is not None:
-        model = _load_cairn(model_dir, conf, allow_pickle=allow_pickle, device=device)
-    else:
-        model = _load_mlflow(model_dir, conf, allow_pickle=allow_pickle, device=device)
-    _set_eval(model)
-    return model
-
-
 def load_model(
     model_uri: str | os.PathLike[str],
     *,
@@ -741,30 +552,10 @@ def load_model(
     conf = local.model.flavors.get(FLAVOR_NAME) or {}
     add_code_to_path(local.path, conf.get("code") or (local.model.flavors.get("python_function") or {}).get("code"))
     with safety.pickle_opt_in(allow_pickle):
-        return _load_from_dir(local.path, local.model, allow_pickle=allow_pickle, device=target)
+        return _torch_loading.load_from_dir(local.path, local.model, allow_pickle=allow_pickle, device=target)
 
 
-def _model_dir_of(data_path: Path) -> Path:
-    from cairn.models.model import MLMODEL_FILE_NAME
-
-    for candidate in (data_path, data_path.parent, data_path.parent.parent):
-        if (candidate / MLMODEL_FILE_NAME).is_file():
-            return candidate
-    raise ArtifactNotFound(f"no MLmodel file next to {data_path}")
-
-
-def _load_pyfunc(data_path: str | os.PathLike[str], model_config: dict[str, Any] | None = None) -> TorchPyfunc:
-    """MLflow's pyfunc entry point; ``data_path`` is the model's ``data`` directory (or the model directory).
-
-    Pickled models load only with the opt-in (:func:`cairn.safety.pickle_allowed`).
-    """
-    from cairn.models.hashes import verify_model_files
-
-    model_dir = _model_dir_of(Path(data_path))
-    meta = Model.load(model_dir)
-    verify_model_files(model_dir, meta)
-    device = str((model_config or {}).get(DEVICE_PARAM) or "cpu")
-    return TorchPyfunc(_load_from_dir(model_dir, meta, allow_pickle=None, device=device))
+_load_pyfunc = _torch_loading.load_pyfunc  # the pyfunc entry point the MLmodel's loader_module names
 
 
 # -- state dicts -------------------------------------------------------------------------------------------
