@@ -29,7 +29,7 @@ def test_a_batch_takes_one_statement_per_binary_digit() -> None:
     def execute(sql: str, params: tuple[Any, ...]) -> None:
         statements.append((sql, len(params)))
 
-    rows = [("r", "k", float(i), i, i) for i in range(2048 + 1024 + 5)]
+    rows = [("r", "k", float(i), False, i, i) for i in range(2048 + 1024 + 5)]
     sqlite_points.insert_points(execute, rows)
     assert [n // 6 for _, n in statements] == [2048, 1024, 4, 1]
     assert all(sql.count("(?,?,?,?,?,?,0)") == n // 6 for sql, n in statements)

@@ -99,15 +99,14 @@ def drain_metrics(*, hold_newest: bool = False) -> None:
     from cairn.tracking import fluent
 
     with state.drain_lock:
-        add = session.add or tracking_config.get_batcher(fluent._get_client().store).add
+        add_points = session.add_points or tracking_config.get_batcher(fluent._get_client().store).add_many
         pending = session.pending
         items = []
         while pending and not (hold_newest and pending[0][0] >= session.step):
             items.append(pending.popleft())
         if not items:
             return
-        for point in _points(session, items):
-            add(point)
+        add_points(_points(session, items))
 
 
 def _points(session: _Session, items: list[tuple[Any, ...]]) -> list[MetricPoint]:
@@ -117,14 +116,18 @@ def _points(session: _Session, items: list[tuple[Any, ...]]) -> list[MetricPoint
     loss_values = iter(_to_floats([loss for _, _, loss, *_ in items if loss is not None]))
     norm_values = iter(_to_floats([norm for *_, norm, _ in items if norm is not None]))
     keys = session.lr_keys
+    first_key = keys[0] if keys else None
     points: list[MetricPoint] = []
     append = points.append
     for step, timestamp, loss, lrs, grad_norm, epoch in items:
         if loss is not None:
             append(MetricPoint(run_id, "loss", next(loss_values), timestamp, step))
-        for key, lr in zip(keys, lrs if type(lrs) is list else (lrs,), strict=False):
-            value = lr if type(lr) is float else float(lr.item() if isinstance(lr, torch.Tensor) else lr)
-            append(MetricPoint(run_id, key, value, timestamp, step))
+        if type(lrs) is float and first_key is not None:  # one param group with a float lr: most loops
+            append(MetricPoint(run_id, first_key, lrs, timestamp, step))
+        else:
+            for key, lr in zip(keys, lrs if type(lrs) is list else (lrs,), strict=False):
+                value = lr if type(lr) is float else float(lr.item() if isinstance(lr, torch.Tensor) else lr)
+                append(MetricPoint(run_id, key, value, timestamp, step))
         if grad_norm is not None:
             append(MetricPoint(run_id, "grad_norm", next(norm_values), timestamp, step))
         if epoch is not None and epoch != session.last_epoch_logged:

@@ -54,7 +54,7 @@ def _start_session() -> _Session:
         try:
             from cairn.tracking import config as tracking_config
 
-            session.add = tracking_config.get_batcher(fluent._get_client().store).add
+            session.add_points = tracking_config.get_batcher(fluent._get_client().store).add_many
         except Exception as exc:
             core._report("finding the metric writer", exc)
     if state.resume_step is not None:

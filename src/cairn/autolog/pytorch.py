@@ -162,7 +162,7 @@ class _Session:
     forward_ckpt_handle: Any = None
     discovered: tuple[list[Any], Any] | None = None  # schedulers, scaler
     monitor: Any = None
-    add: Callable[[MetricPoint], None] | None = None  # the store's metric batcher
+    add_points: Callable[[list[MetricPoint]], None] | None = None  # the store's metric batcher
 
 
 class _State:

@@ -49,6 +49,16 @@ class MetricBatcher:
             if size >= MAX_QUEUED:
                 self.flush(raise_errors=False)
 
+    def add_many(self, points: list[MetricPoint]) -> None:
+        """Queue several points at once (what :meth:`add` does, for each of them)."""
+        queue = self._queue
+        queue.extend(points)
+        size = len(queue)
+        if size >= WAKE_AT and not self._wake.is_set():
+            self._wake.set()
+            if size >= MAX_QUEUED:
+                self.flush(raise_errors=False)
+
     @property
     def pending(self) -> int:
         return len(self._queue) + len(self._retry)

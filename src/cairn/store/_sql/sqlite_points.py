@@ -9,6 +9,7 @@ once, so a batch of any size takes at most a dozen steps (its size in binary: 2,
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from itertools import chain
 from typing import Any
 
 __all__ = ["insert_points"]
@@ -27,7 +28,7 @@ def _statement(rows: int) -> str:
 
 
 def insert_points(execute: Callable[[str, tuple[Any, ...]], Any], rows: Sequence[tuple[Any, ...]]) -> None:
-    """Insert ``(run_uuid, key, value or None for NaN, step, timestamp)`` rows, ``superseded`` 0.
+    """Insert ``(run_uuid, key, value or None for NaN, is_nan, step, timestamp)`` rows, ``superseded`` 0.
 
     ``execute(sql, params)`` runs one statement with positional parameters (e.g. SQLAlchemy's
     ``Connection.exec_driver_sql``), inside the caller's transaction.
@@ -38,5 +39,5 @@ def insert_points(execute: Callable[[str, tuple[Any, ...]], Any], rows: Sequence
         while size > total - start:
             size //= 2
         chunk = rows[start : start + size]
-        execute(_statement(size), tuple(x for r in chunk for x in (r[0], r[1], r[2], r[2] is None, r[3], r[4])))
+        execute(_statement(size), tuple(chain.from_iterable(chunk)))
         start += size

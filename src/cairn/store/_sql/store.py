@@ -548,7 +548,11 @@ class SqlTrackingStore(TrackingStore):
         :mod:`.sqlite_points`), PostgreSQL a ``COPY``. Points are indexed by position (run_id, key,
         value, timestamp, step) for speed.
         """
-        rows = [(p[0], p[1], None if p[2] != p[2] else p[2], p[4], p[3]) for p in points]  # NaN -> NULL
+        # (run_uuid, key, value, is_nan, step, timestamp); NaN is stored as NULL plus the flag
+        rows = [
+            (p[0], p[1], None, True, p[4], p[3]) if p[2] != p[2] else (p[0], p[1], p[2], False, p[4], p[3])
+            for p in points
+        ]
         if self.dialect == "sqlite":
             insert_points(conn.exec_driver_sql, rows)
         else:
@@ -577,15 +581,15 @@ class SqlTrackingStore(TrackingStore):
 
     @staticmethod
     def _copy_points(conn: sa.Connection, rows: list[tuple[Any, ...]]) -> None:
-        """``COPY`` rows of ``(run_uuid, key, value or None, step, timestamp)`` into ``metrics``."""
+        """``COPY`` rows of ``(run_uuid, key, value or None, is_nan, step, timestamp)`` into ``metrics``."""
         driver_connection: Any = conn.connection.driver_connection  # psycopg, inside this transaction
         with (
             driver_connection.cursor() as cursor,
             cursor.copy(_PG_COPY_POINTS) as copy,
         ):
             copy.set_types(_PG_COPY_TYPES)
-            for run_id, key, value, step, timestamp in rows:
-                copy.write_row((run_id, key, value, value is None, step, timestamp))
+            for row in rows:
+                copy.write_row(row)
 
     def _latest_metrics_upsert(self) -> Any:
         insert = self._insert(latest_metrics)
