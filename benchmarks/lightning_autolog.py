@@ -475,8 +475,8 @@ def main() -> None:
             result = _run_side([*side_args, "--warmup", str(args.warmup), "--workdir", workdir])
         results.append(result)
         print(
-            f"[lightning_autolog] {config}: thread CPU {result['config_thread_s'] / result['none_thread_s'] - 1:+.1%}, "
-            f"wall {result['config_wall_s'] / result['none_wall_s'] - 1:+.1%}",
+            f"[lightning_autolog] {config}: thread CPU {result['ratio_thread'] - 1:+.1%}, "
+            f"wall {result['ratio_wall'] - 1:+.1%} (medians of the pairs)",
             file=sys.stderr,
         )
     text = _report(results, args, load)

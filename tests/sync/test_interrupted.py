@@ -24,21 +24,22 @@ BATCH = 500
 _CHILD = textwrap.dedent(
     """
     import os, signal, sys
+    from cairn.store._sql import points
     from cairn.store._sql.store import SqlTrackingStore
 
     where, after, source, dest = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
     calls = 0
-    name = "_advance_latest" if where == "in-transaction" else "import_run_data"
-    original = getattr(SqlTrackingStore, name)
+    owner, name = (points, "advance_latest") if where == "in-transaction" else (SqlTrackingStore, "import_run_data")
+    original = getattr(owner, name)
 
-    def patched(self, *args, **kwargs):
+    def patched(*args, **kwargs):
         global calls
-        original(self, *args, **kwargs)
+        original(*args, **kwargs)
         calls += 1
         if calls == after:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    setattr(SqlTrackingStore, name, patched)
+    setattr(owner, name, patched)
     import cairn.sync
 
     cairn.sync(source, dest, batch_size=int(sys.argv[5]), progress=False)

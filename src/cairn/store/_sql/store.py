@@ -19,11 +19,11 @@ from cairn.errors import (
     RunNotActive,
     RunNotFound,
 )
+from cairn.store._sql import points as points_sql
 from cairn.store._sql import schema, search
 from cairn.store._sql.engine import Database
 from cairn.store._sql.migrate import DEFAULT_EXPERIMENT_ID, ensure_schema
 from cairn.store._sql.schema import experiment_tags, experiments, latest_metrics, metrics, params, runs, tags
-from cairn.store._sql.sqlite_points import insert_points
 from cairn.store._sql.util import artifact_location_for, now_ms
 from cairn.store.base import MetricPoint, StoredMetricPoint, TrackingStore
 from cairn.tracking import system_tags, validation
@@ -58,16 +58,6 @@ _RUN_COLUMNS = (
     runs.c.lifecycle_stage,
     runs.c.artifact_uri,
 )
-_PG_COPY_POINTS = "COPY metrics (run_uuid, key, value, is_nan, step, timestamp) FROM STDIN (FORMAT BINARY)"
-_PG_COPY_TYPES = ("varchar", "varchar", "float8", "bool", "int8", "int8")
-# The copy path (import_run_data) writes the superseded flag too.
-_SQLITE_IMPORT_POINTS = (
-    "INSERT INTO metrics (run_uuid, key, value, is_nan, step, timestamp, superseded) VALUES (?, ?, ?, ?, ?, ?, ?)"
-)
-_PG_COPY_IMPORT_POINTS = (
-    "COPY metrics (run_uuid, key, value, is_nan, step, timestamp, superseded) FROM STDIN (FORMAT BINARY)"
-)
-_PG_COPY_IMPORT_TYPES = (*_PG_COPY_TYPES, "bool")
 
 
 def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
@@ -95,14 +85,6 @@ def _run_info(row: Any) -> RunInfo:
         artifact_uri=row.artifact_uri,
         lifecycle_stage=LifecycleStage(row.lifecycle_stage),
     )
-
-
-def _stored_value(value: float) -> float | None:
-    return None if math.isnan(value) else value
-
-
-def _loaded_value(value: float | None, is_nan: bool) -> float:
-    return math.nan if is_nan or value is None else float(value)
 
 
 class SqlTrackingStore(TrackingStore):
@@ -134,7 +116,7 @@ class SqlTrackingStore(TrackingStore):
         except BaseException:
             self._db.dispose()
             raise
-        self._latest_upsert = self._latest_metrics_upsert()
+        self._latest_upsert = points_sql.latest_upsert(self._insert)
 
     def __repr__(self) -> str:
         return f"SqlTrackingStore({self._db.description!r})"
@@ -381,7 +363,7 @@ class SqlTrackingStore(TrackingStore):
                 latest_metrics.c.run_uuid, latest_metrics.c.key, latest_metrics.c.value, latest_metrics.c.is_nan
             ).where(latest_metrics.c.run_uuid.in_(chunk))
             for run_id, key, value, is_nan in conn.execute(metric_query):
-                data[run_id].metrics[key] = _loaded_value(value, is_nan)
+                data[run_id].metrics[key] = points_sql.loaded_value(value, is_nan)
             for table, attribute in ((params, "params"), (tags, "tags")):
                 query = sa.select(table.c.run_uuid, table.c.key, table.c.value).where(table.c.run_uuid.in_(chunk))
                 for run_id, key, value in conn.execute(query):
@@ -504,7 +486,7 @@ class SqlTrackingStore(TrackingStore):
                 if run_name is not None:
                     conn.execute(runs.update().where(runs.c.run_uuid == run_id).values(name=run_name))
             if points:
-                self._write_points(conn, points)
+                points_sql.write_points(conn, self.dialect, self._latest_upsert, points)
 
     def _insert_params(self, conn: sa.Connection, run_id: str, new_params: dict[str, str]) -> None:
         existing: dict[str, str] = {}
@@ -526,7 +508,7 @@ class SqlTrackingStore(TrackingStore):
             return
         with self._db.transaction(write=True) as conn:
             self._check_runs_active(conn, points)
-            self._write_points(conn, points)
+            points_sql.write_points(conn, self.dialect, self._latest_upsert, points)
 
     def _check_runs_active(self, conn: sa.Connection, points: Sequence[MetricPoint]) -> None:
         run_ids = list(dict.fromkeys(point.run_id for point in points))
@@ -540,65 +522,6 @@ class SqlTrackingStore(TrackingStore):
                 raise RunNotFound(f"cannot log metrics: no run with id {run_id!r}; nothing of this batch was written")
             if stage != _ACTIVE:
                 raise RunNotActive(f"cannot log metrics: run {run_id} is deleted; nothing of this batch was written")
-
-    def _write_points(self, conn: sa.Connection, points: Sequence[MetricPoint]) -> None:
-        """Insert the points and move each (run, key)'s latest value forward (never backward).
-
-        The hot path of the batcher: SQLite gets multi-row ``INSERT`` statements of plain tuples (see
-        :mod:`.sqlite_points`), PostgreSQL a ``COPY``. Points are indexed by position (run_id, key,
-        value, timestamp, step) for speed.
-        """
-        # (run_uuid, key, value, is_nan, step, timestamp); NaN is stored as NULL plus the flag
-        rows = [
-            (p[0], p[1], None, True, p[4], p[3]) if p[2] != p[2] else (p[0], p[1], p[2], False, p[4], p[3])
-            for p in points
-        ]
-        if self.dialect == "sqlite":
-            insert_points(conn.exec_driver_sql, rows)
-        else:
-            self._copy_points(conn, rows)
-        newest: dict[tuple[str, str], MetricPoint] = {}
-        get = newest.get
-        for point in points:
-            slot = (point[0], point[1])
-            best = get(slot)
-            if best is None or point[4] > best[4] or (point[4] == best[4] and point[3] >= best[3]):
-                newest[slot] = point
-        conn.execute(
-            self._latest_upsert,
-            [
-                {
-                    "run_uuid": p.run_id,
-                    "key": p.key,
-                    "value": _stored_value(p.value),
-                    "is_nan": p.value != p.value,
-                    "step": p.step,
-                    "timestamp": p.timestamp,
-                }
-                for p in newest.values()
-            ],
-        )
-
-    @staticmethod
-    def _copy_points(conn: sa.Connection, rows: list[tuple[Any, ...]]) -> None:
-        """``COPY`` rows of ``(run_uuid, key, value or None, is_nan, step, timestamp)`` into ``metrics``."""
-        driver_connection: Any = conn.connection.driver_connection  # psycopg, inside this transaction
-        with (
-            driver_connection.cursor() as cursor,
-            cursor.copy(_PG_COPY_POINTS) as copy,
-        ):
-            copy.set_types(_PG_COPY_TYPES)
-            for row in rows:
-                copy.write_row(row)
-
-    def _latest_metrics_upsert(self) -> Any:
-        insert = self._insert(latest_metrics)
-        new, old = insert.excluded, latest_metrics.c
-        return insert.on_conflict_do_update(
-            index_elements=[old.run_uuid, old.key],
-            set_={"value": new.value, "is_nan": new.is_nan, "step": new.step, "timestamp": new.timestamp},
-            where=sa.or_(new.step > old.step, sa.and_(new.step == old.step, new.timestamp >= old.timestamp)),
-        )
 
     def _upsert(self, conn: sa.Connection, table: sa.Table, keys: Sequence[str], rows: list[dict[str, Any]]) -> None:
         insert = self._insert(table)
@@ -623,7 +546,10 @@ class SqlTrackingStore(TrackingStore):
         with self._db.transaction() as conn:
             self._require_run(conn, run_id, active=False)
             rows = conn.execute(query).all()
-        return [Metric(key, _loaded_value(value, is_nan), timestamp, step) for value, is_nan, timestamp, step in rows]
+        return [
+            Metric(key, points_sql.loaded_value(value, is_nan), timestamp, step)
+            for value, is_nan, timestamp, step in rows
+        ]
 
     def supersede_metrics_after(self, run_id: str, step: int) -> int:
         with self._db.transaction(write=True) as conn:
@@ -634,7 +560,7 @@ class SqlTrackingStore(TrackingStore):
                 .values(superseded=True)
             ).rowcount
             if marked:
-                self._rebuild_latest(conn, run_id)
+                points_sql.rebuild_latest(conn, run_id)
         return int(marked or 0)
 
     def fork_run(self, run_id: str, up_to_step: int, *, run_name: str | None = None, start_time: int) -> Run:
@@ -665,37 +591,8 @@ class SqlTrackingStore(TrackingStore):
                     ["run_uuid", "key", "value", "is_nan", "step", "timestamp", "superseded"], copied
                 )
             )
-            self._rebuild_latest(conn, new_id)
+            points_sql.rebuild_latest(conn, new_id)
         return self.get_run(new_id)
-
-    @staticmethod
-    def _rebuild_latest(conn: sa.Connection, run_id: str) -> None:
-        """Recompute a run's latest value per key from its points that are not superseded."""
-        conn.execute(latest_metrics.delete().where(latest_metrics.c.run_uuid == run_id))
-        ranked = (
-            sa.select(
-                metrics.c.run_uuid,
-                metrics.c.key,
-                metrics.c.value,
-                metrics.c.is_nan,
-                metrics.c.step,
-                metrics.c.timestamp,
-                sa.func.row_number()
-                .over(
-                    partition_by=metrics.c.key,
-                    order_by=(metrics.c.step.desc(), metrics.c.timestamp.desc(), metrics.c.id.desc()),
-                )
-                .label("rank"),
-            )
-            .where(metrics.c.run_uuid == run_id, metrics.c.superseded == sa.false())
-            .subquery()
-        )
-        newest = sa.select(
-            ranked.c.run_uuid, ranked.c.key, ranked.c.value, ranked.c.is_nan, ranked.c.step, ranked.c.timestamp
-        ).where(ranked.c.rank == 1)
-        conn.execute(
-            latest_metrics.insert().from_select(["run_uuid", "key", "value", "is_nan", "step", "timestamp"], newest)
-        )
 
     # -- copying runs between stores -----------------------------------------------------------
 
@@ -779,76 +676,13 @@ class SqlTrackingStore(TrackingStore):
                 self._upsert(conn, schema.tags, ("run_uuid", "key"), list(tag_rows.values()))
                 if run_name is not None:
                     conn.execute(runs.update().where(runs.c.run_uuid == run_id).values(name=run_name))
-            flagged = sum(self._supersede_equal(conn, run_id, point, count) for point, count in supersede)
+            flagged = sum(points_sql.supersede_equal(conn, run_id, point, count) for point, count in supersede)
             if rows:
-                self._insert_copied_points(conn, rows)
+                points_sql.insert_copied_points(conn, self.dialect, rows)
             if flagged:
-                self._rebuild_latest(conn, run_id)
+                points_sql.rebuild_latest(conn, run_id)
             elif rows:
-                self._advance_latest(conn, run_id, [p for p in points if not p.superseded])
-
-    def _insert_copied_points(self, conn: sa.Connection, rows: list[tuple[Any, ...]]) -> None:
-        """Insert ``(run_uuid, key, value or None, is_nan, step, timestamp, superseded)`` rows in bulk."""
-        if self.dialect == "sqlite":
-            conn.exec_driver_sql(_SQLITE_IMPORT_POINTS, rows)
-            return
-        driver_connection: Any = conn.connection.driver_connection  # psycopg, inside this transaction
-        with driver_connection.cursor() as cursor, cursor.copy(_PG_COPY_IMPORT_POINTS) as copy:
-            copy.set_types(_PG_COPY_IMPORT_TYPES)
-            for row in rows:
-                copy.write_row(row)
-
-    @staticmethod
-    def _supersede_equal(conn: sa.Connection, run_id: str, point: StoredMetricPoint, count: int) -> int:
-        """Flag up to ``count`` live points equal to ``point`` as superseded (oldest first); return how many."""
-        if count <= 0:
-            return 0
-        same_value = (
-            metrics.c.is_nan == sa.true()
-            if math.isnan(point.value)
-            else sa.and_(metrics.c.is_nan == sa.false(), metrics.c.value == float(point.value))
-        )
-        ids = list(
-            conn.scalars(
-                sa.select(metrics.c.id)
-                .where(
-                    metrics.c.run_uuid == run_id,
-                    metrics.c.key == point.key,
-                    metrics.c.step == int(point.step),
-                    metrics.c.timestamp == int(point.timestamp),
-                    metrics.c.superseded == sa.false(),
-                    same_value,
-                )
-                .order_by(metrics.c.id)
-                .limit(count)
-            )
-        )
-        if ids:
-            conn.execute(metrics.update().where(metrics.c.id.in_(ids)).values(superseded=True))
-        return len(ids)
-
-    def _advance_latest(self, conn: sa.Connection, run_id: str, live: Sequence[StoredMetricPoint]) -> None:
-        """Move each key's latest value forward to the newest of ``live`` (never backward)."""
-        newest: dict[str, StoredMetricPoint] = {}
-        for point in live:
-            best = newest.get(point.key)
-            if best is None or (point.step, point.timestamp) >= (best.step, best.timestamp):
-                newest[point.key] = point
-        if newest:
-            conn.execute(
-                self._latest_upsert,
-                [
-                    {
-                        "run_uuid": run_id,
-                        "key": p.key,
-                        "value": _stored_value(float(p.value)),
-                        "is_nan": math.isnan(p.value),
-                        "step": int(p.step),
-                        "timestamp": int(p.timestamp),
-                    }
-                    for p in newest.values()
-                ],
-            )
+                points_sql.advance_latest(conn, self._latest_upsert, run_id, [p for p in points if not p.superseded])
 
     # -- search --------------------------------------------------------------------------------
 
