@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import gc
 import math
 import os
 import socket
@@ -270,6 +272,73 @@ def test_system_metrics_are_sampled() -> None:
         assert key in metrics, key
     assert 0 <= metrics["system/cpu_percent"] <= 100 * os.cpu_count()  # type: ignore[operator]
     assert len(_history(run.info.run_id, "system/memory_used_mb")) >= 2
+
+
+def _built_before_autolog() -> tuple[Net, Any, Any, torch.utils.data.DataLoader[Any]]:
+    torch.manual_seed(0)
+    model = Net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    return model, optimizer, torch.optim.lr_scheduler.StepLR(optimizer, step_size=4, gamma=0.5), _loader()
+
+
+def _epochs(model: Net, optimizer: Any, scheduler: Any, loader: Any, epochs: range) -> None:
+    for _ in epochs:
+        for x, y in loader:
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+            scheduler.step()
+
+
+def test_an_optimizer_and_scheduler_built_before_autolog_are_checkpointed_and_resumed_exactly() -> None:
+    reference = _built_before_autolog()
+    _epochs(*reference, range(2))
+    expected, expected_lr_steps = copy.deepcopy(reference[0].state_dict()), reference[2].last_epoch
+    del reference  # the restarted script has only its own optimizer: the lookup must not be ambiguous
+
+    first = _built_before_autolog()
+    autolog_pytorch.autolog(checkpoint_every_n_steps=2, log_models=False)  # taken after steps 2 and 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AutologWarning)  # no "scheduler cannot be found" warning
+        _epochs(*first, range(1))
+    run = cairn.active_run()
+    assert run is not None
+    runs.flush_checkpoints()
+    autolog_pytorch.autolog(disable=True)  # the script dies here, in the middle of the run
+    del first
+    gc.collect()
+    from cairn.checkpoint import load_component
+
+    latest = runs.list_run_checkpoints(run.info.run_id)[-1]
+    assert (latest.step, latest.metadata["batch_in_epoch"]) == (4, 4)
+    assert load_component(runs.checkpoint_path(run.info.run_id, 4), "scheduler")["last_epoch"] == 4
+
+    model, optimizer, scheduler, loader = _built_before_autolog()  # the restarted script, same order
+    state: Any = autolog_pytorch.autolog(checkpoint_every_n_steps=2, log_models=False, resume=run.info.run_id)
+    assert (state.step, state.epoch) == (4, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AutologWarning)
+        _epochs(model, optimizer, scheduler, loader, range(state.epoch, 2))  # the first epoch's last 2 batches
+    cairn.end_run()
+    assert scheduler.last_epoch == expected_lr_steps == 12
+    for (name, a), (_, b) in zip(expected.items(), model.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_an_ambiguous_optimizer_built_before_autolog_is_reported_not_guessed() -> None:
+    first = _built_before_autolog()
+    autolog_pytorch.autolog(checkpoint_every_n_steps=2, log_models=False)
+    _epochs(*first, range(1))
+    run = cairn.active_run()
+    assert run is not None
+    runs.flush_checkpoints()
+    autolog_pytorch.autolog(disable=True)
+    _model, _optimizer, scheduler, loader = _built_before_autolog()  # `first` is still alive: two candidates
+    autolog_pytorch.autolog(checkpoint_every_n_steps=2, log_models=False, resume=run.info.run_id)
+    with pytest.warns(AutologWarning, match="several live optimizers"):
+        next(iter(loader))
+    cairn.end_run()
+    assert scheduler.last_epoch == 0 and first[2].last_epoch == 6  # neither was overwritten
 
 
 def test_log_checkpoint_and_resume_with_a_plain_dataloader_tracked_by_autolog() -> None:

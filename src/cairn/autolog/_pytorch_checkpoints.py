@@ -8,8 +8,9 @@ it at call time.
 
 from __future__ import annotations
 
+import gc
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,27 +42,65 @@ def _schedule_checkpoint(session: _Session) -> None:
             session.forward_ckpt_handle = model.register_forward_pre_hook(before_forward)
 
 
-def _schedulers_of(optimizers: list[Any]) -> list[Any]:
-    """The LR schedulers (built while autolog was on) driving ``optimizers``, in the optimizers' order.
+# Objects built before autolog() patched their constructors are looked up through the garbage collector's
+# referrers, only at the rare moments that need them (a session's first checkpoint, a resume), never per
+# step, and only those of the exact kind wanted are kept (see the module docstring of cairn.autolog.pytorch).
 
-    Warns once when an optimizer is driven by a scheduler autolog did not see being built (it was
-    created before ``autolog()``), since checkpoints then lack its state.
+
+def _schedulers_built_before(optimizer: Any) -> list[Any]:
+    """The LR schedulers of ``optimizer`` among the objects that refer to it (directly or by their ``__dict__``)."""
+    from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
+
+    kinds = (LRScheduler, ReduceLROnPlateau)
+    referrers = gc.get_referrers(optimizer)
+    owners = [r for r in referrers if issubclass(type(r), kinds)]
+    for namespace in (r for r in referrers if type(r) is dict and r.get("optimizer") is optimizer):
+        owners += [o for o in gc.get_referrers(namespace) if issubclass(type(o), kinds)]
+    found: list[Any] = []
+    for owner in owners:
+        if getattr(owner, "optimizer", None) is optimizer and owner not in found:
+            found.append(owner)
+    return found
+
+
+def _optimizers_built_before(class_names: list[str]) -> list[Any]:
+    """Live optimizers of the classes named ``"module.Qualname"``, if those modules are imported already."""
+    import sys
+
+    found: list[Any] = []
+    for name in dict.fromkeys(class_names):
+        module_name, _, qualname = name.rpartition(".")
+        cls = getattr(sys.modules.get(module_name), qualname, None)  # never imports what a checkpoint names
+        if isinstance(cls, type):
+            found += [o for o in gc.get_referrers(cls) if type(o) is cls]
+    return found
+
+
+def _schedulers_of(optimizers: list[Any]) -> list[Any]:
+    """The LR schedulers driving ``optimizers``, in the optimizers' order.
+
+    Schedulers autolog saw being built are known; one built before ``autolog()`` is looked up among the
+    live objects when an optimizer shows it is driven by one (torch marks its ``step``). Warns if it
+    still cannot be found, since checkpoints then lack its state.
     """
     from cairn.autolog import pytorch as core
 
     ids = [id(o) for o in optimizers]
     schedulers = [s for s in core._made("scheduler") if id(getattr(s, "optimizer", None)) in ids]
-    schedulers.sort(key=lambda s: ids.index(id(s.optimizer)))
     covered = {id(s.optimizer) for s in schedulers}
     for optimizer in optimizers:
         if hasattr(optimizer.step, "_wrapped_by_lr_sched") and id(optimizer) not in covered:
-            core._report(
-                "finding the LR scheduler",
-                RuntimeError(
-                    f"{type(optimizer).__name__} is driven by an LR scheduler created before autolog() was turned "
-                    "on; checkpoints do not include its state (call autolog() before building it)"
-                ),
-            )
+            found = _schedulers_built_before(optimizer)
+            schedulers += found
+            if not found:
+                core._report(
+                    "finding the LR scheduler",
+                    RuntimeError(
+                        f"{type(optimizer).__name__} is driven by an LR scheduler cairn cannot find; checkpoints "
+                        "do not include its state"
+                    ),
+                )
+    schedulers.sort(key=lambda s: ids.index(id(s.optimizer)))
     return schedulers
 
 
@@ -205,6 +244,8 @@ class _Pending:
     classes: dict[str, str]
     extra: Any
     rank0: bool
+    #: optimizers built before ``autolog()``, looked up once if the ones autolog saw do not match
+    earlier_optimizers: list[Any] | None = field(default=None, repr=False)
 
 
 def _prepare_resume(resume: bool | str) -> Any:
@@ -260,6 +301,31 @@ def _prepare_resume(resume: bool | str) -> Any:
     )
 
 
+def _saved_optimizers(
+    pending: _Pending, saved: dict[str, Any], live: list[Any], *, unique: bool = False
+) -> list[Any] | None:
+    """The live optimizers matching the checkpoint's, in its order, or ``None`` if some are not (yet) among ``live``.
+
+    ``unique``: a match must be the only candidate (for optimizers autolog did not see being built, where
+    a leftover optimizer of the same class and shapes could be taken for the training one).
+    """
+    optimizers: list[Any] = []
+    signatures = saved.get("optimizers") or []
+    if signatures:  # an autolog checkpoint: match class and parameter shapes
+        for signature in signatures:
+            match = [o for o in live if _optimizer_signature(o) == list(signature) and o not in optimizers]
+            if not match or (unique and len(match) > 1):
+                return None
+            optimizers.append(match[0])
+    elif "optimizer" in pending.classes:  # from log_checkpoint: match the class, which must be unambiguous
+        for name in pending.classes["optimizer"].split(","):
+            match = [o for o in live if _optimizer_signature(o)[0] == name and o not in optimizers]
+            if len(match) != 1:
+                return None
+            optimizers.append(match[0])
+    return optimizers or None
+
+
 def _apply_restore(track: _LoaderTrack) -> None:
     """Load the pending checkpoint into the live model/optimizers/schedulers/scaler, arm ``loader``."""
     from cairn.autolog import pytorch as core
@@ -269,23 +335,23 @@ def _apply_restore(track: _LoaderTrack) -> None:
     pending = state.restore
     assert pending is not None
     saved = (pending.extra or {}).get("autolog", {}) if isinstance(pending.extra, dict) else {}
-    live = core._made("optimizer")
-    optimizers: list[Any] = []
-    signatures = saved.get("optimizers") or []
-    if signatures:  # an autolog checkpoint: match class and parameter shapes
-        for signature in signatures:
-            match = [o for o in live if _optimizer_signature(o) == list(signature) and o not in optimizers]
-            if not match:
-                return  # not built yet: try again at the next iter()
-            optimizers.append(match[0])
-    elif "optimizer" in pending.classes:  # from log_checkpoint: match the class, which must be unambiguous
-        for name in pending.classes["optimizer"].split(","):
-            match = [o for o in live if _optimizer_signature(o)[0] == name and o not in optimizers]
-            if len(match) != 1:
-                return
-            optimizers.append(match[0])
-    if not optimizers:
-        return
+    optimizers = _saved_optimizers(pending, saved, core._made("optimizer"))
+    if optimizers is None and pending.earlier_optimizers is None:
+        names = [str(s[0]) for s in saved.get("optimizers") or []]
+        names += pending.classes.get("optimizer", "").split(",") if not names else []
+        made = core._made("optimizer")
+        pending.earlier_optimizers = [o for o in _optimizers_built_before([n for n in names if n]) if o not in made]
+        optimizers = _saved_optimizers(pending, saved, [*made, *pending.earlier_optimizers], unique=True)
+        if optimizers is None and len(pending.earlier_optimizers) > 1:
+            core._report(
+                "matching the checkpoint's optimizer",
+                RuntimeError(
+                    f"several live optimizers built before autolog() match the checkpoint {pending.path.name}; "
+                    "nothing was restored (build the optimizer after autolog() so it is known)"
+                ),
+            )
+    if optimizers is None:
+        return  # not built yet: try again at the next iter()
     state.restore = None
     try:
         schedulers = _schedulers_of(optimizers)

@@ -18,8 +18,11 @@ What is hooked, all process-wide and undone by ``autolog(disable=True)``:
 - the constructors of ``Optimizer``, ``LRScheduler``/``ReduceLROnPlateau`` and ``GradScaler``: they
   note the instances (weakly), so checkpoints find the schedulers and scaler of the optimizers. (Not
   by scanning ``gc.get_objects()``: that hands one thread references to objects other threads are
-  still building, which breaks them.) Build them after ``autolog()``: a scheduler built before is
-  reported and left out of checkpoints;
+  still building, which breaks them.) An optimizer or LR scheduler built before ``autolog()`` is
+  looked up once through the garbage collector's *referrers* of its class or of its optimizer (only
+  objects of that exact kind are kept): at a session's first checkpoint for a scheduler torch marked
+  on the optimizer, at a resume for optimizers the checkpoint names; a GradScaler built before is not
+  found, so build it after ``autolog()``;
 - global module forward hooks, only until the first optimizer step (they put every module call on
   torch's slow path): they note the top-level modules called and a 5-row slice of their first input.
   The model of the primary optimizer is the noted module whose parameters it holds most of. Its
