@@ -166,3 +166,33 @@ def truncate_all(url: str) -> None:
             conn.exec_driver_sql(f"TRUNCATE {', '.join(metadata.tables)} RESTART IDENTITY CASCADE")
     finally:
         engine.dispose()
+
+
+# -- the SQL store suites (store, registry): every test on SQLite and on PostgreSQL --------------------------
+
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(scope="session")
+def pg_store_url(pg_server: PgServer) -> Iterator[str]:
+    """One PostgreSQL database with cairn's schema for the function-scoped stores; emptied before each test."""
+    from cairn.store._sql import SqlTrackingStore
+
+    with pg_server.new_database() as url:
+        SqlTrackingStore(url, "/unused").close()  # create the schema once
+        yield url
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """URL of an empty-of-data store database (schema present on PostgreSQL, absent on SQLite)."""
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path}/db/cairn.db"
+    url: str = request.getfixturevalue("pg_store_url")
+    truncate_all(url)
+    return url

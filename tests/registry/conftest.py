@@ -11,9 +11,6 @@ from cairn.registry.client import RegistryMethods
 from cairn.store._sql import SqlTrackingStore
 from cairn.store._sql.registry import SqlRegistryStore
 from cairn.tracking.client import Client
-from tests.conftest import PgServer, truncate_all
-
-BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
 
 class RegistryTestClient(Client, RegistryMethods):
@@ -23,29 +20,6 @@ class RegistryTestClient(Client, RegistryMethods):
 
 def make_client(tracking_uri: str | None = None, artifact_root: str | None = None) -> RegistryTestClient:
     return RegistryTestClient(tracking_uri, artifact_root)
-
-
-@pytest.fixture(scope="session")
-def pg_registry_url(pg_server: PgServer) -> Iterator[str]:
-    """One PostgreSQL database for the registry tests, emptied before each test."""
-    with pg_server.new_database(prefix="cairn_registry_test") as url:
-        SqlTrackingStore(url, "/unused").close()  # create the schema once
-        yield url
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
-    """An empty-of-data cairn database on each backend (no file yet on SQLite)."""
-    if backend == "sqlite":
-        return f"sqlite:///{tmp_path}/db/cairn.db"
-    url: str = request.getfixturevalue("pg_registry_url")
-    truncate_all(url)
-    return url
 
 
 @pytest.fixture
