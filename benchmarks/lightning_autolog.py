@@ -201,8 +201,6 @@ def side(config: str, reps: int, steps: int, warmup: int, workdir: Path) -> dict
         result[f"ratio_{name}"] = statistics.median(c[i] / n[i] for c, n in zip(config_times, none_times, strict=True))
         result[f"none_{name}_s"] = min(t[i] for t in none_times)
         result[f"config_{name}_s"] = min(t[i] for t in config_times)
-        result[f"none_{name}_median_s"] = statistics.median(t[i] for t in none_times)
-        result[f"config_{name}_median_s"] = statistics.median(t[i] for t in config_times)
     result["finalize_s"] = statistics.median(t[3] for t in config_times)
     result["none_all"], result["config_all"] = none_times, config_times
     if cairn is not None:

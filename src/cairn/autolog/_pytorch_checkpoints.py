@@ -335,11 +335,11 @@ def _apply_restore(track: _LoaderTrack) -> None:
     pending = state.restore
     assert pending is not None
     saved = (pending.extra or {}).get("autolog", {}) if isinstance(pending.extra, dict) else {}
-    optimizers = _saved_optimizers(pending, saved, core._made("optimizer"))
+    made = core._made("optimizer")
+    optimizers = _saved_optimizers(pending, saved, made)
     if optimizers is None and pending.earlier_optimizers is None:
         names = [str(s[0]) for s in saved.get("optimizers") or []]
         names += pending.classes.get("optimizer", "").split(",") if not names else []
-        made = core._made("optimizer")
         pending.earlier_optimizers = [o for o in _optimizers_built_before([n for n in names if n]) if o not in made]
         optimizers = _saved_optimizers(pending, saved, [*made, *pending.earlier_optimizers], unique=True)
         if optimizers is None and len(pending.earlier_optimizers) > 1:

@@ -43,20 +43,21 @@ class MetricBatcher:
         """Queue one point. Cost on the caller: an append, no I/O."""
         queue = self._queue
         queue.append(point)
-        size = len(queue)
-        if size >= WAKE_AT and not self._wake.is_set():
-            self._wake.set()
-            if size >= MAX_QUEUED:
-                self.flush(raise_errors=False)
+        if len(queue) >= WAKE_AT:
+            self._queue_is_long()
 
     def add_many(self, points: list[MetricPoint]) -> None:
         """Queue several points at once (what :meth:`add` does, for each of them)."""
         queue = self._queue
         queue.extend(points)
-        size = len(queue)
-        if size >= WAKE_AT and not self._wake.is_set():
+        if len(queue) >= WAKE_AT:
+            self._queue_is_long()
+
+    def _queue_is_long(self) -> None:
+        """Wake the writer before its interval; past ``MAX_QUEUED``, write on the caller's thread."""
+        if not self._wake.is_set():
             self._wake.set()
-            if size >= MAX_QUEUED:
+            if len(self._queue) >= MAX_QUEUED:
                 self.flush(raise_errors=False)
 
     @property
