@@ -72,6 +72,10 @@ class SchemaOutOfDate(StoreError):
     """The database schema is older (or newer) than this version of cairn expects."""
 
 
+class ForeignStore(StoreError):
+    """The database holds tables cairn did not create (an application's, or an MLflow store); cairn leaves it alone."""
+
+
 class UnsafePath(CairnError, ValueError):
     """An artifact path would escape its root (``..``, absolute, encoded or symlinked)."""
 

@@ -94,6 +94,8 @@ class Database:
         else:
             self.engine = sa.create_engine(url, pool_pre_ping=True)
         self.description = self.sqlite_path or url.render_as_string(hide_password=True)
+        #: The URI as a user would type it (plain ``postgresql://``, password hidden), for hints in messages.
+        self.display_uri = url.set(drivername=self.dialect).render_as_string(hide_password=True)
         _guard_against_fork(self.engine)
 
     def _sqlite_engine(self, url: URL) -> Engine:

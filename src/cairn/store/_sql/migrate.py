@@ -6,6 +6,12 @@ it; a database at another revision is refused with :class:`~cairn.errors.SchemaO
 someone runs ``cairn db upgrade`` on purpose, because upgrading a shared team database is a
 decision, not a side effect of logging a run.
 
+cairn creates its tables only in an empty database (on PostgreSQL: an empty default schema) or
+upgrades its own, recognised by a revision of ``migrations/versions`` in ``alembic_version``. Any
+other database is refused with :class:`~cairn.errors.ForeignStore`: an MLflow tracking database
+(recognised by the columns of its ``runs`` table, which cairn's has not) with a pointer to
+``cairn import-mlflow``, anything else with the names of the tables found.
+
 Initialisation and upgrades run in one write transaction holding a lock (SQLite: the write
 lock of ``BEGIN IMMEDIATE``; PostgreSQL: a transaction-level advisory lock), so processes that
 open a new database at the same moment create it once.
@@ -14,6 +20,7 @@ open a new database at the same moment create it once.
 from __future__ import annotations
 
 import logging
+from collections.abc import Set
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -24,7 +31,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import exc
 from sqlalchemy.dialects import postgresql, sqlite
 
-from cairn.errors import SchemaOutOfDate, StoreError
+from cairn.errors import ForeignStore, SchemaOutOfDate, StoreError
 from cairn.store._sql.engine import Database, is_missing_table
 from cairn.store._sql.schema import TABLE_NAMES, experiments
 from cairn.store._sql.util import artifact_location_for, now_ms
@@ -35,6 +42,12 @@ MIGRATIONS_DIR = Path(__file__).resolve().with_name("migrations")
 VERSION_TABLE = "alembic_version"
 DEFAULT_EXPERIMENT_ID = 0
 DEFAULT_EXPERIMENT_NAME = "Default"
+
+#: Columns of MLflow's ``runs`` table that cairn's ``runs`` never had: they mark an MLflow tracking database.
+MLFLOW_RUN_COLUMNS = frozenset({"source_type", "source_name", "entry_point_name"})
+#: Tables of every cairn schema revision: with them, an unknown revision is taken for a newer cairn's.
+_CAIRN_CORE_TABLES = frozenset({"experiments", "runs", "metrics", "params", "tags"})
+_MAX_NAMED_TABLES = 12
 
 _PG_LOCK_KEY = 0x636169726E  # "cairn"
 _log = logging.getLogger(__name__)
@@ -64,7 +77,8 @@ def ensure_schema(db: Database, default_artifact_root: str) -> None:
     The common case (an up-to-date database) costs one query.
 
     Raises:
-        SchemaOutOfDate: the database is at another revision.
+        SchemaOutOfDate: the database is at another revision of cairn's schema.
+        ForeignStore: the database holds tables cairn did not create (an MLflow store, an application's).
         StoreError: the database holds cairn tables without a revision, or cannot be read.
     """
     try:
@@ -92,22 +106,67 @@ def _initialize(db: Database, default_artifact_root: str) -> None:
         _lock(connection)
         version = _revision(connection)
         if version is None:
-            _check_no_cairn_tables(db, connection)
+            _check_empty(db, connection)
             _log.info("creating cairn tables in %s", db.description)
             command.upgrade(alembic_config(connection), "head")
             version = HEAD_REVISION
         elif version != HEAD_REVISION:  # another process got here first, or a foreign alembic table
-            raise _out_of_date(db, version)
+            raise _out_of_date(db, version, connection)
         _create_default_experiment(connection, default_artifact_root)
 
 
-def _check_no_cairn_tables(db: Database, connection: sa.Connection) -> None:
-    found = TABLE_NAMES & set(sa.inspect(connection).get_table_names())
-    if found:
-        raise StoreError(
-            f"database {db.description} has cairn tables ({', '.join(sorted(found))}) but no schema revision in "
+def _check_empty(db: Database, connection: sa.Connection) -> None:
+    """Refuse to create cairn's tables in a database (schema) that has no cairn revision but holds tables."""
+    error = _foreign_contents(db, connection, None)
+    if error is not None:
+        raise error
+
+
+def _foreign_contents(db: Database, connection: sa.Connection, version: str | None) -> StoreError | None:
+    """Why the database is not (or not only) cairn's, given its revision, which is not one of cairn's.
+
+    ``None`` means cairn may go on: the database is empty (``version is None``), or it looks like the
+    schema of a newer cairn (its core tables under an unknown revision).
+    """
+    inspector = sa.inspect(connection)
+    tables = (set(inspector.get_table_names()) | set(inspector.get_view_names())) - {VERSION_TABLE}
+    if "runs" in tables and MLFLOW_RUN_COLUMNS & {column["name"] for column in inspector.get_columns("runs")}:
+        return _mlflow_store(db, version)
+    if version is not None:
+        return None if tables >= _CAIRN_CORE_TABLES else _foreign_store(db, tables, version)
+    if tables - TABLE_NAMES:
+        return _foreign_store(db, tables - TABLE_NAMES, version)
+    if tables:
+        return StoreError(
+            f"database {db.description} has cairn tables ({_names(tables)}) but no schema revision in "
             f"{VERSION_TABLE}; it was not created by cairn, or its version table was dropped"
         )
+    return None
+
+
+def _mlflow_store(db: Database, version: str | None) -> ForeignStore:
+    revision = f" (MLflow schema revision {version!r})" if version else ""
+    return ForeignStore(
+        f"database {db.description} is an MLflow tracking database{revision}, not a cairn store; cairn does not "
+        f"write into it. Import it into a cairn store of its own with `cairn import-mlflow --from "
+        f"{db.display_uri} --to <cairn store>` (e.g. --to sqlite:///cairn.db), then use that store"
+    )
+
+
+def _foreign_store(db: Database, tables: Set[str], version: str | None) -> ForeignStore:
+    revision = f" and an alembic revision {version!r} that is not cairn's" if version else ""
+    where = "its default schema" if db.dialect == "postgresql" else "it"
+    return ForeignStore(
+        f"database {db.description} was not created by cairn: {where} holds tables {_names(tables)}{revision}. "
+        f"cairn creates its tables only in an empty database or its own; give it a database of its own "
+        f"(e.g. sqlite:///cairn.db{', or a PostgreSQL schema of its own' if db.dialect == 'postgresql' else ''})"
+    )
+
+
+def _names(tables: Set[str]) -> str:
+    shown = sorted(tables)[:_MAX_NAMED_TABLES]
+    more = len(tables) - len(shown)
+    return ", ".join(shown) + (f" and {more} more" if more else "")
 
 
 def _create_default_experiment(connection: sa.Connection, default_artifact_root: str) -> None:
@@ -135,13 +194,24 @@ def _revision(connection: sa.Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
 
-def _out_of_date(db: Database, version: str | None) -> SchemaOutOfDate:
-    known = {script.revision for script in _script().walk_revisions()}
-    if version in known:
+def _known_revisions() -> set[str]:
+    return {script.revision for script in _script().walk_revisions()}
+
+
+def _out_of_date(db: Database, version: str | None, connection: sa.Connection | None = None) -> StoreError:
+    """The error for a database at ``version`` (not this cairn's head): out of date, newer, or not cairn's."""
+    if version in _known_revisions():
         return SchemaOutOfDate(
             f"the cairn database {db.description} has schema revision {version!r} but this cairn expects "
             f"{HEAD_REVISION!r}: back it up and run `cairn db upgrade` to migrate it"
         )
+    if connection is None:
+        with db.engine.connect() as own, own.begin():
+            foreign = _foreign_contents(db, own, version)
+    else:
+        foreign = _foreign_contents(db, connection, version)
+    if foreign is not None:
+        return foreign
     return SchemaOutOfDate(
         f"the cairn database {db.description} has schema revision {version!r}, unknown to this cairn (which "
         f"expects {HEAD_REVISION!r}); it was probably written by a newer cairn: upgrade cairn, then run "
@@ -156,6 +226,7 @@ def upgrade_schema(db_uri: str) -> tuple[str | None, str]:
 
     Raises:
         SchemaOutOfDate: the database is at a revision this cairn does not know (a newer cairn's).
+        ForeignStore: the database holds tables cairn did not create (an MLflow store, an application's).
         StoreError: the database cannot be migrated (cairn tables without a revision, SQL failure).
     """
     db = Database(db_uri)
@@ -164,9 +235,9 @@ def upgrade_schema(db_uri: str) -> tuple[str | None, str]:
             _lock(connection)
             before = _revision(connection)
             if before is None:
-                _check_no_cairn_tables(db, connection)
-            elif before not in {script.revision for script in _script().walk_revisions()}:
-                raise _out_of_date(db, before)
+                _check_empty(db, connection)
+            elif before not in _known_revisions():
+                raise _out_of_date(db, before, connection)
             if before != HEAD_REVISION:
                 _log.info("upgrading cairn database %s from %s to %s", db.description, before, HEAD_REVISION)
                 command.upgrade(alembic_config(connection), "head")
