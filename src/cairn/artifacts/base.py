@@ -16,7 +16,16 @@ from cairn.artifacts.paths import join, safe_relpath
 from cairn.errors import InvalidArgument, UnsafePath
 from cairn.tracking.entities import FileInfo
 
-__all__ = ["ArtifactStore", "LocalFile", "collect_files", "is_inside", "should_show_progress", "transfer_progress"]
+__all__ = [
+    "ArtifactStore",
+    "LocalFile",
+    "collect_files",
+    "commit_last",
+    "is_inside",
+    "replace_target",
+    "should_show_progress",
+    "transfer_progress",
+]
 
 PROGRESS_MIN_BYTES = 50 * 1024 * 1024
 """A transfer shows a progress bar when it moves more than this many bytes ..."""
@@ -110,6 +119,50 @@ class ArtifactStore(abc.ABC):
     def exists(self, path: str | None = None) -> bool:
         """Whether a file or directory exists at ``path`` (for the root: whether anything was stored)."""
 
+    def replace_dir(
+        self,
+        local_dir: str | os.PathLike[str],
+        artifact_path: str,
+        *,
+        commit_file: str | None = None,
+        durable_now: bool = True,
+    ) -> None:
+        """Make ``artifact_path`` hold exactly the files of ``local_dir``, replacing what was there.
+
+        This default, for stores that cannot rename a directory: every new file is uploaded first
+        (``commit_file``, a path relative to ``local_dir`` such as ``MLmodel``, after all others),
+        then the old files the new directory does not have are deleted. Nothing is deleted before
+        the new files are all in place. What a reader may see meanwhile: the old files until they
+        are overwritten one by one, so a mix of old and new files under the old ``commit_file``
+        until the new one lands (a model's hashes then refuse to load it), and the new files plus
+        old leftovers until those are deleted. A writer killed half-way leaves such a mix behind
+        until the next replace. :class:`~cairn.artifacts.local.LocalArtifactStore` swaps atomically.
+
+        Args:
+            local_dir: the new directory's contents.
+            artifact_path: where under the root (not the root itself).
+            commit_file: uploaded last.
+            durable_now: ignored here (uploads are durable when they return).
+
+        Raises:
+            InvalidArgument: ``artifact_path`` is the root, or ``local_dir`` is not a directory.
+        """
+        del durable_now
+        rel = replace_target(artifact_path)
+        files = commit_last(collect_files(local_dir), commit_file)
+        old = set(self._files_below(rel)) if self.exists(rel) else set()
+        for item in files:
+            self.put_file(item.source, join(rel, item.relpath).rpartition("/")[0])
+        for stale in sorted(old - {join(rel, item.relpath) for item in files}):
+            self.delete(stale)
+
+    def _files_below(self, path: str) -> Iterator[str]:
+        for info in self.list(path):
+            if info.is_dir:
+                yield from self._files_below(info.path)
+            else:
+                yield info.path
+
     def uri_for(self, path: str | None = None) -> str:
         """The URI of ``path`` under this store's root (the root itself for ``None``)."""
         rel = safe_relpath(path)
@@ -126,6 +179,23 @@ class LocalFile:
     source: Path
     relpath: str
     size: int
+
+
+def replace_target(artifact_path: str | None) -> str:
+    """The safe relative path a ``replace_dir`` writes to; never the root.
+
+    Raises:
+        InvalidArgument: ``artifact_path`` names the root.
+    """
+    rel = safe_relpath(artifact_path)
+    if not rel:
+        raise InvalidArgument("replace_dir needs a path under the root, not the root itself")
+    return rel
+
+
+def commit_last(files: list[LocalFile], commit_file: str | None) -> list[LocalFile]:
+    """``files`` with the one at ``commit_file`` (a relative path) moved to the end."""
+    return sorted(files, key=lambda item: item.relpath == commit_file)
 
 
 def is_inside(path: str, root: str) -> bool:

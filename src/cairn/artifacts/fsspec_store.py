@@ -11,7 +11,7 @@ from typing import Any, BinaryIO, cast
 from fsspec.callbacks import Callback
 from fsspec.core import url_to_fs
 
-from cairn.artifacts.base import ArtifactStore, collect_files, transfer_progress
+from cairn.artifacts.base import ArtifactStore, LocalFile, collect_files, commit_last, replace_target, transfer_progress
 from cairn.artifacts.paths import join, safe_relpath
 from cairn.errors import ArtifactNotFound, InvalidArgument, UnsafePath
 from cairn.tracking.entities import FileInfo
@@ -19,6 +19,11 @@ from cairn.tracking.entities import FileInfo
 __all__ = ["FsspecArtifactStore"]
 
 _TEMP_PREFIX = ".cairn-tmp-"
+_HIDDEN_PREFIXES = (_TEMP_PREFIX, ".cairn-old-")
+
+
+def _is_hidden(rel: str) -> bool:
+    return rel.rsplit("/", 1)[-1].startswith(_HIDDEN_PREFIXES)
 
 
 class _AdvanceCallback(Callback):
@@ -97,8 +102,55 @@ class FsspecArtifactStore(ArtifactStore):
         self._fs.put_file(str(source), self._full(rel))
 
     def put_dir(self, local_dir: str | os.PathLike[str], artifact_path: str | None = None) -> None:
-        base = safe_relpath(artifact_path)
-        files = collect_files(local_dir)
+        self._upload(collect_files(local_dir), safe_relpath(artifact_path))
+
+    def replace_dir(
+        self,
+        local_dir: str | os.PathLike[str],
+        artifact_path: str,
+        *,
+        commit_file: str | None = None,
+        durable_now: bool = True,
+    ) -> None:
+        """Make ``artifact_path`` hold exactly the files of ``local_dir``: upload first, then prune.
+
+        Object stores have no rename (S3 copies), so no swap is atomic. The new files are uploaded
+        (``commit_file``, e.g. ``MLmodel``, in a second batch after all others), and only then are
+        the old files the new directory lacks deleted; nothing is deleted before every new file is
+        in place. Each object is replaced atomically, so what a reader may see is: the old
+        directory; then old and new files mixed under the old ``commit_file`` (a model's recorded
+        sha256 refuses to load such a mix, it never loads wrong weights); then the new directory
+        with some old leftover files (ignored by a model: its file list names only its own); then
+        the new directory alone. A writer killed during the upload leaves the mix, which stays
+        unloadable until the next replace; killed during the prune, the new model loads.
+
+        Args:
+            local_dir: the new directory's contents.
+            artifact_path: where under the root (not the root itself).
+            commit_file: path relative to ``local_dir`` uploaded after all other files.
+            durable_now: ignored (an upload is durable when it returns).
+
+        Raises:
+            InvalidArgument: ``artifact_path`` is the root, or ``local_dir`` is not a directory.
+        """
+        del durable_now
+        rel = replace_target(artifact_path)
+        files = commit_last(collect_files(local_dir), commit_file)
+        full = self._full(rel)
+        info = self._info(rel)
+        if info is not None and info.get("type") != "directory":
+            self._fs.rm(full)  # a file of that name would block the directory on some filesystems
+            info = None
+        old = set(self._fs.find(full)) if info is not None else set()
+        body = [item for item in files if item.relpath != commit_file]
+        self._upload(body, rel)
+        self._upload(files[len(body) :], rel)
+        stale = sorted(old - {self._full(join(rel, item.relpath)) for item in files})
+        if stale:
+            self._fs.rm(stale)
+        self._fs.invalidate_cache(full)
+
+    def _upload(self, files: builtins.list[LocalFile], base: str) -> None:
         if not files:
             return
         lpaths = [str(item.source) for item in files]
@@ -139,7 +191,7 @@ class FsspecArtifactStore(ArtifactStore):
         infos = []
         for entry in self._fs.ls(full, detail=True):
             child = self._rel_of(entry["name"])
-            if not child or child == rel or child.rsplit("/", 1)[-1].startswith(_TEMP_PREFIX):
+            if not child or child == rel or _is_hidden(child):
                 continue
             if entry.get("type") == "directory":
                 infos.append(FileInfo(child, True, None))
@@ -174,7 +226,7 @@ class FsspecArtifactStore(ArtifactStore):
                 safe = safe_relpath(below)
             except UnsafePath as exc:
                 raise UnsafePath(f"stored object {name!r} has an unsafe name; refusing to download it: {exc}") from exc
-            if not safe or safe.rsplit("/", 1)[-1].startswith(_TEMP_PREFIX):
+            if not safe or _is_hidden(safe):
                 continue
             rpaths.append(name)
             lpaths.append(target.joinpath(*safe.split("/")))

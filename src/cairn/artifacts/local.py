@@ -4,32 +4,197 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import ctypes
+import ctypes.util
 import errno
 import os
 import shutil
 import stat
+import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from cairn.artifacts.base import ArtifactStore, collect_files, is_inside, transfer_progress
+from cairn.artifacts.base import ArtifactStore, collect_files, is_inside, replace_target, transfer_progress
 from cairn.artifacts.durability import fsync_dirs, fsync_file, fsync_in_background
 from cairn.artifacts.paths import join, safe_relpath
 from cairn.errors import ArtifactNotFound, InvalidArgument, UnsafePath
 from cairn.tracking.entities import FileInfo
 
-__all__ = ["TEMP_PREFIX", "LocalArtifactStore", "atomic_copy", "atomic_write_bytes"]
+__all__ = [
+    "ASIDE_PREFIX",
+    "TEMP_PREFIX",
+    "LocalArtifactStore",
+    "atomic_copy",
+    "atomic_write_bytes",
+    "restore_interrupted_replace",
+]
 
 TEMP_PREFIX = ".cairn-tmp-"
-"""Name prefix of in-flight files; they are hidden from listings and downloads."""
+"""Name prefix of in-flight files and staging directories; they are hidden from listings and downloads."""
+ASIDE_PREFIX = ".cairn-old-"
+"""``<dir>/.cairn-old-<name>`` holds the previous ``<dir>/<name>`` while a replace without an atomic
+exchange swaps it (see :meth:`LocalArtifactStore.replace_dir`); hidden like :data:`TEMP_PREFIX`."""
 
 _COPY_BUFFER = 1024 * 1024
 
 
 def _is_temp(name: str) -> bool:
-    return name.startswith(TEMP_PREFIX)
+    return name.startswith((TEMP_PREFIX, ASIDE_PREFIX))
+
+
+def _replace_step(step: str) -> None:
+    """Called at each step of :meth:`LocalArtifactStore.replace_dir` (tests kill the process here)."""
+
+
+# -- replacing a directory -----------------------------------------------------------------------
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2  # Linux renameat2 flag
+_RENAME_SWAP = 2  # macOS renamex_np flag
+_NOT_SUPPORTED = {errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP}
+
+
+def _load_exchange() -> Callable[[bytes, bytes], int] | None:
+    """The C call that swaps two paths atomically, or ``None`` where there is none."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    except OSError:
+        return None
+    if sys.platform.startswith("linux") and hasattr(libc, "renameat2"):
+        renameat2 = libc.renameat2
+        renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+        return lambda first, second: int(renameat2(_AT_FDCWD, first, _AT_FDCWD, second, _RENAME_EXCHANGE))
+    if sys.platform == "darwin" and hasattr(libc, "renamex_np"):
+        renamex_np = libc.renamex_np
+        renamex_np.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint]
+        return lambda first, second: int(renamex_np(first, second, _RENAME_SWAP))
+    return None
+
+
+_EXCHANGE = _load_exchange()
+
+
+def _rename_exchange(first: str, second: str) -> bool:
+    """Swap two existing paths of one filesystem in one atomic step; ``False`` if the OS or filesystem cannot."""
+    if _EXCHANGE is None:
+        return False
+    if _EXCHANGE(os.fsencode(first), os.fsencode(second)) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in _NOT_SUPPORTED:
+        return False
+    raise OSError(code, os.strerror(code), first, None, second)
+
+
+def _aside_path(path: str) -> str:
+    head, tail = os.path.split(path)
+    return os.path.join(head, ASIDE_PREFIX + tail)
+
+
+def _remove_path(path: str) -> None:
+    """Remove a file, symlink or directory tree; nothing if it is already gone."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def restore_interrupted_replace(path: str | os.PathLike[str], *, stop_at: str | os.PathLike[str] | None = None) -> bool:
+    """Undo a replace that was killed between moving the old copy aside and moving the new one in.
+
+    If ``path`` (or its nearest missing ancestor, not above ``stop_at``) does not exist but
+    ``.cairn-old-<name>`` next to it does, that old copy is renamed back. Costs one ``lstat`` per
+    missing level. Best effort: a reader without write access leaves things as they are.
+
+    Returns:
+        Whether something was restored.
+    """
+    current = os.path.abspath(os.fspath(path))
+    limit = os.path.abspath(os.fspath(stop_at)) if stop_at is not None else None
+    while not os.path.lexists(current) and current != limit:
+        aside = _aside_path(current)
+        if os.path.lexists(aside):
+            try:
+                os.rename(aside, current)
+            except OSError:  # gone meanwhile, the new copy moved in meanwhile, or no write access
+                return False
+            return True
+        parent = os.path.dirname(current)
+        if parent == current:
+            return False
+        current = parent
+    return False
+
+
+def _settle_interrupted(target: str) -> None:
+    """Before replacing ``target``: restore an old copy left aside by a killed replace, or drop a stale one."""
+    aside = _aside_path(target)
+    if not os.path.lexists(aside):
+        return
+    if os.path.lexists(target):
+        _remove_path(aside)
+    else:
+        restore_interrupted_replace(target)
+
+
+def _swap_by_renames(staged: str, target: str) -> None:
+    """Replace ``target`` where no atomic exchange exists: old aside, new in, old removed.
+
+    Between the first two renames ``target`` is missing; :func:`restore_interrupted_replace` (run by
+    every read of a local store and by model loading) puts the old copy back if the process died there.
+    """
+    aside = _aside_path(target)
+    for attempt in range(3):
+        try:
+            os.rename(target, aside)
+        except FileNotFoundError:
+            pass
+        else:
+            _replace_step("moved-aside")
+        try:
+            os.rename(staged, target)
+        except OSError as exc:
+            # A reader restored the old copy in between: move it aside again.
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY) and attempt < 2:
+                continue
+            restore_interrupted_replace(target)
+            raise
+        _replace_step("moved-in")
+        _remove_path(aside)
+        _replace_step("old-removed")
+        return
+
+
+def _move_into_place(staged: str, target: str) -> None:
+    """Put the complete directory ``staged`` at ``target`` (same filesystem), replacing what is there.
+
+    At every instant ``target`` is either the old entry or the new directory, whole: a rename when
+    nothing is there, else an atomic exchange (``renameat2(RENAME_EXCHANGE)`` on Linux,
+    ``renamex_np(RENAME_SWAP)`` on macOS) after which the old entry, now at ``staged``, is removed.
+    Elsewhere see :func:`_swap_by_renames`.
+    """
+    _settle_interrupted(target)
+    _replace_step("staged")
+    if not os.path.lexists(target):
+        try:
+            os.rename(staged, target)
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+                raise
+        else:
+            _replace_step("moved-in")
+            return
+    if _rename_exchange(staged, target):
+        _replace_step("exchanged")
+        _remove_path(staged)
+        _replace_step("old-removed")
+        return
+    _swap_by_renames(staged, target)
 
 
 def _write_atomically(dest: str, source: str | os.PathLike[str] | bytes, mode: int) -> None:
@@ -118,12 +283,18 @@ class LocalArtifactStore(ArtifactStore):
         rel = safe_relpath(path)
         real_root = os.path.realpath(self.root)
         real = os.path.realpath(self._lexical(rel))
+        self._check_inside(rel, real, real_root)
+        if rel and not os.path.lexists(real) and restore_interrupted_replace(real, stop_at=real_root):
+            real = os.path.realpath(self._lexical(rel))
+            self._check_inside(rel, real, real_root)
+        return rel, real
+
+    def _check_inside(self, rel: str, real: str, real_root: str) -> None:
         if not is_inside(real, real_root):
             raise UnsafePath(
                 f"unsafe artifact path {rel!r}: it resolves through a symlink to {real}, "
                 f"outside the artifact root {self.root}"
             )
-        return rel, real
 
     def local_path(self, path: str | None = None) -> Path:
         """The resolved local path of the artifact ``path`` (which need not exist), confined to the root.
@@ -158,18 +329,86 @@ class LocalArtifactStore(ArtifactStore):
         fsync_dirs({os.path.dirname(dest) for dest in targets})
 
     @contextlib.contextmanager
-    def staging_dir(self) -> Iterator[Path]:
-        """A new empty directory inside the root, hidden from listings, for files to hand to :meth:`move_dir`.
+    def staging_dir(self, artifact_path: str | None = None) -> Iterator[Path]:
+        """A new empty hidden directory for files to hand to :meth:`replace_dir` or :meth:`move_dir`.
 
-        Being on the store's filesystem is what lets :meth:`move_dir` rename instead of copy. The
-        directory and anything left in it are removed on exit.
+        It is made next to ``artifact_path`` (in its parent directory; in the root by default), so it
+        is on the same filesystem and :meth:`replace_dir` can rename instead of copy. The directory
+        and anything left in it are removed on exit; a killed process leaves it behind for
+        ``cairn gc`` (its name starts with :data:`TEMP_PREFIX`).
         """
-        os.makedirs(self.root, exist_ok=True)
-        path = tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=self.root)
+        parent_rel = safe_relpath(artifact_path).rpartition("/")[0]
+        _, parent = self._resolve(parent_rel)
+        os.makedirs(parent, exist_ok=True)
+        path = tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=parent)
         try:
             yield Path(path)
         finally:
             shutil.rmtree(path, ignore_errors=True)
+
+    def replace_dir(
+        self,
+        local_dir: str | os.PathLike[str],
+        artifact_path: str,
+        *,
+        commit_file: str | None = None,
+        durable_now: bool = True,
+    ) -> None:
+        """Make ``artifact_path`` the directory ``local_dir``, replacing whatever is there, atomically.
+
+        A reader of ``artifact_path`` sees, at every instant, either the old entry or the complete
+        new directory, never a mix and never nothing: the new directory is renamed in whole, and an
+        existing one is swapped with it by an atomic exchange (Linux ``renameat2``, macOS
+        ``renamex_np``) and removed afterwards. Where the filesystem has no exchange, the old entry
+        is renamed aside to ``.cairn-old-<name>`` first and the new one renamed in; if the process
+        dies between the two, the next read of the path (this store, or loading a model) renames
+        the old entry back. A killed replace leaves hidden ``.cairn-tmp-*``/``.cairn-old-*`` entries
+        that ``cairn gc`` removes.
+
+        Args:
+            local_dir: the complete new directory; renamed into place (so consumed) when it is on
+                this store's filesystem (see :meth:`staging_dir`), copied next to the target first otherwise.
+            artifact_path: where under the root (not the root itself).
+            commit_file: ignored here (the directory appears at once); see the fsspec store.
+            durable_now: fsync every file before returning. With ``False`` the fsyncs run in
+                :mod:`cairn.artifacts.durability`'s thread after the swap.
+
+        Raises:
+            InvalidArgument: ``artifact_path`` is the root, or ``local_dir`` is not a directory.
+            UnsafePath: see :func:`collect_files`.
+        """
+        del commit_file
+        rel = replace_target(artifact_path)
+        parent_rel, _, name = rel.rpartition("/")
+        _, parent = self._resolve(parent_rel)
+        target = os.path.join(parent, name)  # a symlink at ``name`` itself is replaced, not followed
+        files = collect_files(local_dir)
+        os.makedirs(parent, exist_ok=True)
+        staged = os.path.abspath(os.fspath(local_dir))
+        if os.stat(staged).st_dev != os.stat(parent).st_dev or os.path.islink(staged):
+            with self.staging_dir(rel) as near:
+                copy = os.path.join(near, name)
+                for item in files:
+                    _write_atomically(os.path.join(copy, *item.relpath.split("/")), item.source, _mode_of(item.source))
+                self._swap_in(copy, target, [item.relpath for item in files], durable_now)
+            return
+        self._swap_in(staged, target, [item.relpath for item in files], durable_now)
+
+    def _swap_in(self, staged: str, target: str, relpaths: builtins.list[str], durable_now: bool) -> None:
+        def placed(root: str) -> builtins.list[str]:
+            return [os.path.join(root, *relpath.split("/")) for relpath in relpaths]
+
+        if durable_now:
+            for path in placed(staged):
+                fsync_file(path)
+            fsync_dirs({os.path.dirname(path) for path in placed(staged)} | {staged})
+        _move_into_place(staged, target)
+        final = placed(target)
+        dirs = {os.path.dirname(path) for path in final} | {os.path.dirname(target)}
+        if durable_now:
+            fsync_dirs(dirs)
+        else:
+            fsync_in_background(final, dirs)
 
     def move_dir(
         self, local_dir: str | os.PathLike[str], artifact_path: str | None = None, *, durable_now: bool = True

@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 from urllib.parse import unquote, urlparse
 
 from cairn import safety
+from cairn.artifacts.local import restore_interrupted_replace
 from cairn.errors import ArtifactNotFound, InvalidArgument, UnsafePath
 from cairn.flavors import registry
 from cairn.models.enforcement import enforce_params, enforce_schema
@@ -83,7 +84,7 @@ def resolve_local_model_dir(model_uri: str | os.PathLike[str], dst: str | os.Pat
     """
     local = local_path_of(model_uri)
     if local is not None:
-        if not local.exists():
+        if not local.exists() and not restore_interrupted_replace(local):
             raise ArtifactNotFound(f"no model at {local}: the path does not exist")
         return local.absolute()
     from cairn.registry.uris import resolve_model_uri
@@ -92,7 +93,7 @@ def resolve_local_model_dir(model_uri: str | os.PathLike[str], dst: str | os.Pat
     location = resolved.location
     local = local_path_of(location)
     if local is not None:
-        if not local.exists():
+        if not local.exists() and not restore_interrupted_replace(local):
             raise ArtifactNotFound(f"no model at {model_uri} (resolved to {local}, which does not exist)")
         return local.absolute()
     from cairn.artifacts import get_artifact_store

@@ -322,8 +322,12 @@ def log_model(
     """Save a model with ``save_fn`` and upload it into a run's artifacts at ``name``.
 
     The run is ``run_id``, else the active run, else a new run that stays active (as in MLflow).
-    A model already logged at ``name`` in the run is replaced. ``MLmodel`` is uploaded after every
-    other file, so a reader never sees an MLmodel whose files are not there yet.
+    A model already logged at ``name`` in the run is replaced, never removed first: in a local
+    store a reader of ``runs:/<run_id>/<name>`` sees the old model or the new one, each complete, at
+    every instant, even if this process is killed (see
+    :meth:`~cairn.artifacts.local.LocalArtifactStore.replace_dir`); in other stores ``MLmodel`` is
+    uploaded after every other file and old files are deleted last (see
+    :meth:`~cairn.artifacts.fsspec_store.FsspecArtifactStore.replace_dir` for what a reader may see).
 
     Args:
         save_fn: the flavor's ``save_model``; called as ``save_fn(path, run_id=..., artifact_path=name,
@@ -351,25 +355,16 @@ def log_model(
     else:
         client.get_run(run_id)  # RunNotFound before any work
     store = client.artifact_store(run_id)
-    # A local store stages the model on its own filesystem and renames the files into place (no copy);
-    # their fsync runs in the background, waited for at run end (cairn.artifacts.durability).
+    # A local store stages the model next to its final place and swaps the whole directory in (no
+    # copy, see LocalArtifactStore.replace_dir); the fsync runs in the background, waited for at run
+    # end (cairn.artifacts.durability). Other stores upload, MLmodel last, then prune old files.
     staging = getattr(store, "staging_dir", None)
-    move_dir = getattr(store, "move_dir", None)
-    with staging() if callable(staging) else tempfile.TemporaryDirectory(prefix="cairn-model-") as tmp:
+    with staging(name) if callable(staging) else tempfile.TemporaryDirectory(prefix="cairn-model-") as tmp:
         local = Path(tmp) / "model"
         model = save_fn(local, run_id=run_id, artifact_path=name, **save_kwargs)
         if not isinstance(model, Model):
             raise InvalidArgument(f"save_fn must return the Model it saved, got {type(model).__name__}")
-        if store.exists(name):
-            store.delete(name)
-        mlmodel = Path(tmp) / MLMODEL_FILE_NAME
-        os.replace(local / MLMODEL_FILE_NAME, mlmodel)
-        if any(local.iterdir()):
-            if callable(move_dir):
-                move_dir(local, name, durable_now=False)
-            else:
-                store.put_dir(local, name)
-        store.put_file(mlmodel, name)
+        store.replace_dir(local, name, commit_file=MLMODEL_FILE_NAME, durable_now=False)
     local_path = getattr(store, "local_path", None)
     if callable(local_path):  # files in a local store stay where they are: record them as verified
         record_model_files(local_path(name))
