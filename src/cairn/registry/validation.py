@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from cairn.errors import InvalidArgument
+from cairn.tracking.validation import storable_text
 
 MAX_NAME_LENGTH = 256
 MAX_ALIAS_LENGTH = 255
@@ -36,7 +37,20 @@ def model_name(name: object) -> str:
             )
     if name != name.strip():
         raise InvalidArgument(f"registered model name {name!r} has leading or trailing whitespace")
-    return name
+    return storable_text(name, f"registered model name {name!r}")
+
+
+def optional_text(text: str | None, what: str) -> str | None:
+    """Return a description, source or run link if a database can store it (``None`` passes).
+
+    Refused: anything but a string, NUL characters and lone surrogates (see
+    :func:`cairn.tracking.validation.storable_text`), on SQLite and PostgreSQL alike.
+    """
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise InvalidArgument(f"{what} must be a string, got {type(text).__name__}: {text!r}")
+    return storable_text(text, what)
 
 
 def version_number(version: object) -> int:

@@ -3,6 +3,11 @@
 Points are written in batches by one daemon thread per store. ``flush()`` writes everything queued
 before the call on the calling thread and raises the first error the writer met since the last
 flush, so nothing fails silently: ``end_run`` flushes, and so do process exit and SIGTERM.
+
+One bad point never costs the others: when a batch fails, the points of deleted or unknown runs are
+dropped run by run, points no database can hold (see :func:`cairn.tracking.validation.point_problem`)
+one by one, and the rest is written in halves down to single points, so only the points the store
+refuses are dropped, each with a warning naming run, key and step (and raised by the next flush).
 """
 
 from __future__ import annotations
@@ -12,8 +17,9 @@ import threading
 import time
 from collections import deque
 
-from cairn.errors import CairnError, NotFound, RunNotActive, StoreError, StoreLocked
+from cairn.errors import CairnError, InvalidArgument, NotFound, RunNotActive, StoreError, StoreLocked
 from cairn.store.base import MetricPoint, TrackingStore
+from cairn.tracking.validation import point_problem
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +28,9 @@ WAKE_AT = 10_000  # queued points that wake the writer before its interval
 MAX_BATCH = 50_000
 MAX_QUEUED = 2_000_000  # above this the caller writes synchronously (back-pressure, bounded memory)
 RETRY_BACKOFF_S = (0.05, 0.2, 1.0)
+#: Single points refused in a row, with nothing written in between, after which a failing batch is taken
+#: for a failing store (not for bad points) and the rest of it is dropped at once instead of point by point.
+MAX_REFUSED_IN_A_ROW = 8
 
 
 class MetricBatcher:
@@ -111,9 +120,6 @@ class MetricBatcher:
             try:
                 self._store.log_metric_points(batch)
                 return True
-            except (RunNotActive, NotFound):
-                self._write_run_by_run(batch)
-                return True
             except StoreLocked as exc:
                 attempts += 1
                 if not retry_forever and attempts > len(RETRY_BACKOFF_S):
@@ -123,23 +129,97 @@ class MetricBatcher:
                 if retry_forever and attempts > len(RETRY_BACKOFF_S):
                     return self._give_up(batch, exc)
                 time.sleep(RETRY_BACKOFF_S[attempts - 1])
-            except CairnError as exc:
-                return self._give_up(batch, exc)
-            except Exception as exc:  # a bug must not kill the writer thread and lose later points
-                return self._give_up(batch, StoreError(f"{type(exc).__name__}: {exc}"))
+            except Exception:  # a bad point, a failing store or a bug: never lose the good points for it
+                return self._write_isolating(batch, retry_forever=retry_forever)
 
-    def _write_run_by_run(self, batch: list[MetricPoint]) -> None:
-        """Keep the points of healthy runs when one run of the batch was deleted or is unknown."""
-        by_run: dict[str, list[MetricPoint]] = {}
+    def _write_isolating(self, batch: list[MetricPoint], *, retry_forever: bool) -> bool:
+        """After ``batch`` failed: drop what cannot be stored, write everything else.
+
+        False when the store stayed locked and the unwritten points were set aside for the writer
+        thread to retry later (as :meth:`_write` does).
+        """
+        storable: list[MetricPoint] = []
         for point in batch:
+            problem = point_problem(*point)
+            if problem is None:
+                storable.append(point)
+            else:
+                self._drop_point(point, InvalidArgument(problem))
+        by_run: dict[str, list[MetricPoint]] = {}
+        for point in storable:
             by_run.setdefault(point.run_id, []).append(point)
+        locked: list[MetricPoint] = []
         for points in by_run.values():
+            if locked:
+                locked += points
+            else:
+                locked = self._write_in_halves(points)
+        if not locked:
+            return True
+        if retry_forever:
+            return self._give_up(locked, StoreLocked(f"the store stayed locked; {len(locked)} points were not written"))
+        logger.warning("cairn: store busy, %d metric points will be retried", len(locked))
+        self._retry = locked
+        return False
+
+    def _write_in_halves(self, points: list[MetricPoint]) -> list[MetricPoint]:
+        """Write the points of one run, halving failed pieces down to single points (dropped).
+
+        Returns the points left unwritten because the store stayed locked (empty otherwise).
+        """
+        pieces = [points]
+        refused_in_a_row = 0
+        while pieces:
+            piece = pieces.pop()
+            error = self._try_write(piece)
+            if error is None:
+                refused_in_a_row = 0
+            elif isinstance(error, StoreLocked):
+                return piece + _joined(pieces)
+            elif isinstance(error, (RunNotActive, NotFound)):  # the run is gone: all its points
+                self._give_up(piece + _joined(pieces), error)
+                return []
+            elif len(piece) > 1:
+                middle = len(piece) // 2
+                pieces += [piece[middle:], piece[:middle]]  # the first half is written first
+            else:
+                self._drop_point(piece[0], error)
+                refused_in_a_row += 1
+                if refused_in_a_row >= MAX_REFUSED_IN_A_ROW and pieces:  # the store fails, not the points
+                    self._give_up(_joined(pieces), error)
+                    return []
+        return []
+
+    def _try_write(self, points: list[MetricPoint]) -> CairnError | None:
+        """Write ``points`` (waiting out a locked store as :meth:`_write` does); the error, or None."""
+        for delay in (*RETRY_BACKOFF_S, None):
             try:
                 self._store.log_metric_points(points)
+                return None
+            except StoreLocked as exc:
+                if delay is None:
+                    return exc
+                time.sleep(delay)
             except CairnError as exc:
-                self._give_up(points, exc)
+                return exc
+            except Exception as exc:
+                return StoreError(f"{type(exc).__name__}: {exc}")
+        raise AssertionError("unreachable")
+
+    def _drop_point(self, point: MetricPoint, exc: CairnError) -> None:
+        """Drop one point the store refused: warn now, raise at the next flush (naming run, key, step)."""
+        run_id, key, _, _, step = point
+        message = f"metric point (run {run_id}, key {key!r}, step {step!r}) was not written: {exc}"
+        logger.warning("cairn: dropping 1 %s", message)
+        self._errors.append(InvalidArgument(message) if isinstance(exc, InvalidArgument) else StoreError(message))
 
     def _give_up(self, batch: list[MetricPoint], exc: CairnError) -> bool:
-        logger.warning("cairn: dropping %d metric points: %s", len(batch), exc)
+        runs = sorted({point.run_id for point in batch})
+        logger.warning("cairn: dropping %d metric points of run(s) %s: %s", len(batch), ", ".join(runs), exc)
         self._errors.append(exc)
         return True
+
+
+def _joined(pieces: list[list[MetricPoint]]) -> list[MetricPoint]:
+    """The points of the pieces still to write, in their original order (the stack's top is first)."""
+    return [point for piece in reversed(pieces) for point in piece]

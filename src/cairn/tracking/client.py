@@ -145,9 +145,7 @@ class Client(RegistryMethods):
         all_tags.update({k: validation.tag_value(v, k) for k, v in (tags or {}).items()})
         for key in all_tags:
             validation.validate_key(key, "tag")
-        name = run_name or all_tags.get(system_tags.RUN_NAME) or context.generate_run_name()
-        if len(name) > validation.MAX_RUN_NAME_LENGTH:
-            raise InvalidArgument(f"run name is {len(name)} characters long; the limit is 250")
+        name = validation.run_name(run_name or all_tags.get(system_tags.RUN_NAME) or context.generate_run_name())
         all_tags[system_tags.RUN_NAME] = name
         return self._store.create_run(
             str(experiment_id),
@@ -173,9 +171,15 @@ class Client(RegistryMethods):
         )
 
     def set_terminated(self, run_id: str, status: str | RunStatus = "FINISHED", end_time: int | None = None) -> None:
-        """End a run: flush its queued points, then record status and end time."""
-        self.flush()
-        self._store.update_run_info(run_id, status=RunStatus.parse(status), end_time=end_time or now_ms())
+        """End a run: flush its queued points, then record status and end time.
+
+        A point the writer could not store is raised here (after the run is ended anyway).
+        """
+        parsed = RunStatus.parse(status)
+        try:
+            self.flush()
+        finally:
+            self._store.update_run_info(run_id, status=parsed, end_time=end_time or now_ms())
 
     def delete_run(self, run_id: str) -> None:
         self.flush()
@@ -213,7 +217,7 @@ class Client(RegistryMethods):
             run_id,
             key,
             validation.metric_value(value, key),
-            timestamp if timestamp is not None else time.time_ns() // 1_000_000,
+            validation.metric_timestamp(timestamp, key) if timestamp is not None else time.time_ns() // 1_000_000,
             validation.metric_step(step, key) if step is not None else 0,
         )
         if synchronous:
@@ -246,9 +250,11 @@ class Client(RegistryMethods):
         tags: Sequence[RunTag] = (),
         synchronous: bool = True,
     ) -> None:
-        """Params, tags and metrics of one run; with ``synchronous=False`` metrics are queued."""
-        for metric in metrics:
-            validation.validate_key(metric.key)
+        """Params, tags and metrics of one run; with ``synchronous=False`` metrics are queued.
+
+        Every key and value is checked before anything is written or queued (InvalidArgument).
+        """
+        points = [_checked_point(run_id, metric) for metric in metrics]
         checked_params = [
             Param(validation.validate_key(p.key, "param"), validation.param_value(p.value, p.key)) for p in params
         ]
@@ -260,12 +266,7 @@ class Client(RegistryMethods):
         else:
             if checked_params or checked_tags:
                 self._store.log_batch(run_id, (), checked_params, checked_tags)
-            for metric in metrics:
-                self._batcher.add(
-                    MetricPoint(
-                        run_id, metric.key, validation.metric_value(metric.value), metric.timestamp, metric.step
-                    )
-                )
+            self._batcher.add_many(points)
         if background_errors.pending:
             background_errors.raise_pending()
 
@@ -326,6 +327,18 @@ class Client(RegistryMethods):
         destination = Path(dst_path) if dst_path is not None else Path(tempfile.mkdtemp(prefix="cairn-"))
         destination.mkdir(parents=True, exist_ok=True)
         return str(self.artifact_store(run_id).download(path or None, destination))
+
+
+def _checked_point(run_id: str, metric: Metric) -> MetricPoint:
+    """``metric`` of ``run_id`` as a point the store can hold, or InvalidArgument naming its key."""
+    key = validation.validate_key(metric.key)
+    return MetricPoint(
+        run_id,
+        key,
+        validation.metric_value(metric.value, key),
+        validation.metric_timestamp(metric.timestamp, key),
+        validation.metric_step(metric.step, key),
+    )
 
 
 def _like_to_regex(pattern: str) -> str:

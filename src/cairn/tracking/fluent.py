@@ -339,8 +339,9 @@ def log_metrics(
 ) -> None:
     client = _get_client()
     rid = run_id or _active_run_id()
-    ts = timestamp if timestamp is not None else time.time_ns() // 1_000_000
-    clean_step = validation.metric_step(step) if step is not None else 0
+    first_key = next(iter(metrics), "")
+    ts = validation.metric_timestamp(timestamp, first_key) if timestamp is not None else time.time_ns() // 1_000_000
+    clean_step = validation.metric_step(step, first_key) if step is not None else 0
     points = [
         MetricPoint(rid, validation.validate_key(k), validation.metric_value(v, k), ts, clean_step)
         for k, v in metrics.items()

@@ -58,7 +58,7 @@ def _lookup_name(name: object) -> str:
     """A name to look up: any non-empty string (a name that cannot exist is simply not found)."""
     if not isinstance(name, str) or not name:
         raise InvalidArgument(f"registered model name must be a non-empty string, got {name!r}")
-    return name
+    return validation.storable_text(name, f"registered model name {name!r}")
 
 
 def _tag_rows(tags: Mapping[str, Any] | None) -> list[dict[str, str]]:
@@ -251,6 +251,7 @@ class SqlRegistryStore(RegistryStore):
         self, name: str, tags: dict[str, str] | None = None, description: str | None = None
     ) -> RegisteredModel:
         name = checks.model_name(name)
+        description = checks.optional_text(description, "registered model description")
         tag_rows = _tag_rows(tags)
         conflict = f"registered model {name!r} already exists"
         with self._db.transaction(write=True, conflict=conflict) as conn:
@@ -313,6 +314,7 @@ class SqlRegistryStore(RegistryStore):
 
     def update_registered_model(self, name: str, description: str) -> RegisteredModel:
         name = _lookup_name(name)
+        checks.optional_text(description, "registered model description")
         with self._db.transaction(write=True) as conn:
             model = self._require_model(conn, name)
             conn.execute(
@@ -362,6 +364,8 @@ class SqlRegistryStore(RegistryStore):
             raise InvalidArgument(f"model version source must be a non-empty URI or path, got {source!r}")
         if run_id is not None and (not isinstance(run_id, str) or not 0 < len(run_id) <= _MAX_RUN_ID_LENGTH):
             raise InvalidArgument(f"run_id must be a run id of at most {_MAX_RUN_ID_LENGTH} characters, got {run_id!r}")
+        for text, what in ((source, "source"), (description, "description"), (run_link, "run link")):
+            checks.optional_text(text, f"model version {what}")
         tag_rows = _tag_rows(tags)
         with self._db.transaction(write=True) as conn:
             now = now_ms()
@@ -503,6 +507,7 @@ class SqlRegistryStore(RegistryStore):
             return self._versions(conn, sa.and_(sa.true(), *conditions), order=order, limit=max_results)
 
     def update_model_version(self, name: str, version: str | int, description: str) -> ModelVersion:
+        checks.optional_text(description, "model version description")
         with self._db.transaction(write=True) as conn:
             model = self._require_model(conn, _lookup_name(name))
             number = self._require_version(conn, model, version)

@@ -130,6 +130,8 @@ class SqlTrackingStore(TrackingStore):
         self, name: str, artifact_location: str | None = None, tags: dict[str, str] | None = None
     ) -> str:
         name = self._experiment_name(name)
+        if artifact_location:
+            validation.storable_text(artifact_location, f"artifact location {artifact_location!r}")
         tag_rows = self._experiment_tag_rows(tags or {})
         conflict = f"an experiment named {name!r} already exists (perhaps deleted: restore it or pick another name)"
         with self._db.transaction(write=True, conflict=conflict) as conn:
@@ -155,11 +157,7 @@ class SqlTrackingStore(TrackingStore):
 
     @staticmethod
     def _experiment_name(name: object) -> str:
-        if not isinstance(name, str) or not name.strip():
-            raise InvalidArgument(f"experiment name must be a non-empty string, got {name!r}")
-        if len(name) > 256:
-            raise InvalidArgument(f"experiment name is {len(name)} characters long; the limit is 256")
-        return name
+        return validation.experiment_name(name)
 
     @staticmethod
     def _experiment_tag_rows(tag_map: dict[str, Any]) -> list[dict[str, str]]:
@@ -177,6 +175,8 @@ class SqlTrackingStore(TrackingStore):
         return found[0]
 
     def get_experiment_by_name(self, name: str) -> Experiment | None:
+        if not validation.is_storable_text(name):
+            return None  # no experiment can have this name (and PostgreSQL would refuse the query)
         with self._db.transaction() as conn:
             found = self._experiments(conn, experiments.c.name == name)
         return found[0] if found else None
@@ -333,12 +333,7 @@ class SqlTrackingStore(TrackingStore):
 
     @staticmethod
     def _check_run_name(run_name: object) -> None:
-        if not isinstance(run_name, str):
-            raise InvalidArgument(f"run name must be a string, got {type(run_name).__name__}: {run_name!r}")
-        if len(run_name) > validation.MAX_RUN_NAME_LENGTH:
-            raise InvalidArgument(
-                f"run name is {len(run_name)} characters long; the limit is {validation.MAX_RUN_NAME_LENGTH}"
-            )
+        validation.run_name(run_name)
 
     def get_run(self, run_id: str) -> Run:
         with self._db.transaction() as conn:
@@ -458,7 +453,7 @@ class SqlTrackingStore(TrackingStore):
                 run_id,
                 validation.validate_key(m.key, "metric"),
                 validation.metric_value(m.value, m.key),
-                int(m.timestamp),
+                validation.metric_timestamp(m.timestamp, m.key),
                 validation.metric_step(m.step, m.key),
             )
             for m in metrics
@@ -529,6 +524,7 @@ class SqlTrackingStore(TrackingStore):
         conn.execute(insert.on_conflict_do_update(index_elements=list(keys), set_=update), rows)
 
     def delete_tag(self, run_id: str, key: str) -> None:
+        validation.storable_text(key, f"tag key {key!r}")
         with self._db.transaction(write=True) as conn:
             self._require_run(conn, run_id, active=True)
             deleted = conn.execute(tags.delete().where(tags.c.run_uuid == run_id, tags.c.key == key))
@@ -660,8 +656,8 @@ class SqlTrackingStore(TrackingStore):
                 p.key,
                 None if p.value != p.value else float(p.value),  # NaN is stored as NULL + is_nan
                 p.value != p.value,
-                int(p.step),
-                int(p.timestamp),
+                validation.metric_step(p.step, p.key),
+                validation.metric_timestamp(p.timestamp, p.key),
                 bool(p.superseded),
             )
             for p in points
