@@ -1,4 +1,4 @@
-"""Small filesystem helpers shared by the checkpoint modules: hashing, fsync, atomic JSON."""
+"""Small helpers shared by the checkpoint modules: hashing, fsync, JSON files, and checks of parsed JSON."""
 
 from __future__ import annotations
 
@@ -7,9 +7,14 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
-__all__ = ["FileDigest", "digest_file", "fsync_dir", "write_json"]
+from cairn.errors import CheckpointCorrupt
+
+__all__ = ["MAX_COUNT", "FileDigest", "digest_file", "fsync_dir", "is_count", "parse_json", "read_json", "write_json"]
+
+MAX_COUNT = 2**63 - 1
+"""Largest step, epoch or batch count a checkpoint may hold (a signed 64-bit integer, as the store keeps steps)."""
 
 _CHUNK = 8 * 1024 * 1024
 
@@ -53,3 +58,28 @@ def write_json(path: Path, payload: Any) -> None:
     """Write ``payload`` as strict JSON (no NaN/Infinity tokens) to ``path``."""
     text = json.dumps(payload, indent=1, allow_nan=False, ensure_ascii=False)
     path.write_text(text + "\n", encoding="utf-8")
+
+
+def parse_json(text: str | bytes, where: str | os.PathLike[str]) -> Any:
+    """Parse JSON read from a checkpoint; any failure (syntax, encoding, nesting too deep for the parser,
+    an integer literal too long to convert) is :class:`CheckpointCorrupt` naming ``where``."""
+    try:
+        return json.loads(text)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise CheckpointCorrupt(
+            f"{where} is unreadable: not valid JSON ({type(exc).__name__}: {str(exc)[:200]})"
+        ) from exc
+
+
+def read_json(path: Path) -> Any:
+    """Read and parse a JSON file of a checkpoint (see :func:`parse_json`); a missing file is corrupt too."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointCorrupt(f"cannot read {path}: {exc.strerror or exc}") from exc
+    return parse_json(data, path)
+
+
+def is_count(value: Any) -> TypeGuard[int]:
+    """Whether ``value`` is an ``int`` (not a bool) in ``[0, MAX_COUNT]``: a valid step, epoch or batch count."""
+    return type(value) is int and 0 <= value <= MAX_COUNT

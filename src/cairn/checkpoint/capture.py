@@ -9,7 +9,6 @@ safetensors and JSON: no pickle, no ``torch.load``.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -19,12 +18,12 @@ from typing import Any
 
 import torch
 
-from cairn.checkpoint._fs import write_json
+from cairn.checkpoint._fs import MAX_COUNT, is_count, read_json, write_json
 from cairn.checkpoint.buffers import BufferPool
 from cairn.checkpoint.dataloader import LoaderState, resumable_position
-from cairn.checkpoint.manifest import read_manifest
+from cairn.checkpoint.manifest import Manifest, read_manifest
 from cairn.checkpoint.rng import capture_rng_state, restore_rng_state
-from cairn.checkpoint.state_tree import FlatTree, flatten_state_tree, read_flat_tree, write_flat_tree
+from cairn.checkpoint.state_tree import FlatTree, flatten_state_tree, read_flat_tree, tree_files, write_flat_tree
 from cairn.errors import CheckpointCorrupt, InvalidArgument, StateMismatch
 
 __all__ = [
@@ -121,7 +120,14 @@ def snapshot_state(
     """Snapshot arbitrary named state trees (private CPU copies) into a :class:`TrainingState`.
 
     ``buffers``: copy into free buffers of this pool (e.g. ``writer.buffers``) instead of allocating.
+
+    Raises:
+        InvalidArgument: a component name is invalid, ``step``, ``epoch`` or ``batch_in_epoch`` is negative
+            (or beyond a 64-bit integer), or a value cannot be stored.
     """
+    for what, count in (("step", step), ("epoch", epoch), ("batch_in_epoch", batch_in_epoch)):
+        if count is not None and not 0 <= int(count) <= MAX_COUNT:
+            raise InvalidArgument(f"checkpoint {what} must be between 0 and {MAX_COUNT}, got {count}")
     components = {}
     for name, tree in trees.items():
         if not _COMPONENT_NAME.match(name) or name in _RESERVED:
@@ -234,7 +240,7 @@ class RestoredState:
                 f"checkpoint {self.path} has no data-loader position; capture it with "
                 "capture_training_state(..., dataloader=ResumableLoader(loader))"
             )
-        position = LoaderState.from_tree(self.dataloader_state)
+        position = LoaderState.from_tree(self.dataloader_state, str(tree_files(self.path, "dataloader")[1]))
         if position.epoch_start is None or position.epoch_finished:
             return iter(loader)
         return resumable_position(loader, position.batch_in_epoch, epoch_start=position.epoch_start)
@@ -269,9 +275,12 @@ def restore_training_state(
     """
     root = Path(state_dir)
     manifest = read_manifest(root, verify_hashes=True)
+    _require_listed(manifest, root, [STATE_FILE])
     info = _read_state_file(root)
     components = set(info["components"])
-    classes = info.get("classes") or {}
+    files = [path.name for name in components for path in tree_files(root, name)]
+    _require_listed(manifest, root, files, named_in=STATE_FILE)
+    classes = info["classes"]
 
     def load(name: str) -> Any:
         return read_flat_tree(root, name, map_location=map_location)
@@ -295,10 +304,10 @@ def restore_training_state(
             if strict:
                 raise StateMismatch(f"checkpoint {root} holds no data-loader position")
         else:
-            dataloader.load_state_dict(loader_state)
+            _load_loader_position(dataloader, loader_state, str(tree_files(root, "dataloader")[1]))
     extra = load("extra") if "extra" in components else None
     if restore_rng and "rng" in components:
-        restore_rng_state(load("rng"))
+        restore_rng_state(load("rng"), source=str(tree_files(root, "rng")[1]))
     return RestoredState(
         step=info["step"],
         epoch=info.get("epoch"),
@@ -312,8 +321,13 @@ def restore_training_state(
 
 
 def load_component(state_dir: str | os.PathLike[str], name: str, *, map_location: str | torch.device = "cpu") -> Any:
-    """Read one component tree (e.g. ``"model"`` for a plain state dict) from a verified checkpoint."""
-    read_manifest(state_dir, verify_hashes=True)
+    """Read one component tree (e.g. ``"model"`` for a plain state dict) from a verified checkpoint.
+
+    Raises:
+        CheckpointCorrupt: the checkpoint is damaged, or its manifest does not list the component's files.
+    """
+    manifest = read_manifest(state_dir, verify_hashes=True)
+    _require_listed(manifest, Path(state_dir), [path.name for path in tree_files(state_dir, _component(name))])
     return read_flat_tree(state_dir, name, map_location=map_location)
 
 
@@ -346,17 +360,62 @@ def _unwrap(model: Any) -> Any:
             return model
 
 
+def _component(name: str) -> str:
+    if not isinstance(name, str) or not _COMPONENT_NAME.match(name) or name in _RESERVED:
+        raise InvalidArgument(f"invalid checkpoint component name {name!r:.80}")
+    return name
+
+
+def _require_listed(manifest: Manifest, root: Path, names: list[str], *, named_in: str = "") -> None:
+    """Only files the manifest vouches for are read: an unlisted file was not hashed."""
+    unlisted = sorted(name for name in names if name not in manifest.files)
+    if unlisted:
+        source = f"{root / named_in} names files that" if named_in else f"checkpoint {root} is incomplete:"
+        raise CheckpointCorrupt(f"{source} its manifest does not list: {', '.join(unlisted)}")
+
+
 def _read_state_file(root: Path) -> dict[str, Any]:
+    """Parse ``training_state.json``; every field is checked, and ``classes`` is always a dict.
+
+    Raises:
+        CheckpointCorrupt: the file is missing, not JSON, or a field has another type or range.
+    """
     path = root / STATE_FILE
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CheckpointCorrupt(f"cannot read {path}: {exc}") from exc
+    info = read_json(path)
     if not isinstance(info, dict) or info.get("format") != STATE_FORMAT or info.get("version") != STATE_VERSION:
         raise CheckpointCorrupt(f"{path} is not a {STATE_FORMAT} v{STATE_VERSION} file")
-    if type(info.get("step")) is not int or not isinstance(info.get("components"), list):
-        raise CheckpointCorrupt(f"{path} lacks step or components")
-    return info
+    problem = _state_file_problem(info)
+    if problem is not None:
+        raise CheckpointCorrupt(f"{path}: {problem}")
+    return {**info, "classes": info.get("classes") or {}}
+
+
+def _state_file_problem(info: dict[str, Any]) -> str | None:
+    if not is_count(info.get("step")):
+        return f"step must be an integer between 0 and {MAX_COUNT}"
+    for name in ("epoch", "batch_in_epoch"):
+        if info.get(name) is not None and not is_count(info[name]):
+            return f"{name} must be null or an integer between 0 and {MAX_COUNT}"
+    if info.get("run_id") is not None and not isinstance(info["run_id"], str):
+        return "run_id must be null or a string"
+    components = info.get("components")
+    if not isinstance(components, list) or not all(
+        isinstance(name, str) and _COMPONENT_NAME.match(name) and name not in _RESERVED for name in components
+    ):
+        return "components must be a list of component names (letters, digits, '_', '-', '.')"
+    classes = info.get("classes") or {}
+    if not isinstance(classes, dict) or not all(isinstance(v, str) for v in classes.values()):
+        return "classes must map component names to class names"
+    return None
+
+
+def _load_loader_position(dataloader: Any, state: Any, source: str) -> None:
+    """Hand the saved position to ``dataloader``; a position it finds malformed is reported against ``source``."""
+    try:
+        dataloader.load_state_dict(state)
+    except CheckpointCorrupt as exc:
+        message = str(exc)
+        raise CheckpointCorrupt(message if message.startswith(source) else f"{source}: {message}") from exc
 
 
 def _listing(title: str, lines: list[str]) -> list[str]:

@@ -25,7 +25,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from cairn.checkpoint.rng import capture_rng_state, restore_rng_state
+from cairn.checkpoint._fs import MAX_COUNT, is_count
+from cairn.checkpoint.rng import capture_rng_state, check_rng_state, restore_rng_state
 from cairn.errors import CheckpointCorrupt, InvalidArgument
 
 __all__ = [
@@ -49,13 +50,29 @@ class EpochStart:
         return {"rng": self.rng, "generators": dict(self.generators)}
 
     @classmethod
-    def from_tree(cls, tree: Any) -> EpochStart:
-        if not isinstance(tree, dict) or not isinstance(tree.get("rng"), dict):
-            raise CheckpointCorrupt("data-loader epoch start has no RNG state")
-        generators = tree.get("generators") or {}
-        if not all(isinstance(v, torch.Tensor) for v in generators.values()):
-            raise CheckpointCorrupt("data-loader generator states must be tensors")
+    def from_tree(cls, tree: Any, source: str = "data-loader state") -> EpochStart:
+        """Parse and check what :meth:`to_tree` wrote.
+
+        Raises:
+            CheckpointCorrupt: ``tree`` has another shape; the message starts with ``source``.
+        """
+        if not isinstance(tree, dict) or "rng" not in tree:
+            raise CheckpointCorrupt(f"{source}: the data-loader epoch start has no RNG state")
+        check_rng_state(tree["rng"], f"{source}: epoch start")
+        generators = tree.get("generators", {})
+        size = torch.Generator().get_state().numel()
+        valid = isinstance(generators, dict) and all(
+            isinstance(role, str) and _is_generator_state(state, size) for role, state in generators.items()
+        )
+        if not valid:
+            raise CheckpointCorrupt(
+                f"{source}: data-loader generator states must map a role to a uint8 tensor of {size} bytes"
+            )
         return cls(rng=tree["rng"], generators=dict(generators))
+
+
+def _is_generator_state(state: Any, size: int) -> bool:
+    return isinstance(state, torch.Tensor) and state.dtype == torch.uint8 and state.shape == (size,)
 
 
 @dataclass
@@ -74,14 +91,22 @@ class LoaderState:
         }
 
     @classmethod
-    def from_tree(cls, tree: Any) -> LoaderState:
-        if not isinstance(tree, dict) or type(tree.get("batch_in_epoch")) is not int:
-            raise CheckpointCorrupt("data-loader state lacks batch_in_epoch")
+    def from_tree(cls, tree: Any, source: str = "data-loader state") -> LoaderState:
+        """Parse and check what :meth:`to_tree` wrote.
+
+        Raises:
+            CheckpointCorrupt: ``tree`` has another shape; the message starts with ``source``.
+        """
+        if not isinstance(tree, dict) or not is_count(tree.get("batch_in_epoch")):
+            raise CheckpointCorrupt(f"{source}: batch_in_epoch must be an integer between 0 and {MAX_COUNT}")
+        finished = tree.get("epoch_finished", False)
+        if type(finished) is not bool:
+            raise CheckpointCorrupt(f"{source}: epoch_finished must be a boolean")
         start = tree.get("epoch_start")
         return cls(
-            epoch_start=None if start is None else EpochStart.from_tree(start),
+            epoch_start=None if start is None else EpochStart.from_tree(start, source),
             batch_in_epoch=tree["batch_in_epoch"],
-            epoch_finished=bool(tree.get("epoch_finished", False)),
+            epoch_finished=finished,
         )
 
 

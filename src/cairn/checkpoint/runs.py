@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import getpass
-import json
 import os
 import re
 import shutil
@@ -51,7 +50,7 @@ from typing import Any, Literal
 from cairn.artifacts.base import ArtifactStore, collect_files
 from cairn.checkpoint.capture import RestoredState, capture_training_state, restore_training_state
 from cairn.checkpoint.local import TEMP_PREFIX, CheckpointInfo, scan_checkpoints, step_dirname
-from cairn.checkpoint.manifest import MANIFEST_NAME, _parse, read_manifest
+from cairn.checkpoint.manifest import MANIFEST_NAME, parse_manifest, read_manifest
 from cairn.checkpoint.retention import RetentionPolicy
 from cairn.checkpoint.writer import AsyncCheckpointWriter
 from cairn.errors import (
@@ -218,7 +217,7 @@ def _read_remote(store: ArtifactStore, name: str, step: int, staging: Path) -> _
     try:
         with store.open(f"{_artifact_path(name)}/{MANIFEST_NAME}") as handle:
             data = handle.read()
-        manifest = _parse(json.loads(data.decode("utf-8")), Path(_artifact_path(name)) / MANIFEST_NAME)
+        manifest = parse_manifest(data, Path(_artifact_path(name)) / MANIFEST_NAME)
     except (ArtifactNotFound, CheckpointCorrupt, ValueError, UnicodeDecodeError):
         return _Remote(name, step, None, None)
     return _Remote(name, manifest.step, CheckpointInfo.from_manifest(staging / name, manifest), data)

@@ -14,6 +14,10 @@ object tagged with ``"$"``. Tensors are stored contiguous, so strides are not pr
 Tensors that are the same view of the same storage (tied weights) are stored once and restored as one
 tensor; partially overlapping views are stored as independent copies. Dtypes safetensors lacks (e.g.
 ``complex128``) are stored as their raw bytes and viewed back.
+
+Reading treats the JSON as hostile even when its sha256 is right: every node is checked against what the
+writer produces (node types, key types, tensor references, dtypes, shapes, nesting at most
+:data:`MAX_DEPTH` containers deep), and anything else is :class:`CheckpointCorrupt` naming the file.
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ import json
 import math
 import os
 from collections import OrderedDict
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,7 @@ import numpy as np
 import safetensors.torch
 import torch
 
+from cairn.checkpoint._fs import read_json
 from cairn.checkpoint.buffers import BufferPool
 from cairn.checkpoint.copies import copy_all
 from cairn.errors import CheckpointCorrupt, InvalidArgument
@@ -49,6 +53,8 @@ __all__ = [
 
 FORMAT = "cairn.state_tree"
 VERSION = 1
+MAX_DEPTH = 100
+"""Deepest nesting of containers (dicts, lists, tuples) a state tree may have, when written and when read."""
 
 _SAFETENSORS_DTYPES = frozenset(safetensors.torch._TYPES.values())
 _RESERVED_KEYS = frozenset({"__metadata__"})
@@ -142,10 +148,7 @@ def write_flat_tree(flat: FlatTree, directory: str | os.PathLike[str], name: str
 def read_flat_tree(directory: str | os.PathLike[str], name: str, *, map_location: str | torch.device = "cpu") -> Any:
     """Read tree ``name`` from ``directory`` (see :func:`load_state_tree`)."""
     tensors_path, structure_path = tree_files(directory, name)
-    try:
-        structure = json.loads(structure_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise CheckpointCorrupt(f"cannot read state structure {structure_path}: {exc}") from exc
+    structure = read_json(structure_path)
     _check_header(structure, str(structure_path))
     try:
         tensors = safetensors.torch.load_file(str(tensors_path), device=str(torch.device(map_location)))
@@ -165,7 +168,9 @@ def _check_header(structure: Any, where: str) -> None:
     if not isinstance(structure, dict) or structure.get("format") != FORMAT:
         raise CheckpointCorrupt(f"{where} is not a {FORMAT} file")
     if structure.get("version") != VERSION:
-        raise CheckpointCorrupt(f"{where} has format version {structure.get('version')!r}; this cairn reads {VERSION}")
+        raise CheckpointCorrupt(
+            f"{where} has format version {structure.get('version')!r:.40}; this cairn reads {VERSION}"
+        )
 
 
 # -- writing --------------------------------------------------------------------------------------
@@ -227,6 +232,8 @@ class _Flattener:
         if kind in (dict, OrderedDict, list, tuple, torch.Size):
             if id(value) in self._active:
                 raise InvalidArgument(f"{self.where(path)}: the state contains a reference cycle")
+            if len(self._active) >= MAX_DEPTH:
+                raise InvalidArgument(f"{self.where(path)}: the state nests containers more than {MAX_DEPTH} deep")
             self._active.add(id(value))
             try:
                 return self.container(value, path)
@@ -362,40 +369,30 @@ class _Flattener:
 
 
 class _Decoder:
+    """Rebuilds a tree from its structure, accepting only the nodes :class:`_Flattener` writes."""
+
     def __init__(self, tensors: dict[str, torch.Tensor], where: str) -> None:
         self.tensors = tensors
         self.where = where
-        self._cache: dict[tuple[str, bool, bool], torch.Tensor] = {}
+        self._cache: dict[tuple[Any, ...], torch.Tensor] = {}
 
     def fail(self, message: str) -> CheckpointCorrupt:
         return CheckpointCorrupt(f"{self.where}: {message}")
 
-    def node(self, node: Any) -> Any:
+    def node(self, node: Any, depth: int = 0) -> Any:
         if node is None or type(node) in (str, bool, int, float):
             return node
         if not isinstance(node, dict) or not isinstance(node.get("$"), str):
             raise self.fail(f"unexpected structure node {node!r:.80}")
         kind = node["$"]
-        if kind in ("dict", "odict"):
-            result: dict[Any, Any] = OrderedDict() if kind == "odict" else {}
-            for pair in self.items(node):
-                if not isinstance(pair, list) or len(pair) != 2:
-                    raise self.fail("malformed dict item")
-                key = self.node(pair[0])
-                try:
-                    result[key] = self.node(pair[1])
-                except TypeError as exc:
-                    raise self.fail(f"unhashable dict key {key!r:.80}") from exc
-            if "metadata" in node:
-                result._metadata = self.node(node["metadata"])  # type: ignore[attr-defined]
-            return result
-        if kind in ("list", "tuple", "size"):
-            items = [self.node(item) for item in self.items(node)]
-            return {"list": list, "tuple": tuple, "size": torch.Size}[kind](items)
+        if kind in _CONTAINERS:
+            if depth >= MAX_DEPTH:
+                raise self.fail(f"containers nested more than {MAX_DEPTH} deep")
+            return self.container(node, kind, depth + 1)
         if kind == "float":
             value = node.get("value")
             if value not in ("nan", "inf", "-inf"):
-                raise self.fail(f"bad float {value!r}")
+                raise self.fail(f"bad float {value!r:.40}")
             return float(value)
         if kind == "tensor":
             return self.tensor(node)
@@ -404,39 +401,92 @@ class _Decoder:
         if kind == "dtype":
             return _dtype_from_name(node.get("value"), self.where)
         if kind == "device":
-            return torch.device(str(node.get("value")))
-        raise self.fail(f"unknown node type {kind!r}")
+            return self.device(node.get("value"))
+        raise self.fail(f"unknown node type {kind!r:.40}")
 
-    def items(self, node: dict[str, Any]) -> Iterator[Any]:
+    def container(self, node: dict[str, Any], kind: str, depth: int) -> Any:
         items = node.get("items")
         if not isinstance(items, list):
-            raise self.fail(f"{node['$']} node without items")
-        return iter(items)
+            raise self.fail(f"{kind} node without items")
+        if kind in ("dict", "odict"):
+            return self.mapping(node, items, kind, depth)
+        values = [self.node(item, depth) for item in items]
+        if kind == "size":
+            if not all(type(v) is int and v >= 0 for v in values):
+                raise self.fail(f"torch.Size of {values!r:.80}: its items must be integers >= 0")
+            return torch.Size(values)
+        return values if kind == "list" else tuple(values)
+
+    def mapping(self, node: dict[str, Any], items: list[Any], kind: str, depth: int) -> dict[Any, Any]:
+        result: dict[Any, Any] = OrderedDict() if kind == "odict" else {}
+        for pair in items:
+            if not isinstance(pair, list) or len(pair) != 2:
+                raise self.fail("malformed dict item")
+            key = self.node(pair[0], depth)
+            if not _is_key(key):
+                raise self.fail(f"dict key {key!r:.80} is not a str, int, float, bool, None or a tuple of those")
+            result[key] = self.node(pair[1], depth)
+        if "metadata" in node:
+            if kind != "odict":
+                raise self.fail("metadata on a plain dict (only an OrderedDict state dict carries it)")
+            result._metadata = self.module_metadata(self.node(node["metadata"], depth))  # type: ignore[attr-defined]
+        return result
+
+    def module_metadata(self, metadata: Any) -> Any:
+        """``nn.Module.state_dict()``'s ``_metadata``: submodule prefix -> {"version": int, ...}."""
+        fine = isinstance(metadata, dict) and all(
+            isinstance(prefix, str)
+            and isinstance(entry, dict)
+            and all(isinstance(name, str) for name in entry)
+            and (entry.get("version") is None or type(entry.get("version")) is int)
+            for prefix, entry in metadata.items()
+        )
+        if not fine:
+            raise self.fail(f"state dict metadata {metadata!r:.80} is not a mapping of prefix to version info")
+        return metadata
+
+    def device(self, value: Any) -> torch.device:
+        if not isinstance(value, str):
+            raise self.fail(f"bad device {value!r:.40}")
+        try:
+            return torch.device(value)
+        except (RuntimeError, ValueError) as exc:
+            raise self.fail(f"bad device {value!r:.40}") from exc
 
     def raw(self, node: dict[str, Any]) -> torch.Tensor:
+        """The stored tensor ``node`` refers to, checked against the dtype and shape the node claims."""
         key = node.get("key")
         if not isinstance(key, str) or key not in self.tensors:
-            raise self.fail(f"tensor {key!r} is missing from the tensors file")
+            raise self.fail(f"tensor {key!r:.80} is missing from the tensors file")
         tensor = self.tensors[key]
         dtype = _dtype_from_name(node.get("dtype"), self.where)
         shape = node.get("shape")
-        if not isinstance(shape, list):
-            raise self.fail(f"tensor {key!r} has no shape")
-        if node.get("encoding") == "bytes":
-            if tensor.dtype != torch.uint8:
-                raise self.fail(f"tensor {key!r} should hold raw bytes")
-            return tensor.view(dtype).reshape(shape)
-        if tensor.dtype != dtype or list(tensor.shape) != shape:
-            raise self.fail(
-                f"tensor {key!r} is {tensor.dtype} {list(tensor.shape)} but the structure says {dtype} {shape}"
-            )
-        return tensor
+        if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
+            raise self.fail(f"tensor {key!r:.80} has no valid shape (a list of integers >= 0): {shape!r:.80}")
+        encoding = node.get("encoding")
+        if encoding is None:
+            if tensor.dtype != dtype or list(tensor.shape) != shape:
+                raise self.fail(
+                    f"tensor {key!r:.80} is {tensor.dtype} {list(tensor.shape)} but the structure says "
+                    f"{dtype} {shape!r:.80}"
+                )
+            return tensor
+        if encoding != "bytes":
+            raise self.fail(f"tensor {key!r:.80} has an unknown encoding {encoding!r:.40}")
+        nbytes = math.prod(shape) * dtype.itemsize
+        if tensor.dtype != torch.uint8 or tensor.dim() != 1 or tensor.numel() != nbytes:
+            raise self.fail(f"tensor {key!r:.80} should hold the {nbytes} raw bytes of a {dtype} {shape!r:.80}")
+        return tensor.view(dtype).reshape(shape)
 
     def tensor(self, node: dict[str, Any]) -> torch.Tensor:
-        parameter, grad = bool(node.get("parameter")), bool(node.get("requires_grad"))
-        cache_key = (str(node.get("key")), parameter, grad)
+        parameter, grad = node.get("parameter", False), node.get("requires_grad", False)
+        if type(parameter) is not bool or type(grad) is not bool:
+            raise self.fail(f"tensor {node.get('key')!r:.80}: parameter and requires_grad must be booleans")
+        tensor = self.raw(node)
+        if grad and not (tensor.dtype.is_floating_point or tensor.dtype.is_complex):
+            raise self.fail(f"tensor {node.get('key')!r:.80} of dtype {tensor.dtype} cannot require gradients")
+        cache_key = (node["key"], tensor.dtype, tuple(tensor.shape), parameter, grad)
         if cache_key not in self._cache:
-            tensor = self.raw(node)
             if parameter:
                 tensor = torch.nn.Parameter(tensor, requires_grad=grad)
             elif grad:
@@ -446,10 +496,34 @@ class _Decoder:
 
     def ndarray(self, node: dict[str, Any]) -> np.ndarray | np.generic:
         try:
-            dtype = np.dtype(node.get("numpy_dtype"))
-        except TypeError as exc:
-            raise self.fail(f"bad numpy dtype {node.get('numpy_dtype')!r}") from exc
-        array = self.raw(node).detach().cpu().numpy()
+            array = self.raw(node).detach().cpu().numpy()
+        except TypeError as exc:  # a torch dtype numpy lacks (bfloat16): the writer never stores one as ndarray
+            raise self.fail(f"array {node.get('key')!r:.80} has a dtype numpy cannot hold") from exc
+        dtype = self.numpy_dtype(node.get("numpy_dtype"), array.dtype)
         if array.dtype != dtype:
             array = array.astype(dtype)
-        return array[()] if node.get("scalar") else array
+        scalar = node.get("scalar", False)
+        if type(scalar) is not bool or (scalar and array.ndim != 0):
+            raise self.fail(f"numpy scalar flag {scalar!r:.20} does not fit an array of shape {list(array.shape)}")
+        return array[()] if scalar else array
+
+    def numpy_dtype(self, name: Any, stored: np.dtype[Any]) -> np.dtype[Any]:
+        """The dtype named in the structure: a plain numeric dtype of the stored array's kind and size."""
+        try:
+            dtype = np.dtype(name) if isinstance(name, str) else None
+        except (TypeError, ValueError):
+            dtype = None
+        if dtype is None or dtype.kind not in _NUMPY_KINDS or dtype.fields is not None or dtype.subdtype is not None:
+            raise self.fail(f"bad numpy dtype {name!r:.40}")
+        if dtype.newbyteorder("=") != stored:
+            raise self.fail(f"numpy dtype {name!r:.40} does not match the stored {stored}")
+        return dtype
+
+
+_CONTAINERS = frozenset({"dict", "odict", "list", "tuple", "size"})
+_NUMPY_KINDS = frozenset("biufc")  # bool, signed, unsigned, float, complex: what the writer stores
+
+
+def _is_key(key: Any) -> bool:
+    """Whether ``key`` is a dict key the writer accepts (see ``_Flattener.key``)."""
+    return type(key) in _KEY_SCALARS or (type(key) is tuple and all(type(k) in _KEY_SCALARS for k in key))
