@@ -353,11 +353,15 @@ def db_upgrade(ctx: click.Context) -> None:
 @main.command()
 @click.pass_context
 def doctor(ctx: click.Context) -> None:
-    """Show the resolved store, artifact root and versions, and check they work."""
+    """Show the resolved store, artifact root and versions, and check they work; exit 1 if a check failed."""
     import importlib.metadata as md
     import platform
 
+    from rich.markup import escape
+
     from cairn.tracking import config
+
+    failed: list[str] = []
 
     uri = config.resolve_tracking_uri(ctx.obj["store"]) if ctx.obj.get("store") else config.get_tracking_uri()
     root = ctx.obj.get("artifact_root") or config.get_artifact_root(uri)
@@ -393,9 +397,14 @@ def doctor(ctx: click.Context) -> None:
             f"[green]ok[/green] ({len(experiments)} experiments, {(time.perf_counter() - started) * 1000:.0f} ms)",
         )
         table.add_row("schema revision", str(current_revision(uri)))
-    except CairnError as exc:
-        table.add_row("store check", f"[red]failed[/red]: {exc}")
+    except Exception as exc:  # a diagnosis reports every failure instead of dying with a traceback
+        detail = str(exc) if isinstance(exc, CairnError) else f"{type(exc).__name__}: {exc}"
+        table.add_row("store check", f"[red]failed[/red]: {escape(detail)}")
+        failed.append("store check")
     console.print(table)
+    if failed:
+        err_console.print(f"[red]doctor: {len(failed)} check(s) failed:[/red] {', '.join(failed)}", highlight=False)
+        ctx.exit(1)
 
 
 def _redact(uri: str) -> str:
