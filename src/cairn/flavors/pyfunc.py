@@ -7,11 +7,11 @@ Layout (MLflow's, so either library loads the other's custom models)::
                                           code: code, config: {...}, env: ..., python_version: ...}
     python_model.pkl    the PythonModel instance (cloudpickle)
     artifacts/<name>/   each artifact, copied (or downloaded) at save time
-    code/               the code_paths, put on sys.path before unpickling
+    code/               the code_paths, appended to sys.path before unpickling (with the same opt-in)
 
-Loading unpickles ``python_model.pkl``, which can run arbitrary code, so it needs the pickle
-opt-in (``allow_pickle=True`` or ``CAIRN_ALLOW_PICKLE=1``); without it
-:class:`~cairn.errors.UnsafeModel` says so and nothing is read.
+Loading unpickles ``python_model.pkl`` and imports from ``code/``, either of which can run arbitrary
+code, so it needs the pickle opt-in (``allow_pickle=True`` or ``CAIRN_ALLOW_PICKLE=1``); without it
+:class:`~cairn.errors.UnsafeModel` says so and nothing is read or put on ``sys.path``.
 """
 
 from __future__ import annotations
@@ -229,7 +229,8 @@ def save_model(
         python_model: a :class:`PythonModel` instance (or a function of the model input).
         artifacts: name -> local path or URI (``runs:/...``, ``models:/...``, ``s3://...``) of files the
             model needs; copied into the model and available as ``context.artifacts[name]``.
-        code_paths: files or directories copied under ``code/`` and importable at load.
+        code_paths: files or directories copied under ``code/`` and importable at load (appended to
+            ``sys.path``, so a name an installed module already has is not taken from the model).
         signature: the signature; inferred from ``input_example`` when omitted; ``False`` records none.
         input_example: example input, saved with the model; the signature is inferred by running
             the model on it (after ``load_context`` with the copied artifacts).

@@ -3,9 +3,12 @@
 Serialization formats:
 
 - ``"skops"`` (default): ``model.skops``, written with :func:`skops.io.dump` and read with
-  :func:`skops.io.load`, which rebuilds the object without unpickling. cairn trusts only types
-  from scikit-learn, numpy and scipy (and skops' own safe defaults); a file naming any other type
-  is refused with :class:`~cairn.errors.UnsafeModel`, unless the caller trusts those types by name.
+  :func:`skops.io.load`, which rebuilds the object without unpickling. Beyond skops' own safe
+  defaults, cairn trusts scikit-learn's classes, numpy's and scipy's scalar, array, random-state and
+  sparse types, numpy's ufuncs, a few named numpy functions and scikit-learn's metric functions,
+  decided by name from modules already imported (computing trust imports nothing the file names);
+  a file naming anything else is refused with :class:`~cairn.errors.UnsafeModel`, unless the
+  caller trusts those names with ``trusted_types``.
 - ``"cloudpickle"``: ``model.pkl``, for estimators skops cannot store (custom classes, lambdas).
   Loading it unpickles, so it needs ``allow_pickle=True`` or ``CAIRN_ALLOW_PICKLE=1``.
 
@@ -20,12 +23,12 @@ Pyfunc ``predict(data, params={"method": "predict_proba"})`` calls another predi
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import json
 import os
 import pickle
 import shutil
+import sys
 import tempfile
 import zipfile
 from collections.abc import Sequence
@@ -89,96 +92,169 @@ def _top_package(name: str) -> str:
     return name.split(".", 1)[0]
 
 
-def _resolve(name: str) -> Any:
-    """The object a dotted skops type name refers to (module prefix imported, the rest looked up)."""
-    parts = name.split(".")
-    for split in range(len(parts) - 1, 0, -1):
-        try:
-            obj: Any = importlib.import_module(".".join(parts[:split]))
-        except ImportError:
-            continue
-        for attr in parts[split:]:
-            obj = getattr(obj, attr)
-        return obj
-    raise LookupError(name)
+#: numpy functions (besides numpy's ufuncs) a skops file may name, e.g. as a ``FunctionTransformer`` func.
+TRUSTED_NUMPY_FUNCTIONS = frozenset(
+    {
+        "numpy.abs",
+        "numpy.around",
+        "numpy.clip",
+        "numpy.nan_to_num",
+        "numpy.ravel",
+        "numpy.round",
+        "numpy.squeeze",
+    }
+)
+#: Packages whose plain functions a skops file may name (scoring functions in a search's scorer).
+_TRUSTED_FUNCTION_PACKAGES = ("sklearn.metrics",)
+_MISSING = object()
+
+
+def _already_imported(name: str) -> Any:
+    """The object ``module.attribute`` names, looked up in modules already imported, else ``_MISSING``.
+
+    Nothing is imported and no module ``__getattr__`` runs: only the module's own namespace is read.
+    The split is skops' own (the last dot separates the module from the class or function name).
+    """
+    module_name, _, attribute = name.rpartition(".")
+    module = sys.modules.get(module_name)
+    if module is None or not attribute:
+        return _MISSING
+    return vars(module).get(attribute, _MISSING)
+
+
+def _numpy_array_types() -> tuple[type, ...]:
+    import numpy as np
+
+    return (np.generic, np.dtype, np.random.BitGenerator)
+
+
+def _numpy_exact_types() -> tuple[type, ...]:
+    import numpy as np
+
+    return (np.ndarray, np.ma.MaskedArray, np.random.Generator, np.random.RandomState, np.random.SeedSequence)
+
+
+def _scipy_array_types() -> tuple[type, ...]:
+    """scipy's sparse matrix and array types, and frozen distributions (a search's ``param_distributions``)."""
+    import scipy.sparse
+    import scipy.stats
+
+    sparse = tuple(t for t in (getattr(scipy.sparse, "spmatrix", None), getattr(scipy.sparse, "sparray", None)) if t)
+    distributions = (scipy.stats.rv_continuous, scipy.stats.rv_discrete)
+    frozen = getattr(scipy.stats.distributions, "rv_frozen", None)
+    return sparse + distributions + ((frozen,) if isinstance(frozen, type) else ())
+
+
+def _is_trusted_class(cls: type) -> bool:
+    """scikit-learn's classes, and numpy's and scipy's scalar, dtype, array, random-state and sparse types.
+
+    Not every numpy/scipy class: skops may call a class with arguments from the file, and some open
+    files (``numpy.memmap``, ``scipy.io.FortranFile``).
+    """
+    package = _top_package(getattr(cls, "__module__", None) or "")
+    if package == "sklearn":
+        return True
+    if package == "numpy":
+        return cls in _numpy_exact_types() or issubclass(cls, _numpy_array_types())
+    if package == "scipy":
+        return issubclass(cls, _scipy_array_types())
+    return False
+
+
+def _is_trusted_function(name: str, obj: Any) -> bool:
+    """numpy's and scipy's ufuncs, :data:`TRUSTED_NUMPY_FUNCTIONS`, and scikit-learn's metric functions.
+
+    Functions from trusted packages are not all harmless (``numpy.testing.runstring`` execs its
+    argument), so functions have their own allow-list, by name.
+    """
+    import numpy as np
+
+    if isinstance(obj, np.ufunc):
+        return True
+    if name in TRUSTED_NUMPY_FUNCTIONS:
+        return True
+    defined_in = getattr(obj, "__module__", None)
+    return (
+        inspect.isfunction(obj)
+        and isinstance(defined_in, str)
+        and any(defined_in.startswith(f"{package}.") for package in _TRUSTED_FUNCTION_PACKAGES)
+        and any(name.startswith(f"{package}.") for package in _TRUSTED_FUNCTION_PACKAGES)
+    )
 
 
 def is_trusted_type(name: str) -> bool:
-    """Whether a type or function named in a skops file is from scikit-learn, numpy or scipy.
+    """Whether cairn trusts the class or function a skops file names, without importing anything.
 
-    The name's package must be one of :data:`TRUSTED_PACKAGES` and so must the module that really
-    defines the object it names, so a name such as ``sklearn.some_module.os`` (a module imported
-    there) or a foreign function re-exported by a trusted module is not trusted.
+    The name must refer to an object in a module already imported (skops and scikit-learn import
+    the modules real models need), in :data:`TRUSTED_PACKAGES`, and that object must be a trusted
+    class (:func:`_is_trusted_class`) or function (:func:`_is_trusted_function`). So a name such as
+    ``sklearn.some_module.os`` (a module imported there), a foreign function re-exported by a trusted
+    module, or any module not yet imported (``numpy.f2py.__main__``) is not trusted.
     """
     if not isinstance(name, str) or _top_package(name) not in TRUSTED_PACKAGES:
         return False
-    try:
-        obj = _resolve(name)
-    except (LookupError, AttributeError, ImportError, ValueError):
+    obj = _already_imported(name)
+    if obj is _MISSING:
         return False
-    if inspect.ismodule(obj):
-        return False
-    defined_in = getattr(obj, "__module__", None)
-    return isinstance(defined_in, str) and _top_package(defined_in) in TRUSTED_PACKAGES
+    if inspect.isclass(obj):
+        return _is_trusted_class(obj)
+    return _is_trusted_function(name, obj)
 
 
 def _untrusted_types(path: Path) -> list[str]:
+    """The names in the skops file at ``path`` outside skops' own safe defaults (skops builds its node
+    tree for this without importing or constructing anything)."""
     import skops.io
 
-    return sorted(skops.io.get_untrusted_types(file=path))
+    try:
+        return sorted(skops.io.get_untrusted_types(file=path))
+    except (KeyError, TypeError, ValueError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+        raise InvalidArgument(f"{path.name} is not a valid skops file: {type(exc).__name__}: {exc}") from exc
 
 
-def _schema_types(path: Path) -> set[str]:
-    """Every ``module.name`` a skops file refers to, read from its ``schema.json`` (no object is built)."""
-    with zipfile.ZipFile(path) as archive:
-        schema = json.loads(archive.read("schema.json"))
-    found: set[str] = set()
-    stack: list[Any] = [schema]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            module, name = node.get("__module__"), node.get("__class__")
-            if isinstance(module, str) and isinstance(name, str):
-                found.add(f"{module}.{name}")
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
-    return found
+def _refused(untrusted: Sequence[str], trusted_types: Sequence[str]) -> list[str]:
+    extra = set(trusted_types)
+    return [name for name in untrusted if name not in extra and not is_trusted_type(name)]
 
 
 def load_skops(path: str | os.PathLike[str], *, trusted_types: Sequence[str] = ()) -> Any:
-    """Load a ``.skops`` file, trusting only scikit-learn, numpy and scipy types plus ``trusted_types``.
+    """Load a ``.skops`` file, trusting only what :func:`is_trusted_type` accepts plus ``trusted_types``.
 
-    The trust list is computed here from the file and :func:`is_trusted_type`; a list recorded in
-    the model's MLmodel file (MLflow's ``skops_trusted_types``) is never used, because whoever wrote
-    the file wrote that list too. skops still refuses anything outside that list and its own safe
-    defaults (builtin containers and scalars).
+    The trust list is computed here from the names skops reports and cairn's allow-lists, importing
+    nothing the file names; a list recorded in the model's MLmodel file (MLflow's
+    ``skops_trusted_types``) is never used, because whoever wrote the file wrote that list too. skops
+    still refuses anything outside that list and its own safe defaults (builtin containers and
+    scalars, scikit-learn's estimators, numpy's dtypes and ufuncs).
 
     Raises:
-        UnsafeModel: the file names types outside the trusted packages; the message lists them.
+        UnsafeModel: the file names types or functions cairn does not trust; the message lists them.
+        InvalidArgument: the file is not a valid skops file.
     """
     import skops.io
     from skops.io.exceptions import UntrustedTypesFoundException
 
     target = Path(path)
-    extra = set(trusted_types)
-    trusted = sorted(t for t in _schema_types(target) if t in extra or is_trusted_type(t))
-    try:
-        return skops.io.load(target, trusted=trusted)
-    except UntrustedTypesFoundException:
-        refused = [t for t in _untrusted_types(target) if t not in trusted]
-        raise UnsafeModel(
-            f"the scikit-learn model {target.name} names types outside scikit-learn, numpy and scipy, which "
-            f"cairn does not load by default: {', '.join(refused)}. If you trust this model, load it with "
-            f"cairn.sklearn.load_model(uri, trusted_types={refused!r})."
-        ) from None
+    untrusted = _untrusted_types(target)
+    refused = _refused(untrusted, trusted_types)
+    if not refused:
+        try:
+            return skops.io.load(target, trusted=untrusted)
+        except UntrustedTypesFoundException as exc:  # skops found more than it reported: refuse, saying what
+            refused = [str(exc)]
+    raise UnsafeModel(
+        f"the scikit-learn model {target.name} names types or functions cairn does not load by default "
+        f"(it trusts scikit-learn's classes, numpy's and scipy's array types and a few numpy functions): "
+        f"{', '.join(refused)}. If you trust this model, load it with "
+        f"cairn.sklearn.load_model(uri, trusted_types={refused!r})."
+    )
 
 
 def _dump_skops(estimator: Any, path: Path) -> list[str]:
     """Write ``estimator`` to ``path`` with skops; returns the types skops needs trusted to load it.
 
     Raises:
-        SkopsUnsupported: skops failed, or the file would name types cairn does not trust.
+        SkopsUnsupported: skops failed, or the file would name types or functions cairn does not trust
+            (:func:`load_skops` would refuse it).
     """
     import skops.io
 
@@ -188,11 +264,12 @@ def _dump_skops(estimator: Any, path: Path) -> list[str]:
         path.unlink(missing_ok=True)
         raise SkopsUnsupported(estimator, f"{type(exc).__name__}: {exc}") from exc
     untrusted = _untrusted_types(path)
-    foreign = [t for t in untrusted if _top_package(t) not in TRUSTED_PACKAGES]
-    if foreign:
+    refused = _refused(untrusted, ())
+    if refused:
         path.unlink(missing_ok=True)
         raise SkopsUnsupported(
-            estimator, f"it contains types outside scikit-learn, numpy and scipy ({', '.join(foreign)})"
+            estimator,
+            f"it contains types or functions cairn does not load from a skops file by default ({', '.join(refused)})",
         )
     return untrusted
 
@@ -274,7 +351,8 @@ def save_model(
         pip_requirements: the packages the model needs, replacing the defaults
             (``scikit-learn`` and ``skops`` or ``cloudpickle``).
         extra_pip_requirements: packages added to the defaults.
-        code_paths: local files or directories stored with the model and importable at load time.
+        code_paths: local files or directories stored with the model and importable at load time;
+            loading then needs ``allow_pickle=True`` (it puts the model's code on ``sys.path``).
         pyfunc_predict_fn: the method pyfunc ``predict`` calls by default (``"predict"``, or
             ``"transform"`` for a model without ``predict``).
         run_id: recorded in the MLmodel file (set by :func:`log_model`).
@@ -424,7 +502,8 @@ def _load_estimator(
 
     conf = meta.flavors.get(FLAVOR_NAME) or {}
     pyfunc_conf = meta.flavors.get("python_function") or {}
-    add_code_to_path(model_dir, conf.get("code") or pyfunc_conf.get("code"))  # modules a pickle may import
+    # modules a pickle may import; only with the opt-in, since they are code (UnsafeModel without it)
+    add_code_to_path(model_dir, conf.get("code") or pyfunc_conf.get("code"), allow_pickle)
     fmt = conf.get("serialization_format") or SERIALIZATION_FORMAT_PICKLE  # MLflow's default before skops
     if fmt not in _LOAD_FORMATS:
         raise InvalidArgument(

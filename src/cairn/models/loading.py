@@ -3,8 +3,9 @@
 Every load goes through the same steps: resolve the URI to a local directory (downloading from the
 artifact store if needed), read ``MLmodel``, check the recorded sha256 of every file, map
 ``loader_module`` through :mod:`cairn.flavors.registry` (never importing a name from the file as
-is), put the model's ``code/`` on ``sys.path``, and call the flavor inside
-:func:`cairn.safety.pickle_opt_in` so the caller's ``allow_pickle`` reaches it.
+is), append the model's ``code/`` to ``sys.path`` (only with the opt-in: it is code, and it never
+shadows an installed module), and call the flavor inside :func:`cairn.safety.pickle_opt_in` so the
+caller's ``allow_pickle`` reaches it.
 
 Flavor modules implement MLflow's ``_load_pyfunc(data_path, model_config=None)`` returning an
 object with ``predict(data, params=None)``, and ``load_model(model_uri, ..., allow_pickle=False)``
@@ -14,19 +15,24 @@ returning the framework's own object; they call :func:`open_model_dir` to get a 
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
+import importlib.util
 import inspect
 import os
 import re
 import sys
 import tempfile
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import unquote, urlparse
 
 from cairn import safety
 from cairn.artifacts.local import restore_interrupted_replace
-from cairn.errors import ArtifactNotFound, InvalidArgument, UnsafePath
+from cairn.errors import ArtifactNotFound, InvalidArgument, UnsafeModel, UnsafePath
 from cairn.flavors import registry
+from cairn.models.confinement import check_confined
 from cairn.models.enforcement import enforce_params, enforce_schema
 from cairn.models.hashes import verified_scope, verify_model_files
 from cairn.models.model import MLMODEL_FILE_NAME, Model
@@ -115,6 +121,7 @@ def open_model_dir(model_uri: str | os.PathLike[str], *, dst: str | os.PathLike[
         directory = directory.parent
     if not (directory / MLMODEL_FILE_NAME).is_file():
         raise ArtifactNotFound(f'no model at {model_uri}: "{directory}" has no {MLMODEL_FILE_NAME} file')
+    check_confined(directory)
     model = Model.load(directory)
     verify_model_files(directory, model)
     return LocalModel(directory, model)
@@ -137,17 +144,97 @@ def model_subpath(model_dir: str | os.PathLike[str], subpath: Any, what: str) ->
     return Path(model_dir).joinpath(*rel.split("/")) if rel else Path(model_dir)
 
 
-def add_code_to_path(model_dir: str | os.PathLike[str], code: Any) -> None:
-    """Put the model's saved code directory (``code: code`` in the MLmodel file) first on ``sys.path``.
+def add_code_to_path(model_dir: str | os.PathLike[str], code: Any, allow_pickle: bool | None = None) -> None:
+    """Append the model's saved code directory (``code: code`` in the MLmodel file) to ``sys.path``, with the opt-in.
 
-    A module of the same name that is already imported stays in use (cairn does not evict modules).
+    Putting a model's own modules on the import path lets them run, so it needs the same opt-in as
+    unpickling (``allow_pickle=True``, ``CAIRN_ALLOW_PICKLE=1``, or an enclosing
+    :func:`cairn.safety.pickle_opt_in`), or the caller's trust in every top-level module the
+    directory holds (:func:`cairn.safety.module_trusted`). A directory with nothing importable in it
+    changes nothing and is accepted. With the opt-in the directory is appended, never prepended: a
+    top-level name it shares with a module that is already imported or installed stays the installed
+    one, and a warning names each such module of the model that is not used.
+
+    Raises:
+        UnsafeModel: the directory holds modules and there is no opt-in (nothing is added to ``sys.path``).
+        UnsafePath: ``code`` is not a relative path inside the model directory.
     """
     if not code:
         return
-    path = str(model_subpath(model_dir, code, "code directory"))
-    if os.path.isdir(path) and path not in sys.path:
-        sys.path.insert(0, path)
-        importlib.invalidate_caches()
+    directory = model_subpath(model_dir, code, "code directory")
+    names = _code_module_names(directory)
+    if not names:
+        return
+    if not all(safety.module_trusted(name, allow_pickle) for name in names):
+        raise UnsafeModel(_code_refusal(directory, names))
+    path = str(directory)
+    if path in sys.path:
+        return
+    shadowed = {name: where for name in names if (where := _installed_location(name, directory)) is not None}
+    if shadowed:
+        warnings.warn(_shadow_warning(directory, shadowed), UserWarning, stacklevel=3)
+    sys.path.append(path)
+    importlib.invalidate_caches()
+
+
+def _code_module_names(directory: Path) -> list[str]:
+    """The top-level names ``directory`` makes importable on ``sys.path``: packages, namespace packages, modules."""
+    if not directory.is_dir():
+        return []
+    suffixes = sorted(importlib.machinery.all_suffixes(), key=len, reverse=True)
+    names: set[str] = set()
+    for entry in directory.iterdir():
+        if entry.is_dir():
+            name: str | None = entry.name
+        else:
+            name = next((entry.name[: -len(s)] for s in suffixes if entry.name.endswith(s)), None)
+        if name and "." not in name and name != "__pycache__":
+            names.add(name)
+    return sorted(names)
+
+
+def _is_inside(location: str | None, directory: Path) -> bool:
+    return location is not None and Path(location).resolve().is_relative_to(directory.resolve())
+
+
+def _installed_location(name: str, code_dir: Path) -> str | None:
+    """Where the module ``name`` already comes from, if not from ``code_dir`` (finding it imports nothing)."""
+    module = sys.modules.get(name)
+    if module is not None:
+        where = getattr(module, "__file__", None)
+        return None if _is_inside(where, code_dir) else (where or f"the already imported module {name}")
+    try:
+        spec = importlib.util.find_spec(name)  # a top-level name: no parent package to import
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    where = spec.origin if spec.has_location else next(iter(spec.submodule_search_locations or ()), None)
+    if _is_inside(where, code_dir):
+        return None
+    return where or f"the installed module {name}"
+
+
+def _code_refusal(directory: Path, names: Sequence[str]) -> str:
+    return (
+        f"This model ships Python code in {directory} ({', '.join(names)}), the MLmodel file's code directory "
+        f"(MLflow's code_paths). Loading the model would put that directory on the import path (sys.path), "
+        f"so its modules could run, and cairn does not do that unless you opt in. If you trust where this "
+        f"model comes from, pass allow_pickle=True to the load call (for example "
+        f"cairn.pyfunc.load_model(uri, allow_pickle=True)) or set the environment variable "
+        f"{safety.ALLOW_PICKLE_ENV}=1; or trust exactly these modules with "
+        f"`with cairn.safety.trusted_modules({tuple(names)!r}):` around the load (or "
+        f"{safety.TRUSTED_MODULES_ENV}={','.join(names)})."
+    )
+
+
+def _shadow_warning(directory: Path, shadowed: dict[str, str]) -> str:
+    found = "; ".join(f"{name} (already provided by {where})" for name, where in sorted(shadowed.items()))
+    return (
+        f"the model's code directory {directory} was appended to sys.path, but these of its modules are not "
+        f"used because a module of the same name is already imported or installed: {found}. cairn never "
+        f"lets a model's code shadow installed packages; if the model needs its own copy, rename it."
+    )
 
 
 def _accepts(function: Any, name: str) -> bool:
@@ -270,14 +357,15 @@ def load_pyfunc(
     Args:
         model_uri: a local path, ``runs:/<run_id>/<path>``, ``models:/<name>/<version>``,
             ``models:/<name>@<alias>``, ``models:/<name>/latest`` or an artifact-store URL.
-        allow_pickle: allow unpickling the model's files (or set ``CAIRN_ALLOW_PICKLE=1``); only
-            for models whose source you trust.
+        allow_pickle: allow unpickling the model's files and importing its own code (its ``code/``
+            directory, appended to ``sys.path``), or set ``CAIRN_ALLOW_PICKLE=1``; only for models
+            whose source you trust.
         model_config: overrides for the ``config`` recorded in the model's ``python_function`` entry.
         dst_path: where to download a remote model (a new temporary directory by default).
 
     Raises:
         UnsafeModel: the ``loader_module`` is not on cairn's allow-list, or the model needs unpickling
-            and ``allow_pickle`` is not set.
+            or ships code (a ``code/`` directory) and ``allow_pickle`` is not set.
         ModelIntegrityError: a model file does not match its recorded sha256.
         InvalidArgument: the model has no ``python_function`` flavor.
     """
@@ -290,7 +378,7 @@ def load_pyfunc(
         )
     loader_name = conf.get("loader_module")
     module = registry.import_loader_module(loader_name)
-    add_code_to_path(directory, conf.get("code"))
+    add_code_to_path(directory, conf.get("code"), allow_pickle)
     data_path = model_subpath(directory, conf["data"], "python_function data path") if conf.get("data") else directory
     config = dict(conf.get("config") or {})
     config.update(model_config or {})
@@ -342,7 +430,8 @@ def load_model(
             return load_pyfunc(directory, allow_pickle=allow_pickle)
     module = importlib.import_module(target)
     chosen = meta.flavors.get(flavor) if flavor is not None else None
-    add_code_to_path(directory, (chosen or {}).get("code") or (meta.flavors.get(PYFUNC_FLAVOR) or {}).get("code"))
+    code = (chosen or {}).get("code") or (meta.flavors.get(PYFUNC_FLAVOR) or {}).get("code")
+    add_code_to_path(directory, code, allow_pickle)
     loader = module.load_model
     with safety.pickle_opt_in(allow_pickle), verified_scope(directory):
         if _accepts(loader, "allow_pickle"):
