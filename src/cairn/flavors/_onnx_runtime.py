@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from cairn.errors import InvalidArgument, SchemaMismatch
+from cairn.errors import InvalidArgument, SchemaMismatch, UnsafeModel
 from cairn.flavors._onnx_external_data import _parse, check_external_data
 
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
@@ -37,6 +38,37 @@ _EXECUTION_MODES = ("sequential", "parallel")
 _OPTIMIZATION_LEVELS = (0, 1, 2, 99)
 _INT_OPTIONS = ("intra_op_num_threads", "inter_op_num_threads", "log_severity_level")
 _BOOL_OPTIONS = ("enable_mem_pattern", "enable_cpu_mem_arena")
+
+# What a model file may ask of onnxruntime (an allow-list: anything else recorded in an MLmodel file is
+# refused). Options the caller passes at load time are the caller's choice and apply as given.
+_MAX_RECORDED_THREADS = 1024
+_FLAG = ("0", "1")
+_SMALL_NUMBER = r"[0-9]{1,6}"
+#: Session config entries (``add_session_config_entry``) that name no file and change only how the
+#: model is computed, with the values each may take (a tuple of literals, or a regex of the whole value).
+_RECORDABLE_CONFIG: dict[str, tuple[str, ...] | str] = {
+    "session.intra_op.allow_spinning": _FLAG,
+    "session.inter_op.allow_spinning": _FLAG,
+    "session.set_denormal_as_zero": _FLAG,
+    "session.disable_prepacking": _FLAG,
+    "session.disable_quant_qdq": _FLAG,
+    "session.disable_double_qdq_remover": _FLAG,
+    "session.enable_quant_qdq_cleanup": _FLAG,
+    "session.disable_aot_function_inlining": _FLAG,
+    "session.strict_shape_type_inference": _FLAG,
+    "session.allow_released_opsets_only": _FLAG,
+    "session.disable_cpu_ep_fallback": _FLAG,
+    "optimization.enable_gelu_approximation": _FLAG,
+    "mlas.enable_gemm_fastmath_arm64_bfloat16": _FLAG,
+    "session.dynamic_block_base": _SMALL_NUMBER,
+    "session.graph_optimizations_loop_level": _SMALL_NUMBER,
+    "session.qdq_matmulnbits_accuracy_level": _SMALL_NUMBER,
+}
+#: Execution-provider options that name no file and hold no pointer (device choice and memory use).
+_RECORDABLE_PROVIDER_OPTIONS = frozenset(
+    {"device_id", "gpu_mem_limit", "arena_extend_strategy", "cudnn_conv_algo_search", "do_copy_in_default_stream"}
+)
+_PROVIDER_OPTION_VALUE = re.compile(r"[A-Za-z0-9_]{1,64}")
 
 
 def _module_root(obj: Any) -> str:
@@ -155,6 +187,116 @@ def _from_session_options(options: Any) -> dict[str, Any]:
     if options.graph_optimization_level != default.graph_optimization_level:
         result["graph_optimization_level"] = int(options.graph_optimization_level)
     return result
+
+
+# -- what a model file may record ---------------------------------------------------------------------
+
+
+def _config_entry_problem(key: str, value: str) -> str | None:
+    allowed = _RECORDABLE_CONFIG.get(key)
+    if allowed is None:
+        return (
+            f"extra_session_config key {key!r} is not one cairn applies from a model file "
+            f"(it applies {', '.join(sorted(_RECORDABLE_CONFIG))})"
+        )
+    fits = value in allowed if isinstance(allowed, tuple) else re.fullmatch(allowed, value) is not None
+    if not fits:
+        expected = " or ".join(repr(v) for v in allowed) if isinstance(allowed, tuple) else "a small number"
+        return f"extra_session_config key {key!r} has the value {value!r}; a model file may set it to {expected}"
+    return None
+
+
+def session_option_problems(options: Mapping[str, Any]) -> list[str]:
+    """Why normalized session ``options`` may not come from a model file (``[]`` if they may).
+
+    The top-level keys are already an allow-list (:func:`normalize_session_options`); this bounds the
+    thread counts and allows only the path-free ``extra_session_config`` entries of ``_RECORDABLE_CONFIG``.
+    """
+    problems = [
+        f"{key} is {options[key]}; a model file may ask for at most {_MAX_RECORDED_THREADS} threads"
+        for key in ("intra_op_num_threads", "inter_op_num_threads")
+        if options.get(key, 0) > _MAX_RECORDED_THREADS
+    ]
+    for key, value in (options.get("extra_session_config") or {}).items():
+        problem = _config_entry_problem(key, value)
+        if problem is not None:
+            problems.append(problem)
+    return problems
+
+
+def provider_problems(providers: Sequence[Any]) -> list[str]:
+    """Why normalized ``providers`` may not come from a model file (``[]`` if they may): options outside
+    ``_RECORDABLE_PROVIDER_OPTIONS`` (paths, pointers, ...), or values that are not a plain word or number."""
+    problems = []
+    for entry in providers:
+        if not isinstance(entry, list):
+            continue
+        name, options = entry
+        for key, value in options.items():
+            if key not in _RECORDABLE_PROVIDER_OPTIONS:
+                problems.append(
+                    f"execution provider {name} option {key!r} is not one cairn applies from a model file "
+                    f"(it applies {', '.join(sorted(_RECORDABLE_PROVIDER_OPTIONS))})"
+                )
+            elif isinstance(value, float) or not _PROVIDER_OPTION_VALUE.fullmatch(str(value)):
+                problems.append(
+                    f"execution provider {name} option {key!r} has the value {value!r}; "
+                    "a model file may give only a plain word or integer"
+                )
+    return problems
+
+
+def recordable_settings(providers: Any, session_options: Any) -> tuple[list[Any], dict[str, Any]]:
+    """Providers and session options normalized for an MLmodel file, refused if a load would refuse them.
+
+    Raises:
+        InvalidArgument: a malformed setting, or one that cairn does not apply from a model file (the
+            message names it; pass such options at load time instead).
+    """
+    recorded_providers = normalize_providers(providers)
+    recorded_options = normalize_session_options(session_options)
+    problems = provider_problems(recorded_providers) + session_option_problems(recorded_options)
+    if problems:
+        raise InvalidArgument(
+            "cannot record these onnxruntime settings in the model, since loading it would refuse them: "
+            + "; ".join(problems)
+            + ". Pass them when loading instead (cairn.onnx.load_pyfunc(uri, providers=..., session_options=...) "
+            "or model_config), where they are the caller's choice"
+        )
+    return recorded_providers, recorded_options
+
+
+def settings_from_model_file(
+    providers: Any, session_options: Any, *, check_providers: bool, check_options: bool, what: str
+) -> tuple[list[Any], dict[str, Any]]:
+    """Providers and session options for a session, those read from a model file held to the allow-list.
+
+    Args:
+        providers: the providers (recorded, or given by the caller).
+        session_options: the session options (recorded, or given by the caller).
+        check_providers: whether ``providers`` came from the model's files.
+        check_options: whether ``session_options`` came from the model's files.
+        what: the model, for messages.
+
+    Raises:
+        UnsafeModel: the model file asks onnxruntime for something off the allow-list (a path to read
+            or write, a provider option with a pointer, thousands of threads); the message names it.
+        InvalidArgument: a malformed setting.
+    """
+    normalized_providers = normalize_providers(providers)
+    normalized_options = normalize_session_options(session_options)
+    problems = (provider_problems(normalized_providers) if check_providers else []) + (
+        session_option_problems(normalized_options) if check_options else []
+    )
+    if problems:
+        raise UnsafeModel(
+            f"{what} asks onnxruntime for settings cairn does not take from a model file, since they can make "
+            "onnxruntime read or write files outside the model (or worse): "
+            + "; ".join(problems)
+            + ". If you trust the model, pass the settings you want yourself when loading "
+            "(cairn.onnx.load_pyfunc(uri, providers=..., session_options=...) or model_config)"
+        )
+    return normalized_providers, normalized_options
 
 
 def _session_options(options: Mapping[str, Any]) -> Any:

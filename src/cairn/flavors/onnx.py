@@ -18,6 +18,19 @@ External data is read only from files inside the directory of the ``.onnx`` file
 is absolute, climbs out with ``..`` or resolves outside through a symlink is refused with
 :class:`~cairn.errors.UnsafePath` before onnx or onnxruntime opens anything.
 
+Trust: an MLmodel file is hostile input, and some onnxruntime settings read or write files
+(``extra_session_config`` entries such as ``session.model_external_initializers_file_folder_path``
+or ``session.collect_node_memory_stats_to_file``, provider options such as TensorRT's cache paths).
+From the model's files (the ``onnx`` entry, or the ``python_function`` entry's ``config``) cairn
+takes only an allow-list written in :mod:`cairn.flavors._onnx_runtime`: thread counts (at most
+1024), execution mode, graph optimization level, memory pattern/arena flags, log level, a few
+path-free ``extra_session_config`` entries with ``"0"``/``"1"`` or small-number values, and the
+provider options ``device_id``, ``gpu_mem_limit``, ``arena_extend_strategy``,
+``cudnn_conv_algo_search`` and ``do_copy_in_default_stream``. Anything else is refused with
+:class:`~cairn.errors.UnsafeModel` naming it (and at save with :class:`~cairn.errors.InvalidArgument`,
+so no model is written that could not be loaded). Settings the caller passes at load time
+(``load_pyfunc(providers=..., session_options=...)`` or ``model_config``) apply as given.
+
 Pyfunc ``predict`` runs an onnxruntime ``InferenceSession`` (providers recorded at save time or
 given at load, CPU by default) and takes a numpy array or tensor (models with one input), a dict
 of arrays keyed by input name, or a DataFrame (its values for a one-input model, else one column
@@ -76,9 +89,11 @@ from cairn.flavors._onnx_runtime import (
     _module_root,
     _provider_name,  # noqa: F401
     _session_options,  # noqa: F401
-    normalize_providers,
-    normalize_session_options,
+    normalize_providers,  # noqa: F401
+    normalize_session_options,  # noqa: F401
     open_session,
+    recordable_settings,
+    settings_from_model_file,
 )
 from cairn.flavors._onnx_signature import signature_from_graph
 from cairn.models.model import MLMODEL_FILE_NAME, Model, ModelInfo
@@ -267,7 +282,8 @@ def save_model(
         onnx_execution_providers: onnxruntime providers to record (names or ``(name, options)``);
             default ``["CPUExecutionProvider"]``.
         onnx_session_options: a dict or ``onnxruntime.SessionOptions``, recorded and applied at load
-            (see :func:`normalize_session_options`).
+            (see :func:`normalize_session_options`). Only settings a load takes from a model file can
+            be recorded (see "Trust" in the module docstring); pass others at load time.
         save_as_external_data: ``True`` stores the weights in ``onnx/model.onnx.data``; ``False``
             inside ``model.onnx``; ``None`` (default) uses external data only near the 2 GiB limit.
         rtol: relative tolerance of the parity check of a conversion.
@@ -282,7 +298,8 @@ def save_model(
     Raises:
         OnnxParityError: the converted model differs from the source beyond ``rtol``/``atol``;
             nothing is saved.
-        InvalidArgument: a malformed ``.onnx`` file, a failed conversion, bad providers or options.
+        InvalidArgument: a malformed ``.onnx`` file, a failed conversion, bad providers or options, or
+            options a load would refuse to take from the model file.
         UnsafePath: the ``.onnx`` file's external data lies outside its directory.
         ResourceAlreadyExists: ``path`` exists and is not empty.
     """
@@ -291,8 +308,7 @@ def save_model(
     target = Path(path)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):  # before a costly conversion
         raise ResourceAlreadyExists(f"cannot save a model to {target}: it exists and is not an empty directory")
-    providers = normalize_providers(onnx_execution_providers)
-    session_options = normalize_session_options(onnx_session_options)
+    providers, session_options = recordable_settings(onnx_execution_providers, onnx_session_options)
     proto, conversion, example = _prepare(onnx_model, input_example, opset)
     if signature is None and example is None:
         signature = signature_from_graph(proto) or None
@@ -458,8 +474,7 @@ def add_onnx_flavor(
         raise InvalidArgument(f"the model at {directory} already has an ONNX flavor (or an {ONNX_DIR}/ directory)")
     mlmodel = directory / MLMODEL_FILE_NAME
     try:
-        recorded = normalize_providers(providers)
-        options = normalize_session_options(session_options)
+        recorded, options = recordable_settings(providers, session_options)
         conversion = convert(source_model, input_example, opset=opset)
         fields, report = _materialize(
             conversion.proto,
@@ -525,7 +540,31 @@ def load_model(model_uri: str | os.PathLike[str], *, dst_path: str | os.PathLike
     return read_onnx_file(_model_file(local.path, conf), what=f"the ONNX model at {model_uri}")
 
 
-def _pyfunc_from_dir(model_dir: Path, meta: Model, model_config: Mapping[str, Any] | None) -> OnnxPyfunc:
+def _setting(
+    name: str, caller: Mapping[str, Any], recorded_config: Mapping[str, Any], conf: Mapping[str, Any]
+) -> tuple[Any, bool]:
+    """The provider or session-option setting to use, and whether it comes from the model's files.
+
+    ``caller`` is the ``model_config`` the loader got, which holds the ``python_function`` entry's
+    ``config`` from the MLmodel file overridden by the caller's: a value equal to the recorded one
+    counts as the file's.
+    """
+    value = caller.get(name)
+    if value is None:
+        return conf.get(name), True
+    return value, name in recorded_config and recorded_config[name] == value
+
+
+def _pyfunc_from_dir(
+    model_dir: Path,
+    meta: Model,
+    model_config: Mapping[str, Any] | None,
+    *,
+    recorded_config: Mapping[str, Any] | None = None,
+) -> OnnxPyfunc:
+    """The pyfunc on ``model_dir``; providers and session options from the model's files (its onnx
+    flavor entry, or ``recorded_config``: the ``python_function`` entry's ``config``) must pass the
+    allow-list of :func:`settings_from_model_file`, the caller's own apply as given."""
     conf = _flavor_conf(meta, model_dir)
     config = dict(model_config or {})
     unknown = set(config) - {"providers", "onnx_session_options"}
@@ -533,10 +572,16 @@ def _pyfunc_from_dir(model_dir: Path, meta: Model, model_config: Mapping[str, An
         raise InvalidArgument(
             f"unknown ONNX model_config key(s) {sorted(unknown)}; use providers and onnx_session_options"
         )
-    providers = config.get("providers") if config.get("providers") is not None else conf.get("providers")
-    options = config.get("onnx_session_options")
-    if options is None:
-        options = conf.get("onnx_session_options")
+    recorded = dict(recorded_config or {})
+    providers, providers_from_file = _setting("providers", config, recorded, conf)
+    options, options_from_file = _setting("onnx_session_options", config, recorded, conf)
+    providers, options = settings_from_model_file(
+        providers,
+        options,
+        check_providers=providers_from_file,
+        check_options=options_from_file,
+        what=f"the ONNX model at {model_dir}",
+    )
     session = open_session(_model_file(model_dir, conf), providers=providers, session_options=options)
     return OnnxPyfunc(session, methods=conf.get(_METHODS_KEY))
 
@@ -587,4 +632,8 @@ def _load_pyfunc(data_path: str | os.PathLike[str], model_config: dict[str, Any]
     model_dir = _model_dir_of(Path(data_path))
     meta = Model.load(model_dir)
     verify_model_files(model_dir, meta)
-    return _pyfunc_from_dir(model_dir, meta, model_config)
+    pyfunc_conf = meta.flavors.get("python_function") or {}
+    recorded = pyfunc_conf.get("config") if isinstance(pyfunc_conf, Mapping) else None
+    return _pyfunc_from_dir(
+        model_dir, meta, model_config, recorded_config=recorded if isinstance(recorded, Mapping) else None
+    )
