@@ -242,6 +242,40 @@ def test_model_with_keyword_tokenizer_or_dict_infers_the_task(tmp_path: Path, to
         cairn.transformers.save_model(torch.nn.Linear(2, 2), tmp_path / "bad3")
 
 
+def test_a_task_without_the_component_its_pipeline_needs_is_refused_at_save(tmp_path: Path) -> None:
+    """Before, such a model saved fine and failed at pyfunc load ("Impossible to guess which tokenizer")."""
+    config = BertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, vocab_size=100
+    )
+    model = BertForSequenceClassification(config)
+    with pytest.raises(InvalidArgument, match=r"task 'text-classification' needs a tokenizer.*Pass tokenizer="):
+        cairn.transformers.save_model(model, tmp_path / "explicit", task="text-classification")
+    with pytest.raises(InvalidArgument, match=r"'text-classification' \(the task inferred from BertForSequenceClassif"):
+        cairn.transformers.save_model(model, tmp_path / "inferred")
+    with pytest.raises(InvalidArgument, match="needs an image processor"):
+        cairn.transformers.save_model(model, tmp_path / "image", task="image-classification")
+    qa = BertForQuestionAnswering(config)
+    with pytest.raises(InvalidArgument, match="needs a fast tokenizer"):
+        cairn.transformers.save_model(qa, tmp_path / "qa")
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_a_task_whose_pipeline_needs_no_tokenizer_saves_and_loads_without_one(tmp_path: Path) -> None:
+    from PIL import Image
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    config = ViTConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37, image_size=32, patch_size=8
+    )
+    processor = ViTImageProcessor(size={"height": 32, "width": 32})
+    model = ViTForImageClassification(config).eval()
+    cairn.transformers.save_model(model, tmp_path / "vit", task="image-classification", image_processor=processor)
+    conf = yaml.safe_load((tmp_path / "vit" / "MLmodel").read_text())["flavors"]["transformers"]
+    assert conf["task"] == "image-classification" and conf["components"] == ["image_processor"]
+    image = Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8))
+    assert cairn.transformers.load_model(tmp_path / "vit")(image)[0]["label"].startswith("LABEL_")
+
+
 def test_loading_never_touches_the_network(saved_classifier: Path, no_network: list[Any]) -> None:
     loaded = cairn.pyfunc.load_model(saved_classifier)
     frame = loaded.predict(pd.DataFrame({"text": ["i love this movie"]}))

@@ -29,6 +29,7 @@ __all__ = [
     "TransformersPyfunc",
     "default_param_specs",
     "infer_task",
+    "missing_components",
     "normalize_task",
     "pipeline_class_name",
 ]
@@ -65,6 +66,14 @@ _TASK_SUFFIXES = (
     ("ForMaskedLM", FILL_MASK),
     ("ForCausalLM", TEXT_GENERATION),
     ("LMHeadModel", TEXT_GENERATION),
+)
+# Components of a pipeline, and the flag of transformers' pipeline classes that says whether it is mandatory.
+_PIPELINE_COMPONENT_FLAGS = (
+    ("tokenizer", "_load_tokenizer"),
+    ("feature_extractor", "_load_feature_extractor"),
+    ("image_processor", "_load_image_processor"),
+    ("processor", "_load_processor"),
+    ("video_processor", "_load_video_processor"),
 )
 _TEXT_COLUMNS = ("text", "inputs", "prompt", "sequence")
 _POOLING = ("mean", "cls", "none")
@@ -110,6 +119,46 @@ def pipeline_class_name(task: str) -> str | None:
     if isinstance(impl, str):
         return impl.rsplit(".", 1)[-1]
     return getattr(impl, "__name__", None)
+
+
+def _pipeline_class(task: str) -> Any:
+    """transformers' pipeline class for ``task``, or ``None`` (no such task, or cairn's own QA)."""
+    name = pipeline_class_name(task)
+    if name is None or task == QUESTION_ANSWERING:
+        return None
+    import transformers.pipelines
+
+    return getattr(transformers.pipelines, name, None)
+
+
+def _stands_in_for_image_processor(components: Mapping[str, Any]) -> bool:
+    """transformers' pipelines take an image-processor feature extractor as the image processor."""
+    from transformers.image_processing_utils import BaseImageProcessor
+
+    return isinstance(components.get("feature_extractor"), BaseImageProcessor)
+
+
+def missing_components(task: str, components: Mapping[str, Any]) -> list[str]:
+    """The components a pipeline of ``task`` cannot run without that ``components`` lacks (``[]`` if none).
+
+    What a task needs is what transformers' pipeline class marks as mandatory (its ``_load_tokenizer``,
+    ``_load_image_processor``, ... flags set to ``True``): without it, building the pipeline from a
+    saved model fails. Question answering (cairn's own) needs a fast tokenizer (``["tokenizer"]`` for a slow one).
+    """
+    if task == QUESTION_ANSWERING:
+        tokenizer = components.get("tokenizer")
+        return [] if tokenizer is not None and getattr(tokenizer, "is_fast", False) else ["tokenizer"]
+    pipeline_class = _pipeline_class(task)
+    if pipeline_class is None:
+        return []
+    missing = []
+    for key, flag in _PIPELINE_COMPONENT_FLAGS:
+        if getattr(pipeline_class, flag, None) is not True or components.get(key) is not None:
+            continue
+        if key == "image_processor" and _stands_in_for_image_processor(components):
+            continue
+        missing.append(key)
+    return missing
 
 
 def default_param_specs(task: str) -> list[ParamSpec]:

@@ -46,6 +46,7 @@ from cairn.flavors._transformers_tasks import (
     TransformersPyfunc,
     default_param_specs,
     infer_task,
+    missing_components,
     normalize_task,
     pipeline_class_name,
 )
@@ -151,6 +152,7 @@ def _resolve_source(transformers_model: Any, task: str | None, components: Mappi
             f"'model' key, or the path of a local checkpoint directory; got {type(transformers_model).__name__}"
         )
     source.components.update(given)
+    explicit_task = task is not None
     if source.model is not None:
         if not _is_pretrained_model(source.model):
             raise InvalidArgument(
@@ -161,7 +163,31 @@ def _resolve_source(transformers_model: Any, task: str | None, components: Mappi
         dtype = getattr(source.model, "dtype", None)
         source.dtype = str(dtype) if dtype is not None else None
     source.task = _resolve_task(task, source.model_class)
+    _require_pipeline_components(source, explicit_task=explicit_task)
     return source
+
+
+def _require_pipeline_components(source: _Source, *, explicit_task: bool) -> None:
+    """Refuse a model whose task's pipeline could not be built at load for want of a component.
+
+    Raises:
+        InvalidArgument: the task needs a tokenizer (or image processor, ...) that was not given.
+    """
+    if source.task is None:
+        return
+    missing = missing_components(source.task, source.components)
+    if not missing:
+        return
+    origin = "" if explicit_task else f" (the task inferred from {source.model_class})"
+    needs = " and ".join(f"{'an' if key[0] in 'aeiou' else 'a'} {key.replace('_', ' ')}" for key in missing)
+    if source.task == QUESTION_ANSWERING:
+        needs = "a fast tokenizer (answers come from its offset mappings)"
+    given = ", ".join(sorted(source.components)) or "no component"
+    raise InvalidArgument(
+        f"task {source.task!r}{origin} needs {needs}, and save_model got {given}: the saved model could not "
+        f"be loaded as a {source.task} pipeline. Pass {', '.join(f'{key}=...' for key in missing)} (or a "
+        "Pipeline that has it)"
+    )
 
 
 def _checkpoint_source(directory: Path, *, load_tokenizer: bool) -> _Source:
@@ -334,6 +360,8 @@ def save_model(
         path: the new model directory; must not exist or be empty.
         task: the pipeline task (``"text-classification"``, ...); default: the pipeline's, else inferred
             from the model class. ``None`` when it cannot be told: the model then loads as components only.
+            A task whose pipeline needs a component (a tokenizer for text tasks, an image processor for
+            image tasks, ...) is refused when that component is not given.
         tokenizer, feature_extractor, image_processor, processor: components saved next to the model
             (they replace a pipeline's own).
         signature: ``None`` infers it from ``input_example`` by running the model once (not for a
@@ -353,7 +381,8 @@ def save_model(
         The :class:`~cairn.models.Model` written.
 
     Raises:
-        InvalidArgument: an unsupported object, an unknown task, or weights that are not safetensors.
+        InvalidArgument: an unsupported object, an unknown task, a task whose pipeline needs a component
+            that was not given (the message names both), or weights that are not safetensors.
         ResourceAlreadyExists: ``path`` exists and is not empty.
     """
     from cairn.models.packaging import infer_signature_from_example, save_model_dir
