@@ -9,27 +9,42 @@ or ``torch.load(weights_only=False)`` in cairn goes through :func:`require_pickl
 Loaders that keep MLflow's ``_load_pyfunc(data_path, model_config)`` signature cannot take an
 ``allow_pickle`` argument, so the model loader opens :func:`pickle_opt_in` around the call and
 :func:`pickle_allowed` honours it.
+
+Importing a module runs its code too, so a module named by a model file is imported only if it is
+already imported, or the caller trusts its package (``trusted_modules=("mypkg",)`` on the load call,
+a :func:`trusted_modules` block, or ``CAIRN_TRUSTED_MODULES=mypkg,otherpkg``), or pickle is allowed
+(which trusts the whole file). :func:`import_named_module` is that rule; :func:`module_trusted` says
+whether the caller trusts a module (loaders also use it to decide whether a function the file names
+may be called).
 """
 
 from __future__ import annotations
 
 import contextvars
+import importlib
 import os
 import pickle
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from cairn.errors import InvalidArgument, UnsafeModel
 
 __all__ = [
     "ALLOW_PICKLE_ENV",
+    "TRUSTED_MODULES_ENV",
+    "how_to_trust",
+    "import_named_module",
     "load_cloudpickle",
     "load_pickle",
+    "module_trusted",
     "pickle_allowed",
     "pickle_opt_in",
     "require_pickle_opt_in",
+    "trusted_modules",
 ]
 
 ALLOW_PICKLE_ENV = "CAIRN_ALLOW_PICKLE"
@@ -140,3 +155,104 @@ def load_cloudpickle(
     opener = getattr(importlib.import_module(module_name), function)
     with opener(target, "rb") as stream:
         return cloudpickle.load(stream)
+
+
+# -- modules named by a model file ------------------------------------------------------------------------
+
+TRUSTED_MODULES_ENV = "CAIRN_TRUSTED_MODULES"
+_trusted_scope: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("cairn_trusted_modules", default=())
+
+
+def _is_module_name(name: object) -> bool:
+    return (
+        isinstance(name, str)
+        and bool(name)
+        and all(part.isidentifier() and not part.startswith("__") for part in name.split("."))
+    )
+
+
+def _checked_names(names: Iterable[str] | str | None) -> tuple[str, ...]:
+    if names is None:
+        return ()
+    if isinstance(names, str):
+        names = (names,)
+    checked = tuple(names)
+    for name in checked:
+        if not _is_module_name(name):
+            raise InvalidArgument(
+                f"trusted_modules must name packages or modules such as 'mypkg' or 'mypkg.models', got {name!r}"
+            )
+    return checked
+
+
+def _env_trusted() -> tuple[str, ...]:
+    entries = [entry.strip() for entry in os.environ.get(TRUSTED_MODULES_ENV, "").split(",")]
+    return tuple(entry for entry in entries if _is_module_name(entry))
+
+
+@contextmanager
+def trusted_modules(names: Iterable[str] | str | None) -> Iterator[None]:
+    """Within the block (this thread or task only), the packages ``names`` (and their submodules) are trusted.
+
+    A model file may then make cairn import them and call the model factories they define. Use it
+    around loaders that take no ``trusted_modules`` argument, e.g.
+    ``with cairn.safety.trusted_modules(("mypkg",)): cairn.pyfunc.load_model(uri)``. Names made trusted
+    further out (or through ``CAIRN_TRUSTED_MODULES``) stay trusted.
+
+    Raises:
+        InvalidArgument: a name is not a dotted module name.
+    """
+    token = _trusted_scope.set(_trusted_scope.get() + _checked_names(names))
+    try:
+        yield
+    finally:
+        _trusted_scope.reset(token)
+
+
+def module_trusted(module_name: str, allow_pickle: bool | None = None) -> bool:
+    """Whether the caller trusts ``module_name``: it or a package containing it is trusted (see
+    :func:`trusted_modules`, ``CAIRN_TRUSTED_MODULES``), or pickle is allowed (which trusts the whole file)."""
+    if pickle_allowed(allow_pickle):
+        return True
+    trusted = _trusted_scope.get() + _env_trusted()
+    return any(module_name == name or module_name.startswith(f"{name}.") for name in trusted)
+
+
+def how_to_trust(module_name: str) -> str:
+    """The sentence telling the caller how to trust ``module_name``, for refusal messages."""
+    name = module_name
+    return (
+        f"If you trust it, pass trusted_modules=({name!r},) to the load call (for example "
+        f"cairn.pytorch.load_model(uri, trusted_modules=({name!r},)); a package name trusts all its modules), "
+        f"or load inside `with cairn.safety.trusted_modules(({name!r},)):` (for cairn.pyfunc.load_model), or "
+        f"set {TRUSTED_MODULES_ENV}={name}; allow_pickle=True (or {ALLOW_PICKLE_ENV}=1) trusts the whole model file."
+    )
+
+
+def import_named_module(module_name: str, *, what: str, allow_pickle: bool | None = None) -> ModuleType:
+    """The module ``module_name``, named by a model file, imported only if that is allowed.
+
+    Allowed: the module is already imported (nothing runs), or :func:`module_trusted` says the caller
+    trusts it. The module itself, not just its package, must be imported: importing a submodule runs it.
+
+    Args:
+        module_name: the dotted module name from the file.
+        what: what names it, for the message (``"the model_factory 'pkg.mod:build'"``).
+        allow_pickle: the caller's per-call opt-in (which trusts every module).
+
+    Raises:
+        InvalidArgument: ``module_name`` is not a plain dotted module name.
+        UnsafeModel: the module is not imported yet and not trusted; the message names it and how to trust it.
+        ImportError: the module cannot be imported.
+    """
+    if not _is_module_name(module_name):
+        raise InvalidArgument(f"{what} names {module_name!r}, which is not a plain dotted module name")
+    loaded = sys.modules.get(module_name)
+    if loaded is not None:
+        return loaded
+    if not module_trusted(module_name, allow_pickle):
+        raise UnsafeModel(
+            f"{what} needs the module {module_name!r}, which is not imported yet, and importing it runs its code. "
+            f"cairn imports a module named by a model file only when the caller trusts it. {how_to_trust(module_name)}"
+        )
+    return importlib.import_module(module_name)

@@ -296,7 +296,8 @@ def test_cnn_and_factory_round_trips(tmp_path: Path, options: dict[str, Any], ki
     else:
         flavor.save_model(model, tmp_path / "m", input_example=x[:2], **options)
     assert _flavor_conf(tmp_path / "m")["architecture"] == kind
-    loaded = flavor.load_model(tmp_path / "m", allow_pickle=kind == "skeleton")
+    trusted = (MODULE,) if kind == "factory" else ()  # a factory is called only from a module the caller trusts
+    loaded = flavor.load_model(tmp_path / "m", allow_pickle=kind == "skeleton", trusted_modules=trusted)
     assert torch.equal(_predict(loaded, x), _predict(model, x))
     if kind != "factory":
         assert torch.equal(dict(loaded.named_buffers())["bn.running_mean"], model.bn.running_mean)
@@ -505,18 +506,20 @@ def test_architecture_arguments_are_checked(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
-        ("model_factory", "os:system", "standard library"),
-        ("model_factory", "subprocess:run", "standard library"),
-        ("model_factory", "torch:load", "not accepted"),
-        ("model_factory", "pandas:read_pickle", "not accepted"),
+        ("model_factory", "os:system", "plain Python function"),
+        ("model_factory", "subprocess:run", "trusted_modules=('subprocess',)"),
+        ("model_factory", "torch:load", "plain Python function"),
+        ("model_factory", "torch.serialization:load", "trusted_modules=('torch.serialization',)"),
+        ("model_factory", "pandas.io.pickle:read_pickle", "plain Python function"),
+        ("model_factory", f"{MODULE}:make_mlp", f"trusted_modules=('{MODULE}',)"),
         ("model_factory", f"{MODULE}:MLP", "plain Python function"),
         ("model_factory", f"{MODULE}:np", "plain Python function"),
-        ("module_class", "os.path:join", "standard library"),
+        ("module_class", "os.path:join", "not a torch.nn.Module subclass"),
         ("module_class", f"{MODULE}:make_mlp", "not a torch.nn.Module subclass"),
     ],
 )
 def test_load_refuses_dangerous_classes_and_factories(tmp_path: Path, key: str, value: str, message: str) -> None:
-    """A model file names a callable and its kwargs; cairn refuses callables that could do harm."""
+    """A model file names a callable and its kwargs: a class must be an nn.Module, a factory's module trusted."""
     flavor.save_model(make_mlp(6, 3), tmp_path / "m", model_factory=make_mlp, init_kwargs={"n_in": 6, "n_out": 3})
     meta = Model.load(tmp_path / "m")
     conf = meta.flavors["pytorch"]
@@ -525,8 +528,9 @@ def test_load_refuses_dangerous_classes_and_factories(tmp_path: Path, key: str, 
     conf[key] = value
     conf["init_kwargs"] = {"command": "touch pwned"} if value == "os:system" else {}
     meta.save(tmp_path / "m" / "MLmodel")
-    with pytest.raises(UnsafeModel, match=message):
+    with pytest.raises(UnsafeModel) as refused:
         flavor.load_model(tmp_path / "m")
+    assert message in str(refused.value) and value in str(refused.value)
     assert not (tmp_path / "pwned").exists()
 
 
@@ -560,7 +564,10 @@ def test_code_paths_make_the_class_importable_from_the_model(tmp_path: Path) -> 
         sys.modules.pop("zoo_cairn_test", None)
     (tmp_path / "src" / "zoo_cairn_test" / "__init__.py").unlink()  # only the copy in the model remains
     try:
-        loaded = flavor.load_model(tmp_path / "m")
+        with pytest.raises(UnsafeModel, match="trusted_modules=\\('zoo_cairn_test',\\)"):
+            flavor.load_model(tmp_path / "m")  # importing code shipped in a model file needs the caller's trust
+        assert "zoo_cairn_test" not in sys.modules
+        loaded = flavor.load_model(tmp_path / "m", trusted_modules=("zoo_cairn_test",))
         assert type(loaded).__module__ == "zoo_cairn_test"
         assert str(tmp_path / "m" / "code") in sys.modules["zoo_cairn_test"].__file__
         x = torch.randn(2, 4)

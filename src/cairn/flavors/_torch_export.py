@@ -21,6 +21,13 @@ targets under ``torch.ops``, ``operator``/``math`` functions from a fixed list, 
 made of numbers, shape symbols (``s0`` or ``Symbol('s0', positive=True)``) and known sympy
 functions, and no guards code.
 
+Which entries torch reads is decided positively too. Python's ``zipfile`` (the check) and torch's zip
+reader disagree on ambiguous archives: torch reads the first of duplicate names, looks names up
+ignoring case and takes its root folder from the first entry; ``zipfile`` reads the last duplicate.
+So the check refuses duplicates, names equal ignoring case, entries outside the one root folder and
+any name not on its allow-list; and torch is never given the original file: it loads
+:func:`checked_copy`, a new archive written from the very bytes the check read.
+
 cairn saves the program with its weights replaced by one-element stand-ins (the weights live in
 ``model.safetensors``) and without sample inputs, so the file is small and its load touches no
 pickle at all.
@@ -33,10 +40,12 @@ import json
 import math
 import operator
 import re
+import shutil
+import tempfile
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from torch import nn
@@ -44,7 +53,7 @@ from torch import nn
 from cairn import safety
 from cairn.errors import InvalidArgument, UnsafeModel
 
-__all__ = ["check_archive", "export_module", "load_program", "save_program"]
+__all__ = ["check_archive", "checked_copy", "export_module", "load_program", "save_program"]
 
 _ROOT_FILES = frozenset({"archive_format", "archive_version", "byteorder", ".data/version", ".data/serialization_id"})
 _ALLOWED_PATHS = [
@@ -81,6 +90,8 @@ _EXPR_TOKEN = re.compile(
 _ASSUMPTIONS = frozenset(
     {"positive", "negative", "nonnegative", "nonpositive", "integer", "real", "finite", "nonzero", "zero", "even"}
 )
+_SPOOL_BYTES = 64 * 1024 * 1024  # a checked copy of an archive stays in memory up to this size
+_COPY_CHUNK = 1024 * 1024
 _SHAPE_SYMBOL = re.compile(r"[a-z]+\d+")
 _TORCH_SYMBOLIC = re.compile(r"torch\.(?:_?sym_[a-z_]+)")
 
@@ -194,17 +205,82 @@ def _refuse(path: Path, reason: str) -> UnsafeModel:
     )
 
 
-def _archive_entries(archive: zipfile.ZipFile, path: Path) -> dict[str, str]:
-    """Relative path inside the archive (below its single root folder) -> zip member name."""
-    entries: dict[str, str] = {}
+_ARCHIVE_ROOT = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def _allowed_entry(rel: str) -> bool:
+    return rel in _ROOT_FILES or any(pattern.fullmatch(rel) for pattern in _ALLOWED_PATHS)
+
+
+def _archive_entries(archive: zipfile.ZipFile, path: Path) -> list[tuple[str, zipfile.ZipInfo]]:
+    """(path below the archive's root folder, member) of every entry, refusing any ambiguity.
+
+    torch finds a record by name in the zip's central directory ignoring case, takes the first
+    entry's folder as the root, and reads the first of duplicate names, while Python's ``zipfile``
+    reads the last. So every entry must sit in one root folder, no two names may be equal ignoring
+    case, and every name must be on the allow-list: then each name means one entry to both readers.
+    """
+    entries: list[tuple[str, zipfile.ZipInfo]] = []
+    root: str | None = None
+    seen: dict[str, str] = {}
     for info in archive.infolist():
-        if info.is_dir():
-            continue
-        root, _, rel = info.filename.partition("/")
-        if not root or not rel:
-            raise _refuse(path, f"unexpected archive member {info.filename!r}")
-        entries[rel] = info.filename
+        top, _, rel = info.filename.partition("/")
+        root = top if root is None else root
+        if top != root or not _ARCHIVE_ROOT.fullmatch(top):
+            raise _refuse(path, f"its entry {info.filename!r} is not in the archive's one root folder {root!r}")
+        key = info.filename.casefold()
+        if key in seen:
+            other = seen[key]
+            raise _refuse(
+                path,
+                f"it has two entries named {other!r} and {info.filename!r} (torch ignores case and reads the first "
+                "of duplicates, so it could read another entry than the one checked)",
+            )
+        seen[key] = info.filename
+        if not _allowed_entry(rel):
+            raise _refuse(path, f"it contains {rel!r}, which is not a plain graph, tensor or config record")
+        entries.append((rel, info))
     return entries
+
+
+def _check_entry(path: Path, rel: str, content: bytes, *, allow_sample_inputs: bool) -> None:
+    if rel == "archive_format" and content != b"pt2":  # else torch falls back to its older, pickling format
+        raise _refuse(path, f"its archive_format is {content[:20]!r}, not b'pt2'")
+    if rel.endswith(("_weights_config.json", "_constants_config.json")):
+        _check_payload_config(path, rel, content)
+    elif rel.startswith("models/"):
+        _check_program_json(path, rel, content)
+    elif rel.startswith("data/sample_inputs/") and not _accepted_sample_inputs(content, allow_sample_inputs):
+        raise _refuse(path, f"{rel} holds sample inputs that would be unpickled")
+
+
+def _accepted_sample_inputs(content: bytes, allow_sample_inputs: bool) -> bool:
+    """Empty sample inputs always; others only from foreign files, and only if ``weights_only`` reads them."""
+    return not content or (allow_sample_inputs and _weights_only_loadable(content))
+
+
+def _has_content_rules(rel: str) -> bool:
+    """Whether the entry's bytes are checked (configs, graphs, sample inputs); the others are raw data."""
+    return rel.endswith(".json") or rel.startswith("data/sample_inputs/") or rel == "archive_format"
+
+
+def _copy_checked(path: Path, target: zipfile.ZipFile | None, *, allow_sample_inputs: bool) -> None:
+    """Check every entry of the archive at ``path``, copying each (the very bytes checked) into ``target``."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise _refuse(path, f"it is not a zip archive ({exc})") from None
+    with archive:
+        for rel, info in _archive_entries(archive, path):
+            if _has_content_rules(rel):
+                content = archive.read(info)
+                _check_entry(path, rel, content, allow_sample_inputs=allow_sample_inputs)
+                if target is not None:
+                    target.writestr(info.filename, content)
+            elif target is not None:
+                copy = zipfile.ZipInfo(info.filename, date_time=info.date_time)
+                with archive.open(info) as source, target.open(copy, "w", force_zip64=True) as sink:
+                    shutil.copyfileobj(source, sink, _COPY_CHUNK)
 
 
 def check_archive(path: Path, *, allow_sample_inputs: bool = False) -> None:
@@ -216,26 +292,31 @@ def check_archive(path: Path, *, allow_sample_inputs: bool = False) -> None:
             unpickler reads them (MLflow's files have them; cairn's never do). Without it they must be empty.
 
     Raises:
-        UnsafeModel: the archive contains anything but plain data and a checked graph; the message says what.
+        UnsafeModel: the archive contains anything but plain data and a checked graph, or entries whose
+            names are ambiguous (duplicates, names equal ignoring case, several root folders); the
+            message says what.
     """
+    _copy_checked(path, None, allow_sample_inputs=allow_sample_inputs)
+
+
+def checked_copy(path: Path, *, allow_sample_inputs: bool = False) -> IO[bytes]:
+    """A new archive holding exactly the entries :func:`check_archive` accepted, as a file object at offset 0.
+
+    torch then reads the bytes that were checked and nothing else, whatever its zip reader would have
+    made of the original file. Small archives stay in memory, large ones spill to a temporary file.
+
+    Raises:
+        UnsafeModel: as :func:`check_archive`.
+    """
+    copy = tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES)  # noqa: SIM115 - returned to the caller, who closes it
     try:
-        archive = zipfile.ZipFile(path)
-    except (OSError, zipfile.BadZipFile) as exc:
-        raise _refuse(path, f"it is not a zip archive ({exc})") from None
-    with archive:
-        entries = _archive_entries(archive, path)
-        for rel in entries:
-            if rel not in _ROOT_FILES and not any(p.fullmatch(rel) for p in _ALLOWED_PATHS):
-                raise _refuse(path, f"it contains {rel!r}, which is not a plain graph, tensor or config record")
-        for rel, member in entries.items():
-            if rel.endswith(("_weights_config.json", "_constants_config.json")):
-                _check_payload_config(path, rel, archive.read(member))
-            elif rel.startswith("models/"):
-                _check_program_json(path, rel, archive.read(member))
-            elif rel.startswith("data/sample_inputs/"):
-                content = archive.read(member)
-                if content and not (allow_sample_inputs and _weights_only_loadable(content)):
-                    raise _refuse(path, f"{rel} holds sample inputs that would be unpickled")
+        with zipfile.ZipFile(copy, "w", compression=zipfile.ZIP_STORED) as target:
+            _copy_checked(path, target, allow_sample_inputs=allow_sample_inputs)
+    except BaseException:
+        copy.close()
+        raise
+    copy.seek(0)
+    return copy
 
 
 def _load_json(path: Path, rel: str, content: bytes) -> Any:
@@ -324,7 +405,7 @@ def _safe_target(target: str) -> bool:
 
 
 def load_program(path: Path, *, allow_pickle: bool | None, foreign: bool = False) -> torch.export.ExportedProgram:
-    """``torch.export.load(path)`` after :func:`check_archive` (skipped when pickle is allowed).
+    """``torch.export.load`` of the checked copy of ``path`` (:func:`checked_copy`); of ``path`` itself with the opt-in.
 
     Args:
         path: the ``.pt2`` file.
@@ -336,11 +417,16 @@ def load_program(path: Path, *, allow_pickle: bool | None, foreign: bool = False
         UnsafeModel: the archive fails the check and pickle is not allowed.
         InvalidArgument: torch cannot read the program.
     """
-    if not safety.pickle_allowed(allow_pickle):
-        check_archive(path, allow_sample_inputs=foreign)
+    if safety.pickle_allowed(allow_pickle):
+        return _torch_load(str(path), path)
+    with checked_copy(path, allow_sample_inputs=foreign) as copy:
+        return _torch_load(copy, path)
+
+
+def _torch_load(source: str | IO[bytes], path: Path) -> torch.export.ExportedProgram:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return torch.export.load(str(path))
+            return torch.export.load(source)
     except Exception as exc:
         raise InvalidArgument(f"torch could not load the exported program {path}: {type(exc).__name__}: {exc}") from exc

@@ -58,7 +58,7 @@ def _load_cairn(model_dir: Path, conf: dict[str, Any], *, allow_pickle: bool | N
     strict = True
     if kind in ("class", "factory"):
         target = conf.get("module_class" if kind == "class" else "model_factory")
-        obj = _torch_utils.import_target(target, kind=str(kind))
+        obj = _torch_utils.import_target(target, kind=str(kind), allow_pickle=allow_pickle)
         kwargs = conf.get("init_kwargs") or {}
         if not isinstance(kwargs, dict) or not all(isinstance(key, str) for key in kwargs):
             raise InvalidArgument(f"{where}: init_kwargs in the MLmodel file must be a mapping with string keys")

@@ -39,7 +39,8 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from cairn.errors import InvalidArgument, ModelIntegrityError, StateMismatch
+from cairn import safety
+from cairn.errors import InvalidArgument, ModelIntegrityError, StateMismatch, UnsafeModel
 
 __all__ = [
     "INDEX_FORMAT",
@@ -486,24 +487,31 @@ def build_on_meta(build: Callable[[], nn.Module]) -> nn.Module:
 
 
 def target_name(obj: Any) -> str | None:
-    """``"pkg.mod:Qual.name"`` if ``obj`` (a class or function) can be imported back by that name, else ``None``."""
+    """``"pkg.mod:Qual.name"`` if ``obj`` (a class or function) can be found back by that name, else ``None``.
+
+    Only already-imported modules are consulted (``obj``'s own module is, since ``obj`` exists).
+    """
     module = getattr(obj, "__module__", None)
     qualname = getattr(obj, "__qualname__", None)
     if not isinstance(module, str) or not isinstance(qualname, str):
         return None
     if module == "__main__" or module.split(".")[-1] == "__main__" or "<" in qualname:
         return None
+    loaded = sys.modules.get(module)
+    if loaded is None:
+        return None
     try:
-        found = _lookup(module, qualname)
-    except (ImportError, AttributeError):
+        found = _static_lookup(loaded, qualname)
+    except AttributeError:
         return None
     return f"{module}:{qualname}" if found is obj else None
 
 
-def _lookup(module_name: str, qualname: str) -> Any:
-    obj: Any = importlib.import_module(module_name)
+def _static_lookup(module: types.ModuleType, qualname: str) -> Any:
+    """``module.<qualname>`` without running code: no module ``__getattr__``, descriptors or metaclass hooks."""
+    obj: Any = module
     for part in qualname.split("."):
-        obj = getattr(obj, part)
+        obj = inspect.getattr_static(obj, part)
     return obj
 
 
@@ -517,81 +525,61 @@ def _split_target(text: object, what: str) -> tuple[str, str]:
     return module, qualname
 
 
-def _is_stdlib(module_name: str) -> bool:
-    return module_name.split(".")[0] in sys.stdlib_module_names or module_name.split(".")[0] == "builtins"
+def _module_of_target(module_name: str, what: str, *, caller_named: bool, allow_pickle: bool | None) -> Any:
+    if caller_named:  # the caller passed this name (or the object itself) to a save call
+        return importlib.import_module(module_name)
+    return safety.import_named_module(module_name, what=what, allow_pickle=allow_pickle)
 
 
-#: Packages whose functions are never used as model factories named in a model file: they include
-#: functions that read pickles or run commands given the right keyword arguments.
-_FACTORY_DENYLIST = frozenset(
-    {
-        "torch",
-        "numpy",
-        "pandas",
-        "scipy",
-        "sklearn",
-        "joblib",
-        "dill",
-        "cloudpickle",
-        "skops",
-        "mlflow",
-        "cairn",
-        "yaml",
-        "fsspec",
-        "s3fs",
-        "requests",
-        "urllib3",
-        "pip",
-        "setuptools",
-        "IPython",
-        "lightning",
-        "pytorch_lightning",
-        "transformers",
-        "huggingface_hub",
-        "safetensors",
-    }
-)
+def _check_class(obj: Any, text: str) -> None:
+    if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
+        raise UnsafeModel(f"refusing module_class {text!r}: it is not a torch.nn.Module subclass")
 
 
-def import_target(text: object, *, kind: str) -> Any:
-    """Import a module class (``kind="class"``) or factory function (``kind="factory"``) named in a model file.
-
-    Only the named module is imported (it must be installed or on ``sys.path``). A class must be a
-    ``torch.nn.Module`` subclass. A factory must be a plain Python function defined in the named
-    module itself (not re-exported there), outside the standard library and outside libraries that
-    have functions able to unpickle or run commands (see ``_FACTORY_DENYLIST``): a factory named in
-    a model file is called with keyword arguments from that file.
-
-    Raises:
-        InvalidArgument: the name is malformed.
-        UnsafeModel: the name is refused (standard library, ``__main__``, a denied package, not a
-            module class or plain function).
-        ImportError: the module cannot be imported.
-    """
-    from cairn.errors import UnsafeModel
-
-    what = "module_class" if kind == "class" else "model_factory"
-    module_name, qualname = _split_target(text, what)
-    if _is_stdlib(module_name):
-        raise UnsafeModel(f"refusing {what} {text!r}: a model's {what} cannot come from the Python standard library")
-    if kind == "factory" and module_name.split(".")[0] in _FACTORY_DENYLIST:
-        raise UnsafeModel(
-            f"refusing model_factory {text!r}: factories from {module_name.split('.')[0]!r} are not accepted "
-            "(that package has functions that unpickle files or run commands); save the model with "
-            "module_class= instead"
-        )
-    try:
-        obj = _lookup(module_name, qualname)
-    except AttributeError:
-        raise ImportError(f"{what} {text!r}: module {module_name!r} has no attribute {qualname!r}") from None
-    if kind == "class":
-        if not (inspect.isclass(obj) and issubclass(obj, nn.Module)):
-            raise UnsafeModel(f"refusing module_class {text!r}: it is not a torch.nn.Module subclass")
-        return obj
+def _check_factory(obj: Any, text: str, module_name: str, qualname: str) -> None:
     if not isinstance(obj, types.FunctionType) or obj.__module__ != module_name or obj.__qualname__ != qualname:
         raise UnsafeModel(
             f"refusing model_factory {text!r}: it must be a plain Python function defined in {module_name!r} "
             "itself (not a builtin, class, method or a function imported from elsewhere)"
+        )
+
+
+def import_target(text: object, *, kind: str, caller_named: bool = False, allow_pickle: bool | None = None) -> Any:
+    """The module class (``kind="class"``) or factory function (``kind="factory"``) named ``"pkg.mod:Name"``.
+
+    The rule for a name read from a model file (``caller_named=False``), checked before anything is called:
+
+    - the module is imported only as :func:`cairn.safety.import_named_module` allows: already imported,
+      trusted by the caller (``trusted_modules``), or under the pickle opt-in;
+    - the name is looked up without running code (no module ``__getattr__``, no descriptors);
+    - a class must be a ``torch.nn.Module`` subclass (calling it runs a module constructor);
+    - a factory must be a plain Python function defined in that module, and the caller must trust the
+      module (:func:`cairn.safety.module_trusted`): a factory is called with keyword arguments from the
+      file, and an arbitrary function can do anything with them (``sympy.sympify`` evaluates a string).
+
+    With ``caller_named=True`` (a save call: the caller chose the name) only the shape checks apply.
+
+    Raises:
+        InvalidArgument: the name is malformed.
+        UnsafeModel: the module may not be imported, or the target is refused; the message says how to allow it.
+        ImportError: the module cannot be imported or has no such attribute.
+    """
+    what = "module_class" if kind == "class" else "model_factory"
+    module_name, qualname = _split_target(text, what)
+    described = f"the {what} {text!r}"
+    module = _module_of_target(module_name, described, caller_named=caller_named, allow_pickle=allow_pickle)
+    try:
+        obj = _static_lookup(module, qualname)
+    except AttributeError:
+        raise ImportError(f"{what} {text!r}: module {module_name!r} has no attribute {qualname!r}") from None
+    if kind == "class":
+        _check_class(obj, str(text))
+        return obj
+    _check_factory(obj, str(text), module_name, qualname)
+    if not caller_named and not safety.module_trusted(module_name, allow_pickle):
+        raise UnsafeModel(
+            f"refusing model_factory {text!r}: cairn calls a function named by a model file (with keyword "
+            f"arguments from that file) only from a module the caller trusts. {safety.how_to_trust(module_name)}"
         )
     return obj
 

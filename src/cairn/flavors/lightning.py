@@ -190,16 +190,24 @@ def load_model(
     model_uri: str | os.PathLike[str],
     *,
     allow_pickle: bool = False,
+    trusted_modules: Sequence[str] = (),
     map_location: str | Any = "cpu",
     dst_path: str | os.PathLike[str] | None = None,
 ) -> Any:
     """Load a model saved by :func:`save_model` (or any PyTorch-flavor model) in eval mode.
 
     For the default architecture this is an instance of the saved LightningModule class, built with its
-    hparams and holding the saved weights. See :func:`cairn.flavors.pytorch.load_model` for the
-    arguments and errors.
+    hparams and holding the saved weights. The class's module is imported only if it is already imported
+    or named in ``trusted_modules`` (a package name covers its modules). See
+    :func:`cairn.flavors.pytorch.load_model` for the arguments, the trust rules and the errors.
     """
-    return pytorch_flavor.load_model(model_uri, allow_pickle=allow_pickle, map_location=map_location, dst_path=dst_path)
+    return pytorch_flavor.load_model(
+        model_uri,
+        allow_pickle=allow_pickle,
+        trusted_modules=trusted_modules,
+        map_location=map_location,
+        dst_path=dst_path,
+    )
 
 
 def _load_pyfunc(data_path: str | os.PathLike[str], model_config: dict[str, Any] | None = None) -> Any:

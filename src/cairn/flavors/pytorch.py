@@ -14,9 +14,8 @@ Layout of a model directory (MLflow's flavor keys plus cairn's)::
 How the architecture is stored, in order of preference:
 
 1. ``"class"`` / ``"factory"``: an importable ``module_class="pkg.mod:Class"`` or
-   ``model_factory="pkg.mod:function"`` plus JSON ``init_kwargs``. Loading imports ``pkg.mod`` (the
-   module named at save time, recorded as ``imports``; never from the model directory unless the model
-   was saved with ``code_paths``), builds the module on the ``meta`` device and assigns the weights.
+   ``model_factory="pkg.mod:function"`` plus JSON ``init_kwargs``. Loading finds ``pkg.mod`` (see
+   "Trust" below), builds the module on the ``meta`` device and assigns the weights.
    Without either argument the model's own class is used when it is importable by name and either
    ``init_kwargs`` were given or it builds with no arguments into the same parameter shapes.
 2. ``"export"``: a ``torch.export`` program traced from the input example. torch's own loader can
@@ -24,6 +23,24 @@ How the architecture is stored, in order of preference:
    :mod:`cairn.flavors._torch_export`).
 3. ``"skeleton"``: the module cloudpickled without its weights. Loading it unpickles, so it needs
    ``allow_pickle=True`` (or ``CAIRN_ALLOW_PICKLE=1``).
+
+Trust: the MLmodel file is hostile input, and it names a callable and the keyword arguments to call it
+with. So, checked before anything is called or imported (:func:`cairn.flavors._torch_utils.import_target`):
+
+- a ``module_class`` must be a ``torch.nn.Module`` subclass (looked up without running code);
+- a ``model_factory`` must be a plain function defined in its module, and is called only if the caller
+  trusts that module: ``load_model(uri, trusted_modules=("pkg",))``, a
+  ``with cairn.safety.trusted_modules(("pkg",)):`` block (for ``cairn.pyfunc.load_model``) or
+  ``CAIRN_TRUSTED_MODULES=pkg``. No function is trusted for being well known: ``sympy.sympify`` and
+  ``torch.load`` are plain functions that run code given the right string;
+- importing runs code too, so ``pkg.mod`` is imported only if it is already imported in the process or
+  the caller trusts it the same way; the model's ``code`` directory (``code_paths``) goes on ``sys.path``
+  only when the caller trusts modules or opts in to pickle;
+- the pickle opt-in (``allow_pickle=True`` / ``CAIRN_ALLOW_PICKLE=1``) trusts the whole file.
+
+A model saved with ``model_factory`` therefore loads with ``trusted_modules`` naming the factory's
+module (the refusal says so); a model whose class lives in a package the process has not imported
+yet loads with ``trusted_modules`` naming that package.
 
 Kinds 1 and 2 load without any pickle. Models written by ``mlflow.pytorch`` load too: ``data/model.pth``
 (a whole pickled module) only with the pickle opt-in, ``data/model.pt2`` after the same archive check.
@@ -153,14 +170,14 @@ def _explicit_architecture(
 ) -> _Architecture:
     if module_class is not None:
         name = _name_of(module_class, "module_class")
-        cls = _torch_utils.import_target(name, kind="class")
+        cls = _torch_utils.import_target(name, kind="class", caller_named=True)
         if not isinstance(model, cls):
             raise InvalidArgument(f"module_class {name!r} does not match the model, a {type(model).__qualname__}")
         kind, target, build = "class", name, lambda: cls(**kwargs)
     else:
         assert model_factory is not None
         name = _name_of(model_factory, "model_factory")
-        factory = _torch_utils.import_target(name, kind="factory")
+        factory = _torch_utils.import_target(name, kind="factory", caller_named=True)
         kind, target, build = "factory", name, lambda: factory(**kwargs)
     try:
         problem = _built_from(build, index)
@@ -187,7 +204,7 @@ def _importable_class(model: nn.Module, index: _torch_utils.WeightsIndex, kwargs
     if name is None:
         return None
     try:
-        cls = _torch_utils.import_target(name, kind="class")
+        cls = _torch_utils.import_target(name, kind="class", caller_named=True)
     except (UnsafeModel, InvalidArgument, ImportError):
         return None
     candidates = [kwargs] if kwargs is not None else [c for c in (_lightning_hparams(model), {}) if c is not None]
@@ -339,6 +356,7 @@ def save_model(
         path: the new model directory; must not exist or be empty.
         module_class: the class to rebuild the module with, as ``"pkg.mod:Class"`` or the class itself.
         model_factory: a function returning the module, as ``"pkg.mod:function"`` or the function itself.
+            Loading calls it only if the caller trusts its module (``trusted_modules=("pkg",)``).
         init_kwargs: JSON-serializable keyword arguments for ``module_class``/``model_factory`` (or for
             the model's own class when neither is given).
         export: ``True`` stores a ``torch.export`` program (needs ``input_example``), ``False`` never
@@ -367,7 +385,8 @@ def save_model(
             ``model_factory`` cannot be imported or do not rebuild the model, ``init_kwargs`` are not
             JSON, ``export=True`` fails, or no pickle-free architecture exists and
             ``allow_pickle_skeleton`` is off.
-        UnsafeModel: ``module_class``/``model_factory`` names something cairn would refuse to load.
+        UnsafeModel: ``module_class`` is not a ``torch.nn.Module`` subclass, or ``model_factory`` not a plain
+            function defined in the module it is named by.
         ResourceAlreadyExists: ``path`` exists and is not empty.
     """
     from cairn.models import hashes
@@ -522,6 +541,7 @@ def load_model(
     model_uri: str | os.PathLike[str],
     *,
     allow_pickle: bool = False,
+    trusted_modules: Sequence[str] = (),
     map_location: str | torch.device = "cpu",
     device: str | torch.device | None = None,
     dst_path: str | os.PathLike[str] | None = None,
@@ -531,27 +551,42 @@ def load_model(
     The weights are memory-mapped from the safetensors file (copy-on-write: changing them never
     changes the file).
 
+    What the model file may make cairn run (see the module docstring, "Trust"): a ``module_class``
+    must be a ``torch.nn.Module`` subclass; a ``model_factory`` is called only if its module is in
+    ``trusted_modules``; a module not imported yet is imported only if it is in ``trusted_modules``;
+    the model's ``code`` directory goes on ``sys.path`` only with ``trusted_modules`` or the pickle
+    opt-in. ``allow_pickle=True`` trusts the whole file.
+
     Args:
         model_uri: a local path, ``runs:/``, ``models:/`` or artifact-store URI.
-        allow_pickle: allow unpickling (a ``"skeleton"`` model, MLflow's ``model.pth``) and trust
-            exported programs without checking them; also ``CAIRN_ALLOW_PICKLE=1``.
+        allow_pickle: allow unpickling (a ``"skeleton"`` model, MLflow's ``model.pth``), trust exported
+            programs without checking them and trust every module the file names; also ``CAIRN_ALLOW_PICKLE=1``.
+        trusted_modules: packages or modules (``"mypkg"`` covers ``mypkg.models``) the model file may make
+            cairn import and whose functions may serve as ``model_factory``. Also through
+            :func:`cairn.safety.trusted_modules` blocks (the way to reach ``cairn.pyfunc.load_model``)
+            and ``CAIRN_TRUSTED_MODULES=mypkg,otherpkg``.
         map_location: the device the weights are loaded onto.
         device: MLflow's name; overrides ``map_location`` when given.
         dst_path: where to download a remote model.
 
     Raises:
         UnsafeModel: the model needs unpickling without the opt-in (the message says how to opt in),
-            names a class or factory cairn refuses, or its exported program fails the safety check.
+            names a module or factory the caller did not trust or a class that is not a
+            ``torch.nn.Module`` (the message names it and how to allow it), or its exported program
+            fails the safety check.
+        InvalidArgument: a ``trusted_modules`` entry is not a module name.
         StateMismatch: the rebuilt module's parameters differ from the saved ones (names listed).
         ModelIntegrityError: a model file does not match its recorded sha256.
     """
     from cairn.models.loading import add_code_to_path, open_model_dir
 
     target = str(torch.device(device if device is not None else map_location))
-    local = open_model_dir(model_uri, dst=dst_path)
-    conf = local.model.flavors.get(FLAVOR_NAME) or {}
-    add_code_to_path(local.path, conf.get("code") or (local.model.flavors.get("python_function") or {}).get("code"))
-    with safety.pickle_opt_in(allow_pickle):
+    with safety.trusted_modules(trusted_modules), safety.pickle_opt_in(allow_pickle):
+        local = open_model_dir(model_uri, dst=dst_path)
+        conf = local.model.flavors.get(FLAVOR_NAME) or {}
+        if trusted_modules or safety.pickle_allowed(allow_pickle):  # the code there is imported only if trusted
+            code = conf.get("code") or (local.model.flavors.get("python_function") or {}).get("code")
+            add_code_to_path(local.path, code)
         return _torch_loading.load_from_dir(local.path, local.model, allow_pickle=allow_pickle, device=target)
 
 
