@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from cairn.errors import InvalidArgument, UnsafeModel
+from cairn.errors import CairnError, InvalidArgument, UnsafeModel
 from cairn.flavors._transformers_tasks import (
     PYFUNC_TASKS,
     QUESTION_ANSWERING,
@@ -541,23 +541,38 @@ def load_components(
     kwargs: dict[str, Any] = {"local_files_only": True, "use_safetensors": True}
     if remote:
         kwargs["trust_remote_code"] = True
-    loaded: dict[str, Any] = {"model": cls.from_pretrained(str(weights), **kwargs)}
+    loaded: dict[str, Any] = {"model": _read_pretrained(cls, weights, "model", kwargs)}
     names = [n for n in conf.get("components") or [] if n in COMPONENT_KEYS]
     if conf.get("processor_type"):
         names.append(PROCESSOR_KEY)
     for key in names:
         where = model_subpath(root, f"{COMPONENTS_DIR}/{key}", f"{key} directory")
         auto = getattr(transformers, _AUTO_LOADERS[key])
-        try:
-            loaded[key] = auto.from_pretrained(str(where), local_files_only=True, trust_remote_code=trust_remote_code)
-        except ValueError as exc:
-            if "trust_remote_code" in str(exc) and not trust_remote_code:
-                raise UnsafeModel(
-                    f"the model's {key} needs code shipped with it; pass trust_remote_code=True if you trust it"
-                ) from exc
-            raise
+        options = {"local_files_only": True, "trust_remote_code": trust_remote_code}
+        loaded[key] = _read_pretrained(auto, where, key, options)
     loaded["task"] = task
     return loaded
+
+
+def _read_pretrained(cls: Any, where: Path, what: str, kwargs: Mapping[str, Any]) -> Any:
+    """``cls.from_pretrained(where, **kwargs)``, its failures on damaged or hostile files as cairn errors.
+
+    Raises:
+        UnsafeModel: the files need code shipped with the model and ``kwargs`` do not trust remote code.
+        InvalidArgument: transformers cannot read the files (the message carries its error).
+    """
+    try:
+        return cls.from_pretrained(str(where), **kwargs)
+    except CairnError:
+        raise
+    except Exception as exc:  # OSError, ValueError, safetensors' errors, ... on files cairn did not write
+        if "trust_remote_code" in str(exc) and not kwargs.get("trust_remote_code"):
+            raise UnsafeModel(
+                f"the model's {what} needs code shipped with it; pass trust_remote_code=True if you trust it"
+            ) from exc
+        raise InvalidArgument(
+            f"transformers cannot read the model's {what} from {where}: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def load_model(
