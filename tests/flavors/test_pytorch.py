@@ -772,27 +772,39 @@ def test_log_model_renames_files_into_a_local_store_without_rehashing(monkeypatc
     assert torch.equal(_predict(loaded, x), _predict(model.eval(), x))
 
 
-def test_log_model_copies_when_the_store_is_on_another_filesystem(monkeypatch: pytest.MonkeyPatch) -> None:
-    import errno
+def test_log_model_copies_when_the_model_is_staged_on_another_filesystem(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The model is staged on tmpfs (/dev/shm), the store is not: the files are copied in, not renamed."""
+    import contextlib
     import os
+    import shutil
+    import tempfile
 
-    from cairn.artifacts.local import TEMP_PREFIX
+    from cairn.artifacts.local import LocalArtifactStore
 
-    real_replace = os.replace
-    crossed: list[str] = []
+    staged_on: list[int] = []
+    real_staging_dir = LocalArtifactStore.staging_dir
 
-    def replace(src: Any, dst: Any) -> None:
-        source = Path(src)
-        if f"/{TEMP_PREFIX}" in str(source.parent) and TEMP_PREFIX not in str(dst) and "model" in source.parts:
-            crossed.append(source.name)
-            raise OSError(errno.EXDEV, "Invalid cross-device link")
-        real_replace(src, dst)
+    @contextlib.contextmanager
+    def staging_on_tmpfs(self: LocalArtifactStore, artifact_path: str | None = None) -> Iterator[Path]:
+        if staged_on:  # replace_dir's own copy next to the target
+            with real_staging_dir(self, artifact_path) as near:
+                yield near
+            return
+        path = tempfile.mkdtemp(dir="/dev/shm")
+        staged_on.append(os.stat(path).st_dev)
+        try:
+            yield Path(path)
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
 
-    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(LocalArtifactStore, "staging_dir", staging_on_tmpfs)
     model = MLP(**MLP_KWARGS)
     with cairn.start_run():
         info = flavor.log_model(model, "model", init_kwargs=MLP_KWARGS)
-    assert "model.safetensors" in crossed
+    model_dir = Path(cairn.models.loading.resolve_local_model_dir(info.model_uri))
+    weights = model_dir / "data" / "model.safetensors"
+    assert staged_on and staged_on[0] != os.stat(model_dir).st_dev, "the staging must be on another filesystem"
+    assert weights.is_file() and not weights.is_symlink()
     x = torch.randn(2, 6)
     assert torch.equal(_predict(flavor.load_model(info.model_uri), x), _predict(model.eval(), x))
 

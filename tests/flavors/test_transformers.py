@@ -250,14 +250,27 @@ def test_a_task_without_the_component_its_pipeline_needs_is_refused_at_save(tmp_
     model = BertForSequenceClassification(config)
     with pytest.raises(InvalidArgument, match=r"task 'text-classification' needs a tokenizer.*Pass tokenizer="):
         cairn.transformers.save_model(model, tmp_path / "explicit", task="text-classification")
-    with pytest.raises(InvalidArgument, match=r"'text-classification' \(the task inferred from BertForSequenceClassif"):
-        cairn.transformers.save_model(model, tmp_path / "inferred")
     with pytest.raises(InvalidArgument, match="needs an image processor"):
         cairn.transformers.save_model(model, tmp_path / "image", task="image-classification")
     qa = BertForQuestionAnswering(config)
     with pytest.raises(InvalidArgument, match="needs a fast tokenizer"):
-        cairn.transformers.save_model(qa, tmp_path / "qa")
+        cairn.transformers.save_model(qa, tmp_path / "qa", task="question-answering")
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_an_inferred_task_without_its_component_saves_as_components_with_a_warning(tmp_path: Path) -> None:
+    config = BertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, vocab_size=100
+    )
+    model = BertForSequenceClassification(config)
+    with pytest.warns(UserWarning, match=r"inferred task 'text-classification' needs tokenizer.*components only"):
+        cairn.transformers.save_model(model, tmp_path / "inferred")
+    conf = yaml.safe_load((tmp_path / "inferred" / "MLmodel").read_text())["flavors"]["transformers"]
+    assert conf.get("task") is None
+    components = cairn.transformers.load_model(tmp_path / "inferred", return_type="components")
+    assert isinstance(components["model"], BertForSequenceClassification) and components["task"] is None
+    with pytest.raises(InvalidArgument, match="task"):
+        cairn.transformers.load_model(tmp_path / "inferred")
 
 
 def test_a_task_whose_pipeline_needs_no_tokenizer_saves_and_loads_without_one(tmp_path: Path) -> None:

@@ -256,7 +256,7 @@ def test_paths_in_mlmodel_cannot_leave_the_directory(model_dir: Path, tmp_path: 
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copytree(source, target) if source.is_dir() else shutil.copy2(source, target)
         _set(content, trail, f"../outside/{value}" if where == "relative" else str(target))
-    for trail, value in fields:  # remove the originals only once every field was copied out
+    for _trail, value in fields:  # remove the originals only once every field was copied out
         source = model_dir / value
         if source.is_dir():
             shutil.rmtree(source, ignore_errors=True)

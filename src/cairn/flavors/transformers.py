@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,21 +171,32 @@ def _resolve_source(transformers_model: Any, task: str | None, components: Mappi
 def _require_pipeline_components(source: _Source, *, explicit_task: bool) -> None:
     """Refuse a model whose task's pipeline could not be built at load for want of a component.
 
+    A task inferred from the model class is dropped instead, with a warning: the model is saved as
+    components only (it loads with ``return_type="components"``), as when no task can be told.
+
     Raises:
-        InvalidArgument: the task needs a tokenizer (or image processor, ...) that was not given.
+        InvalidArgument: the task was passed and needs a tokenizer (or image processor, ...) that was not given.
     """
     if source.task is None:
         return
     missing = missing_components(source.task, source.components)
     if not missing:
         return
-    origin = "" if explicit_task else f" (the task inferred from {source.model_class})"
+    if not explicit_task:
+        warnings.warn(
+            f"cairn: saving {source.model_class} without a task: its inferred task {source.task!r} needs "
+            f"{' and '.join(missing)}, which was not given, so the model loads as components only "
+            f"(pass {', '.join(f'{key}=...' for key in missing)} to save it as a {source.task} pipeline)",
+            stacklevel=4,
+        )
+        source.task = None
+        return
     needs = " and ".join(f"{'an' if key[0] in 'aeiou' else 'a'} {key.replace('_', ' ')}" for key in missing)
     if source.task == QUESTION_ANSWERING:
         needs = "a fast tokenizer (answers come from its offset mappings)"
     given = ", ".join(sorted(source.components)) or "no component"
     raise InvalidArgument(
-        f"task {source.task!r}{origin} needs {needs}, and save_model got {given}: the saved model could not "
+        f"task {source.task!r} needs {needs}, and save_model got {given}: the saved model could not "
         f"be loaded as a {source.task} pipeline. Pass {', '.join(f'{key}=...' for key in missing)} (or a "
         "Pipeline that has it)"
     )
@@ -360,8 +372,9 @@ def save_model(
         path: the new model directory; must not exist or be empty.
         task: the pipeline task (``"text-classification"``, ...); default: the pipeline's, else inferred
             from the model class. ``None`` when it cannot be told: the model then loads as components only.
-            A task whose pipeline needs a component (a tokenizer for text tasks, an image processor for
-            image tasks, ...) is refused when that component is not given.
+            A task passed here whose pipeline needs a component (a tokenizer for text tasks, an image
+            processor for image tasks, ...) is refused when that component is not given; an inferred one
+            is dropped with a warning (the model is saved as components only).
         tokenizer, feature_extractor, image_processor, processor: components saved next to the model
             (they replace a pipeline's own).
         signature: ``None`` infers it from ``input_example`` by running the model once (not for a

@@ -54,8 +54,10 @@ def _prepare_directory(path: Path) -> None:
 def copy_code_paths(model_dir: str | os.PathLike[str], code_paths: Sequence[str | os.PathLike[str]]) -> str:
     """Copy each file or directory of ``code_paths`` into ``<model_dir>/code/<its name>``.
 
-    At load time ``code/`` goes on ``sys.path``, so ``code_paths=["src/mypkg"]`` makes ``import mypkg``
-    work and ``code_paths=["helpers.py"]`` makes ``import helpers`` work. ``__pycache__`` is not copied.
+    At load time, with the caller's opt-in (``allow_pickle=True``, ``CAIRN_ALLOW_PICKLE=1`` or trusting
+    every module in it, see SECURITY.md), ``code/`` is appended to ``sys.path``, so
+    ``code_paths=["src/mypkg"]`` makes ``import mypkg`` work and ``code_paths=["helpers.py"]`` makes
+    ``import helpers`` work; without it the load is refused. ``__pycache__`` is not copied.
 
     Returns:
         ``"code"``, the subdirectory to record in the flavor entries.
@@ -151,7 +153,8 @@ def save_model_dir(
             ``cairn_files_sha256``.
         pip_packages: distribution names the model needs (pinned to the installed versions); cairn is
             always added.
-        code_paths: files or directories copied under ``code/`` and put on ``sys.path`` at load.
+        code_paths: files or directories copied under ``code/``, appended to ``sys.path`` at load with the
+            caller's opt-in (loading refuses without it).
         pyfunc_conf: extra keys for the ``python_function`` entry (``model_path``, ``data``, ``predict_fn``);
             also read after ``write_data``.
         run_id: recorded in the MLmodel file (set by :func:`log_model`).
