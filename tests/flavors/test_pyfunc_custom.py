@@ -24,6 +24,7 @@ from cairn.artifacts import get_artifact_store
 from cairn.errors import InvalidArgument, ModelIntegrityError, SchemaMismatch, UnsafeModel
 from cairn.models import Model
 from cairn.models.hashes import FILES_MANIFEST, MANIFEST_SHA256_KEY, file_sha256
+from tests.safety.payloads import Marker
 
 
 class ScaledVocab(cairn.pyfunc.PythonModel):
@@ -50,16 +51,6 @@ class NoContext(cairn.pyfunc.PythonModel):
 
     def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> Any:  # type: ignore[override]
         return np.asarray(model_input) + 1
-
-
-class Marker:
-    """An attacker's payload: unpickling it writes a marker file."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (exec, (f"open({str(self.path)!r}, 'w').write('pwned')",))
 
 
 @pytest.fixture(autouse=True)

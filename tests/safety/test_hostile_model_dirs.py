@@ -37,18 +37,9 @@ from cairn.models import Model
 from cairn.models.hashes import FILES_MANIFEST, MANIFEST_SHA256_KEY, write_files_manifest
 from cairn.models.loading import load_model as load_native
 from cairn.models.model import MLMODEL_FILE_NAME
+from tests.safety.payloads import Marker
 
 X = np.random.RandomState(0).randn(8, 4).astype("float32")
-
-
-class Marker:
-    """Unpickling this writes a marker file: proof of whether a pickle was executed."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (exec, (f"open({str(self.path)!r}, 'w').write('pwned')",))
 
 
 class TinyNet(torch.nn.Module):

@@ -7,7 +7,6 @@ import lzma
 import pickle
 import threading
 from pathlib import Path
-from typing import Any
 
 import cloudpickle
 import pytest
@@ -15,16 +14,7 @@ import pytest
 from cairn import safety
 from cairn.errors import CairnError, InvalidArgument, UnsafeModel
 from cairn.flavors import registry
-
-
-class Marker:
-    """Unpickling this writes a marker file: proof of whether a pickle was executed."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (exec, (f"open({str(self.path)!r}, 'w').write('pwned')",))
+from tests.safety.payloads import Marker
 
 
 @pytest.fixture(autouse=True)

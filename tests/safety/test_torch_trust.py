@@ -32,6 +32,7 @@ from cairn.flavors import _torch_export  # noqa: E402
 from cairn.flavors import pytorch as flavor  # noqa: E402
 from cairn.models import Model  # noqa: E402
 from cairn.models.hashes import MANIFEST_SHA256_KEY, write_files_manifest  # noqa: E402
+from tests.safety.payloads import Marker  # noqa: E402
 
 HERE = __name__
 
@@ -48,16 +49,6 @@ class Net(nn.Module):
 def make_net(width: int = 3) -> Net:
     """A model factory defined in this (already imported) module."""
     return Net(width)
-
-
-class Marker:
-    """Unpickling this writes a marker file: proof of whether a pickle was executed."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (exec, (f"open({str(self.path)!r}, 'w').write('pwned')",))
 
 
 @pytest.fixture(autouse=True)
