@@ -8,6 +8,7 @@ every revision cairn ever shipped keeps opening (at head) or upgrading.
 from __future__ import annotations
 
 import shutil
+import sqlite3
 import subprocess
 import sys
 import uuid
@@ -97,6 +98,11 @@ def test_an_application_database_is_refused_naming_its_tables_and_left_untouched
         assert "newer cairn" not in str(error)
     assert _snapshot(empty_db_url) == before
     assert current_revision(empty_db_url) is None
+    if empty_db_url.startswith("sqlite"):  # WAL is a persistent setting of the file: not cairn's to change here
+        path = Path(str(sa.make_url(empty_db_url).database))
+        with sqlite3.connect(path) as connection:
+            assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+        assert not path.with_name(path.name + "-wal").exists()
 
 
 def test_an_application_database_with_its_own_alembic_revision_is_not_taken_for_a_newer_cairn(

@@ -23,6 +23,7 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.pool import StaticPool
 
 from cairn.errors import CairnError, InvalidArgument, ResourceAlreadyExists, StoreError, StoreLocked
+from cairn.store._sql.schema import holds_foreign_tables
 
 DEFAULT_BUSY_TIMEOUT = 30.0
 BUSY_TIMEOUT_ENV = "CAIRN_SQLITE_BUSY_TIMEOUT"
@@ -114,7 +115,7 @@ class Database:
                 cursor.execute(f"PRAGMA busy_timeout = {busy_ms}")
                 cursor.execute("PRAGMA foreign_keys = ON")
                 cursor.execute("PRAGMA synchronous = NORMAL")
-                if not memory:
+                if not memory and not _holds_foreign_tables(cursor):
                     _enable_wal(cursor, self.busy_timeout)
             finally:
                 cursor.close()
@@ -169,6 +170,19 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _holds_foreign_tables(cursor: sqlite3.Cursor) -> bool:
+    """Whether the file holds tables cairn did not create: the store refuses it (see migrate), and its
+    journal mode, a persistent setting of the file, is left as its owner set it."""
+    tables = {
+        row[0]
+        for row in cursor.execute(
+            "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite_%'"
+        )
+    }
+    runs_columns = {row[1] for row in cursor.execute("PRAGMA table_info(runs)")} if "runs" in tables else set()
+    return holds_foreign_tables(tables, runs_columns)
 
 
 def _enable_wal(cursor: sqlite3.Cursor, timeout: float) -> None:

@@ -33,7 +33,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from cairn.errors import ForeignStore, SchemaOutOfDate, StoreError
 from cairn.store._sql.engine import Database, is_missing_table
-from cairn.store._sql.schema import TABLE_NAMES, experiments
+from cairn.store._sql.schema import MLFLOW_RUN_COLUMNS, TABLE_NAMES, experiments
 from cairn.store._sql.util import artifact_location_for, now_ms
 
 #: Id of the newest revision in ``migrations/versions``; a test checks they agree.
@@ -43,8 +43,6 @@ VERSION_TABLE = "alembic_version"
 DEFAULT_EXPERIMENT_ID = 0
 DEFAULT_EXPERIMENT_NAME = "Default"
 
-#: Columns of MLflow's ``runs`` table that cairn's ``runs`` never had: they mark an MLflow tracking database.
-MLFLOW_RUN_COLUMNS = frozenset({"source_type", "source_name", "entry_point_name"})
 #: Tables of every cairn schema revision: with them, an unknown revision is taken for a newer cairn's.
 _CAIRN_CORE_TABLES = frozenset({"experiments", "runs", "metrics", "params", "tags"})
 _MAX_NAMED_TABLES = 12

@@ -19,6 +19,8 @@ Notes on choices that are not obvious:
 
 from __future__ import annotations
 
+from collections.abc import Set
+
 import sqlalchemy as sa
 
 NAMING_CONVENTION = {
@@ -225,3 +227,11 @@ registered_model_aliases = sa.Table(
 
 #: Every table this schema owns (the alembic version table aside).
 TABLE_NAMES = frozenset(metadata.tables)
+#: Columns of MLflow's ``runs`` table that cairn's ``runs`` never had: they mark an MLflow tracking database.
+MLFLOW_RUN_COLUMNS = frozenset({"source_type", "source_name", "entry_point_name"})
+
+
+def holds_foreign_tables(tables: Set[str], runs_columns: Set[str]) -> bool:
+    """Whether a database with these tables (``alembic_version`` aside) and ``runs`` columns holds what cairn
+    did not create: tables outside cairn's schema, or MLflow's ``runs`` table."""
+    return bool(tables - TABLE_NAMES - {"alembic_version"}) or bool(runs_columns & MLFLOW_RUN_COLUMNS)
