@@ -555,6 +555,8 @@ def test_pytorch_autolog_passes_system_metrics_and_grad_norm_to_lightning(tmp_pa
     metrics = cairn.get_run(run_id).data.metrics
     assert {"system/cpu_percent", "system/memory_used_mb"} <= set(metrics)
     samples = len(_history(run_id, "system/memory_used_mb"))
+    steps = [s for s, _ in _history(run_id, "system/memory_used_mb")]
+    assert steps == sorted(steps) and set(steps) <= set(range(9))  # at the training step, not the sample index
     time.sleep(0.1)
     assert len(_history(run_id, "system/memory_used_mb")) == samples  # the sampler stopped with fit
 

@@ -224,7 +224,9 @@ class _CheckpointCallbackImpl:
         if self.log_system_metrics and self._monitor is None:
             from cairn.autolog.system_metrics import SystemMetricsMonitor
 
-            self._monitor = SystemMetricsMonitor(run_id, self._add_point, interval=self.system_metrics_interval)
+            self._monitor = SystemMetricsMonitor(
+                run_id, self._add_point, interval=self.system_metrics_interval, step_source=lambda: _log_step(trainer)
+            )
             self._monitor.start()
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:

@@ -7,6 +7,7 @@ through it at call time.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -113,7 +114,7 @@ def _points(session: _Session, items: list[tuple[Any, ...]]) -> list[MetricPoint
     """The metric points of queued intervals; tensors read in bulk (see :func:`_to_floats`)."""
     run_id = session.run_id
     assert run_id is not None
-    loss_values = iter(_to_floats([loss for _, _, loss, *_ in items if loss is not None]))
+    loss_values = iter(_loss_floats([loss for _, _, loss, *_ in items if loss is not None]))
     norm_values = iter(_to_floats([norm for *_, norm, _ in items if norm is not None]))
     keys = session.lr_keys
     first_key = keys[0] if keys else None
@@ -134,6 +135,23 @@ def _points(session: _Session, items: list[tuple[Any, ...]]) -> list[MetricPoint
             session.last_epoch_logged = epoch
             append(MetricPoint(run_id, "epoch", float(epoch), timestamp, step))
     return points
+
+
+def _loss_floats(losses: list[Any]) -> list[float]:
+    """Queued interval losses as floats: a value, or ``(scalars, steps)``: the sum of the ``backward()``
+    scalars of the interval's steps over their number. Every device value is read in one go (see
+    :func:`_to_floats`)."""
+    flat: list[Any] = []
+    for loss in losses:
+        if type(loss) is tuple:
+            flat.extend(loss[0])
+        else:
+            flat.append(loss)
+    values = iter(_to_floats(flat))
+    return [
+        sum(itertools.islice(values, len(loss[0]))) / loss[1] if type(loss) is tuple else next(values)
+        for loss in losses
+    ]
 
 
 def _to_floats(values: list[Any]) -> list[float]:

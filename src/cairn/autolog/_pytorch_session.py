@@ -84,7 +84,7 @@ def _first_step_of(session: _Session, optimizer: Any) -> str:
         return role
     config = state.config
     assert config is not None
-    params = _optimizer_params(optimizer, len(session.optimizers) - 1)
+    params = _optimizer_params(optimizer, len(session.optimizers) - 1, state.built_groups.get(optimizer))
     run_id = session.run_id
     _submit(lambda: _log_params(run_id, params), "logging optimizer params")
     if session.model is None:
@@ -107,22 +107,45 @@ def _lr_keys(optimizers: list[Any]) -> list[str]:
     return keys
 
 
-def _optimizer_params(optimizer: Any, index: int) -> dict[str, str]:
-    """``optimizer_name`` and each param group's hyperparameters (``group<j>.`` prefixed beyond the first)."""
+def _optimizer_params(optimizer: Any, index: int, built: list[dict[str, str]] | None = None) -> dict[str, str]:
+    """``optimizer_name``, the constructor's hyperparameters (``optimizer.defaults``), and per param group
+    the values it was built with (:func:`built_groups`; ``group<j>.`` prefixed): all of them for groups
+    beyond the first, those that differ from the defaults for the first (``group0.``).
+
+    Not the groups' values at the first step: a loop that sets ``param_group['lr']`` by hand (warm-up) or
+    a scheduler has changed them by then. Without ``built`` (an optimizer built before ``autolog()``, or
+    groups added later) a group's current values are used, with ``initial_lr`` (a scheduler's record of
+    the configured rate) as its ``lr``.
+    """
     prefix = "" if index == 0 else f"optimizer{index}."
+    defaults = _hyperparameters(optimizer.defaults)
     params = {f"{prefix}optimizer_name": type(optimizer).__name__}
+    params.update({f"{prefix}{key}": value for key, value in defaults.items()})
     for j, group in enumerate(optimizer.param_groups):
-        group_prefix = prefix if j == 0 else f"{prefix}group{j}."
-        for key, value in group.items():
-            if key == "params" or value is None:
-                continue
-            if key == "lr" and "initial_lr" in group:
-                continue  # a scheduler may have changed it already; initial_lr is the configured one
-            name = "lr" if key == "initial_lr" else key
-            if isinstance(value, torch.Tensor):
-                value = value.item() if value.numel() == 1 else value.tolist()
-            params[f"{group_prefix}{name}"] = str(value)
+        values = built[j] if built is not None and j < len(built) else _hyperparameters(group)
+        for key, value in values.items():
+            if j > 0 or defaults.get(key) != value:
+                params[f"{prefix}group{j}.{key}"] = value
     return params
+
+
+def built_groups(optimizer: Any) -> list[dict[str, str]]:
+    """Each param group's hyperparameters as the optimizer was built (noted by autolog's constructor hook)."""
+    return [_hyperparameters(group) for group in optimizer.param_groups]
+
+
+def _hyperparameters(values: Any) -> dict[str, str]:
+    """A param group's (or ``defaults``') hyperparameters as param values: ``params`` and ``None`` left out."""
+    out = {}
+    for key, value in values.items():
+        if key in ("params", "initial_lr") or value is None:
+            continue
+        if key == "lr" and "initial_lr" in values:
+            value = values["initial_lr"]  # a scheduler may have changed lr already; initial_lr is the configured one
+        if isinstance(value, torch.Tensor):
+            value = value.item() if value.numel() == 1 else value.tolist()
+        out[key] = str(value)
+    return out
 
 
 # -- end of a run --------------------------------------------------------------------------------------
@@ -198,7 +221,12 @@ def _start_monitor(session: _Session, config: PyTorchAutologConfig) -> None:
     try:
         batcher = tracking_config.get_batcher(fluent._get_client().store)
         assert session.run_id is not None
-        session.monitor = SystemMetricsMonitor(session.run_id, batcher.add, interval=config.system_metrics_interval)
+        session.monitor = SystemMetricsMonitor(
+            session.run_id,
+            batcher.add,
+            interval=config.system_metrics_interval,
+            step_source=lambda: session.step,  # the run's step: samples chart against training steps
+        )
         session.monitor.start()
     except Exception as exc:
         core._report("starting system metrics", exc)

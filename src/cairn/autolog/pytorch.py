@@ -4,25 +4,28 @@ What is hooked, all process-wide and undone by ``autolog(disable=True)``:
 
 - torch's *global* optimizer step hook (``torch.optim.optimizer.register_optimizer_step_post_hook``):
   counts steps (the first optimizer that steps is the primary one; its steps are the run's steps,
-  starting at 1), logs each optimizer's class and param-group hyperparameters once as params, and the
-  learning rate of every param group at each logged step (read after the step, so it is the rate the
-  step used; a scheduler's change shows from the next step);
+  starting at 1), logs each optimizer's class and constructor hyperparameters (``defaults``, and the
+  param groups' values as built, not as a hand-set warm-up left them at the first step) once as params,
+  and the learning rate of every param group at each logged step (read after the step, so it is the
+  rate the step used; a scheduler's change shows from the next step);
 - ``torch.Tensor.backward``: the scalar ``backward()`` is called on is recorded: read at once when it
   is on the CPU (no sync there, and cheaper than keeping a detached tensor), kept *detached, on its
   device* otherwise (``GradScaler.scale`` is wrapped too, so the unscaled loss is kept under AMP).
-  ``loss`` is the mean over each logging interval. ``torch.autograd.backward(loss)`` is not seen;
+  A step's loss is the *sum* of the scalars recorded since the previous step (under gradient
+  accumulation, ``(loss / k).backward()`` k times, the objective whose gradients were accumulated);
+  ``loss`` is its mean over each logging interval. ``torch.autograd.backward(loss)`` is not seen;
   call ``loss.backward()``;
 - ``DataLoader.__iter__`` and ``_BaseDataLoaderIter.__next__``: count epochs and batches (``epoch`` is
   logged when it changes). The *training* loader is the one whose batches are followed by optimizer
   steps;
 - the constructors of ``Optimizer``, ``LRScheduler``/``ReduceLROnPlateau`` and ``GradScaler``: they
-  note the instances (weakly), so checkpoints find the schedulers and scaler of the optimizers. (Not
-  by scanning ``gc.get_objects()``: that hands one thread references to objects other threads are
-  still building, which breaks them.) An optimizer or LR scheduler built before ``autolog()`` is
-  looked up once through the garbage collector's *referrers* of its class or of its optimizer (only
-  objects of that exact kind are kept): at a session's first checkpoint for a scheduler torch marked
-  on the optimizer, at a resume for optimizers the checkpoint names; a GradScaler built before is not
-  found, so build it after ``autolog()``;
+  note the instances (weakly), so checkpoints find the schedulers and scaler of the optimizers, and an
+  optimizer's param-group hyperparameters as built. (Not by scanning ``gc.get_objects()``: that hands
+  one thread references to objects other threads are still building, which breaks them.) An optimizer
+  or LR scheduler built before ``autolog()`` is looked up once through the garbage collector's
+  *referrers* of its class or of its optimizer (only objects of that exact kind are kept): at a
+  session's first checkpoint for a scheduler torch marked on the optimizer, at a resume for optimizers
+  the checkpoint names; a GradScaler built before is not found, so build it after ``autolog()``;
 - global module forward hooks, only until the first optimizer step (they put every module call on
   torch's slow path): they note the top-level modules called and a 5-row slice of their first input.
   The model of the primary optimizer is the noted module whose parameters it holds most of. Its
@@ -63,7 +66,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import sys
 import threading
 import time
@@ -92,7 +94,13 @@ from cairn.autolog._pytorch_checkpoints import (
 from cairn.autolog._pytorch_checkpoints import note_resumed as note_resumed
 from cairn.autolog._pytorch_lightning_hook import _lightning_call
 from cairn.autolog._pytorch_loaders import _LoaderTrack, _wrap_iter
-from cairn.autolog._pytorch_session import _first_step_of, _on_run_end, _start_session, _stop_monitor
+from cairn.autolog._pytorch_session import (
+    _first_step_of,
+    _on_run_end,
+    _start_session,
+    _stop_monitor,
+    built_groups,
+)
 from cairn.autolog.config import AutologConfig, PatchSet, report_failure
 from cairn.store.base import MetricPoint
 
@@ -159,6 +167,7 @@ class _Session:
     model: Any = None  # weakref.ref to the module
     example: Any = None
     pending: deque[tuple[Any, ...]] = field(default_factory=deque)
+    interval_steps: int = 0  # primary steps since the last logged one: the divisor of the interval's loss
     last_epoch_logged: int = -1
     ckpt_due: bool = False
     last_ckpt_step: int = -1
@@ -193,6 +202,7 @@ class _State:
             "scaler": weakref.WeakSet(),
         }
         self.resume_step: int | None = None
+        self.built_groups: weakref.WeakKeyDictionary[Any, list[dict[str, str]]] = weakref.WeakKeyDictionary()
         self.suppress = 0
         self.broadcast_done = False
         self.distributed_run_id: str | None = None
@@ -238,8 +248,9 @@ def autolog(
     Also turns on the Lightning integration when Lightning is installed, with the same options.
 
     Args:
-        log_every_n_steps: log ``loss`` (the mean of the interval's ``backward()`` scalars), ``lr``
-            (``lr/group<j>``, ``lr/opt<i>/...`` for several) and ``epoch`` every this many optimizer steps.
+        log_every_n_steps: log ``loss`` (per step the sum of its ``backward()`` scalars, averaged over the
+            interval), ``lr`` (``lr/group<j>``, ``lr/opt<i>/...`` for several) and ``epoch`` every this many
+            optimizer steps.
         log_models: log the model when the run ends (``model``), with the first forward's input slice
             as input example, and its summary (``model_summary.txt``) at the first step.
         checkpoint_every_n_steps, checkpoint_every_n_epochs: checkpoint into the run (see the module
@@ -322,6 +333,8 @@ def _patch_constructors(state: _State) -> None:
                 original(self, *args, **kwargs)
                 with contextlib.suppress(TypeError):
                     _state.made[kind].add(self)
+                    if kind == "optimizer":
+                        _note_built(self)
 
             return __init__
 
@@ -333,6 +346,14 @@ def _patch_constructors(state: _State) -> None:
     scaler_class = getattr(torch.amp, "GradScaler", None)
     if isinstance(scaler_class, type):
         state.patches.patch(scaler_class, "__init__", registering("scaler"))
+
+
+def _note_built(optimizer: Any) -> None:
+    """Keep an optimizer's param-group hyperparameters as built: they become its params at its first step."""
+    try:
+        _state.built_groups[optimizer] = built_groups(optimizer)
+    except Exception as exc:
+        _report("noting the optimizer's hyperparameters", exc)
 
 
 def _disable() -> None:
@@ -510,6 +531,7 @@ def _after_step(optimizer: Any, args: Any, kwargs: Any) -> None:
         if role != "primary":
             return
         session.step += 1
+        session.interval_steps += 1
         track = state.current
         if track is not None and not track.train:
             track.train = True
@@ -539,21 +561,27 @@ def _driven_by_lightning() -> bool:
 
 
 def _emit(session: _Session, config: PyTorchAutologConfig) -> None:
-    """Queue the interval's values as they are (one loss tensor, lr floats): about 1 µs, no device sync.
+    """Queue the interval's values as they are (one loss value, lr floats): about 1 µs, no device sync.
 
-    Several losses (an interval of several backward calls) are averaged on their device first (one
-    op, no sync). The background thread turns the queue into metric points every 0.2 s (see
-    :func:`_to_floats`). Allocations are kept to one tuple per step: every container the loop allocates
-    brings Python's cyclic garbage collector (which walks torch's many objects) closer.
+    A step's loss is the sum of the ``backward()`` scalars since the previous step (with gradient
+    accumulation, ``(loss / k).backward()`` k times: the objective whose gradients were accumulated);
+    the logged ``loss`` is its mean over the interval's steps. Several recorded scalars are queued as
+    ``(scalars, steps)`` and summed by the background thread (see :func:`_loss_floats`), so a micro-step
+    costs one ``append`` and a step with accumulation one more tuple and list. The background thread
+    turns the queue into metric points every 0.2 s (see :func:`_to_floats`). Allocations are kept to
+    one tuple per step: every container the loop allocates brings Python's cyclic garbage collector
+    (which walks torch's many objects) closer.
     """
     state = _state
     losses = state.losses
-    loss = None
-    if len(losses) == 1:
+    steps = session.interval_steps
+    session.interval_steps = 0
+    loss: Any = None
+    if len(losses) == 1 and steps == 1:
         loss = losses[0]
         losses.clear()
     elif losses:
-        loss = _mean(losses)
+        loss = (losses, steps or 1)
         state.losses = []
     groups = session.lr_groups
     track = state.train_track
@@ -567,19 +595,6 @@ def _emit(session: _Session, config: PyTorchAutologConfig) -> None:
             track.epoch if track is not None and track.epoch >= 0 else None,
         )
     )
-
-
-def _mean(losses: list[Any]) -> Any:
-    """The mean of recorded losses: a float for floats (CPU losses), else a tensor on their device (no sync)."""
-    tensors = [x for x in losses if isinstance(x, torch.Tensor)]
-    if not tensors:
-        return math.fsum(losses) / len(losses)
-    try:
-        if len(tensors) == len(losses):
-            return torch.stack([x.float().reshape(()) for x in losses]).mean()
-    except RuntimeError:  # several devices
-        pass
-    return math.fsum(float(x) for x in losses) / len(losses)  # mixed: reads the device values
 
 
 def _grad_norm(optimizer: Any) -> torch.Tensor | None:

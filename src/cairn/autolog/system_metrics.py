@@ -1,6 +1,8 @@
 """System metrics sampled in a background thread and logged as ``system/...`` metrics of a run.
 
-Each sample logs, at a step counting the samples (0, 1, 2, ...):
+Each sample logs, timestamped with the wall time of the sample, at the current training step (given by
+the integration as ``step_source``; without one, at a step counting the samples: 0, 1, 2, ...), so
+system figures chart against training steps and time alike:
 
 - ``system/cpu_percent``: CPU utilisation of the machine since the previous sample;
 - ``system/memory_used_mb``, ``system/memory_percent``: RAM in use (MB = 10^6 bytes);
@@ -110,6 +112,8 @@ class SystemMetricsMonitor:
         add_point: called with each :class:`MetricPoint` (e.g. the store's batcher ``add``).
         interval: seconds between samples; the first sample is taken one interval after :meth:`start`.
         disk_path: a path on the file system whose usage is reported.
+        step_source: returns the current training step, read at each sample (called on the sampling
+            thread: it must only read a counter); ``None``: the sample index.
 
     Raises:
         ImportError: ``psutil`` is not installed (``pip install psutil``).
@@ -122,6 +126,7 @@ class SystemMetricsMonitor:
         *,
         interval: float = 10.0,
         disk_path: str | None = None,
+        step_source: Callable[[], int] | None = None,
     ) -> None:
         try:
             import psutil
@@ -132,6 +137,7 @@ class SystemMetricsMonitor:
         self.interval = max(0.01, float(interval))
         self.samples = 0
         self._add = add_point
+        self._step_source = step_source
         self._disk_path = disk_path or os.getcwd()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -160,13 +166,13 @@ class SystemMetricsMonitor:
         """Take one sample now and queue its points."""
         try:
             values = sample_system_metrics(self._psutil, self._baseline, self._disk_path)
+            timestamp = time.time_ns() // 1_000_000
+            step = self.samples if self._step_source is None else int(self._step_source())
         except Exception as exc:
             if not self._failed:
                 self._failed = True
                 logger.warning("cairn: system metrics sample failed and was skipped: %s", exc)
             return
-        timestamp = time.time_ns() // 1_000_000
-        step = self.samples
         self.samples += 1
         for key, value in values.items():
             self._add(MetricPoint(self.run_id, key, value, timestamp, step))
