@@ -3,6 +3,7 @@
 >>> cairn.pytorch.autolog()                          # plain loops and Lightning, no other change
 >>> cairn.pytorch.log_model(net, "model", input_example=x[:4])
 >>> cairn.pytorch.log_checkpoint(model=net, optimizer=opt, scheduler=sched, step=step, epoch=epoch)
+>>> restored = cairn.pytorch.track_state(lambda: {"best": best})  # a loop's own state in autolog's checkpoints
 >>> state = cairn.pytorch.resume(run_id, model=net, optimizer=opt, scheduler=sched, loader=loader)
 
 Importing this module imports torch. See :mod:`cairn.flavors.pytorch` for the model format,
@@ -11,9 +12,11 @@ Importing this module imports torch. See :mod:`cairn.flavors.pytorch` for the mo
 
 from __future__ import annotations
 
+from cairn.autolog._pytorch_checkpoints import track_state
 from cairn.autolog.pytorch import PyTorchAutologConfig, autolog
 from cairn.checkpoint.runs import (
     ResumeState,
+    ResumeWarning,
     checkpoint_path,
     flush_checkpoints,
     list_run_checkpoints,
@@ -34,6 +37,7 @@ __all__ = [
     "FLAVOR_NAME",
     "PyTorchAutologConfig",
     "ResumeState",
+    "ResumeWarning",
     "autolog",
     "checkpoint_path",
     "flush_checkpoints",
@@ -46,4 +50,5 @@ __all__ = [
     "resume",
     "save_model",
     "save_state_dict",
+    "track_state",
 ]

@@ -9,7 +9,10 @@ it at call time.
 from __future__ import annotations
 
 import gc
+import logging
 import os
+import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,24 +25,22 @@ from cairn.autolog._pytorch_loaders import _LoaderTrack, _PositionView
 if TYPE_CHECKING:
     from cairn.autolog.pytorch import _Session
 
+IF_POSSIBLE = "if_possible"
+"""``autolog(resume="if_possible")``: resume if the run has a checkpoint, else warn and start a new run."""
+logger = logging.getLogger("cairn.autolog")
+
 
 # -- checkpoints --------------------------------------------------------------------------------------
 
 
 def _schedule_checkpoint(session: _Session) -> None:
-    """Mark a checkpoint as due at the next batch boundary (see the docstring of :mod:`cairn.autolog.pytorch`)."""
+    """Checkpoint at the next batch boundary of the training loader, or (a loop without a DataLoader) now,
+    right after the optimizer step that ended the step (see the docstring of :mod:`cairn.autolog.pytorch`)."""
     from cairn.autolog import pytorch as core
 
     session.ckpt_due = True
-    if core._state.train_track is None and session.forward_ckpt_handle is None and session.model is not None:
-        model = session.model()
-        if model is not None:
-
-            def before_forward(module: nn.Module, args: Any) -> None:
-                if session.ckpt_due:
-                    _checkpoint_now(session, None, boundary=False)
-
-            session.forward_ckpt_handle = model.register_forward_pre_hook(before_forward)
+    if core._state.train_track is None:
+        _checkpoint_now(session, None, boundary=False)
 
 
 # Objects built before autolog() patched their constructors are looked up through the garbage collector's
@@ -150,12 +151,15 @@ def _take_checkpoint(session: _Session, track: _LoaderTrack | None, *, boundary:
         loader: Any = _PositionView(track.position(boundary=boundary))
     else:
         epoch, batch, loader = None, None, None
-    extra = {
+    extra: dict[str, Any] = {
         "autolog": {
             "optimizers": [_optimizer_signature(o) for o in optimizers],
             "pending_losses": [float(loss) for loss in core._state.losses],  # a sync only if kept on a device
         }
     }
+    getter = core._state.user_state
+    if getter is not None:
+        extra["user"] = dict(getter())
     session.last_ckpt_step = session.step
     runs.log_checkpoint(
         model=model,
@@ -244,6 +248,9 @@ class _Pending:
     classes: dict[str, str]
     extra: Any
     rank0: bool
+    run_id: str = ""
+    #: a DataLoader iterated while the restore was pending whose fingerprint differs from the checkpoint's
+    unfit: _LoaderTrack | None = field(default=None, repr=False)
     #: optimizers built before ``autolog()``, looked up once if the ones autolog saw do not match
     earlier_optimizers: list[Any] | None = field(default=None, repr=False)
 
@@ -256,7 +263,9 @@ def _prepare_resume(resume: bool | str) -> Any:
     from cairn.checkpoint.manifest import read_manifest
     from cairn.tracking import fluent
 
-    run_id = os.environ.get("CAIRN_RUN_ID") if resume is True or resume == "latest" else str(resume)
+    if_possible = resume == IF_POSSIBLE
+    named = resume is True or resume == "latest" or if_possible
+    run_id = os.environ.get("CAIRN_RUN_ID") if named else str(resume)
     if not run_id:
         return runs.ResumeState(step=0, epoch=0, batch_in_epoch=0, extra=None, run_id=None, resumed=False)
     dist = core._dist()
@@ -266,9 +275,7 @@ def _prepare_resume(resume: bool | str) -> Any:
         runs._check_active(run_id)
     found = runs._find(run_id, "latest", client)
     if found is None:
-        if rank0:
-            runs._activate(run_id)
-        return runs.ResumeState(step=0, epoch=0, batch_in_epoch=0, extra=None, run_id=run_id, resumed=False)
+        return _nothing_to_resume(run_id, client, rank0=rank0, if_possible=if_possible)
     manifest = read_manifest(found.path, verify_hashes=True)
     info = _read_state_file(found.path)
     components = set(info["components"])
@@ -283,6 +290,7 @@ def _prepare_resume(resume: bool | str) -> Any:
         classes=dict(info.get("classes") or {}),
         extra=extra,
         rank0=rank0,
+        run_id=run_id,
     )
     core._state.resume_step = info["step"]
     if rank0:
@@ -298,7 +306,39 @@ def _prepare_resume(resume: bool | str) -> Any:
         resumed=True,
         path=found.path,
         metrics=dict(manifest.metrics),
+        user_state=extra.get("user") if isinstance(extra, dict) else None,
     )
+
+
+def _nothing_to_resume(run_id: str, client: Any, *, rank0: bool, if_possible: bool) -> Any:
+    """``resume=`` named a run without a checkpoint. A run that logged nothing yet (made by a launcher) is
+    started in; one with history is never restarted inside it: an error, or with ``"if_possible"`` a warning
+    and a new run."""
+    from cairn.checkpoint import runs
+    from cairn.errors import CheckpointError
+    from cairn.tracking import fluent
+
+    fresh = runs.ResumeState(step=0, epoch=0, batch_in_epoch=0, extra=None, run_id=run_id, resumed=False)
+    if not client.get_run(run_id).data.metrics:
+        if rank0:
+            runs._activate(run_id)
+        return fresh
+    message = (
+        f"run {run_id} has logged metrics but no checkpoint to resume from (none was taken, or its "
+        f"{runs.ARTIFACT_DIR}/ were deleted); restarting inside it would log its steps twice"
+    )
+    if not if_possible:
+        raise CheckpointError(
+            f"{message}. Pass resume={IF_POSSIBLE!r} to start a new run instead, or unset CAIRN_RUN_ID."
+        )
+    new_id = None
+    if rank0:  # not start_run(): it would take CAIRN_RUN_ID, the old run, again
+        experiment = client.get_run(run_id).info.experiment_id
+        new_id = client.create_run(experiment).info.run_id
+        fluent.start_run(run_id=new_id)
+    warnings.warn(f"cairn: {message}; training starts from scratch in a new run {new_id}", runs.ResumeWarning, 2)
+    fresh.run_id = new_id
+    return fresh
 
 
 def _saved_optimizers(
@@ -326,8 +366,10 @@ def _saved_optimizers(
     return optimizers or None
 
 
-def _apply_restore(track: _LoaderTrack) -> None:
-    """Load the pending checkpoint into the live model/optimizers/schedulers/scaler, arm ``loader``."""
+def _apply_restore(track: _LoaderTrack | None, *, where: str = "the training DataLoader's first iter()") -> bool:
+    """Load the pending checkpoint into the live model/optimizers/schedulers/scaler, arm ``track``'s loader
+    (``None``: no loader fits; its position is armed for a later one that does). False: the optimizers are
+    not built yet."""
     from cairn.autolog import pytorch as core
     from cairn.checkpoint.capture import restore_training_state
 
@@ -351,7 +393,7 @@ def _apply_restore(track: _LoaderTrack) -> None:
                 ),
             )
     if optimizers is None:
-        return  # not built yet: try again at the next iter()
+        return False  # not built yet: try again at the next iter()
     state.restore = None
     try:
         schedulers = _schedulers_of(optimizers)
@@ -369,8 +411,106 @@ def _apply_restore(track: _LoaderTrack) -> None:
 
                 core._arm_forward_hooks(module_module)
         state.losses = [float(loss) for loss in saved.get("pending_losses") or []]
-        track.armed = (pending.dataloader_state, pending.epoch)
-        track.train = True
-        state.train_track = track
+        position = "no data position"
+        if track is not None:
+            track.armed = (pending.dataloader_state, pending.epoch)
+            track.train = True
+            state.train_track = track
+            position = f"epoch {pending.epoch}, batch {pending.batch_in_epoch}"
+        elif pending.unfit is not None:
+            _restart_epoch(pending, pending.unfit)
+            position = f"epoch {pending.epoch} from its beginning"
+        elif pending.dataloader_state is not None:
+            state.restore_position = (pending.dataloader_state, pending.epoch)
+            position = f"epoch {pending.epoch}, batch {pending.batch_in_epoch} (when the DataLoader is iterated)"
+        logger.info(
+            "cairn: resumed run %s from checkpoint %s at %s: step %s, %s; model, optimizer, scheduler, scaler "
+            "and RNG restored",
+            pending.run_id,
+            pending.path.name,
+            where,
+            pending.step,
+            position,
+        )
     except Exception as exc:
         core._report(f"restoring the checkpoint {pending.path}", exc)
+    return True
+
+
+def _restart_epoch(pending: _Pending, track: _LoaderTrack) -> None:
+    """The training loader differs from the checkpoint's: its interrupted epoch restarts from its beginning."""
+    from cairn.autolog import pytorch as core
+    from cairn.autolog._pytorch_loaders import _fingerprint
+    from cairn.checkpoint import runs
+
+    loader = track.loader()
+    recorded = (pending.dataloader_state or {}).get("fingerprint")
+    now = _fingerprint(loader) if loader is not None else None
+    changed = ", ".join(
+        f"{k} {recorded.get(k)!r} -> {now.get(k)!r}"
+        for k in ("dataset", "size", "batch_size")
+        if isinstance(recorded, dict) and now is not None and recorded.get(k) != now.get(k)
+    )
+    track.epoch = pending.epoch if pending.epoch is not None else track.epoch
+    track.train = True
+    core._state.train_track = track
+    warnings.warn(
+        f"cairn: resuming run {pending.run_id} from {pending.path.name} (step {pending.step}): the DataLoader "
+        f"differs from the checkpoint's ({changed or 'sampler'}); model, optimizer, scheduler, scaler and RNG "
+        f"are restored, but the data position cannot be: epoch {pending.epoch} restarts from its beginning",
+        runs.ResumeWarning,
+        stacklevel=2,
+    )
+
+
+def restore_at_forward(module: nn.Module) -> None:
+    """Restore the pending checkpoint at the first training-mode forward of the module the optimizers train,
+    when neither :func:`track_state` nor a matching DataLoader did it before (a loop without a DataLoader,
+    or one whose DataLoader changed)."""
+    from cairn.autolog import pytorch as core
+
+    pending = core._state.restore
+    if pending is None or not any(True for _ in module.parameters()):
+        return
+    saved = (pending.extra or {}).get("autolog", {}) if isinstance(pending.extra, dict) else {}
+    optimizers = _saved_optimizers(pending, saved, core._made("optimizer"))
+    if optimizers is None:
+        return
+    ids = set().union(*(core._param_ids(o) for o in optimizers))
+    if any(id(p) in ids for p in module.parameters()):
+        _apply_restore(None, where="the model's first training forward")
+
+
+def track_state(getter: Callable[[], Mapping[str, Any]]) -> dict[str, Any] | None:
+    """Register the loop's own state for autolog's checkpoints, and (resuming) restore the training state now.
+
+    ``getter`` returns a mapping (tensors, numbers, strings, containers: what ``log_checkpoint(extra=)``
+    takes); it is called at every checkpoint, right after the optimizer step that ends a step. Call this
+    where the loop is about to start (model and optimizer built): with a pending resume, model (before its
+    next forward), optimizers, schedulers, scaler and RNG are restored here, so the loop goes on exactly.
+
+    Returns:
+        The mapping saved in the checkpoint resumed from (also ``ResumeState.user_state``), else ``None``.
+
+    Raises:
+        CheckpointError: a resume is pending but its optimizers are not built yet.
+    """
+    from cairn.autolog import pytorch as core
+    from cairn.errors import CheckpointError, InvalidArgument
+
+    state = core._state
+    if state.config is None:
+        raise InvalidArgument("track_state() needs cairn.pytorch.autolog() to be on")
+    if not callable(getter):
+        raise InvalidArgument("track_state() takes a function returning a dict, e.g. lambda: {'iter_num': it}")
+    state.user_state = getter
+    pending = state.restore
+    if pending is None:
+        return None
+    user = (pending.extra or {}).get("user") if isinstance(pending.extra, dict) else None
+    if not _apply_restore(None, where="track_state()"):
+        raise CheckpointError(
+            f"cannot resume from {pending.path.name}: the optimizers it holds are not built yet; call "
+            "track_state() after building the model and optimizer"
+        )
+    return dict(user) if isinstance(user, Mapping) else None

@@ -122,8 +122,15 @@ def _start_epoch(loader: DataLoader[Any], track: _LoaderTrack) -> Any:
         epoch_due = every > 0 and track.finished and (track.epoch + 1) % every == 0
         if session.ckpt_due or epoch_due:
             _checkpoint_now(session, track, boundary=True)
-    if state.restore is not None and _fits(state.restore.dataloader_state, loader):
-        _apply_restore(track)
+    if state.restore is not None:
+        if _fits(state.restore.dataloader_state, loader):
+            _apply_restore(track)
+        elif state.restore.unfit is None:
+            state.restore.unfit = track  # restored at the model's first training forward, epoch from its start
+    elif state.restore_position is not None and _fits(state.restore_position[0], loader):
+        track.armed, state.restore_position = state.restore_position, None
+        track.train = True
+        state.train_track = track
     armed, track.armed = track.armed, None
     if armed is not None:
         tree, epoch = armed

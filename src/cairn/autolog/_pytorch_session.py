@@ -59,6 +59,7 @@ def _start_session() -> _Session:
             core._report("finding the metric writer", exc)
     if state.resume_step is not None:
         session.step = state.resume_step
+        session.last_ckpt_step = state.resume_step  # the checkpoint resumed from (no final one at the same step)
         state.resume_step = None
     state.session = session
     if session.run_id is not None and config.log_system_metrics:
@@ -165,7 +166,9 @@ def _on_run_end(run_id: str, status: Any) -> None:
         if config is not None:
             every = config.checkpoint_every_n_epochs or 0
             epoch_due = every > 0 and track is not None and track.finished and (track.epoch + 1) % every == 0
-            if session.ckpt_due or epoch_due:
+            checkpointing = config.checkpoint_every_n_steps or config.checkpoint_every_n_epochs
+            final_due = bool(checkpointing) and session.step > max(session.last_ckpt_step, 0)  # the last step's
+            if session.ckpt_due or epoch_due or final_due:
                 _checkpoint_now(session, track, boundary=bool(track is not None and track.finished))
         drain_metrics()
         if config is not None and config.log_models and session.model is not None:

@@ -48,15 +48,19 @@ integration, and :func:`suppressed` turns plain-loop logging off for a block.
 
 Checkpoints (``checkpoint_every_n_steps`` / ``checkpoint_every_n_epochs``) go through
 :func:`cairn.checkpoint.runs.log_checkpoint` with the model, every optimizer, their LR schedulers,
-the GradScaler, the RNG and the training loader's position. A step checkpoint is taken at the next
-*batch boundary*: before the training loader fetches the next batch (or before the model's next
-forward, without a loader), i.e. after the loop body that made the step, so a per-batch
-``scheduler.step()`` is in it; after an epoch's last batch it waits for the next epoch's ``iter()``,
-after the per-epoch code. ``resume=`` continues a run from its newest checkpoint: optimizers,
-schedulers, scaler and RNG are loaded at the first ``iter()`` of the training loader (recognised by
-dataset type, size and batch size), which is fast-forwarded inside the interrupted epoch, and the
-weights right before the model's first forward; the loop only starts its epoch count at the returned
-``ResumeState.epoch``.
+the GradScaler, the RNG, the training loader's position and the loop's own state registered with
+:func:`~cairn.autolog._pytorch_checkpoints.track_state`. A step checkpoint is taken at the next
+*batch boundary*: before the training loader fetches the next batch, i.e. after the loop body that
+made the step, so a per-batch ``scheduler.step()`` is in it; after an epoch's last batch it waits for
+the next epoch's ``iter()``, after the per-epoch code. Without a DataLoader it is taken right after
+the optimizer step that ends the step (never inside an evaluation). When the run ends, the last step
+gets a checkpoint if it has none. ``resume=`` continues a run from its newest checkpoint: optimizers,
+schedulers, scaler and RNG are loaded at ``track_state()``, else at the first ``iter()`` of the
+training loader (recognised by dataset type, size and batch size), which is fast-forwarded inside the
+interrupted epoch, else at the model's first training-mode forward (no DataLoader, or one that
+changed: a :class:`~cairn.checkpoint.runs.ResumeWarning` says the epoch restarts from its beginning);
+the weights right before the model's next forward. One INFO line on ``cairn.autolog`` says what was
+restored. The loop starts its epoch count at the returned ``ResumeState.epoch``.
 
 Errors in autolog's own code are reported as :class:`~cairn.autolog.config.AutologWarning` (once per
 site) and the training step goes on unchanged.
@@ -203,6 +207,8 @@ class _State:
         }
         self.resume_step: int | None = None
         self.built_groups: weakref.WeakKeyDictionary[Any, list[dict[str, str]]] = weakref.WeakKeyDictionary()
+        self.user_state: Callable[[], Any] | None = None  # track_state()'s getter, saved in each checkpoint
+        self.restore_position: tuple[dict[str, Any], int | None] | None = None  # for a later matching loader
         self.suppress = 0
         self.broadcast_done = False
         self.distributed_run_id: str | None = None
@@ -259,8 +265,10 @@ def autolog(
         log_grad_norm: also log ``grad_norm``, the total 2-norm of the primary optimizer's gradients.
         resume: ``True``/``"latest"`` continues the run in ``CAIRN_RUN_ID`` (if set), a run id continues
             that run, from its newest checkpoint: the run becomes active now and the model, optimizer,
-            scheduler, scaler and RNG are loaded when training starts (the first ``iter()`` of the
-            training loader), which is also fast-forwarded to the interrupted position.
+            scheduler, scaler and RNG are loaded when training starts (see the module docstring), the
+            training loader fast-forwarded to the interrupted position. A named run with metrics but no
+            checkpoint raises :class:`~cairn.errors.CheckpointError`; ``"if_possible"`` (run from
+            ``CAIRN_RUN_ID``) warns and starts a new run instead.
         disable: undo every hook and patch; the active session logs nothing more.
         silent: report autolog failures on the ``cairn.autolog`` logger instead of as warnings.
         extra_tags: tags set on runs autolog starts.
@@ -376,6 +384,10 @@ def _disable() -> None:
     state.restore = None
     state.pending_model = None
     state.resume_step = None
+    state.user_state = None
+    state.restore_position = None
+    state.current = None  # a loader iterated before must not become the next session's training loader
+    state.train_track = None
 
 
 @contextlib.contextmanager
@@ -410,6 +422,10 @@ def _forward_pre(module: nn.Module, args: Any) -> None:
     state.depth += 1
     if state.depth != 1:
         return
+    if state.restore is not None and module.training:
+        from cairn.autolog._pytorch_checkpoints import restore_at_forward
+
+        restore_at_forward(module)
     if state.pending_model is not None:
         _load_pending_model(module)
     if module in state.top_modules or len(state.top_modules) >= _MAX_TOP_MODULES:

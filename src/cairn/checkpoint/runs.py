@@ -68,6 +68,7 @@ __all__ = [
     "ARTIFACT_DIR",
     "LoggedCheckpoint",
     "ResumeState",
+    "ResumeWarning",
     "checkpoint_path",
     "flush_checkpoints",
     "list_run_checkpoints",
@@ -83,6 +84,11 @@ _STEP_NAME = re.compile(r"^step-(\d+)$")
 
 
 # -- results ----------------------------------------------------------------------------------------
+
+
+class ResumeWarning(UserWarning):
+    """A resume that restores less than asked: a damaged newest checkpoint skipped, a data position that
+    cannot be restored, no checkpoint (``resume="if_possible"``: a new run)."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +118,8 @@ class ResumeState:
         resumed: False when the run had no checkpoint yet (a fresh start; nothing was restored).
         path: the verified local checkpoint directory.
         metrics: the checkpoint's metrics (as given for ``keep_best``).
+        user_state: with autolog, what the function given to ``cairn.pytorch.track_state`` returned at
+            the checkpoint (``None`` otherwise).
     """
 
     step: int
@@ -123,6 +131,7 @@ class ResumeState:
     resumed: bool = True
     path: Path | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    user_state: dict[str, Any] | None = None
     _restored: RestoredState | None = field(default=None, repr=False)
 
     @property
@@ -555,10 +564,19 @@ def _find(run_id: str, step: int | str, client: Client) -> _Found | None:
         problems = []
         for entry in complete:
             try:
-                return _Found(_materialize(store, entry, staging), entry.step, entry.name, entry.step)
+                found = _Found(_materialize(store, entry, staging), entry.step, entry.name, entry.step)
             except CheckpointCorrupt as exc:  # damaged newest copy: fall back to the previous one
                 problems.append(str(exc))
                 newest = entry.step - 1
+                continue
+            if problems:
+                warnings.warn(
+                    f"cairn: run {run_id}: the newest checkpoint(s) are damaged ({'; '.join(problems)}); "
+                    f"resuming from {entry.name} (step {entry.step}) instead",
+                    ResumeWarning,
+                    stacklevel=3,
+                )
+            return found
         if problems:
             raise CheckpointCorrupt(f"no valid checkpoint in run {run_id}: " + "; ".join(problems))
         return None
