@@ -54,6 +54,7 @@ __version__ = "0.1.0"
 # Namespaces imported on first attribute access; each loads its framework only then.
 _LAZY_MODULES: dict[str, str] = {
     "artifacts": "cairn.artifacts",
+    "autolog": "cairn.autolog",  # callable: cairn.autolog() enables every integration (see cairn.autolog.universal)
     "models": "cairn.models",
     "onnx": "cairn.onnx",
     "pyfunc": "cairn.pyfunc",

@@ -8,7 +8,8 @@
 >>> cairn.transformers.load_model(info.model_uri)("what a film")
 
 Importing this module imports transformers and registers ``"cairn"`` as a ``report_to`` name in
-transformers' integration table (``INTEGRATION_TO_CALLBACK``); ``import cairn`` alone does neither.
+transformers' integration table (``INTEGRATION_TO_CALLBACK``); ``import cairn`` alone does neither, and
+``cairn.autolog()`` does it when the script imports ``transformers.trainer`` (or at once if it has).
 See :mod:`cairn.flavors.transformers` for the model format and :mod:`cairn.autolog.transformers`
 for what the callback records and how resume works.
 """

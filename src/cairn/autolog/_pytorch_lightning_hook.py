@@ -1,7 +1,8 @@
 """Plain-PyTorch autolog: handing the options on to the Lightning integration (:mod:`cairn.autolog.pytorch`).
 
 ``autolog()`` calls :func:`_lightning_call`; when Lightning is installed but not imported yet, enabling
-waits in :class:`_LightningImportHook` until the script imports it. Part of :mod:`cairn.autolog.pytorch`;
+waits in :class:`_LightningImportHook` until the script imports it. :func:`_driven_elsewhere` is where the
+plain-loop hooks ask whether another integration drives an optimizer's loop. Part of :mod:`cairn.autolog.pytorch`;
 what lives there (``_report``, ``logger``) is reached through that module at call time.
 """
 
@@ -12,6 +13,19 @@ import sys
 from typing import Any
 
 _LIGHTNING_PACKAGES = ("lightning", "pytorch_lightning")
+
+
+def _driven_elsewhere(optimizer: Any) -> bool:
+    """Whether another integration drives this optimizer's loop, so the plain-loop hooks stand down.
+
+    Asked once per optimizer (the plain hooks remember the answer), never per step: an optimizer
+    claimed in :data:`cairn.autolog.base.loops` (a Transformers ``Trainer`` under ``CairnCallback``),
+    or one stepped from inside a Lightning ``Trainer`` (found on the call stack).
+    """
+    from cairn.autolog import pytorch as core
+    from cairn.autolog.base import loops
+
+    return loops.driver_of(optimizer) is not None or core._driven_by_lightning()
 
 
 def _lightning_call(name: str, *args: Any) -> None:

@@ -71,7 +71,7 @@ def _first_step_of(session: _Session, optimizer: Any) -> str:
     from cairn.autolog import pytorch as core
 
     state = core._state
-    if core._driven_by_lightning():
+    if core._driven_elsewhere(optimizer):  # a Lightning or Transformers Trainer's optimizer
         session.roles[optimizer] = "ignored"
         return "ignored"
     role = "primary" if session.primary is None else "secondary"

@@ -96,7 +96,7 @@ from cairn.autolog._pytorch_checkpoints import (
     loader_position,
 )
 from cairn.autolog._pytorch_checkpoints import note_resumed as note_resumed
-from cairn.autolog._pytorch_lightning_hook import _lightning_call
+from cairn.autolog._pytorch_lightning_hook import _driven_elsewhere, _lightning_call
 from cairn.autolog._pytorch_loaders import _LoaderTrack, _wrap_iter
 from cairn.autolog._pytorch_session import (
     _first_step_of,
@@ -530,9 +530,9 @@ def _after_step(optimizer: Any, args: Any, kwargs: Any) -> None:
             if optimizer in state.foreign:
                 state.losses.clear()
                 return
-            if state.suppress or _driven_by_lightning():
+            if state.suppress or _driven_elsewhere(optimizer):
                 if not state.suppress:
-                    state.foreign.add(optimizer)  # one stack walk per Lightning optimizer, not per step
+                    state.foreign.add(optimizer)  # asked once per Lightning/Trainer optimizer, not per step
                 state.losses.clear()
                 _remove_forward_hooks()
                 return

@@ -1,8 +1,10 @@
 """Transformers ``Trainer`` integration: a native callback, ``report_to="cairn"``, autolog, checkpoints, resume.
 
 :class:`CairnCallback` is a ``TrainerCallback``. Attach it with ``callbacks=[CairnCallback()]``, with
-``report_to="cairn"`` (after ``import cairn.transformers``), or to every Trainer at once with
-:func:`autolog`. Only the main process (``state.is_world_process_zero``) logs. What it records:
+``report_to="cairn"`` (after ``cairn.autolog()``, :func:`autolog` or ``import cairn.transformers``), or to
+every Trainer at once with :func:`autolog`. Only the main process (``state.is_world_process_zero``) logs.
+From ``on_train_begin`` to ``on_train_end`` the Trainer's optimizer is claimed in
+:data:`cairn.autolog.base.loops`: plain-PyTorch autolog, if on, leaves that loop alone. What it records:
 
 - params: the model config and ``TrainingArguments``, flattened (``id2label.0``), values cut to the
   param length limit, in batches of 100; keys the run already has are not logged again, so a resume
@@ -74,6 +76,7 @@ from cairn.autolog._transformers_uploads import (
     _UploadJob,
     _UploadState,  # noqa: F401
 )
+from cairn.autolog.base import loops
 from cairn.autolog.config import AutologConfig, PatchSet, report_failure, safe_autolog
 from cairn.errors import ArtifactNotFound, CheckpointCorrupt, InvalidArgument, NotFound
 from cairn.tracking.entities import Metric, Param
@@ -253,6 +256,8 @@ class CairnCallback(TrainerCallback, ExportableState):
         self._committed: list[int] = []  # of this train() call, once its uploader is closed
         self._told_duplicate = False
         self._experiment_id: str | None = None
+        self._last_logged: dict[str, tuple[int, float]] = {}  # key -> (step, value) last logged
+        self._driven: Any = None  # the optimizer claimed in ``loops`` while train() runs
 
     # -- ExportableState: what trainer_state.json keeps of this callback ---------------------------
 
@@ -282,6 +287,10 @@ class CairnCallback(TrainerCallback, ExportableState):
     # -- hooks ------------------------------------------------------------------------------------
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        optimizer = kwargs.get("optimizer")
+        if optimizer is not None:  # this Trainer drives its loop: the plain-PyTorch hooks stand down for it
+            loops.claim(INTEGRATION, [optimizer])
+            self._driven = optimizer
         if not state.is_world_process_zero or not self._claim(state):
             return
         self._close_uploader()
@@ -302,10 +311,16 @@ class CairnCallback(TrainerCallback, ExportableState):
             step = int(state.global_step)
             now = time.time_ns() // 1_000_000
             metrics = []
+            last = self._last_logged
             for key, value in logs.items():
                 number = _metric_value(value)
-                if number is not None:
-                    metrics.append(Metric(_metric_key(key), number, now, step))
+                if number is None:
+                    continue
+                name = _metric_key(key)
+                if last.get(name) == (step, number):
+                    continue  # Trainer repeats ``epoch`` in its final log at the same step: one point
+                last[name] = (step, number)
+                metrics.append(Metric(name, number, now, step))
             if metrics:
                 self._client.log_batch(self.run_id, metrics=metrics, synchronous=False)
 
@@ -328,6 +343,9 @@ class CairnCallback(TrainerCallback, ExportableState):
         train_dataloader: Any = None,
         **kwargs: Any,
     ) -> None:
+        driven, self._driven = self._driven, None
+        if driven is not None:
+            loops.release([driven])
         if not state.is_world_process_zero or self.run_id is None:
             return
         if self.log_models == "checkpoint":  # its uploads log models too: one writer of the run's model history
@@ -580,6 +598,7 @@ def autolog(
         _state.patches.restore()
         _state.config = None
         return
+    register_report_to()
     _state.config = TransformersAutologConfig(
         log_models=bool(log_models),
         log_models_mode=log_models or None,
