@@ -19,8 +19,10 @@ import pytest
 pytest.importorskip("transformers", reason="transformers is not installed")
 pytest.importorskip("lightning", reason="lightning is not installed")
 
+import lightning as L
 import torch
 from torch.utils.data import DataLoader, TensorDataset
+from transformers import TrainerCallback
 
 import cairn
 import cairn.lightning
@@ -28,6 +30,7 @@ import cairn.transformers
 from cairn.autolog import lightning as lightning_integration
 from cairn.autolog import pytorch as plain
 from cairn.autolog import transformers as transformers_integration
+from cairn.autolog.base import loops
 from cairn.errors import ArtifactNotFound
 from tests.autolog.test_lightning import TinyModule, _trainer
 from tests.autolog.test_transformers_autolog import make_trainer, rows, tokenizer  # noqa: F401 (fixtures)
@@ -69,26 +72,50 @@ def _checkpoint_entries(run_id: str) -> set[str]:
         return set()
 
 
-def _lightning_fit(tmp_path: Path) -> str:
-    trainer = _trainer(tmp_path, max_epochs=1)
+def _lightning_fit(tmp_path: Path, callbacks: list[Any] | None = None) -> str:
+    trainer = _trainer(tmp_path, max_epochs=1, callbacks=callbacks)
     data = TensorDataset(torch.randn(16, 4), torch.randn(16, 1))
     trainer.fit(TinyModule(), DataLoader(data, batch_size=4))
+    assert loops.driver_of(trainer.optimizers[0]) is None  # released when the fit ends
     (logger,) = [lg for lg in trainer.loggers if isinstance(lg, cairn.lightning.CairnLogger)]
     assert logger.run_id is not None
     return str(logger.run_id)
 
 
+class _SeesTheTrainerDriver(TrainerCallback):
+    def __init__(self) -> None:
+        self.drivers: list[str | None] = []
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:
+        self.drivers.append(loops.driver_of(optimizer))
+
+
 def _hf_train(tokenizer: Any, rows: Any, output_dir: Path) -> str:  # noqa: F811
-    trainer = make_trainer(tokenizer, rows, output_dir, report_to="cairn", max_steps=4, logging_steps=2, save_steps=2)
+    seen = _SeesTheTrainerDriver()
+    trainer = make_trainer(
+        tokenizer, rows, output_dir, callbacks=[seen], report_to="cairn", max_steps=4, logging_steps=2, save_steps=2
+    )
     trainer.train()
+    assert seen.drivers == ["transformers"] * 4  # the Trainer's optimizer is claimed while it trains
+    assert loops.driver_of(trainer.optimizer) is None  # released at on_train_end
     (callback,) = [cb for cb in trainer.callback_handler.callbacks if isinstance(cb, cairn.transformers.CairnCallback)]
     assert callback.run_id is not None
     return str(callback.run_id)
 
 
+class _SeesTheDriver(L.Callback):
+    def __init__(self) -> None:
+        self.drivers: list[str | None] = []
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        self.drivers.append(loops.driver_of(trainer.optimizers[0]))
+
+
 def test_plain_autolog_and_lightning(tmp_path: Path) -> None:
     plain.autolog(log_models=False, checkpoint_every_n_steps=2)
-    run_id = _lightning_fit(tmp_path)
+    seen = _SeesTheDriver()
+    run_id = _lightning_fit(tmp_path, callbacks=[seen])
+    assert seen.drivers == ["lightning"] * 4  # the fit's optimizer is claimed while it trains
     history = _assert_one_point_per_step(run_id)
     assert "train_loss_step" in history
     assert not any(key == "lr" or key.startswith("lr/") for key in history)

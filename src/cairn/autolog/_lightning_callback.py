@@ -25,6 +25,7 @@ from cairn.autolog._lightning_loaders import _make_resumable, _undo_resumable
 from cairn.autolog._lightning_logger import _CairnLoggerImpl
 from cairn.autolog._lightning_resume import _log_step, _open_run, _supersede_once
 from cairn.autolog._lightning_uploads import _kind_of, _remote_name, _Uploader, _watch_removals
+from cairn.autolog.base import loops
 from cairn.autolog.config import safe_autolog
 from cairn.autolog.pytorch import _grad_norm  # the plain-loop autolog's, one definition
 from cairn.store.base import MetricPoint
@@ -77,12 +78,13 @@ class _CheckpointCallbackImpl:
         self._failed = False
         self._status = RunStatus.FAILED
         self._monitor: Any = None
+        self._driven: list[Any] | None = None  # the optimizers claimed in ``loops`` during fit
         self._add_point: Callable[[MetricPoint], None] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         """Picklable (``ddp_spawn`` pickles the Trainer): settings travel, the per-fit state does not."""
         state = dict(self.__dict__)
-        fit_only = ("_uploader", "_warning_filter", "_monitor", "_add_point")
+        fit_only = ("_uploader", "_warning_filter", "_monitor", "_add_point", "_driven")
         state.update(dict.fromkeys(fit_only), _undo=[], _swapped=[], _loader_states={})
         return state
 
@@ -209,6 +211,8 @@ class _CheckpointCallbackImpl:
             self._warning_filter = warnings.filters[0]
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._driven = list(trainer.optimizers)  # this fit drives them: plain-PyTorch autolog stands down
+        loops.claim(INTEGRATION, self._driven)
         limit = trainer.num_training_batches
         for loader, _original in self._swapped:
             loader._cairn_limit = int(limit) if limit != float("inf") else None
@@ -318,6 +322,9 @@ class _CheckpointCallbackImpl:
 
     def _cleanup(self) -> None:
         """Wait for uploads, undo the patches, end the run if this callback started it (idempotent)."""
+        driven, self._driven = self._driven, None
+        if driven:
+            loops.release(driven)
         monitor, self._monitor, self._add_point = self._monitor, None, None
         if monitor is not None:
             with safe_autolog(INTEGRATION, "stopping system metrics", silent=self.silent):

@@ -2,10 +2,11 @@
 
 - :data:`loops` (a :class:`LoopDrivers`): the one arbitration point between integrations. The
   plain-PyTorch hooks see every optimizer step of the process; an integration that drives a training
-  loop itself (the Transformers ``CairnCallback`` from ``on_train_begin`` to ``on_train_end``) claims
-  that loop's optimizers, and the plain hooks leave a claimed optimizer alone. They ask once per
-  optimizer (when it first steps), never per step. (Lightning fits are also recognised by the plain
-  hooks from the call stack, with or without cairn's Lightning integration.)
+  loop itself (the Transformers ``CairnCallback`` from ``on_train_begin`` to ``on_train_end``, the
+  Lightning ``CairnCheckpointCallback`` from ``on_train_start`` to the end of ``fit``) claims that
+  loop's optimizers, and the plain hooks leave a claimed optimizer alone. They ask once per optimizer
+  (when it first steps), never per step. (Lightning fits are also recognised by the plain hooks from
+  the call stack, with or without cairn's Lightning integration.)
 - :class:`ImportWatcher`: a ``sys.meta_path`` finder that calls back once a watched module has
   executed (its loader's ``exec_module`` is wrapped), so ``cairn.autolog()`` enables an integration
   when the script imports its framework instead of importing it itself. It removes itself when told.
