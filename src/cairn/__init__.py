@@ -1,7 +1,8 @@
 """cairn: experiment tracking and model packaging with MLflow's API.
 
 ``import cairn`` loads no ML framework, no database driver and no pandas: flavor namespaces
-(``cairn.pytorch``, ``cairn.sklearn``, ...) import their framework when first touched.
+(``cairn.pytorch``, ``cairn.sklearn``, ...) import their framework when first touched, and
+``cairn.autolog()`` enables each integration only when the script imports its framework.
 """
 
 from __future__ import annotations
