@@ -193,3 +193,21 @@ def test_the_end_of_training_writes_a_final_checkpoint() -> None:
     assert run is not None
     cairn.end_run()
     assert [i.step for i in runs.list_run_checkpoints(run.info.run_id)] == [5, 7]
+
+
+def test_without_a_dataloader_a_per_step_scheduler_step_is_in_the_checkpoint() -> None:
+    from cairn.checkpoint import load_component
+
+    autolog_pytorch.autolog(checkpoint_every_n_steps=5, log_models=False)
+    model = Net()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)
+    for x, y in _random_batches(7):
+        _step(model, optimizer, x, y)
+        scheduler.step()
+    run = cairn.active_run()
+    assert run is not None
+    cairn.end_run()
+    assert [i.step for i in runs.list_run_checkpoints(run.info.run_id)] == [5, 7]
+    assert load_component(runs.checkpoint_path(run.info.run_id, 5), "scheduler")["last_epoch"] == 5
+    assert load_component(runs.checkpoint_path(run.info.run_id, 7), "scheduler")["last_epoch"] == 7

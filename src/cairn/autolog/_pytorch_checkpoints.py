@@ -35,12 +35,38 @@ logger = logging.getLogger("cairn.autolog")
 
 def _schedule_checkpoint(session: _Session) -> None:
     """Checkpoint at the next batch boundary of the training loader, or (a loop without a DataLoader) now,
-    right after the optimizer step that ended the step (see the docstring of :mod:`cairn.autolog.pytorch`)."""
+    right after the optimizer step that ended the step, or after the LR scheduler's next ``step()`` when the
+    optimizers have one (see the docstring of :mod:`cairn.autolog.pytorch`)."""
     from cairn.autolog import pytorch as core
 
     session.ckpt_due = True
-    if core._state.train_track is None:
+    if core._state.train_track is not None:
+        return
+    model = session.model() if session.model is not None else None
+    if not _discover(session)[0] or model is None:
         _checkpoint_now(session, None, boundary=False)
+    elif session.forward_ckpt_handle is None:  # a per-step scheduler.step() follows: wait for it
+
+        def before_forward(module: nn.Module, args: Any) -> None:
+            if session.ckpt_due:
+                _checkpoint_now(session, None, boundary=False)
+
+        session.forward_ckpt_handle = model.register_forward_pre_hook(before_forward)
+
+
+def _wrap_scheduler_step(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``LRScheduler.step``: takes a checkpoint deferred by :func:`_schedule_checkpoint` once the scheduler stepped."""
+
+    def step(self: Any, *args: Any, **kwargs: Any) -> Any:
+        from cairn.autolog import pytorch as core
+
+        result = original(self, *args, **kwargs)
+        session = core._state.session
+        if session is not None and session.ckpt_due and session.forward_ckpt_handle is not None:
+            _checkpoint_now(session, None, boundary=False)
+        return result
+
+    return step
 
 
 # Objects built before autolog() patched their constructors are looked up through the garbage collector's

@@ -51,16 +51,18 @@ Checkpoints (``checkpoint_every_n_steps`` / ``checkpoint_every_n_epochs``) go th
 the GradScaler, the RNG, the training loader's position and the loop's own state registered with
 :func:`~cairn.autolog._pytorch_checkpoints.track_state`. A step checkpoint is taken at the next
 *batch boundary*: before the training loader fetches the next batch, i.e. after the loop body that
-made the step, so a per-batch ``scheduler.step()`` is in it; after an epoch's last batch it waits for
-the next epoch's ``iter()``, after the per-epoch code. Without a DataLoader it is taken right after
-the optimizer step that ends the step (never inside an evaluation). When the run ends, the last step
-gets a checkpoint if it has none. ``resume=`` continues a run from its newest checkpoint: optimizers,
-schedulers, scaler and RNG are loaded at ``track_state()``, else at the first ``iter()`` of the
-training loader (recognised by dataset type, size and batch size), which is fast-forwarded inside the
-interrupted epoch, else at the model's first training-mode forward (no DataLoader, or one that
-changed: a :class:`~cairn.checkpoint.runs.ResumeWarning` says the epoch restarts from its beginning);
-the weights right before the model's next forward. One INFO line on ``cairn.autolog`` says what was
-restored. The loop starts its epoch count at the returned ``ResumeState.epoch``.
+made the step, so a per-batch ``scheduler.step()`` is in it; after an epoch's last batch it waits
+for the next epoch's ``iter()``, after the per-epoch code. Without a DataLoader it is taken right
+after the optimizer step that ends the step (never inside an evaluation), or, if the optimizers have
+LR schedulers, right after the next ``scheduler.step()`` (else before the model's next forward).
+When the run ends, the last step gets a checkpoint if it has none. ``resume=`` continues a run from
+its newest checkpoint: optimizers, schedulers, scaler and RNG are loaded at ``track_state()``, else
+at the first ``iter()`` of the training loader (recognised by dataset type, size and batch size),
+which is fast-forwarded inside the interrupted epoch, else at the model's first training-mode
+forward (no DataLoader, or one that changed: a :class:`~cairn.checkpoint.runs.ResumeWarning` says
+the epoch restarts from its beginning); the weights right before the model's next forward. One INFO
+line on ``cairn.autolog`` says what was restored. The loop starts its epoch count at the returned
+``ResumeState.epoch``.
 
 Errors in autolog's own code are reported as :class:`~cairn.autolog.config.AutologWarning` (once per
 site) and the training step goes on unchanged.
@@ -92,6 +94,7 @@ from cairn.autolog._pytorch_checkpoints import (
     _Pending,
     _prepare_resume,
     _schedule_checkpoint,
+    _wrap_scheduler_step,
     arm_loader,
     loader_position,
 )
@@ -351,6 +354,7 @@ def _patch_constructors(state: _State) -> None:
     state.patches.patch(torch.optim.Optimizer, "__init__", registering("optimizer"))
     state.patches.patch(LRScheduler, "__init__", registering("scheduler"))
     state.patches.patch(ReduceLROnPlateau, "__init__", registering("scheduler"))
+    state.patches.patch(LRScheduler, "step", _wrap_scheduler_step)  # a deferred checkpoint (no DataLoader)
     scaler_class = getattr(torch.amp, "GradScaler", None)
     if isinstance(scaler_class, type):
         state.patches.patch(scaler_class, "__init__", registering("scaler"))
