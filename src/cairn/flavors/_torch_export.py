@@ -53,7 +53,7 @@ from torch import nn
 from cairn import safety
 from cairn.errors import InvalidArgument, UnsafeModel
 
-__all__ = ["check_archive", "checked_copy", "export_module", "load_program", "save_program"]
+__all__ = ["check_archive", "checked_copy", "export_module", "load_program", "program_shapes", "save_program"]
 
 _ROOT_FILES = frozenset({"archive_format", "archive_version", "byteorder", ".data/version", ".data/serialization_id"})
 _ALLOWED_PATHS = [
@@ -75,11 +75,12 @@ _OPERATOR_FUNCTIONS = frozenset(
 _MATH_FUNCTIONS = frozenset(name for name in dir(math) if not name.startswith("_") and callable(getattr(math, name)))
 _SYMPY_NAMES = frozenset(
     {
-        "Abs", "And", "CeilDiv", "CeilToInt", "CleanDiv", "Eq", "FloatPow", "FloatTrueDiv", "FloorDiv",
+        "Abs", "Add", "And", "CeilDiv", "CeilToInt", "CleanDiv", "Eq", "FloatPow", "FloatTrueDiv", "FloorDiv",
         "FloorToInt", "Ge", "Gt", "Identity", "IntTrueDiv", "IsNonOverlappingAndDenseIndicator", "LShift",
-        "Le", "Lt", "Max", "Min", "Mod", "ModularIndexing", "Ne", "Not", "Or", "PowByNatural", "PythonMod",
-        "RShift", "RoundDecimal", "RoundToInt", "ToFloat", "TruncToFloat", "TruncToInt", "Where", "ceiling",
-        "floor", "sqrt", "oo", "zoo", "nan", "True", "False", "pi", "E", "Integer", "Rational", "Float", "Symbol",
+        "Le", "Lt", "Max", "Min", "Mod", "ModularIndexing", "Mul", "Ne", "Not", "Or", "Pow", "PowByNatural",
+        "PythonMod", "RShift", "RoundDecimal", "RoundToInt", "ToFloat", "TruncToFloat", "TruncToInt", "Where",
+        "ceiling", "floor", "sqrt", "oo", "zoo", "nan", "True", "False", "pi", "E", "Integer", "Rational", "Float",
+        "Symbol",
     }
 )  # fmt: skip
 _EXPR_TOKEN = re.compile(
@@ -132,30 +133,170 @@ def as_tensor(value: Any) -> torch.Tensor:
         raise InvalidArgument(f"cannot make a tensor of a {type(value).__name__}: {exc}") from None
 
 
+def _dynamic_shapes(args: tuple[Any, ...], kwargs: dict[str, Any], static: set[tuple[int, int]]) -> Any:
+    """``Dim.AUTO`` for every dimension of every input but those in ``static`` ((input, axis): left out, static)."""
+
+    def spec(index: int, value: torch.Tensor) -> dict[int, Any] | None:
+        if value.dim() == 0:
+            return None
+        return {axis: torch.export.Dim.AUTO for axis in range(value.dim()) if (index, axis) not in static}
+
+    if kwargs:
+        return {name: spec(i, value) for i, (name, value) in enumerate(kwargs.items())}
+    return tuple(spec(i, value) for i, value in enumerate(args))
+
+
+def _static_dims(program: torch.export.ExportedProgram) -> set[tuple[int, int]]:
+    """(input, axis) of every user-input dimension the program made static."""
+    placeholders = {node.name: node for node in program.graph.nodes if node.op == "placeholder"}
+    static: set[tuple[int, int]] = set()
+    for index, name in enumerate(program.graph_signature.user_inputs):
+        value = placeholders[name].meta.get("val")
+        for axis, size in enumerate(getattr(value, "shape", ())):
+            if _concrete(size):
+                static.add((index, axis))
+    return static
+
+
+_GUARDED_SIZE = re.compile(r"L\['([A-Za-z_][A-Za-z0-9_]*)'\]\.size\(\)\[(\d+)\]")
+
+
+def _guarded_dims(program: torch.export.ExportedProgram) -> set[tuple[int, int]]:
+    """(input, axis) of the user-input dimensions that the program's guards mention."""
+    names = {name: index for index, name in enumerate(program.graph_signature.user_inputs)}
+    found: set[tuple[int, int]] = set()
+    for guard in _guards(program):
+        for name, axis in _GUARDED_SIZE.findall(guard):
+            if name in names:
+                found.add((names[name], int(axis)))
+    return found
+
+
+def _concrete(size: Any) -> bool:
+    """Whether a dimension of a traced shape is a number (a ``SymInt`` torch specialized counts as one)."""
+    from torch.fx.experimental.symbolic_shapes import is_concrete_int
+
+    return bool(is_concrete_int(size))
+
+
+def _guards(program: torch.export.ExportedProgram) -> list[str]:
+    return list(getattr(program, "_guards_code", None) or [])
+
+
 def export_module(model: nn.Module, example: Any) -> torch.export.ExportedProgram:
-    """``torch.export.export`` of ``model`` in eval mode, with the first dimension of every input dynamic.
+    """``torch.export.export`` of ``model`` as written (eval mode, no instrumentation hooks), dimensions dynamic.
+
+    Every dimension of every input is first ``Dim.AUTO``: torch keeps it dynamic unless the model fixes
+    it (a ``Linear``'s feature size, a ``flatten`` into one). A dimension torch made static that way
+    leaves a *guard* in the program (Python code torch would ``exec`` at load, which the load check
+    refuses), so the module is then exported again with exactly those dimensions declared static. torch
+    specializes dimensions of size 0 or 1 in the example; when the example has one, size-oblivious
+    shapes are tried first (so a one-row example still gives a dynamic batch), then plain ones.
+    Global module hooks and hooks cairn put on the model (autolog's) are suspended during the trace
+    (:func:`cairn.flavors._torch_utils.as_written`), so nothing of them leaks into the program.
 
     Raises:
-        InvalidArgument: the example cannot be turned into tensors, or torch cannot export the module
-            (the message carries torch's reason).
+        InvalidArgument: the example cannot be turned into tensors, torch cannot export the module, or the
+            program keeps guards (shape conditions the model tests itself); the message carries torch's reason.
     """
-    from cairn.flavors._torch_utils import eval_mode
+    from cairn.flavors._torch_utils import as_written, eval_mode
 
     args, kwargs = example_arguments(example)
-    batch = torch.export.Dim.AUTO
-    dynamic: Any
-    if kwargs:
-        dynamic = {name: {0: batch} if value.dim() > 0 else None for name, value in kwargs.items()}
-    else:
-        dynamic = tuple({0: batch} if value.dim() > 0 else None for value in args)
-    try:
-        with eval_mode(model), warnings.catch_warnings():
+    tiny = any(size <= 1 for value in (*args, *kwargs.values()) for size in value.shape)
+
+    def export(static: set[tuple[int, int]], oblivious: bool) -> torch.export.ExportedProgram:
+        dynamic = _dynamic_shapes(args, kwargs, static)
+        with as_written(model), eval_mode(model), warnings.catch_warnings(), _size_oblivious(oblivious):
             warnings.simplefilter("ignore")
             return torch.export.export(model, args, kwargs=kwargs or None, dynamic_shapes=dynamic)
-    except Exception as exc:
-        raise InvalidArgument(
-            f"torch.export could not export {type(model).__name__}: {type(exc).__name__}: {exc}"
-        ) from exc
+
+    inputs = list(kwargs.values()) if kwargs else list(args)
+    all_dims = {(i, axis) for i, value in enumerate(inputs) for axis in range(value.dim())}
+    failure: Exception | None = None
+    for oblivious in [True, False] if tiny else [False]:
+        static: set[tuple[int, int]] = set()
+        try:
+            program = export(static, oblivious)
+            # Each round declares more dimensions static: those torch specialized, those its guards test,
+            # all but the batch, all of them.
+            for more in (
+                _static_dims,
+                _guarded_dims,
+                lambda _p: {d for d in all_dims if d[1] > 0},
+                lambda _p: all_dims,
+            ):
+                if not _guards(program):
+                    return program
+                wider = static | more(program)
+                if wider != static:
+                    static = wider
+                    program = export(static, oblivious)
+        except Exception as exc:
+            failure = exc
+            continue
+        if not _guards(program):
+            return program
+        failure = InvalidArgument(f"the program keeps guards {_guards(program)[:3]}, which its load would exec")
+    assert failure is not None
+    raise InvalidArgument(
+        f"torch.export could not export {type(model).__name__}: {type(failure).__name__}: {failure}"
+    ) from failure
+
+
+def _size_oblivious(enabled: bool) -> Any:
+    import contextlib
+
+    if not enabled:
+        return contextlib.nullcontext()
+    try:
+        from torch.fx.experimental import _config as fx_config
+    except ImportError:  # an older torch: the one-row example gives a static batch
+        return contextlib.nullcontext()
+    if not hasattr(fx_config, "backed_size_oblivious"):
+        return contextlib.nullcontext()
+    return fx_config.patch(backed_size_oblivious=True)  # type: ignore[attr-defined]
+
+
+def _shape(value: Any) -> list[int] | None:
+    shape = getattr(value, "shape", None)
+    if shape is None:
+        return None
+    return [int(d) if _concrete(d) else -1 for d in shape]
+
+
+def _named_shapes(value: Any) -> dict[str | None, list[int] | None] | None:
+    """The shapes of a (fake) input or output structure, named as the pyfunc names its arrays."""
+    if isinstance(value, torch.Tensor):
+        return {None: _shape(value)}
+    if isinstance(value, dict):
+        return {str(k): _shape(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (tuple, list)):
+        return {f"output_{i}": _shape(v) for i, v in enumerate(value) if v is not None}
+    return None
+
+
+def program_shapes(program: torch.export.ExportedProgram) -> tuple[Any, Any]:
+    """(inputs, outputs) of ``program`` as ``{name or None: shape}``, ``-1`` for each dynamic dimension.
+
+    Inputs are named by keyword (``None`` for the one positional tensor); outputs as
+    :class:`~cairn.flavors._torch_pyfunc.TorchPyfunc` names them (``output_<i>`` of a tuple, ``None``
+    entries left out). ``None`` where the structure is not one of those.
+    """
+    from torch.utils import _pytree
+
+    nodes = list(program.graph.nodes)
+    placeholders = {node.name: node for node in nodes if node.op == "placeholder"}
+    user_inputs = [placeholders[name].meta.get("val") for name in program.graph_signature.user_inputs]
+    output_node = next(node for node in reversed(nodes) if node.op == "output")
+    flat_outputs = [getattr(arg, "meta", {}).get("val") for arg in output_node.args[0]]
+    user_outputs = flat_outputs[len(flat_outputs) - len(program.graph_signature.user_outputs) :]
+    try:
+        args, kwargs = _pytree.tree_unflatten(user_inputs, program.call_spec.in_spec)
+        outputs = _pytree.tree_unflatten(user_outputs, program.call_spec.out_spec)
+    except Exception:  # an unusual structure: the caller keeps the shapes inferred from the example
+        return None, None
+    inputs = _named_shapes(kwargs) if kwargs else (_named_shapes(args[0]) if len(args) == 1 else None)
+    return inputs, _named_shapes(outputs)
 
 
 def save_program(program: torch.export.ExportedProgram, path: Path, stored: set[str]) -> None:

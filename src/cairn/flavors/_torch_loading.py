@@ -62,6 +62,7 @@ def _load_cairn(model_dir: Path, conf: dict[str, Any], *, allow_pickle: bool | N
         kwargs = conf.get("init_kwargs") or {}
         if not isinstance(kwargs, dict) or not all(isinstance(key, str) for key in kwargs):
             raise InvalidArgument(f"{where}: init_kwargs in the MLmodel file must be a mapping with string keys")
+        kwargs = _torch_utils.decode_arguments(kwargs, str(target).split(":")[0])  # the module's own dataclasses
         model = _construct(lambda: obj(**kwargs), str(target))
     elif kind == "export":
         program_path = model_subpath(model_dir, conf.get("exported_program") or f"{DATA_DIR}/{PROGRAM_FILE}", "program")

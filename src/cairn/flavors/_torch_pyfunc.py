@@ -14,15 +14,19 @@ from cairn.flavors._torch_layout import DEVICE_PARAM
 
 
 def to_numpy(value: Any, label: str = "output") -> Any:
+    """Tensors to numpy: a tuple/list becomes ``{"output_<i>": ...}``, a dict keeps its keys, and ``None``
+    entries of either are left out (the other outputs keep their names); a bare ``None`` stays ``None``."""
+    if value is None:
+        return None
     if isinstance(value, torch.Tensor):
         tensor = value.detach().to("cpu")
         if tensor.dtype == torch.bfloat16:
             tensor = tensor.float()
         return tensor.numpy()
     if isinstance(value, Mapping):
-        return {str(k): to_numpy(v, f"{label}[{k!r}]") for k, v in value.items()}
+        return {str(k): to_numpy(v, f"{label}[{k!r}]") for k, v in value.items() if v is not None}
     if isinstance(value, (tuple, list)):
-        return {f"output_{i}": to_numpy(v, f"{label}[{i}]") for i, v in enumerate(value)}
+        return {f"output_{i}": to_numpy(v, f"{label}[{i}]") for i, v in enumerate(value) if v is not None}
     if isinstance(value, (int, float, bool)):
         import numpy as np
 
@@ -60,6 +64,11 @@ class TorchPyfunc:
     def predict(self, data: Any, params: dict[str, Any] | None = None) -> Any:
         """Run the module on ``data`` (moved to ``params["device"]`` if given); numpy out.
 
+        One tensor gives one array; a tuple or list gives ``{"output_0": ..., "output_1": ...}`` and a dict
+        its own keys, one level deep. ``None`` outputs are left out and the others keep their names, so a
+        model returning ``(logits, None)`` (nanoGPT without targets) predicts ``{"output_0": logits}``, the
+        same name it has when the second output is a tensor. A model returning ``None`` predicts ``None``.
+
         Raises:
             InvalidArgument: the input cannot be made into tensors or the output into numpy arrays.
         """
@@ -82,7 +91,10 @@ class TorchPyfunc:
 
 
 def set_eval(model: nn.Module) -> None:
+    """``model.eval()``; for a ``torch.export`` program's module (traced in eval mode, whose ``eval()``
+    torch refuses) the ``training`` flags are set to match what its graph does."""
     try:
         model.eval()
-    except NotImplementedError:  # a torch.export program's module is already in inference form
-        pass
+    except NotImplementedError:
+        for module in model.modules():
+            object.__setattr__(module, "training", False)

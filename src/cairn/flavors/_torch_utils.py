@@ -30,7 +30,7 @@ import struct
 import sys
 import threading
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,8 +47,11 @@ __all__ = [
     "Slot",
     "WeightsDigest",
     "WeightsIndex",
+    "as_written",
     "build_on_meta",
     "collect_weights",
+    "decode_arguments",
+    "encode_arguments",
     "import_target",
     "meta_stub",
     "meta_tensors_left",
@@ -582,6 +585,169 @@ def import_target(text: object, *, kind: str, caller_named: bool = False, allow_
             f"arguments from that file) only from a module the caller trusts. {safety.how_to_trust(module_name)}"
         )
     return obj
+
+
+#: The key of a constructor argument recorded as a typed dataclass (see :func:`encode_arguments`).
+DATACLASS_KEY = "__dataclass__"
+_MAX_DEPTH = 32
+
+
+def encode_arguments(value: Any, owner: str, *, where: str = "init_kwargs", depth: int = 0) -> Any:
+    """``value`` with every dataclass instance as ``{"__dataclass__": "mod:Qual", "fields": {...}}``.
+
+    Only dataclasses defined in ``owner`` (the module of the model class or factory) are accepted, since
+    only those are rebuilt at load (:func:`decode_arguments`); ``init=False`` fields are left out.
+
+    Raises:
+        InvalidArgument: a dataclass from another module, or one that cannot be found by its name.
+    """
+    import dataclasses
+
+    if depth > _MAX_DEPTH:
+        raise InvalidArgument(f"{where} nest deeper than {_MAX_DEPTH} levels")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        name = target_name(type(value))
+        if name is None or name.split(":")[0] != owner:
+            raise InvalidArgument(
+                f"{where} holds a {type(value).__qualname__} dataclass from {type(value).__module__!r}; a dataclass "
+                f"argument is recorded by name and rebuilt at load only if it is defined in the model's own module "
+                f"{owner!r}. Pass its fields as a dict, or define it there"
+            )
+        fields = {
+            f.name: encode_arguments(getattr(value, f.name), owner, where=f"{where}.{f.name}", depth=depth + 1)
+            for f in dataclasses.fields(value)
+            if f.init
+        }
+        return {DATACLASS_KEY: name, "fields": fields}
+    if isinstance(value, Mapping):
+        return {k: encode_arguments(v, owner, where=f"{where}[{k!r}]", depth=depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [encode_arguments(v, owner, where=f"{where}[{i}]", depth=depth + 1) for i, v in enumerate(value)]
+    return value
+
+
+def _rebuild_dataclass(node: dict[str, Any], owner: str, where: str, depth: int) -> Any:
+    import dataclasses
+
+    name, fields = node.get(DATACLASS_KEY), node.get("fields")
+    if (
+        set(node) != {DATACLASS_KEY, "fields"}
+        or not isinstance(fields, dict)
+        or not all(isinstance(k, str) for k in fields)
+    ):
+        raise InvalidArgument(
+            f"{where}: a typed argument must be {{{DATACLASS_KEY!r}: 'mod:Class', 'fields': {{...}}}}"
+        )
+    module_name, qualname = _split_target(name, "a dataclass argument")
+    module = sys.modules.get(module_name)
+    cls = None
+    if module_name == owner and module is not None:
+        with contextlib.suppress(AttributeError):
+            cls = _static_lookup(module, qualname)
+    if not (
+        isinstance(cls, type)
+        and dataclasses.is_dataclass(cls)
+        and cls.__module__ == owner
+        and cls.__qualname__ == qualname
+        and "__dataclass_fields__" in vars(cls)
+    ):
+        raise UnsafeModel(
+            f"refusing the constructor argument {where} typed {name!r}: cairn rebuilds only dataclasses defined "
+            f"in the model's own module {owner!r}"
+        )
+    values = {k: decode_arguments(v, owner, where=f"{where}.{k}", depth=depth + 1) for k, v in fields.items()}
+    try:
+        return cls(**values)
+    except Exception as exc:
+        raise InvalidArgument(f"{where}: {name}(**fields) failed: {type(exc).__name__}: {exc}") from exc
+
+
+def decode_arguments(value: Any, owner: str, *, where: str = "init_kwargs", depth: int = 0) -> Any:
+    """JSON constructor arguments with each typed dataclass node rebuilt (the inverse of :func:`encode_arguments`).
+
+    A node ``{"__dataclass__": "mod:Qual", "fields": {...}}`` from a model file is rebuilt only if
+    ``mod`` is ``owner`` (the module of the model class or factory, already imported and allowed under
+    the same rule as the class, :func:`import_target`) and ``Qual``, looked up without running code, is a
+    dataclass defined in that very module. Nothing else is called. Call it after :func:`import_target`.
+
+    Raises:
+        UnsafeModel: a typed node names anything else.
+        InvalidArgument: a malformed node, or the dataclass refuses its fields.
+    """
+    if depth > _MAX_DEPTH:
+        raise InvalidArgument(f"{where} nest deeper than {_MAX_DEPTH} levels")
+    if isinstance(value, dict):
+        if DATACLASS_KEY in value:
+            return _rebuild_dataclass(value, owner, where, depth)
+        return {k: decode_arguments(v, owner, where=f"{where}[{k!r}]", depth=depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [decode_arguments(v, owner, where=f"{where}[{i}]", depth=depth + 1) for i, v in enumerate(value)]
+    return value
+
+
+_GLOBAL_HOOK_DICTS = (
+    "_global_forward_pre_hooks",
+    "_global_forward_hooks",
+    "_global_forward_hooks_always_called",
+    "_global_forward_hooks_with_kwargs",
+    "_global_backward_pre_hooks",
+    "_global_backward_hooks",
+)
+_MODULE_HOOK_DICTS = (
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_forward_hooks",
+    "_forward_hooks_always_called",
+    "_forward_hooks_with_kwargs",
+)
+
+
+def _cairn_hook(hook: Any) -> bool:
+    """Whether ``hook`` (a function, bound method or ``functools.partial``) is defined in cairn."""
+    target = getattr(hook, "func", hook)
+    module = getattr(target, "__module__", None)
+    return isinstance(module, str) and (module == "cairn" or module.startswith("cairn."))
+
+
+@contextlib.contextmanager
+def as_written(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` as its author wrote it inside the block: without instrumentation hooks.
+
+    Suspended: torch's *global* module hooks (``register_module_forward_pre_hook`` and friends: they
+    apply to every module in the process, so they are instrumentation such as cairn's autolog, never part
+    of a model) and hooks that cairn registered on ``model``'s submodules. The model's own hooks (weight
+    norm, user pre-hooks) stay. Used around ``torch.export`` and the forward pass that infers a
+    signature, so that autolog's hooks neither run (example capture, checkpoints) nor end up traced into
+    the exported program. Everything is put back afterwards, hooks added meanwhile included. The global
+    hooks are process-wide: a forward on another thread during the block does not see them either.
+    """
+    from torch.nn.modules import module as module_module
+
+    saved: list[tuple[dict[Any, Any], dict[Any, Any]]] = []
+    try:
+        for name in _GLOBAL_HOOK_DICTS:
+            hooks = getattr(module_module, name, None)
+            if isinstance(hooks, dict) and hooks:
+                saved.append((hooks, dict(hooks)))
+                hooks.clear()
+        for module in model.modules():
+            own = getattr(module, "_forward_pre_hooks", {}), getattr(module, "_forward_hooks", {})
+            ids = {key for hooks in own for key, hook in hooks.items() if _cairn_hook(hook)}
+            if not ids:
+                continue
+            for name in _MODULE_HOOK_DICTS:
+                hooks = getattr(module, name, None)
+                if isinstance(hooks, dict) and ids & hooks.keys():
+                    saved.append((hooks, dict(hooks)))
+                    for key in ids & hooks.keys():
+                        del hooks[key]
+        yield model
+    finally:
+        for hooks, before in reversed(saved):
+            added = {key: value for key, value in hooks.items() if key not in before}
+            hooks.clear()
+            hooks.update(before)
+            hooks.update(added)
 
 
 @contextlib.contextmanager

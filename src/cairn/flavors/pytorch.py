@@ -28,6 +28,9 @@ Trust: the MLmodel file is hostile input, and it names a callable and the keywor
 with. So, checked before anything is called or imported (:func:`cairn.flavors._torch_utils.import_target`):
 
 - a ``module_class`` must be a ``torch.nn.Module`` subclass (looked up without running code);
+- a typed constructor argument (``{"__dataclass__": "pkg.mod:Config", "fields": {...}}``, how a config
+  dataclass such as nanoGPT's ``GPTConfig`` is recorded) is rebuilt only if ``Config`` is a dataclass
+  defined in ``pkg.mod`` itself, the module of the class or factory, under the same rule as the class;
 - a ``model_factory`` must be a plain function defined in its module, and is called only if the caller
   trusts that module: ``load_model(uri, trusted_modules=("pkg",))``, a
   ``with cairn.safety.trusted_modules(("pkg",)):`` block (for ``cairn.pyfunc.load_model``) or
@@ -47,8 +50,8 @@ Kinds 1 and 2 load without any pickle. Models written by ``mlflow.pytorch`` load
 
 Pyfunc: ``predict`` takes a tensor, numpy array, pandas DataFrame or a dict of them (keyword
 arguments), runs the module in eval mode under ``torch.inference_mode`` and returns numpy (a dict
-of numpy arrays for several outputs). ``params={"device": "cuda:0"}`` moves the module first; the
-``device`` param is declared in every signature cairn writes.
+of numpy arrays for several outputs, ``None`` outputs left out). ``params={"device": "cuda:0"}`` moves
+the module first; the ``device`` param is declared in every signature cairn writes.
 """
 
 from __future__ import annotations
@@ -85,7 +88,7 @@ from cairn.flavors._torch_layout import (
 )
 from cairn.flavors._torch_pyfunc import TorchPyfunc
 from cairn.models.model import Model, ModelInfo
-from cairn.models.schema import ModelSignature, ParamSchema, ParamSpec
+from cairn.models.schema import ModelSignature, ParamSchema, ParamSpec, Schema, TensorSpec
 
 __all__ = [
     "ARCHITECTURES",
@@ -123,15 +126,29 @@ class _Architecture:
         return entries
 
 
-def _json_kwargs(init_kwargs: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
-    if init_kwargs is None:
-        return {}
-    if not isinstance(init_kwargs, Mapping) or not all(isinstance(k, str) for k in init_kwargs):
+def _check_kwargs(init_kwargs: Mapping[str, Any] | None, what: str) -> None:
+    if init_kwargs is not None and (
+        not isinstance(init_kwargs, Mapping) or not all(isinstance(k, str) for k in init_kwargs)
+    ):
         raise InvalidArgument(f"{what} must be a dict with string keys, got {type(init_kwargs).__name__}")
+
+
+def _json_kwargs(init_kwargs: Mapping[str, Any] | None, what: str, owner: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the JSON recorded in the MLmodel file, the arguments as a load rebuilds them from it).
+
+    Dataclass arguments defined in ``owner`` (the module of the class or factory) are recorded typed
+    (:func:`cairn.flavors._torch_utils.encode_arguments`); the second value is decoded from the JSON,
+    so the save-time rebuild check uses exactly what the load will.
+    """
+    _check_kwargs(init_kwargs, what)
+    if init_kwargs is None:
+        return {}, {}
+    encoded = _torch_utils.encode_arguments(dict(init_kwargs), owner, where=what)
     try:
-        return dict(json.loads(json.dumps(dict(init_kwargs), allow_nan=False)))
+        recorded = dict(json.loads(json.dumps(encoded, allow_nan=False)))
     except (TypeError, ValueError) as exc:
         raise InvalidArgument(f"{what} must be JSON-serializable (they go into the MLmodel file): {exc}") from None
+    return recorded, _torch_utils.decode_arguments(recorded, owner, where=what)
 
 
 def _name_of(value: str | Callable[..., Any], what: str) -> str:
@@ -166,18 +183,20 @@ def _explicit_architecture(
     index: _torch_utils.WeightsIndex,
     module_class: str | type | None,
     model_factory: str | Callable[..., Any] | None,
-    kwargs: dict[str, Any],
+    init_kwargs: Mapping[str, Any] | None,
 ) -> _Architecture:
     if module_class is not None:
         name = _name_of(module_class, "module_class")
         cls = _torch_utils.import_target(name, kind="class", caller_named=True)
         if not isinstance(model, cls):
             raise InvalidArgument(f"module_class {name!r} does not match the model, a {type(model).__qualname__}")
+        recorded, kwargs = _json_kwargs(init_kwargs, "init_kwargs", name.split(":")[0])
         kind, target, build = "class", name, lambda: cls(**kwargs)
     else:
         assert model_factory is not None
         name = _name_of(model_factory, "model_factory")
         factory = _torch_utils.import_target(name, kind="factory", caller_named=True)
+        recorded, kwargs = _json_kwargs(init_kwargs, "init_kwargs", name.split(":")[0])
         kind, target, build = "factory", name, lambda: factory(**kwargs)
     try:
         problem = _built_from(build, index)
@@ -185,20 +204,20 @@ def _explicit_architecture(
         raise InvalidArgument(f"{target}(**init_kwargs) failed: {type(exc).__name__}: {exc}") from exc
     if problem is not None:
         raise InvalidArgument(f"{target}(**init_kwargs) does not rebuild this model: {problem}")
-    return _Architecture(kind, target, kwargs)
+    return _Architecture(kind, target, recorded)
 
 
-def _lightning_hparams(model: nn.Module) -> dict[str, Any] | None:
+def _lightning_hparams(model: nn.Module, owner: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
     hparams = getattr(model, "hparams", None)
     if not isinstance(hparams, Mapping) or not hparams:
         return None
     try:
-        return _json_kwargs(dict(hparams), "hparams")
-    except InvalidArgument:
+        return _json_kwargs(dict(hparams), "hparams", owner)
+    except (InvalidArgument, UnsafeModel):
         return None
 
 
-def _importable_class(model: nn.Module, index: _torch_utils.WeightsIndex, kwargs: dict[str, Any] | None) -> Any:
+def _importable_class(model: nn.Module, index: _torch_utils.WeightsIndex, init_kwargs: Mapping[str, Any] | None) -> Any:
     """The model's own class as architecture, if importable and rebuildable; else ``None``."""
     name = _torch_utils.target_name(type(model))
     if name is None:
@@ -207,8 +226,12 @@ def _importable_class(model: nn.Module, index: _torch_utils.WeightsIndex, kwargs
         cls = _torch_utils.import_target(name, kind="class", caller_named=True)
     except (UnsafeModel, InvalidArgument, ImportError):
         return None
-    candidates = [kwargs] if kwargs is not None else [c for c in (_lightning_hparams(model), {}) if c is not None]
-    for candidate in candidates:
+    owner = name.split(":")[0]
+    if init_kwargs is not None:  # the caller's own arguments: a bad one is an error, not a probe
+        candidates = [_json_kwargs(init_kwargs, "init_kwargs", owner)]
+    else:
+        candidates = [c for c in (_lightning_hparams(model, owner), ({}, {})) if c is not None]
+    for recorded, candidate in candidates:
 
         def build(kwargs: dict[str, Any] = candidate) -> Any:
             return cls(**kwargs)
@@ -218,7 +241,7 @@ def _importable_class(model: nn.Module, index: _torch_utils.WeightsIndex, kwargs
         except Exception:  # a probe: any constructor failure means "not rebuildable this way"
             continue
         if problem is None:
-            return _Architecture("class", name, candidate)
+            return _Architecture("class", name, recorded)
     return None
 
 
@@ -235,13 +258,13 @@ def _choose_architecture(
 ) -> _Architecture:
     if module_class is not None and model_factory is not None:
         raise InvalidArgument("pass module_class or model_factory, not both")
-    kwargs = _json_kwargs(init_kwargs, "init_kwargs")
+    _check_kwargs(init_kwargs, "init_kwargs")
     if module_class is not None or model_factory is not None:
         if export:
             raise InvalidArgument("export=True and module_class/model_factory are exclusive; choose one")
-        return _explicit_architecture(model, index, module_class, model_factory, kwargs)
+        return _explicit_architecture(model, index, module_class, model_factory, init_kwargs)
     if export is None or export is False:
-        found = _importable_class(model, index, kwargs if init_kwargs is not None else None)
+        found = _importable_class(model, index, init_kwargs)
         if found is not None:
             return found
     if export is not False and example is not None:
@@ -292,6 +315,27 @@ def _write_skeleton(model: nn.Module, path: Path) -> None:
             SkeletonPickler(out, protocol=pickle.DEFAULT_PROTOCOL).dump(model)
         except Exception as exc:
             raise InvalidArgument(f"cannot cloudpickle the structure of {type(model).__qualname__}: {exc}") from exc
+
+
+def _with_dims(schema: Schema | None, shapes: dict[str | None, list[int] | None] | None) -> Schema | None:
+    if schema is None or shapes is None or not schema.is_tensor_spec():
+        return schema
+    specs: list[Any] = []
+    for spec in schema.inputs:
+        assert isinstance(spec, TensorSpec)
+        shape = shapes.get(spec.name)
+        if shape is None or len(shape) != len(spec.shape):
+            return schema
+        specs.append(TensorSpec(spec.dtype, shape, spec.name))
+    return Schema(specs)
+
+
+def _program_dims(signature: ModelSignature, program: Any) -> ModelSignature:
+    """The inferred signature with each tensor's shape as the exported program has it: ``-1`` where dynamic."""
+    inputs, outputs = _torch_export.program_shapes(program)
+    return ModelSignature(
+        _with_dims(signature.inputs, inputs), _with_dims(signature.outputs, outputs), signature.params
+    )
 
 
 def _with_device_param(signature: ModelSignature | None) -> ModelSignature:
@@ -358,9 +402,15 @@ def save_model(
         model_factory: a function returning the module, as ``"pkg.mod:function"`` or the function itself.
             Loading calls it only if the caller trusts its module (``trusted_modules=("pkg",)``).
         init_kwargs: JSON-serializable keyword arguments for ``module_class``/``model_factory`` (or for
-            the model's own class when neither is given).
+            the model's own class when neither is given). A dataclass instance (a config object such as
+            nanoGPT's ``GPTConfig``) defined in the same module as the class or factory is recorded as
+            ``{"__dataclass__": "pkg.mod:Config", "fields": {...}}`` and rebuilt at load; a dataclass
+            from any other module is refused (loading rebuilds only the model module's own dataclasses).
         export: ``True`` stores a ``torch.export`` program (needs ``input_example``), ``False`` never
             does, ``None`` (default) does when the class cannot be used and an input example is given.
+            The program is traced in eval mode without global module hooks or cairn's (autolog's) hooks,
+            with every input dimension dynamic unless the model fixes it; an inferred signature records
+            ``-1`` for each dynamic dimension.
         signature: the signature; ``None`` infers it from ``input_example`` (one forward pass),
             ``False`` records none. A ``device`` param is added to any recorded signature.
         input_example: example input (tensor, numpy array, DataFrame or dict of them), saved with the model.
@@ -409,8 +459,11 @@ def save_model(
     )
     extra_states = _extra_states(pytorch_model)
     if signature is None and input_example is not None:
-        with _torch_utils.eval_mode(pytorch_model):  # the caller's train/eval flags come back afterwards
+        # The caller's train/eval flags come back afterwards; autolog's hooks do not see this forward pass.
+        with _torch_utils.as_written(pytorch_model), _torch_utils.eval_mode(pytorch_model):
             signature = infer_signature_from_example(input_example, TorchPyfunc(pytorch_model).predict)
+        if architecture.kind == "export" and signature is not None:
+            signature = _program_dims(signature, architecture.program)
     if signature is not False:
         signature = _with_device_param(signature)
 
