@@ -132,3 +132,24 @@ def test_system_metrics_are_logged_at_the_training_step_and_wall_time() -> None:
         assert started - 1 <= point.timestamp <= ended + 1
         if point.step >= 1:  # sampled after that step was taken
             assert point.timestamp >= losses[point.step] - 1
+
+
+def test_a_closure_optimizer_logs_the_loss_it_returns_not_the_sum_of_its_evaluations() -> None:
+    """LBFGS calls the closure (forward + backward) several times inside one step(): those are not accumulation."""
+    autolog_pytorch.autolog(log_models=False)
+    torch.manual_seed(0)
+    x, y = torch.randn(32, 3), torch.randn(32, 1)
+    model = nn.Linear(3, 1)
+    optimizer = torch.optim.LBFGS(model.parameters(), lr=0.5, max_iter=5)
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        return loss
+
+    with cairn.start_run() as run:
+        returned = [float(optimizer.step(closure)) for _ in range(3)]
+    assert _history(run.info.run_id, "loss") == [
+        (step + 1, pytest.approx(v, rel=1e-6)) for step, v in enumerate(returned)
+    ]

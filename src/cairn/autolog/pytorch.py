@@ -12,9 +12,10 @@ What is hooked, all process-wide and undone by ``autolog(disable=True)``:
   is on the CPU (no sync there, and cheaper than keeping a detached tensor), kept *detached, on its
   device* otherwise (``GradScaler.scale`` is wrapped too, so the unscaled loss is kept under AMP).
   A step's loss is the *sum* of the scalars recorded since the previous step (under gradient
-  accumulation, ``(loss / k).backward()`` k times, the objective whose gradients were accumulated);
-  ``loss`` is its mean over each logging interval. ``torch.autograd.backward(loss)`` is not seen;
-  call ``loss.backward()``;
+  accumulation, ``(loss / k).backward()`` k times, the objective whose gradients were accumulated;
+  for a closure optimizer such as LBFGS, whose ``step(closure)`` evaluates it several times, the first
+  evaluation, which is the loss ``step`` returns); ``loss`` is its mean over each logging interval.
+  ``torch.autograd.backward(loss)`` is not seen; call ``loss.backward()``;
 - ``DataLoader.__iter__`` and ``_BaseDataLoaderIter.__next__``: count epochs and batches (``epoch`` is
   logged when it changes). The *training* loader is the one whose batches are followed by optimizer
   steps;
@@ -550,6 +551,8 @@ def _after_step(optimizer: Any, args: Any, kwargs: Any) -> None:
             return
         if role != "primary":
             return
+        if len(state.losses) > 1 and (args[1] if len(args) > 1 else kwargs.get("closure")) is not None:
+            del state.losses[1:]  # a closure optimizer (LBFGS) evaluated it several times: its loss is the first
         session.step += 1
         session.interval_steps += 1
         track = state.current
