@@ -156,3 +156,19 @@ def test_the_readme_report_to_lines_run_and_one_integration_drives_the_trainer(t
         """
     code = textwrap.dedent(preamble) + _readme_report_to_block() + textwrap.dedent(check)
     assert _run(code, tmp_path, timeout=600).strip().endswith("ok")
+
+
+def test_an_integration_enabled_on_its_own_keeps_its_options(tmp_path: Path) -> None:
+    out = _run(
+        """
+        import torch, cairn, cairn.pytorch
+        from cairn.autolog import pytorch as plain
+        cairn.pytorch.autolog(checkpoint_every_n_steps=7, log_every_n_steps=3)
+        cairn.autolog()
+        print(plain._state.config.checkpoint_every_n_steps, plain._state.config.log_every_n_steps)
+        cairn.autolog(disable=True)
+        print(plain._state.config)
+        """,
+        tmp_path,
+    )
+    assert out.split() == ["7", "3", "None"]

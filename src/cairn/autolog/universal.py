@@ -78,15 +78,25 @@ def _importing_a_framework() -> bool:
     return False
 
 
+def _enabled_explicitly(module_name: str) -> bool:
+    """Whether the integration was turned on by its own ``autolog()``, whose options then stay as given."""
+    module = sys.modules.get(module_name)
+    return getattr(getattr(module, "_state", None), "config", None) is not None
+
+
 def _enable_pytorch(options: _Universal) -> None:
     from cairn.autolog import pytorch
 
+    if _enabled_explicitly(pytorch.__name__):
+        return
     pytorch.autolog(log_models=options.log_models, silent=options.silent, extra_tags=options.extra_tags)
 
 
 def _enable_transformers(options: _Universal) -> None:
     from cairn.autolog import transformers
 
+    if _enabled_explicitly(transformers.__name__):
+        return
     transformers.autolog(log_models="end" if options.log_models else False, silent=options.silent)
 
 
@@ -99,6 +109,8 @@ def _register_report_to(options: _Universal) -> None:
 def _enable_sklearn(options: _Universal) -> None:
     from cairn.autolog import sklearn
 
+    if _enabled_explicitly(sklearn.__name__):
+        return
     sklearn.autolog(log_models=options.log_models, silent=options.silent, extra_tags=options.extra_tags)
 
 
@@ -124,7 +136,8 @@ def autolog(
     Transformers, scikit-learn), each when the script imports it; ``import`` order does not matter.
 
     Each integration runs with its own defaults plus these options; call its own ``autolog()`` (e.g.
-    ``cairn.pytorch.autolog(checkpoint_every_n_steps=100)``) for the rest. After this call,
+    ``cairn.pytorch.autolog(checkpoint_every_n_steps=100)``) for the rest, before or after this call: an
+    integration already enabled by its own ``autolog()`` keeps the options it was given. After this call,
     ``TrainingArguments(report_to="cairn")`` works too.
 
     Args:
