@@ -172,3 +172,22 @@ def test_an_integration_enabled_on_its_own_keeps_its_options(tmp_path: Path) -> 
         tmp_path,
     )
     assert out.split() == ["7", "3", "None"]
+
+
+def test_pytorch_autolog_enables_lightning_when_the_script_imports_it_later(tmp_path: Path) -> None:
+    pytest.importorskip("lightning")
+    out = _run(
+        """
+        import sys
+        import torch, cairn, cairn.pytorch
+        cairn.pytorch.autolog()
+        assert "lightning" not in sys.modules
+        import lightning
+        from cairn.autolog import lightning as lt
+        assert lt.is_enabled()
+        assert not any(type(f).__name__ == "ImportWatcher" for f in sys.meta_path)  # removed once done
+        print("ok")
+        """,
+        tmp_path,
+    )
+    assert out.strip().endswith("ok")

@@ -55,7 +55,7 @@ def _lightning_call(name: str, *args: Any) -> None:
 
 
 class _LightningImportHook:
-    """A ``sys.meta_path`` finder that enables the Lightning integration once Lightning is imported.
+    """Enables the Lightning integration once Lightning is imported (an :class:`~cairn.autolog.base.ImportWatcher`).
 
     It watches ``lightning``, ``pytorch_lightning`` and ``cairn.autolog.lightning``; after any of them
     finishes executing, it enables the integration if Lightning is loaded and the integration module
@@ -66,40 +66,22 @@ class _LightningImportHook:
     WATCHED = (*_LIGHTNING_PACKAGES, "cairn.autolog.lightning")
 
     def __init__(self, config: Any) -> None:
+        from cairn.autolog.base import ImportWatcher
+
         self.config = config
-        self.busy = False
+        self.watcher = ImportWatcher(self.WATCHED, self.maybe_enable)
 
     @classmethod
     def install(cls, config: Any) -> None:
         cls.uninstall()
         cls._installed = cls(config)
-        sys.meta_path.insert(0, cls._installed)
+        cls._installed.watcher.install()
 
     @classmethod
     def uninstall(cls) -> None:
         hook, cls._installed = cls._installed, None
-        if hook is not None and hook in sys.meta_path:
-            sys.meta_path.remove(hook)
-
-    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
-        if fullname not in self.WATCHED or self.busy:
-            return None
-        self.busy = True
-        try:
-            spec = importlib.util.find_spec(fullname)
-        finally:
-            self.busy = False
-        loader = getattr(spec, "loader", None)
-        if spec is None or loader is None or not hasattr(loader, "exec_module"):
-            return None
-        original = loader.exec_module
-
-        def exec_module(module: Any) -> None:
-            original(module)
-            self.maybe_enable()
-
-        loader.exec_module = exec_module
-        return spec
+        if hook is not None:
+            hook.watcher.uninstall()
 
     def maybe_enable(self) -> None:
         from cairn.autolog import pytorch as core
