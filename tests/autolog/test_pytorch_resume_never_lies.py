@@ -22,17 +22,7 @@ import cairn  # noqa: E402
 from cairn.autolog import pytorch as autolog_pytorch  # noqa: E402
 from cairn.checkpoint import runs  # noqa: E402
 from cairn.errors import CheckpointError  # noqa: E402
-
-
-class Net(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(4, 16)
-        self.drop = nn.Dropout(0.2)
-        self.fc2 = nn.Linear(16, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.drop(torch.relu(self.fc1(x))))
+from tests.autolog.test_pytorch_autolog import Net  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
