@@ -25,6 +25,7 @@ import importlib
 import os
 import pickle
 import sys
+import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -187,6 +188,14 @@ def _checked_names(names: Iterable[str] | str | None) -> tuple[str, ...]:
 
 def _env_trusted() -> tuple[str, ...]:
     entries = [entry.strip() for entry in os.environ.get(TRUSTED_MODULES_ENV, "").split(",")]
+    malformed = [entry for entry in entries if entry and not _is_module_name(entry)]
+    if malformed:
+        warnings.warn(
+            f"{TRUSTED_MODULES_ENV} holds {', '.join(map(repr, malformed))}, which is not a dotted module name "
+            "(such as 'mypkg' or 'mypkg.models'); it trusts nothing",
+            UserWarning,
+            stacklevel=3,
+        )
     return tuple(entry for entry in entries if _is_module_name(entry))
 
 

@@ -408,3 +408,9 @@ def test_torch_is_given_the_checked_copy_not_the_file(exported: Path, monkeypatc
 def test_an_untouched_export_still_loads_without_pickle(exported: Path) -> None:
     loaded = flavor.load_model(exported)
     assert loaded(torch.ones(5, 3)).shape == (5, 2)
+
+
+def test_a_malformed_trusted_modules_entry_is_reported_not_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(safety.TRUSTED_MODULES_ENV, "my-pkg, mypkg")
+    with pytest.warns(UserWarning, match=r"CAIRN_TRUSTED_MODULES holds 'my-pkg'.*trusts nothing"):
+        assert safety.module_trusted("mypkg.models")
