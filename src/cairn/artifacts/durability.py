@@ -3,23 +3,23 @@
 A local artifact store writes every file atomically (temporary file, rename), so a crashed process
 never leaves a partial file behind. Surviving a power loss also takes ``fsync``, which for a large
 model costs as much as writing it (the page cache is flushed to disk). ``log_model`` hands that part
-to this module's thread and returns once the model is in place; the fluent ``end_run`` and
-interpreter exit wait for it (:func:`wait_durable`), and a failure is raised there or by the next
-logging call. Between the two, a power loss could tear a file: its sha256 no longer matches the
+to this module's thread (a worker of :mod:`cairn.background`, drained last) and returns once the model
+is in place; the fluent ``end_run`` and interpreter exit wait for it, and a failure is raised there or
+by the next logging call. Between the two, a power loss could tear a file: its sha256 no longer matches the
 model's ``cairn_files.json``, so the model is refused at load instead of loading wrong weights.
 """
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Iterable
 
+from cairn import background
 from cairn.errors import ArtifactWriteError
-from cairn.tracking import background_errors
 
 __all__ = ["fsync_dirs", "fsync_file", "fsync_in_background", "pending", "wait_durable"]
 
@@ -51,6 +51,11 @@ def fsync_dirs(dirs: Iterable[str]) -> None:
 
 
 class _Flusher:
+    """The fsync thread, started when there is work and gone when there is none."""
+
+    name = "fsync of logged files"
+    phase = background.Phase.FSYNC
+
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._queue: deque[tuple[list[str], set[str]]] = deque()
@@ -59,6 +64,7 @@ class _Flusher:
         self._thread: threading.Thread | None = None
 
     def submit(self, files: list[str], dirs: set[str]) -> None:
+        background.register(self)
         with self._cond:
             self._queue.append((files, dirs))
             self._in_flight += 1
@@ -71,10 +77,21 @@ class _Flusher:
             return self._in_flight
 
     def wait(self) -> None:
+        self.drain(None)
+        self.raise_errors()
+
+    def drain(self, timeout: float | None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while self._in_flight:
-                self._cond.wait()
-        self.raise_errors()
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def close(self) -> None:
+        self.drain(None)
 
     def raise_errors(self) -> None:
         with self._cond:
@@ -106,7 +123,7 @@ class _Flusher:
                 self._in_flight -= 1
                 self._cond.notify_all()
             if failures:
-                background_errors.report(self)
+                background.report(self)
 
 
 _flusher = _Flusher()
@@ -129,13 +146,3 @@ def wait_durable() -> None:
         ArtifactWriteError: an ``fsync`` failed (the message names the files).
     """
     _flusher.wait()
-
-
-def _at_exit() -> None:
-    try:
-        wait_durable()
-    except ArtifactWriteError as exc:
-        logger.error("cairn: %s", exc)
-
-
-atexit.register(_at_exit)

@@ -13,6 +13,8 @@ system figures chart against training steps and time alike:
 - with ``pynvml`` importable and NVIDIA GPUs present, per GPU ``i``: ``system/gpu_<i>/utilization_percent``,
   ``system/gpu_<i>/memory_used_mb``, ``system/gpu_<i>/memory_percent``, ``system/gpu_<i>/power_watts``.
 
+Sampling is a worker of :mod:`cairn.background` for its run: the run's end (and exit, and SIGTERM) stops
+it with a final sample, first of all background work, so that sample's points are written with the rest.
 Sampling needs ``psutil``. Points go through the store's metric batcher (no I/O on the sampling thread
 beyond reading counters); a sample that fails is skipped and reported once on the ``cairn.autolog``
 logger, and sampling goes on.
@@ -28,6 +30,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from cairn import background
 from cairn.store.base import MetricPoint
 
 __all__ = ["SystemMetricsMonitor", "sample_system_metrics"]
@@ -119,6 +122,9 @@ class SystemMetricsMonitor:
         ImportError: ``psutil`` is not installed (``pip install psutil``).
     """
 
+    name = "system metrics sampling"
+    phase = background.Phase.SYSTEM_METRICS
+
     def __init__(
         self,
         run_id: str,
@@ -151,6 +157,7 @@ class SystemMetricsMonitor:
         self._psutil.cpu_percent(interval=None)  # primes the CPU counter: the first reading covers one interval
         self._thread = threading.Thread(target=self._loop, name="cairn-system-metrics", daemon=True)
         self._thread.start()
+        background.register(self, run_id=self.run_id)
 
     def stop(self, *, final_sample: bool = True) -> None:
         """Stop sampling; with ``final_sample`` take one last sample first (so short runs get one)."""
@@ -161,6 +168,17 @@ class SystemMetricsMonitor:
         thread.join(timeout=5)
         if final_sample:
             self.sample()
+
+    def drain(self, timeout: float | None) -> bool:
+        """The background service's drain: stop with a final sample."""
+        self.stop(final_sample=True)
+        return True
+
+    def close(self) -> None:
+        self.stop(final_sample=False)
+
+    def raise_errors(self) -> None:
+        """A failed sample is skipped and logged, never raised."""
 
     def sample(self) -> None:
         """Take one sample now and queue its points."""

@@ -21,18 +21,17 @@ training thread to a plain memcpy.
 
 from __future__ import annotations
 
-import atexit
 import os
 import shutil
-import sys
 import threading
+import time
 import uuid
-import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from cairn import background
 from cairn.checkpoint._fs import digest_file, fsync_dir
 from cairn.checkpoint.buffers import BufferPool
 from cairn.checkpoint.capture import TrainingState
@@ -40,7 +39,6 @@ from cairn.checkpoint.local import TEMP_PREFIX, CheckpointInfo, scan_checkpoints
 from cairn.checkpoint.manifest import write_manifest
 from cairn.checkpoint.retention import RetentionPolicy, apply_retention, delete_local
 from cairn.errors import CheckpointError, CheckpointWriteError, InvalidArgument
-from cairn.tracking import background_errors
 
 __all__ = ["AsyncCheckpointWriter", "FailedWrite", "write_checkpoint"]
 
@@ -109,22 +107,11 @@ class FailedWrite:
     error: BaseException
 
 
-_LIVE_WRITERS: weakref.WeakSet[AsyncCheckpointWriter] = weakref.WeakSet()
-
-
-@atexit.register
-def _drain_at_exit() -> None:
-    """Finish queued writes before the interpreter exits (workers are daemon threads) and report failures
-    nobody collected."""
-    for writer in list(_LIVE_WRITERS):
-        try:
-            writer.close()
-        except CheckpointError as exc:
-            print(f"cairn: {exc}", file=sys.stderr)
-
-
 class AsyncCheckpointWriter:
     """Writes :class:`TrainingState` snapshots into ``directory`` on one background thread, in order.
+
+    A worker of :mod:`cairn.background` (held weakly): ``end_run``, interpreter exit and SIGTERM finish its
+    queued writes, and failures nobody collected are logged at exit.
 
     Args:
         directory: where checkpoint directories are created (e.g. ``<run>/checkpoints``).
@@ -134,6 +121,9 @@ class AsyncCheckpointWriter:
         on_commit: called on the background thread with each committed checkpoint (e.g. to upload it).
         fsync: flush files and directories to stable storage (turn off only for throwaway data).
     """
+
+    name = "checkpoint writer"
+    phase = background.Phase.CHECKPOINTS
 
     def __init__(
         self,
@@ -165,7 +155,7 @@ class AsyncCheckpointWriter:
         self._errors: list[tuple[str, BaseException]] = []
         self._closed = False
         self._thread: threading.Thread | None = None
-        _LIVE_WRITERS.add(self)
+        background.register(self)
 
     # -- caller's side ----------------------------------------------------------------------------
 
@@ -206,6 +196,18 @@ class AsyncCheckpointWriter:
                 self._cond.wait()
             self._raise_errors()
 
+    def drain(self, timeout: float | None) -> bool:
+        """Wait until every submitted checkpoint is written (or failed), at most ``timeout`` seconds; failures
+        stay recorded for :meth:`raise_errors` (and the next logging call)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._in_flight:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
     def raise_errors(self) -> None:
         """Raise (and forget) the failures recorded since the last raise, without waiting for anything.
 
@@ -226,7 +228,7 @@ class AsyncCheckpointWriter:
 
     def close(self) -> None:
         """Write what is queued, stop the thread, and raise any failure. Idempotent."""
-        _LIVE_WRITERS.discard(self)
+        background.unregister(self)
         with self._cond:
             while self._in_flight:
                 self._cond.wait()
@@ -284,7 +286,7 @@ class AsyncCheckpointWriter:
     def _record(self, text: str, exc: BaseException) -> None:
         with self._cond:
             self._errors.append((text, exc))
-        background_errors.report(self)
+        background.report(self)
 
     def _write_one(self, state: TrainingState, name: str) -> None:
         try:
@@ -295,7 +297,7 @@ class AsyncCheckpointWriter:
                 self.failed = FailedWrite(name, state, exc)
                 text = f"checkpoint {name!r} could not be written to {self.directory}: {type(exc).__name__}: {exc}"
                 self._errors.append((text, exc))
-            background_errors.report(self)
+            background.report(self)
             return
         with self._cond:
             self.committed.append(info)

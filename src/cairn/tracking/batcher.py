@@ -17,6 +17,7 @@ import threading
 import time
 from collections import deque
 
+from cairn import background
 from cairn.errors import CairnError, InvalidArgument, NotFound, RunNotActive, StoreError, StoreLocked
 from cairn.store.base import MetricPoint, TrackingStore
 from cairn.tracking.validation import point_problem
@@ -34,7 +35,10 @@ MAX_REFUSED_IN_A_ROW = 8
 
 
 class MetricBatcher:
-    """Queue of metric points for one store, drained by a daemon thread."""
+    """Queue of metric points for one store, drained by a daemon thread; a worker of the background service."""
+
+    name = "metric writer"
+    phase = background.Phase.METRICS
 
     def __init__(self, store: TrackingStore, *, flush_interval: float = FLUSH_INTERVAL_S) -> None:
         self._store = store
@@ -47,6 +51,7 @@ class MetricBatcher:
         self._interval = flush_interval
         self._thread = threading.Thread(target=self._loop, name="cairn-metric-writer", daemon=True)
         self._thread.start()
+        background.register(self)
 
     def add(self, point: MetricPoint) -> None:
         """Queue one point. Cost on the caller: an append, no I/O."""
@@ -75,14 +80,29 @@ class MetricBatcher:
 
     def flush(self, *, raise_errors: bool = True) -> None:
         """Write every point queued before this call; re-raise the writer's first error."""
-        with self._write_lock:
+        self.drain(None)
+        if raise_errors:
+            self.raise_errors()
+
+    def drain(self, timeout: float | None) -> bool:
+        """Write every point queued before this call (False if the writer held the store past ``timeout``)."""
+        if not self._write_lock.acquire(timeout=-1 if timeout is None else timeout):
+            return False
+        try:
             self._drain_and_write(retry_forever=True)
-        if raise_errors and self._errors:
+        finally:
+            self._write_lock.release()
+        return True
+
+    def raise_errors(self) -> None:
+        """Raise the first error met since the last raise (and forget them all)."""
+        if self._errors:
             errors, self._errors = self._errors, []
             raise errors[0]
 
     def close(self) -> None:
         """Flush and stop the writer thread (errors are logged, not raised)."""
+        background.unregister(self)
         self._closed = True
         self._wake.set()
         self._thread.join(timeout=30)
@@ -212,11 +232,13 @@ class MetricBatcher:
         message = f"metric point (run {run_id}, key {key!r}, step {step!r}) was not written: {exc}"
         logger.warning("cairn: dropping 1 %s", message)
         self._errors.append(InvalidArgument(message) if isinstance(exc, InvalidArgument) else StoreError(message))
+        background.report(self)
 
     def _give_up(self, batch: list[MetricPoint], exc: CairnError) -> bool:
         runs = sorted({point.run_id for point in batch})
         logger.warning("cairn: dropping %d metric points of run(s) %s: %s", len(batch), ", ".join(runs), exc)
         self._errors.append(exc)
+        background.report(self)
         return True
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
-from cairn.artifacts import durability
+from cairn import background
 from cairn.errors import ExperimentNotFound, InvalidArgument, RunNotActive
 from cairn.store.base import DEFAULT_EXPERIMENT_ID, MetricPoint
 from cairn.tracking import background_errors, config, lifecycle, system_tags, validation
@@ -237,10 +237,12 @@ def remove_end_run_hook(hook: Callable[[str, RunStatus], None]) -> None:
 
 
 def end_run(status: str | RunStatus = "FINISHED", *, _run_id: str | None = None) -> None:
-    """End the active run (flushing its queued metric points first).
+    """End the active run: its end-run hooks, then the background service's ordered drain (system
+    metrics, autolog tasks, checkpoint writes, metric points, uploads, fsync), then its status.
 
     Raises:
-        CairnError: an end-run hook failed (e.g. a background checkpoint write); the run ended anyway.
+        CairnError: an end-run hook or background work (a checkpoint write, an fsync, a metric point the
+            store refused) failed; the run ended anyway.
     """
     errors: list[BaseException] = []
     with _stack_lock:
@@ -262,9 +264,10 @@ def _end_top(status: RunStatus, errors: list[BaseException]) -> None:
             hook(run_id, status)
         except Exception as exc:  # raised once the run is terminated
             errors.append(exc)
+    background.drain(run_id)
     try:
-        durability.wait_durable()  # models logged with their fsync left to the background
-    except Exception as exc:
+        background.raise_errors()
+    except Exception as exc:  # raised once the run is terminated
         errors.append(exc)
     run = _run_stack.pop()
     _get_client().set_terminated(run.info.run_id, status)
@@ -287,7 +290,7 @@ def reset() -> None:
         _client = None
         _active_experiment_id = None
         _last_active_run_id = None
-    background_errors.reset()
+    background.reset()
 
 
 def active_run() -> ActiveRun | None:
@@ -377,9 +380,10 @@ def delete_tag(key: str) -> None:
 
 
 def flush() -> None:
-    """Write every queued metric point of this process now."""
+    """Write every queued metric point of this process now; raise a failure of background work not raised yet."""
     for batcher in config.all_batchers():
         batcher.flush()
+    background.raise_errors()
 
 
 # -- artifacts -----------------------------------------------------------------------------------

@@ -1,13 +1,14 @@
 """Ending runs when the process ends: normal exit, uncaught exception, SIGTERM.
 
 Installed once, the first time a run starts. Exit marks runs FINISHED, an uncaught exception
-FAILED, KeyboardInterrupt and SIGTERM KILLED; every case flushes queued metric points first.
-(MLflow marks runs FINISHED at exit even when the script crashed.)
+FAILED, KeyboardInterrupt and SIGTERM KILLED; every case ends the runs (each with the background
+service's ordered drain), then drains and closes every background worker (:func:`cairn.background.shutdown`),
+so queued metric points, checkpoints and fsyncs are all finished. Exit goes through the service's one
+``atexit`` handler. (MLflow marks runs FINISHED at exit even when the script crashed.)
 """
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import signal
@@ -16,6 +17,7 @@ import threading
 from collections.abc import Callable
 from types import FrameType, TracebackType
 
+from cairn import background
 from cairn.tracking.entities import RunStatus
 
 logger = logging.getLogger(__name__)
@@ -32,7 +34,7 @@ def install(end_all_runs: Callable[[RunStatus], None]) -> None:
     if _installed:
         return
     _installed = True
-    atexit.register(_at_exit)
+    background.add_exit_hook(_end_runs_at_exit)
     previous_hook = sys.excepthook
 
     def excepthook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
@@ -49,7 +51,8 @@ def _install_sigterm() -> None:
     previous = signal.getsignal(signal.SIGTERM)
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
-        _finish(RunStatus.KILLED)
+        _end_runs(RunStatus.KILLED)
+        background.shutdown()
         if callable(previous):
             previous(signum, frame)
             return
@@ -62,20 +65,13 @@ def _install_sigterm() -> None:
         pass
 
 
-def _at_exit() -> None:
-    _finish(_exit_status)
+def _end_runs_at_exit() -> None:
+    _end_runs(_exit_status)
 
 
-def _finish(status: RunStatus) -> None:
-    from cairn.tracking import config
-
+def _end_runs(status: RunStatus) -> None:
     if _end_all is not None:
         try:
             _end_all(status)
         except Exception as exc:
             logger.error("cairn: could not end active runs at exit: %s", exc)
-    for batcher in config.all_batchers():
-        try:
-            batcher.close()
-        except Exception as exc:
-            logger.error("cairn: could not flush metrics at exit: %s", exc)

@@ -1,0 +1,360 @@
+"""One background service: every background worker of the process, one ordered drain, one error box.
+
+Workers (the metric writer, checkpoint writers, system-metric sampling, uploads, fsync) run on their own
+threads; small jobs (autolog's params, model summaries, uploads of single files) go to :func:`submit`,
+which runs them in order on one shared daemon thread. Nothing here does I/O on the caller's thread.
+
+**Drain order.** :func:`drain` (called by ``end_run`` for the ending run, and for everything at interpreter
+exit and on SIGTERM) drains the workers phase by phase, in the order of :class:`Phase`:
+
+1. ``SYSTEM_METRICS``: sampling stops, after one final sample;
+2. ``AUTOLOG``: queued autolog tasks (the shared task thread first, then integration workers);
+3. ``CHECKPOINTS``: checkpoint writes;
+4. ``METRICS``: queued metric points are written (every point the phases above produced);
+5. ``UPLOADS``: checkpoint and artifact uploads;
+6. ``FSYNC``: files made durable.
+
+Within a phase, workers drain in the order they registered. A worker registered for a run
+(``register(worker, run_id=...)``) is drained, closed and forgotten when that run's drain ends.
+
+**Errors.** A worker that fails in the background records the failure itself and calls :func:`report`
+with an object whose ``raise_errors()`` raises (and forgets) it; a task given to :func:`submit` that
+raises is recorded with its ``what``. The next logging call, ``flush`` or ``end_run`` raises the first
+one on the caller's thread (:func:`raise_errors`); each failure is raised once. At exit, failures nobody
+collected are logged on the ``cairn.background`` logger.
+
+The service holds workers weakly (an idle checkpoint writer nobody references can be collected): keep a
+reference to a worker while it has work.
+"""
+
+from __future__ import annotations
+
+import atexit
+import enum
+import itertools
+import logging
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
+from cairn.errors import CairnError
+from cairn.tracking import background_errors
+from cairn.tracking.background_errors import ErrorSource
+
+__all__ = [
+    "BackgroundService",
+    "BackgroundTaskError",
+    "ErrorSource",
+    "Phase",
+    "Worker",
+    "add_exit_hook",
+    "drain",
+    "raise_errors",
+    "record",
+    "register",
+    "report",
+    "reset",
+    "service",
+    "shutdown",
+    "submit",
+    "unregister",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class Phase(enum.IntEnum):
+    """When a worker is drained; lower first (see the module docstring)."""
+
+    SYSTEM_METRICS = 10
+    AUTOLOG = 20
+    CHECKPOINTS = 30
+    METRICS = 40
+    UPLOADS = 50
+    FSYNC = 60
+
+
+@runtime_checkable
+class Worker(Protocol):
+    """A long-lived background worker owned by the service."""
+
+    @property
+    def name(self) -> str:
+        """What the worker does, for messages (``"metric writer"``)."""
+
+    @property
+    def phase(self) -> Phase:
+        """When it is drained."""
+
+    def drain(self, timeout: float | None) -> bool:
+        """Finish everything handed over so far; False if ``timeout`` seconds passed first. Never raises
+        the worker's own failures (those go through :func:`report`)."""
+
+    def close(self) -> None:
+        """Finish and stop; may raise the failures not yet raised (they are then logged)."""
+
+    def raise_errors(self) -> None:
+        """Raise the failures recorded since the last call, if any, and forget them."""
+
+
+class BackgroundTaskError(CairnError, RuntimeError):
+    """A task given to :func:`submit` failed (the message says which; the cause is chained)."""
+
+
+class _Failure:
+    """One recorded failure, raised once."""
+
+    def __init__(self, what: str, exc: BaseException) -> None:
+        self._error: BaseException | None = exc
+        self._what = what
+
+    def raise_errors(self) -> None:
+        error, self._error = self._error, None
+        if error is None:
+            return
+        if isinstance(error, CairnError):
+            raise error
+        raise BackgroundTaskError(f"{self._what} failed in the background: {type(error).__name__}: {error}") from error
+
+
+class _TaskRunner:
+    """The shared daemon thread of :func:`submit`: runs tasks in order, exits when idle."""
+
+    name = "background tasks"
+    phase = Phase.AUTOLOG
+
+    def __init__(self, on_failure: Callable[[str, BaseException], None]) -> None:
+        self._on_failure = on_failure
+        self._cond = threading.Condition()
+        self._tasks: deque[tuple[Callable[[], object], str]] = deque()
+        self._unfinished = 0
+        self._thread: threading.Thread | None = None
+
+    def submit(self, task: Callable[[], object], what: str) -> None:
+        with self._cond:
+            self._tasks.append((task, what))
+            self._unfinished += 1
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="cairn-background-tasks", daemon=True)
+                self._thread.start()
+
+    def drain(self, timeout: float | None) -> bool:
+        if threading.current_thread() is self._thread:  # a task draining: the rest runs after it
+            return False
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._unfinished:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def close(self) -> None:
+        self.drain(None)
+
+    def raise_errors(self) -> None:
+        """Task failures are raised through the error box, one per task."""
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._tasks:
+                    self._thread = None
+                    return
+                task, what = self._tasks.popleft()
+            try:
+                task()
+            except Exception as exc:  # recorded, raised by the next logging call
+                self._on_failure(what, exc)
+            finally:
+                with self._cond:
+                    self._unfinished -= 1
+                    self._cond.notify_all()
+
+
+class BackgroundService:
+    """The process's background workers and their ordered drain (use :func:`service`)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._order = itertools.count()
+        self._workers: dict[int, tuple[int, weakref.ref[Worker], str | None]] = {}
+        self._tasks = _TaskRunner(self.record)
+        self.register(self._tasks)
+
+    def register(self, worker: Worker, *, run_id: str | None = None) -> None:
+        """Own ``worker`` (idempotent): drain it with the others; with ``run_id``, close it when that run ends."""
+        with self._lock:
+            if id(worker) in self._workers and self._workers[id(worker)][1]() is worker:
+                return
+            self._workers[id(worker)] = (next(self._order), weakref.ref(worker), run_id)
+
+    def unregister(self, worker: Worker) -> None:
+        """Forget ``worker`` (no error if unknown)."""
+        with self._lock:
+            entry = self._workers.get(id(worker))
+            if entry is not None and entry[1]() is worker:
+                del self._workers[id(worker)]
+
+    def workers(self, run_id: str | None = None) -> list[Worker]:
+        """The live workers in drain order: all of them, or the process-wide ones and those of ``run_id``."""
+        with self._lock:
+            entries = sorted(self._workers.values(), key=lambda entry: entry[0])
+        found = []
+        for _, ref, owner in entries:
+            worker = ref()
+            if worker is not None and (run_id is None or owner is None or owner == run_id):
+                found.append(worker)
+        return sorted(found, key=lambda worker: worker.phase)  # stable: registration order within a phase
+
+    def submit(self, task: Callable[[], object], *, what: str) -> None:
+        """Run ``task`` on the shared background thread, after those submitted before it.
+
+        A task that raises is recorded as failing ``what`` (e.g. ``"logging the model summary"``).
+        """
+        self._tasks.submit(task, what)
+
+    def record(self, what: str, exc: BaseException) -> None:
+        """Record a failure of background work, to be raised by the next logging call."""
+        logger.warning("cairn: %s failed in the background: %s: %s", what, type(exc).__name__, exc)
+        background_errors.report(_Failure(what, exc))
+
+    def drain(self, run_id: str | None = None, timeout: float | None = None) -> bool:
+        """Drain the workers phase by phase; with ``run_id``, the process-wide ones and that run's (then
+        closed and forgotten). False if ``timeout`` seconds passed before everything was done."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        done = True
+        for worker in self.workers(run_id):
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                finished = worker.drain(left)
+            except Exception as exc:  # a worker's bug must not stop the others from draining
+                self.record(f"draining the {worker.name}", exc)
+                finished = False
+            if not finished:
+                logger.warning("cairn: the %s did not finish its background work in time", worker.name)
+            done = done and finished
+        if run_id is not None:
+            self._close_run_workers(run_id)
+        return done
+
+    def _close_run_workers(self, run_id: str) -> None:
+        with self._lock:
+            ending = [
+                (key, ref()) for key, (_, ref, owner) in self._workers.items() if owner == run_id and ref() is not None
+            ]
+            for key, _ in ending:
+                del self._workers[key]
+        for _, worker in ending:
+            assert worker is not None
+            try:
+                worker.close()
+            except Exception as exc:
+                background_errors.report(_Failure(f"closing the {worker.name}", exc))
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Drain everything, close every worker and log the failures nobody raised (interpreter exit)."""
+        self.drain(None, timeout)
+        for worker in self.workers():
+            self.unregister(worker)
+            try:
+                worker.close()
+            except Exception as exc:
+                logger.error("cairn: %s", exc)
+        while background_errors.pending:
+            try:
+                background_errors.raise_pending()
+            except Exception as exc:
+                logger.error("cairn: %s", exc)
+
+
+_service: BackgroundService | None = None
+_service_lock = threading.Lock()
+_exit_hooks: list[Callable[[], None]] = []
+_atexit_installed = False
+
+
+def service() -> BackgroundService:
+    """The process-wide service, created on first use (which also installs its one ``atexit`` handler)."""
+    global _service, _atexit_installed
+    found = _service
+    if found is None:
+        with _service_lock:
+            if _service is None:
+                _service = BackgroundService()
+                if not _atexit_installed:
+                    _atexit_installed = True
+                    atexit.register(_at_exit)
+            found = _service
+    return found
+
+
+def register(worker: Worker, *, run_id: str | None = None) -> None:
+    """Own ``worker``: see :meth:`BackgroundService.register`."""
+    service().register(worker, run_id=run_id)
+
+
+def unregister(worker: Worker) -> None:
+    service().unregister(worker)
+
+
+def submit(task: Callable[[], object], *, what: str) -> None:
+    """Run ``task`` on the shared background thread: see :meth:`BackgroundService.submit`."""
+    service().submit(task, what=what)
+
+
+def drain(run_id: str | None = None, timeout: float | None = None) -> bool:
+    """The ordered drain: see :meth:`BackgroundService.drain`."""
+    return service().drain(run_id, timeout)
+
+
+def report(source: ErrorSource) -> None:
+    """``source`` holds a failure for the next logging call to raise (through ``source.raise_errors()``)."""
+    background_errors.report(source)
+
+
+def record(what: str, exc: BaseException) -> None:
+    """Record one failure of background work (``what`` failed), raised once by the next logging call."""
+    service().record(what, exc)
+
+
+def raise_errors() -> None:
+    """Raise the first failure recorded in the background and not raised yet (one per call)."""
+    if background_errors.pending:
+        background_errors.raise_pending()
+
+
+def add_exit_hook(hook: Callable[[], None]) -> None:
+    """Call ``hook()`` at interpreter exit before the final drain (ending runs); idempotent."""
+    service()  # installs the atexit handler
+    with _service_lock:
+        if hook not in _exit_hooks:
+            _exit_hooks.append(hook)
+
+
+def shutdown(timeout: float | None = None) -> None:
+    """The exit drain: every worker drained in order and closed; uncollected failures logged."""
+    found = _service
+    if found is not None:
+        found.shutdown(timeout)
+
+
+def reset() -> None:
+    """Forget the service and every recorded failure, without draining (for tests)."""
+    global _service
+    with _service_lock:
+        _service = None
+    background_errors.reset()
+
+
+def _at_exit() -> None:
+    for hook in list(_exit_hooks):
+        try:
+            hook()
+        except Exception as exc:
+            logger.error("cairn: at exit: %s", exc)
+    shutdown()

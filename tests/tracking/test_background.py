@@ -1,0 +1,168 @@
+"""The background service: one ordered drain at end_run, errors raised once, the exit and SIGTERM drains."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+import cairn
+from cairn import background
+from cairn.background import BackgroundTaskError, Phase
+from cairn.errors import CheckpointWriteError
+
+
+class _Recorder:
+    """A worker that notes when it is drained and closed."""
+
+    def __init__(self, name: str, phase: Phase, log: list[str]) -> None:
+        self.name = name
+        self.phase = phase
+        self._log = log
+        self.closed = False
+
+    def drain(self, timeout: float | None) -> bool:
+        self._log.append(self.name)
+        return True
+
+    def close(self) -> None:
+        self.closed = True
+
+    def raise_errors(self) -> None:
+        pass
+
+
+def test_end_run_drains_the_workers_in_the_documented_order() -> None:
+    log: list[str] = []
+    with cairn.start_run() as run:
+        # registered in an order unlike the drain order, with one worker of another run
+        workers = [
+            _Recorder("fsync", Phase.FSYNC, log),
+            _Recorder("uploads", Phase.UPLOADS, log),
+            _Recorder("metrics", Phase.METRICS, log),
+            _Recorder("checkpoints", Phase.CHECKPOINTS, log),
+            _Recorder("autolog", Phase.AUTOLOG, log),
+            _Recorder("system", Phase.SYSTEM_METRICS, log),
+        ]
+        other = _Recorder("other run", Phase.SYSTEM_METRICS, log)
+        for worker in workers:
+            background.register(worker, run_id=run.info.run_id if worker.name != "fsync" else None)
+        background.register(other, run_id="another-run")
+        background.submit(lambda: log.append("task"), what="a task")
+    assert log == ["system", "task", "autolog", "checkpoints", "metrics", "uploads", "fsync"]
+    assert all(w.closed for w in workers if w.name != "fsync")  # the run's workers end with it
+    assert not workers[0].closed and not other.closed
+    assert workers[0] in background.service().workers() and other in background.service().workers()
+    assert workers[1] not in background.service().workers()
+
+
+def test_a_failed_task_is_raised_once_by_the_next_logging_call() -> None:
+    gate = threading.Event()
+
+    def failing() -> None:
+        gate.wait(10)
+        raise OSError("disk on fire")
+
+    with cairn.start_run() as run:
+        background.submit(failing, what="logging the model summary")
+        cairn.log_metric("loss", 1.0)  # nothing failed yet
+        gate.set()
+        assert background.drain(timeout=30)
+        with pytest.raises(BackgroundTaskError, match=r"logging the model summary failed.*disk on fire"):
+            cairn.log_metric("loss", 2.0)
+        cairn.log_metric("loss", 3.0)  # raised once
+    history = cairn.Client().get_metric_history(run.info.run_id, "loss")
+    assert [m.value for m in history] == [1.0, 2.0, 3.0]  # the call that raised still logged its point
+
+
+def test_a_background_failure_is_raised_by_end_run_and_the_run_ends() -> None:
+    run = cairn.start_run()
+    background.submit(lambda: 1 / 0, what="uploading checkpoint step-3")
+    with pytest.raises(BackgroundTaskError, match=r"uploading checkpoint step-3 failed.*ZeroDivisionError"):
+        cairn.end_run()
+    assert cairn.get_run(run.info.run_id).info.status.value == "FINISHED"
+    cairn.log_metric("after", 1.0)  # raised once: a new run logs normally
+    cairn.end_run()
+
+
+def test_flush_raises_a_deferred_failure() -> None:
+    with cairn.start_run():
+        background.submit(lambda: 1 / 0, what="a task")
+        background.drain(timeout=30)
+        with pytest.raises(BackgroundTaskError):
+            cairn.flush()
+        cairn.flush()
+
+
+def test_a_worker_error_surfaces_at_end_run(tmp_path: Path) -> None:
+    import torch
+
+    from cairn.checkpoint import AsyncCheckpointWriter, snapshot_state
+
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the checkpoint directory should be")
+    writer = AsyncCheckpointWriter(blocked / "checkpoints")
+    run = cairn.start_run()
+    writer.submit(snapshot_state({"model": {"w": torch.ones(3)}}, step=1, epoch=0))
+    with pytest.raises(CheckpointWriteError, match="step-1"):
+        cairn.end_run()
+    assert cairn.get_run(run.info.run_id).info.status.value == "FINISHED"
+    writer.close()  # raised once: nothing left
+
+
+EXIT_SCRIPT = """
+import signal, sys, time, torch
+import cairn
+from cairn.checkpoint import AsyncCheckpointWriter, snapshot_state, state_tree
+
+real = state_tree._write_tensors
+def slow(tensors, path):
+    time.sleep(0.5)  # the checkpoint is still being written when the script ends
+    real(tensors, path)
+state_tree._write_tensors = slow
+
+run = cairn.start_run()
+writer = AsyncCheckpointWriter(sys.argv[1])
+for step in range(20_000):
+    cairn.log_metric("loss", step, step=step)
+writer.submit(snapshot_state({"model": {"w": torch.ones(100)}}, step=7, epoch=0))
+cairn.log_metric("after_checkpoint", 1.0)
+if sys.argv[2] == "sigterm":
+    print("ready", flush=True)
+    time.sleep(60)
+# exits without end_run, close or flush
+"""
+
+
+def _finished_script(tmp_path: Path, mode: str) -> int:
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent(EXIT_SCRIPT))
+    args = [sys.executable, str(script), str(tmp_path / "checkpoints"), mode]
+    if mode == "exit":
+        done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=120, env=dict(os.environ))
+        assert done.returncode == 0, done.stderr
+        return done.returncode
+    child = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+    child.send_signal(signal.SIGTERM)
+    return child.wait(timeout=120)
+
+
+@pytest.mark.parametrize("mode", ["exit", "sigterm"])
+def test_the_exit_drain_keeps_every_point_and_checkpoint(tmp_path: Path, mode: str) -> None:
+    from cairn.checkpoint import scan_checkpoints
+
+    code = _finished_script(tmp_path, mode)
+    assert code == (0 if mode == "exit" else -signal.SIGTERM)
+    run = cairn.search_runs(output_format="list")[0]
+    assert run.info.status.value == ("FINISHED" if mode == "exit" else "KILLED")
+    client = cairn.Client()
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == 20_000
+    assert len(client.get_metric_history(run.info.run_id, "after_checkpoint")) == 1
+    assert [c.step for c in scan_checkpoints(tmp_path / "checkpoints")] == [7]
