@@ -76,6 +76,22 @@ class ForeignStore(StoreError):
     """The database holds tables cairn did not create (an application's, or an MLflow store); cairn leaves it alone."""
 
 
+class RunLeased(CairnError, RuntimeError):
+    """Another process holds the run's resume lease: two processes may not resume one run at once.
+
+    Attributes:
+        run_id: the run.
+        holder: the lease owner, ``host:pid:token``.
+        expires_time: when the lease goes stale unless renewed (ms since the epoch).
+    """
+
+    def __init__(self, message: str, *, run_id: str = "", holder: str = "", expires_time: int = 0) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.holder = holder
+        self.expires_time = expires_time
+
+
 class UnsafePath(CairnError, ValueError):
     """An artifact path would escape its root (``..``, absolute, encoded or symlinked)."""
 

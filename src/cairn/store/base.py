@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 
 from cairn.tracking.entities import (
@@ -48,6 +49,23 @@ class StoredMetricPoint(NamedTuple):
     timestamp: int
     step: int
     superseded: bool = False
+
+
+@dataclass(frozen=True)
+class RunLease:
+    """The lease a process holds on a run while it resumes it (see :meth:`TrackingStore.acquire_run_lease`).
+
+    Times are milliseconds since the epoch on the clock of the process that wrote them.
+    """
+
+    run_id: str
+    owner: str
+    acquired_time: int
+    expires_time: int
+
+    def expired(self, now_ms: int) -> bool:
+        """Whether another owner may take the lease over at ``now_ms``."""
+        return self.expires_time <= now_ms
 
 
 class TrackingStore(ABC):
@@ -279,6 +297,43 @@ class TrackingStore(ABC):
             ParamConflict: see above.
             InvalidArgument: a key or value breaks the rules of :mod:`cairn.tracking.validation`.
         """
+
+    # -- resume leases -------------------------------------------------------------------------
+    #
+    # A lease keeps two processes from resuming one run at once. Each call is one atomic statement
+    # (no read-then-write), so of several processes racing for a free lease exactly one wins. Expiry
+    # is judged on the caller's clock: hosts sharing a store must keep their clocks closer than a ttl.
+
+    @abstractmethod
+    def acquire_run_lease(self, run_id: str, owner: str, ttl_seconds: float) -> bool:
+        """Take the run's lease for ``owner`` until now + ``ttl_seconds``; return whether it was taken.
+
+        Succeeds when the run has no lease, when its lease has expired (a crashed holder's: taken
+        over), or when ``owner`` already holds it (then it is extended, keeping its acquired time).
+        Returns ``False``, changing nothing, while another owner's lease is live.
+
+        Raises:
+            RunNotFound: unknown run.
+            RunNotActive: the run is deleted.
+            InvalidArgument: empty or over-long owner (256 characters), or a ttl that is not positive.
+        """
+
+    @abstractmethod
+    def renew_run_lease(self, run_id: str, owner: str, ttl_seconds: float) -> bool:
+        """Extend ``owner``'s lease to now + ``ttl_seconds``; ``False`` when ``owner`` no longer holds it
+        (released, or taken over by another owner after it expired).
+
+        Raises:
+            InvalidArgument: a ttl that is not positive.
+        """
+
+    @abstractmethod
+    def release_run_lease(self, run_id: str, owner: str) -> None:
+        """Drop ``owner``'s lease on the run at once; no effect when ``owner`` does not hold it."""
+
+    @abstractmethod
+    def get_run_lease(self, run_id: str) -> RunLease | None:
+        """The run's stored lease, expired or not (see :meth:`RunLease.expired`), or ``None``."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections. The store must not be used afterwards."""

@@ -225,6 +225,20 @@ registered_model_aliases = sa.Table(
     _version_fk(),
 )
 
+# -- resume leases (revision 0003) ------------------------------------------------------------------
+#
+# At most one lease per run: the process that resumes a run holds it and renews it; another process
+# may take it over only once ``expires_time`` has passed. Times are the writers' clocks (ms).
+
+run_leases = sa.Table(
+    "run_leases",
+    metadata,
+    _run_fk(),
+    sa.Column("owner", sa.String(256), nullable=False),
+    sa.Column("acquired_time", sa.BigInteger, nullable=False),
+    sa.Column("expires_time", sa.BigInteger, nullable=False),
+)
+
 #: Every table this schema owns (the alembic version table aside).
 TABLE_NAMES = frozenset(metadata.tables)
 #: Columns of MLflow's ``runs`` table that cairn's ``runs`` never had: they mark an MLflow tracking database.

@@ -19,13 +19,14 @@ from cairn.errors import (
     RunNotActive,
     RunNotFound,
 )
+from cairn.store._sql import leases as leases_sql
 from cairn.store._sql import points as points_sql
 from cairn.store._sql import schema, search
 from cairn.store._sql.engine import Database
 from cairn.store._sql.migrate import DEFAULT_EXPERIMENT_ID, ensure_schema
 from cairn.store._sql.schema import experiment_tags, experiments, latest_metrics, metrics, params, runs, tags
 from cairn.store._sql.util import artifact_location_for, now_ms
-from cairn.store.base import MetricPoint, StoredMetricPoint, TrackingStore
+from cairn.store.base import MetricPoint, RunLease, StoredMetricPoint, TrackingStore
 from cairn.tracking import system_tags, validation
 from cairn.tracking.entities import (
     Experiment,
@@ -681,6 +682,27 @@ class SqlTrackingStore(TrackingStore):
                 points_sql.advance_latest(conn, self._latest_upsert, run_id, [p for p in points if not p.superseded])
 
     # -- search --------------------------------------------------------------------------------
+
+    # -- resume leases -------------------------------------------------------------------------
+
+    def acquire_run_lease(self, run_id: str, owner: str, ttl_seconds: float) -> bool:
+        owner, ttl = leases_sql.check_owner(owner), leases_sql.ttl_ms(ttl_seconds)
+        with self._db.transaction(write=True) as conn:
+            self._require_run(conn, run_id, active=True)
+            return leases_sql.acquire(conn, self._insert, run_id, owner, now_ms(), ttl)
+
+    def renew_run_lease(self, run_id: str, owner: str, ttl_seconds: float) -> bool:
+        ttl = leases_sql.ttl_ms(ttl_seconds)
+        with self._db.transaction(write=True) as conn:
+            return leases_sql.renew(conn, run_id, owner, now_ms(), ttl)
+
+    def release_run_lease(self, run_id: str, owner: str) -> None:
+        with self._db.transaction(write=True) as conn:
+            leases_sql.release(conn, run_id, owner)
+
+    def get_run_lease(self, run_id: str) -> RunLease | None:
+        with self._db.transaction() as conn:
+            return leases_sql.get(conn, run_id)
 
     def search_runs(
         self,

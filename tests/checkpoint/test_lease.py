@@ -1,0 +1,175 @@
+"""The resume lease across real processes: a second process is refused with the holder named; a holder
+killed with SIGKILL keeps the run until its lease goes stale, then the run is taken over; release, the
+end of the run and interpreter exit free the lease at once; the renewer keeps a live holder's lease."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import cairn
+from cairn.checkpoint.lease import acquire_resume_lease, lease_ttl_seconds
+from cairn.errors import InvalidArgument, RunLeased
+from cairn.store._sql.util import now_ms
+
+SCRIPT = Path(__file__).resolve().parent / "scripts" / "hold_lease.py"
+TTL = 1.5  # seconds: the holder renews every 0.5 s
+
+
+@pytest.fixture
+def run_id(tmp_path: Path) -> str:
+    cairn.set_tracking_uri(tmp_path / "store")
+    return cairn.Client().create_run("0", run_name="leased").info.run_id
+
+
+def _launch(tmp_path: Path, run_id: str, mode: str, ttl: float = TTL) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAIRN_")}
+    env.update(CAIRN_TRACKING_URI=str(tmp_path / "store"), CAIRN_RESUME_LEASE_TTL=str(ttl))
+    return subprocess.Popen(
+        [sys.executable, str(SCRIPT), run_id, mode],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _first_line(proc: subprocess.Popen[str]) -> str:
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()
+    if not line:
+        proc.wait(timeout=30)
+        raise AssertionError(f"the lease script printed nothing; stderr:\n{proc.stderr.read() if proc.stderr else ''}")
+    return line
+
+
+@pytest.fixture
+def holder(tmp_path: Path, run_id: str) -> Iterator[subprocess.Popen[str]]:
+    """A subprocess holding the run's lease (ttl TTL)."""
+    proc = _launch(tmp_path, run_id, "hold")
+    try:
+        assert _first_line(proc).startswith(f"HELD {socket.gethostname()}:{proc.pid}:")
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=30)
+
+
+def test_a_second_process_is_refused_with_the_holder_named(
+    tmp_path: Path, run_id: str, holder: subprocess.Popen[str]
+) -> None:
+    contender = _launch(tmp_path, run_id, "try")
+    out, err = contender.communicate(timeout=60)
+    assert contender.returncode == 3, err[-3000:]
+    assert out.startswith(f"REFUSED run {run_id} is being resumed by another process")
+    assert f"host {socket.gethostname()}, pid {holder.pid}" in out
+    assert "goes stale at" in out
+
+    time.sleep(2 * TTL)  # longer than the ttl: only the holder's renewals keep the lease alive
+    with pytest.raises(RunLeased) as refused:
+        acquire_resume_lease(cairn.Client(), run_id, ttl_seconds=TTL)
+    assert refused.value.run_id == run_id
+    assert refused.value.holder.startswith(f"{socket.gethostname()}:{holder.pid}:")
+    assert refused.value.expires_time > now_ms()
+
+
+def test_a_killed_holders_lease_is_taken_over_after_the_ttl(run_id: str, holder: subprocess.Popen[str]) -> None:
+    client = cairn.Client()
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait(timeout=30)
+    killed_at = now_ms()
+    with pytest.raises(RunLeased) as refused:  # not stale yet: the dead holder's last renewal still counts
+        acquire_resume_lease(client, run_id, ttl_seconds=TTL)
+    stale_at = refused.value.expires_time
+    assert stale_at - killed_at <= TTL * 1000
+
+    deadline = time.monotonic() + 10 * TTL
+    while True:
+        try:
+            lease = acquire_resume_lease(client, run_id, ttl_seconds=TTL)
+            break
+        except RunLeased:
+            assert time.monotonic() < deadline, "the dead holder's lease never went stale"
+            time.sleep(0.1)
+    try:
+        assert now_ms() >= stale_at  # taken over only once stale
+        stored = client.store.get_run_lease(run_id)
+        assert stored is not None and stored.owner == lease.owner
+        assert lease.owner.startswith(f"{socket.gethostname()}:{os.getpid()}:")
+    finally:
+        lease.release()
+
+
+def test_release_frees_the_lease_at_once(tmp_path: Path, run_id: str) -> None:
+    holder = _launch(tmp_path, run_id, "hold", ttl=600)
+    try:
+        assert _first_line(holder).startswith("HELD ")
+        assert holder.stdin is not None
+        holder.stdin.write("release\n")
+        holder.stdin.flush()
+        assert _first_line(holder) == "RELEASED"
+        lease = acquire_resume_lease(cairn.Client(), run_id, ttl_seconds=600)  # no wait for a 600 s ttl
+        lease.release()
+        assert lease.released and cairn.Client().store.get_run_lease(run_id) is None
+    finally:
+        holder.kill()
+        holder.communicate(timeout=30)
+
+
+def test_interpreter_exit_releases_the_lease(tmp_path: Path, run_id: str) -> None:
+    proc = _launch(tmp_path, run_id, "exit", ttl=600)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and out.startswith("HELD "), err[-3000:]
+    assert cairn.Client().store.get_run_lease(run_id) is None
+
+
+def test_the_end_of_the_run_releases_the_lease(run_id: str) -> None:
+    client = cairn.Client()
+    other = client.create_run("0", run_name="other").info.run_id
+    with cairn.start_run(run_id=run_id):
+        lease = acquire_resume_lease(client, run_id, ttl_seconds=600)
+        with cairn.start_run(run_id=other, nested=True):
+            pass  # another run ending leaves this run's lease alone
+        assert not lease.released
+        stored = client.store.get_run_lease(run_id)
+        assert stored is not None and stored.owner == lease.owner
+    assert lease.released
+    assert client.store.get_run_lease(run_id) is None
+    acquire_resume_lease(client, run_id, ttl_seconds=600).release()
+
+
+def test_a_lease_lost_to_another_owner_is_reported(run_id: str) -> None:
+    client = cairn.Client()
+    with pytest.warns(RuntimeWarning, match=f"lost the resume lease of run {run_id}"):
+        lease = acquire_resume_lease(client, run_id, ttl_seconds=0.6)
+        client.store.release_run_lease(run_id, lease.owner)  # as if it went stale and was taken over
+        assert client.store.acquire_run_lease(run_id, "elsewhere:1:x", 600)
+        deadline = time.monotonic() + 5
+        while not lease.lost:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    lease.release()  # does not touch the new owner's lease
+    stored = client.store.get_run_lease(run_id)
+    assert stored is not None and stored.owner == "elsewhere:1:x"
+
+
+def test_ttl_comes_from_the_argument_then_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CAIRN_RESUME_LEASE_TTL", raising=False)
+    assert lease_ttl_seconds() == 60.0
+    monkeypatch.setenv("CAIRN_RESUME_LEASE_TTL", "2.5")
+    assert lease_ttl_seconds() == 2.5 and lease_ttl_seconds(7) == 7.0
+    monkeypatch.setenv("CAIRN_RESUME_LEASE_TTL", "soon")
+    with pytest.raises(InvalidArgument, match="CAIRN_RESUME_LEASE_TTL"):
+        lease_ttl_seconds()
+    with pytest.raises(InvalidArgument):
+        lease_ttl_seconds(0)
