@@ -40,28 +40,30 @@ import shutil
 import sys
 import tempfile
 import threading
-import uuid
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from cairn.artifacts.base import ArtifactStore, collect_files
 from cairn.checkpoint.capture import RestoredState, capture_training_state, restore_training_state
+from cairn.checkpoint.formats import NATIVE, StoredCheckpoint
 from cairn.checkpoint.local import TEMP_PREFIX, CheckpointInfo, scan_checkpoints, step_dirname
-from cairn.checkpoint.manifest import MANIFEST_NAME, parse_manifest, read_manifest
-from cairn.checkpoint.retention import RetentionPolicy
-from cairn.checkpoint.writer import AsyncCheckpointWriter
-from cairn.errors import (
-    ArtifactNotFound,
-    CheckpointCorrupt,
-    CheckpointError,
-    CheckpointWriteError,
-    InvalidArgument,
+from cairn.checkpoint.manifest import MANIFEST_NAME, parse_manifest
+from cairn.checkpoint.resume import (
+    NoCheckpoint,
+    ResumeWarning,
+    continue_run,
+    fork_run,
+    plan_resume,
+    require_run_id,
 )
+from cairn.checkpoint.retention import RetentionPolicy
+from cairn.checkpoint.run_checkpoints import RunCheckpoints
+from cairn.checkpoint.writer import AsyncCheckpointWriter
+from cairn.errors import CheckpointError, CheckpointWriteError, InvalidArgument
 from cairn.tracking import config, fluent
-from cairn.tracking.client import Client, now_ms
+from cairn.tracking.client import Client
 from cairn.tracking.entities import RunStatus
 
 __all__ = [
@@ -80,15 +82,9 @@ __all__ = [
 ARTIFACT_DIR = "checkpoints"
 """Artifact directory of a run holding its checkpoints (``checkpoints/step-<N>/``)."""
 STAGING_ENV = "CAIRN_CHECKPOINT_STAGING"
-_STEP_NAME = re.compile(r"^step-(\d+)$")
 
 
 # -- results ----------------------------------------------------------------------------------------
-
-
-class ResumeWarning(UserWarning):
-    """A resume that restores less than asked: a damaged newest checkpoint skipped, a data position that
-    cannot be restored, no checkpoint (``resume="if_possible"``: a new run)."""
 
 
 @dataclass(frozen=True)
@@ -197,107 +193,42 @@ def _rank() -> int:
 
 
 @dataclass
-class _Remote:
-    """One ``checkpoints/<name>`` directory of the artifact store; ``info`` is None without a manifest."""
+class _Uploaded:
+    """What this process knows of the run's remote checkpoints (listed once, then kept up to date)."""
 
-    name: str
-    step: int
-    info: CheckpointInfo | None
-    manifest: bytes | None
-
-
-def _remote_checkpoints(store: ArtifactStore, staging: Path) -> dict[str, _Remote]:
-    """Every ``checkpoints/step-<N>`` directory of a run's artifacts, with its parsed manifest."""
-    try:
-        entries = store.list(ARTIFACT_DIR)
-    except ArtifactNotFound:
-        return {}
-    found: dict[str, _Remote] = {}
-    for entry in entries:
-        name = entry.path.rsplit("/", 1)[-1]
-        match = _STEP_NAME.match(name)
-        if not entry.is_dir or match is None:
-            continue
-        found[name] = _read_remote(store, name, int(match.group(1)), staging)
-    return found
-
-
-def _read_remote(store: ArtifactStore, name: str, step: int, staging: Path) -> _Remote:
-    try:
-        with store.open(f"{_artifact_path(name)}/{MANIFEST_NAME}") as handle:
-            data = handle.read()
-        manifest = parse_manifest(data, Path(_artifact_path(name)) / MANIFEST_NAME)
-    except (ArtifactNotFound, CheckpointCorrupt, ValueError, UnicodeDecodeError):
-        return _Remote(name, step, None, None)
-    return _Remote(name, manifest.step, CheckpointInfo.from_manifest(staging / name, manifest), data)
-
-
-def _upload(store: ArtifactStore, local: Path, name: str) -> None:
-    """Upload a committed checkpoint directory, its manifest last (after removing any previous copy)."""
-    base = _artifact_path(name)
-    if store.exists(base):
-        if store.exists(f"{base}/{MANIFEST_NAME}"):
-            store.delete(f"{base}/{MANIFEST_NAME}")  # invalidate first: a crash now leaves no valid copy
-        store.delete(base)
-    files = [f for f in collect_files(local) if f.relpath != MANIFEST_NAME]
-    for item in files:
-        parent = item.relpath.rsplit("/", 1)[0] if "/" in item.relpath else ""
-        store.put_file(item.source, f"{base}/{parent}" if parent else base)
-    store.put_file(local / MANIFEST_NAME, base)
-
-
-def _delete_remote(store: ArtifactStore, name: str) -> None:
-    base = _artifact_path(name)
-    try:
-        if store.exists(f"{base}/{MANIFEST_NAME}"):
-            store.delete(f"{base}/{MANIFEST_NAME}")
-        store.delete(base)
-    except ArtifactNotFound:
-        pass
+    entries: dict[str, StoredCheckpoint] = field(default_factory=dict)
 
 
 class _RunCheckpointer:
-    """The background writer, uploader and pruner of one run's checkpoints in this process."""
+    """The background writer of one run's checkpoints in this process; uploads and pruning go through the
+    run's :class:`~cairn.checkpoint.run_checkpoints.RunCheckpoints` on the writer thread, after the commit."""
 
     def __init__(self, run_id: str, client: Client) -> None:
         self.run_id = run_id
         self.client = client
         self.staging = staging_dir(run_id)
         self.policy = RetentionPolicy()
+        self.checkpoints = RunCheckpoints(client, run_id, NATIVE)
         self._lock = threading.Lock()
-        self._store: ArtifactStore | None = None
-        self._remote: dict[str, _Remote] | None = None
+        self._uploaded: _Uploaded | None = None
         self.writer = AsyncCheckpointWriter(self.staging, on_commit=self._on_commit)
 
-    @property
-    def store(self) -> ArtifactStore:
-        if self._store is None:
-            self._store = self.client.artifact_store(self.run_id)
-        return self._store
-
     def _on_commit(self, info: CheckpointInfo) -> None:
-        """On the writer thread: make the metrics durable, upload, prune (remote and local)."""
+        """On the writer thread: make the metrics durable, upload (manifest last), prune (remote and local)."""
         _flush_metrics(self.client)
-        _upload(self.store, info.path, info.name)
+        self.checkpoints.upload_dir(info.path, info.name)
         with self._lock:
             policy = self.policy
-            if self._remote is None:
-                self._remote = _remote_checkpoints(self.store, self.staging)
-            data = (info.path / MANIFEST_NAME).read_bytes()
-            self._remote[info.name] = _Remote(info.name, info.step, info, data)
-            remote = dict(self._remote)
-        # Remote directories without a manifest are interrupted uploads of an earlier process.
-        for name, entry in remote.items():
-            if entry.info is None:
-                _delete_remote(self.store, name)
-                with self._lock:
-                    self._remote.pop(name, None)
-        candidates = [entry.info for entry in remote.values() if entry.info is not None]
-        for doomed in policy.select_for_deletion(candidates):
-            _delete_remote(self.store, doomed.name)
-            with self._lock:
-                self._remote.pop(doomed.name, None)
-            shutil.rmtree(self.staging / doomed.name, ignore_errors=True)
+            if self._uploaded is None:  # interrupted uploads of an earlier process are among these
+                self._uploaded = _Uploaded({e.name: e for e in self.checkpoints.scan()})
+            self._uploaded.entries[info.name] = _stored(info, (info.path / MANIFEST_NAME).read_bytes())
+            known = list(self._uploaded.entries.values())
+        doomed = self.checkpoints.prune(policy, entries=known)
+        with self._lock:
+            for name in doomed:
+                self._uploaded.entries.pop(name, None)
+        for name in doomed:
+            shutil.rmtree(self.staging / name, ignore_errors=True)
         # Locally keep only this newest uploaded one (older ones were uploaded before it, in order).
         for local in scan_checkpoints(self.staging, verify_hashes=False):
             if local.step < info.step:
@@ -485,16 +416,19 @@ def flush_checkpoints(run_id: str | None = None) -> None:
 
 
 def _resolve_run_id(run_id: str | None) -> str:
-    if run_id:
-        return run_id
-    env = os.environ.get("CAIRN_RUN_ID")
-    if env:
-        return env
-    active = fluent.active_run()
-    if active is not None:
-        return active.info.run_id
-    raise InvalidArgument(
-        "no run to resume: pass run_id=, set CAIRN_RUN_ID, or start the run first (cairn.start_run())"
+    return require_run_id(run_id)
+
+
+def _stored(info: CheckpointInfo, manifest: bytes) -> StoredCheckpoint:
+    return StoredCheckpoint(
+        info.name,
+        _artifact_path(info.name),
+        info.step,
+        info.step,
+        info.step,
+        fingerprint=manifest,
+        metrics=dict(info.metrics),
+        meta={"epoch": info.epoch, "created_at": info.created_at, "metadata": dict(info.metadata)},
     )
 
 
@@ -504,9 +438,12 @@ def list_run_checkpoints(run_id: str | None = None) -> list[CheckpointInfo]:
     Their ``path`` is where :func:`checkpoint_path` would put them locally (they may not be there yet).
     """
     rid = _resolve_run_id(run_id)
-    store = fluent._get_client().artifact_store(rid)
-    remote = _remote_checkpoints(store, staging_dir(rid))
-    infos = [entry.info for entry in remote.values() if entry.info is not None]
+    staging = staging_dir(rid)
+    infos = []
+    for entry in RunCheckpoints(fluent._get_client(), rid, NATIVE).list():
+        assert isinstance(entry.fingerprint, bytes)
+        manifest = parse_manifest(entry.fingerprint, Path(entry.path) / MANIFEST_NAME)
+        infos.append(CheckpointInfo.from_manifest(staging / entry.name, manifest))
     return sorted(infos, key=lambda info: (info.step, info.created_at, info.name))
 
 
@@ -518,79 +455,20 @@ class _Found:
     newest_step: int
 
 
-def _materialize(store: ArtifactStore, entry: _Remote, staging: Path) -> Path:
-    """A verified local copy of a remote checkpoint: the staging copy if it has the same manifest, else
-    a fresh download moved into the staging area.
-
-    Raises:
-        CheckpointCorrupt: the remote copy is incomplete or damaged.
-    """
-    local = staging / entry.name
-    manifest = local / MANIFEST_NAME
-    if entry.manifest is not None and manifest.is_file() and manifest.read_bytes() == entry.manifest:
-        try:
-            read_manifest(local, verify_hashes=True)
-            return local
-        except CheckpointCorrupt:
-            pass
-    staging.mkdir(parents=True, exist_ok=True)
-    tmp = staging / f"{TEMP_PREFIX}download-{uuid.uuid4().hex}"
-    try:
-        fetched = store.download(_artifact_path(entry.name), tmp)
-        read_manifest(fetched, verify_hashes=True)
-        try:
-            if local.exists():
-                aside = staging / f"{TEMP_PREFIX}old-{entry.name}-{uuid.uuid4().hex}"
-                os.rename(local, aside)
-                shutil.rmtree(aside, ignore_errors=True)
-            os.rename(fetched, local)
-        except OSError:  # another process (a second rank) put the same checkpoint there first
-            if not (manifest.is_file() and manifest.read_bytes() == entry.manifest):
-                raise
-            read_manifest(local, verify_hashes=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return local
-
-
 def _find(run_id: str, step: int | str, client: Client) -> _Found | None:
     """Materialise the requested checkpoint of ``run_id`` (``None``: "latest" and the run has none)."""
-    staging = staging_dir(run_id)
-    store = client.artifact_store(run_id)
-    remote = _remote_checkpoints(store, staging)
-    complete = sorted((e for e in remote.values() if e.info is not None), key=lambda e: e.step, reverse=True)
-    newest = complete[0].step if complete else -1
-    if step == "latest":
-        problems = []
-        for entry in complete:
-            try:
-                found = _Found(_materialize(store, entry, staging), entry.step, entry.name, entry.step)
-            except CheckpointCorrupt as exc:  # damaged newest copy: fall back to the previous one
-                problems.append(str(exc))
-                newest = entry.step - 1
-                continue
-            if problems:
-                warnings.warn(
-                    f"cairn: run {run_id}: the newest checkpoint(s) are damaged ({'; '.join(problems)}); "
-                    f"resuming from {entry.name} (step {entry.step}) instead",
-                    ResumeWarning,
-                    stacklevel=3,
-                )
-            return found
-        if problems:
-            raise CheckpointCorrupt(f"no valid checkpoint in run {run_id}: " + "; ".join(problems))
-        return None
-    if isinstance(step, bool) or not isinstance(step, int):
+    if step != "latest" and (isinstance(step, bool) or not isinstance(step, int)):
         raise InvalidArgument(f"step must be 'latest' or an integer, got {step!r}")
-    match = [e for e in complete if e.step == step]
-    if not match:
-        available = ", ".join(str(e.step) for e in reversed(complete)) or "none"
-        raise CheckpointError(f"run {run_id} has no checkpoint at step {step} (available steps: {available})")
-    return _Found(_materialize(store, match[0], staging), step, match[0].name, newest)
+    plan = plan_resume(client, run_id, fmt=NATIVE, destination=staging_dir(run_id), which=step)
+    if plan is None:
+        return None
+    return _Found(plan.path, plan.step, plan.checkpoint.name, plan.newest_step)
 
 
 def checkpoint_path(run_id: str | None = None, step: int | str = "latest") -> Path:
     """Materialise one checkpoint of a run locally (verified) and return its directory.
+
+    The same shape as ``cairn.lightning.checkpoint_path`` and ``cairn.transformers.checkpoint_path``.
 
     Args:
         run_id: the run (default: ``CAIRN_RUN_ID``, else the active run).
@@ -602,7 +480,7 @@ def checkpoint_path(run_id: str | None = None, step: int | str = "latest") -> Pa
     rid = _resolve_run_id(run_id)
     found = _find(rid, step, fluent._get_client())
     if found is None:
-        raise CheckpointError(f"run {rid} has no checkpoint yet")
+        raise NoCheckpoint(f"run {rid} has no checkpoint yet")
     return found.path
 
 
@@ -716,9 +594,8 @@ def resume(
             active_id, forked_from = _fork(client, rid, found), rid
         else:
             _activate(rid)
-            client.flush()
-            client.store.supersede_metrics_after(rid, found.step)
-            _clean_staging(staging_dir(rid), client.artifact_store(rid))
+            continue_run(client, rid, found.step)
+            _clean_staging(staging_dir(rid), RunCheckpoints(client, rid, NATIVE))
     return ResumeState(
         step=restored.step,
         epoch=restored.epoch,
@@ -735,22 +612,20 @@ def resume(
 
 def _fork(client: Client, run_id: str, found: _Found) -> str:
     """Fork ``run_id`` at the checkpoint's step, copy the checkpoint into the fork, make the fork active."""
-    fork = client.store.fork_run(run_id, found.step, start_time=now_ms())
-    fork_id = fork.info.run_id
-    _upload(client.artifact_store(fork_id), found.path, found.name)
+    fork_id = fork_run(client, run_id, found.step)
+    RunCheckpoints(client, fork_id, NATIVE).upload_dir(found.path, found.name)
     fluent.start_run(run_id=fork_id)
     return fork_id
 
 
-def _clean_staging(staging: Path, store: ArtifactStore) -> None:
+def _clean_staging(staging: Path, checkpoints: RunCheckpoints) -> None:
     """After resuming a run's newest checkpoint: drop local leftovers of the dead process (partial writes,
     checkpoints it never uploaded)."""
-    remote = _remote_checkpoints(store, staging)
+    known = {entry.name for entry in checkpoints.list()}
     try:
         entries = list(os.scandir(staging))
     except FileNotFoundError:
         return
     for entry in entries:
-        known = entry.name in remote and remote[entry.name].info is not None
-        if entry.is_dir(follow_symlinks=False) and (entry.name.startswith(TEMP_PREFIX) or not known):
+        if entry.is_dir(follow_symlinks=False) and (entry.name.startswith(TEMP_PREFIX) or entry.name not in known):
             shutil.rmtree(entry.path, ignore_errors=True)
