@@ -214,7 +214,9 @@ class BackgroundService:
     def submit(self, task: Callable[[], object], *, what: str) -> None:
         """Run ``task`` on the shared background thread, after those submitted before it.
 
-        A task that raises is recorded as failing ``what`` (e.g. ``"logging the model summary"``).
+        A task that raises is recorded as failing ``what`` (e.g. ``"logging the model summary"``). Tasks talk
+        to the store (a ``Client``), never to the fluent run stack (``start_run``/``end_run``): ``end_run``
+        waits for them while holding it.
         """
         self._tasks.submit(task, what)
 

@@ -166,3 +166,34 @@ def test_the_exit_drain_keeps_every_point_and_checkpoint(tmp_path: Path, mode: s
     assert len(client.get_metric_history(run.info.run_id, "loss")) == 20_000
     assert len(client.get_metric_history(run.info.run_id, "after_checkpoint")) == 1
     assert [c.step for c in scan_checkpoints(tmp_path / "checkpoints")] == [7]
+
+
+def test_end_run_stops_system_metrics_with_a_final_sample_written_with_the_run() -> None:
+    from cairn.autolog.system_metrics import SystemMetricsMonitor
+    from cairn.tracking import config
+
+    with cairn.start_run() as run:
+        batcher = config.get_batcher(cairn.Client().store)
+        monitor = SystemMetricsMonitor(run.info.run_id, batcher.add, interval=3600, step_source=lambda: 42)
+        monitor.start()
+        assert monitor in background.service().workers()
+    # the run's drain stopped sampling (no sample in an hour otherwise) and wrote the final sample's points
+    assert monitor.samples == 1 and monitor not in background.service().workers()
+    history = cairn.Client().get_metric_history(run.info.run_id, "system/cpu_percent")
+    assert [m.step for m in history] == [42]
+
+
+def test_a_point_the_writer_dropped_is_raised_once_by_the_next_logging_call() -> None:
+    from cairn.errors import InvalidArgument
+    from cairn.store.base import MetricPoint
+    from cairn.tracking import config
+
+    with cairn.start_run() as run:
+        batcher = config.get_batcher(cairn.Client().store)
+        batcher.add(MetricPoint(run.info.run_id, "x", 2.0, 1, 2**63))  # past the call's checks
+        assert background.drain(timeout=30)  # the writer drops it: nothing raised yet
+        with pytest.raises(InvalidArgument, match=r"key 'x', step 9223372036854775808"):
+            cairn.log_metric("y", 1.0)
+        cairn.log_metric("y", 2.0)
+        cairn.flush()  # raised once
+    assert [m.value for m in cairn.Client().get_metric_history(run.info.run_id, "y")] == [1.0, 2.0]

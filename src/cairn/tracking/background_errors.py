@@ -1,4 +1,4 @@
-"""Failures of background work (checkpoint writes and uploads), raised by the next logging call.
+"""The error box of :mod:`cairn.background`: failures of background work, raised by the next logging call.
 
 A background worker that fails calls :func:`report` with an object whose ``raise_errors()`` raises
 (and forgets) its recorded failures. The fluent and client logging calls check :data:`pending`

@@ -1,13 +1,17 @@
 """Background metric writer: the caller's thread only appends to a queue.
 
-Points are written in batches by one daemon thread per store. ``flush()`` writes everything queued
-before the call on the calling thread and raises the first error the writer met since the last
-flush, so nothing fails silently: ``end_run`` flushes, and so do process exit and SIGTERM.
+Points are written in batches by one daemon thread per store, a worker of :mod:`cairn.background`
+(drained after checkpoint writes, before uploads and fsync). The writer wakes every ``flush_interval``
+seconds or when ``wake_at`` points are queued, and writes up to ``max_batch`` points per transaction
+(``benchmarks/README.md`` explains the defaults). ``flush()`` writes everything queued before the call
+on the calling thread and raises the first error the writer met since then; the same error is raised
+by the next logging call (whichever comes first, once), so nothing fails silently: ``end_run`` drains
+the writer, and so do process exit and SIGTERM.
 
 One bad point never costs the others: when a batch fails, the points of deleted or unknown runs are
 dropped run by run, points no database can hold (see :func:`cairn.tracking.validation.point_problem`)
 one by one, and the rest is written in halves down to single points, so only the points the store
-refuses are dropped, each with a warning naming run, key and step (and raised by the next flush).
+refuses are dropped, each with a warning naming run, key and step (and raised as said above).
 """
 
 from __future__ import annotations
@@ -35,13 +39,29 @@ MAX_REFUSED_IN_A_ROW = 8
 
 
 class MetricBatcher:
-    """Queue of metric points for one store, drained by a daemon thread; a worker of the background service."""
+    """Queue of metric points for one store, drained by a daemon thread; a worker of the background service.
+
+    Args:
+        store: where the points go.
+        flush_interval: seconds between the writer's wake-ups.
+        wake_at: queued points that wake the writer before its interval.
+        max_batch: points written per transaction at most.
+    """
 
     name = "metric writer"
     phase = background.Phase.METRICS
 
-    def __init__(self, store: TrackingStore, *, flush_interval: float = FLUSH_INTERVAL_S) -> None:
+    def __init__(
+        self,
+        store: TrackingStore,
+        *,
+        flush_interval: float = FLUSH_INTERVAL_S,
+        wake_at: int = WAKE_AT,
+        max_batch: int = MAX_BATCH,
+    ) -> None:
         self._store = store
+        self._wake_at = wake_at
+        self._max_batch = max_batch
         self._queue: deque[MetricPoint] = deque()
         self._write_lock = threading.Lock()
         self._wake = threading.Event()
@@ -57,14 +77,14 @@ class MetricBatcher:
         """Queue one point. Cost on the caller: an append, no I/O."""
         queue = self._queue
         queue.append(point)
-        if len(queue) >= WAKE_AT:
+        if len(queue) >= self._wake_at:
             self._queue_is_long()
 
     def add_many(self, points: list[MetricPoint]) -> None:
         """Queue several points at once (what :meth:`add` does, for each of them)."""
         queue = self._queue
         queue.extend(points)
-        if len(queue) >= WAKE_AT:
+        if len(queue) >= self._wake_at:
             self._queue_is_long()
 
     def _queue_is_long(self) -> None:
@@ -126,7 +146,8 @@ class MetricBatcher:
             batch, self._retry = self._retry, []
             popleft = self._queue.popleft
             try:
-                while len(batch) < MAX_BATCH:
+                max_batch = self._max_batch
+                while len(batch) < max_batch:
                     batch.append(popleft())
             except IndexError:
                 pass

@@ -1,0 +1,167 @@
+"""What the background metric writer costs the training thread, by how often it wakes and how much it writes.
+
+A training-like step on the main thread (a small CPU MLP, 32-64-64-10, batch 32, SGD with momentum, one
+torch thread) logs ``--points`` metric points per step straight into a :class:`MetricBatcher` (the queue
+``cairn.log_metric`` ends in, without the call's own checks, so the figure is the writer's interference and
+the append). Configurations of the writer:
+
+- ``queue only``: the writer sleeps through the timed window (points are only appended): the append's cost;
+- ``every <s> s / <n> points``: the writer wakes every ``s`` seconds or when ``n`` points are queued and
+  writes up to ``n`` points per transaction (``0.25 s / 10,000`` is the default).
+
+Method (the machine is shared): one interpreter, one SQLite store; each round runs every configuration
+once, in a rotated order, each as a pair of stretches: the loop without logging and the loop logging (the
+no-logging one first in even rounds, last in odd ones).
+A logging stretch logs for one writer interval untimed (so the writer is in its steady state), then for
+``--seconds`` (at least three writer intervals) timed, then for one more interval untimed, then waits for
+the writer to write the rest; its no-logging partner runs as many timed steps.
+The training thread's cost is its CPU time (``time.thread_time()``); overhead = median over rounds of
+(logging stretch / its paired no-logging stretch) - 1. The writer's CPU per point is the process CPU
+minus the training thread's over the timed window, divided by the points logged in it.
+
+    .venv/bin/python benchmarks/writer_gil.py [--rounds 5] [--seconds 1.5] [--points 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from cairn.store.base import MetricPoint
+from cairn.tracking import config
+from cairn.tracking.batcher import MetricBatcher
+
+
+@dataclass(frozen=True)
+class WriterConfig:
+    label: str
+    interval: float
+    wake_at: int
+    writes_in_window: bool = True
+
+
+CONFIGS = (
+    WriterConfig("queue only (writer asleep)", 3600.0, 10**9, writes_in_window=False),
+    WriterConfig("every 0.05 s / 10,000 points", 0.05, 10_000),
+    WriterConfig("every 0.25 s / 10,000 points (default)", 0.25, 10_000),
+    WriterConfig("every 1 s / 50,000 points", 1.0, 50_000),
+)
+
+
+class Trainer:
+    """The training-like step: forward, backward, optimizer step of a small MLP."""
+
+    def __init__(self) -> None:
+        torch.manual_seed(0)
+        self.model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
+        self.x = torch.randn(32, 32)
+        self.y = torch.randint(0, 10, (32,))
+        self.loss_fn = nn.CrossEntropyLoss()
+
+    def step(self) -> float:
+        self.optimizer.zero_grad()
+        loss = self.loss_fn(self.model(self.x), self.y)
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.detach())
+
+
+@dataclass
+class Stretch:
+    thread_s: float
+    process_s: float
+    steps: int
+
+
+def run_stretch(
+    trainer: Trainer, steps: int, log: MetricBatcher | None, run_id: str, points: int, first: int
+) -> Stretch:
+    keys = [f"m{i}" for i in range(points)]
+    add = log.add if log is not None else None
+    t0, p0 = time.thread_time(), time.process_time()
+    for i in range(first, first + steps):
+        value = trainer.step()
+        if add is not None:
+            now = time.time_ns() // 1_000_000
+            for key in keys:
+                add(MetricPoint(run_id, key, value, now, i))
+    return Stretch(time.thread_time() - t0, time.process_time() - p0, steps)
+
+
+def steps_for(trainer: Trainer, seconds: float) -> int:
+    t0 = time.perf_counter()
+    for _ in range(200):
+        trainer.step()
+    per_step = (time.perf_counter() - t0) / 200
+    return max(1, int(seconds / per_step))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=1.5, help="timed logging per stretch")
+    parser.add_argument("--points", type=int, default=4, help="metric points per step")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        config.set_tracking_uri(tmp)
+        store = config.get_store()
+        run_id = store.create_run(
+            "0", user_id="bench", start_time=int(time.time() * 1000), run_name="writer-gil"
+        ).info.run_id
+        trainer = Trainer()
+        per_second = steps_for(trainer, 1.0)
+        ratios: dict[str, list[float]] = {c.label: [] for c in CONFIGS}
+        writer_us: dict[str, list[float]] = {c.label: [] for c in CONFIGS}
+        base_us: list[float] = []
+        step = 0
+        for round_index in range(args.rounds):
+            order = CONFIGS[round_index % len(CONFIGS) :] + CONFIGS[: round_index % len(CONFIGS)]
+            for cfg in order:
+                batcher = MetricBatcher(store, flush_interval=cfg.interval, wake_at=cfg.wake_at, max_batch=cfg.wake_at)
+                margin = 0 if not cfg.writes_in_window else int(per_second * (cfg.interval + 0.05))
+                timed = int(per_second * max(args.seconds, 3 * cfg.interval if cfg.writes_in_window else 0))
+                base_first = round_index % 2 == 0  # ABBA: neither side always runs first
+                if base_first:
+                    base = run_stretch(trainer, timed, None, run_id, args.points, step)
+                run_stretch(trainer, margin, batcher, run_id, args.points, step)  # into the writer's steady state
+                step += margin
+                logged = run_stretch(trainer, timed, batcher, run_id, args.points, step)
+                step += timed
+                run_stretch(trainer, margin, batcher, run_id, args.points, step)
+                step += margin
+                batcher.close()
+                if not base_first:
+                    base = run_stretch(trainer, timed, None, run_id, args.points, step)
+                ratios[cfg.label].append(logged.thread_s / base.thread_s)
+                base_us.append(base.thread_s / timed * 1e6)
+                if cfg.writes_in_window:
+                    extra = (logged.process_s - logged.thread_s) - (base.process_s - base.thread_s)
+                    writer_us[cfg.label].append(extra / (timed * args.points) * 1e6)
+            print(f"round {round_index + 1}/{args.rounds} done", flush=True)
+        written = len(store.get_metric_history(run_id, "m0"))
+        config.reset()
+    print(f"\n{per_second} steps per second, {args.points} points per step, {args.rounds} rounds;")
+    print(
+        f"no-logging step: median {statistics.median(base_us):.1f} µs of training-thread CPU; {written} steps written"
+    )
+    print("\n| writer | training-thread CPU overhead (median) | min .. max over rounds | writer CPU per point, µs |")
+    print("|---|---:|---:|---:|")
+    for cfg in CONFIGS:
+        values = ratios[cfg.label]
+        per_point = f"{statistics.median(writer_us[cfg.label]):.2f}" if writer_us[cfg.label] else "—"
+        print(
+            f"| {cfg.label} | {100 * (statistics.median(values) - 1):+.1f}% "
+            f"| {100 * (min(values) - 1):+.1f}% .. {100 * (max(values) - 1):+.1f}% | {per_point} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
