@@ -28,6 +28,7 @@ import cairn.pyfunc
 import cairn.transformers
 from cairn.autolog import AutologWarning
 from cairn.autolog import transformers as integration
+from cairn.checkpoint.resume import ResumeWarning
 from cairn.errors import ArtifactNotFound, CheckpointCorrupt
 from tests.flavors.test_transformers import SENTENCES, make_tokenizer, tiny_bert_config
 
@@ -405,7 +406,7 @@ def test_checkpoint_path_ignores_partial_and_refuses_corrupt_uploads(tmp_path: P
     store.put_bytes(b"tampered", "checkpoints/checkpoint-4/trainer_state.json")
     with pytest.raises(CheckpointCorrupt, match=r"trainer_state\.json"):
         cairn.transformers.checkpoint_path(run_id, 4)
-    with pytest.warns(UserWarning, match="skipping checkpoint-4"):
+    with pytest.warns(ResumeWarning, match=r"checkpoint-4: .*trainer_state\.json.*resuming from checkpoint-2"):
         assert Path(cairn.transformers.checkpoint_path(run_id)).name == "checkpoint-2"
     with pytest.raises(cairn.errors.InvalidArgument):
         cairn.transformers.checkpoint_path(run_id, "newest")

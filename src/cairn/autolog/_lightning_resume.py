@@ -4,11 +4,9 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import tempfile
 import threading
-import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,7 +15,17 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from cairn.autolog._lightning_frameworks import CHECKPOINTS_DIR, INDEX_FILE, logger
 from cairn.autolog._lightning_uploads import _CheckpointIndex, _read_index
-from cairn.errors import CheckpointCorrupt, CheckpointError, InvalidArgument
+from cairn.checkpoint.formats import LIGHTNING, StoredCheckpoint
+from cairn.checkpoint.resume import (
+    IF_POSSIBLE,
+    NoCheckpoint,
+    continue_run,
+    fork_run,
+    nothing_to_resume,
+    plan_resume,
+    resolve_run_id,
+)
+from cairn.errors import InvalidArgument
 from cairn.tracking.entities import RunStatus
 
 if TYPE_CHECKING:
@@ -54,8 +62,7 @@ def _supersede_once(client: Client, run_id: str, step: int) -> None:
     """Hide the points logged after ``step`` (by a process that died after its checkpoint), once per process."""
     if (run_id, step) in _superseded:
         return
-    client.flush()
-    hidden = client.store.supersede_metrics_after(run_id, step)
+    hidden = continue_run(client, run_id, step)
     _superseded.add((run_id, step))
     if hidden:
         logger.info("cairn: resumed run %s at step %d; %d later points superseded", run_id, step, hidden)
@@ -88,8 +95,7 @@ def _open_run(
     if pending is not None:
         run_id = pending.run_id
         if pending.fork and pending.log_step is not None:
-            now = time.time_ns() // 1_000_000
-            run_id = client.store.fork_run(pending.run_id, pending.log_step, start_time=now).info.run_id
+            run_id = fork_run(client, pending.run_id, pending.log_step)
         else:
             supersede_at = pending.log_step
     owned = True
@@ -128,9 +134,10 @@ def _experiment_id_for(client: Client, name: str) -> str:
 
 def checkpoint_path(
     run_id: str | None = None,
-    which: Literal["last", "best"] | int = "last",
+    step: Literal["latest", "last", "best"] | int = "latest",
     *,
     dst_path: str | os.PathLike[str] | None = None,
+    which: Literal["last", "best"] | int | None = None,
 ) -> str:
     """Download a Lightning checkpoint of a run and return its local path, for ``trainer.fit(ckpt_path=...)``.
 
@@ -140,96 +147,90 @@ def checkpoint_path(
     Choosing a checkpoint older than the newest one forks a new run instead (tags
     ``cairn.forkedFrom``/``cairn.forkedAtStep``), carrying the history up to it: nothing is hidden.
 
+    The same shape as ``cairn.pytorch.checkpoint_path`` and ``cairn.transformers.checkpoint_path``.
     Lightning loads the file with ``torch.load`` (see the module docstring about ``weights_only``).
 
     Args:
-        run_id: the run; default ``CAIRN_RUN_ID``.
-        which: ``"last"`` (the newest upload), ``"best"`` (``ModelCheckpoint.best_model_path`` of the
-            first ``ModelCheckpoint``), or a global step.
+        run_id: the run; default ``CAIRN_RUN_ID``, else the active run.
+        step: ``"latest"`` (or ``"last"``: the newest upload that verifies; a damaged newer one is skipped with
+            a :class:`~cairn.checkpoint.resume.ResumeWarning` naming it and the one used), ``"best"``
+            (``ModelCheckpoint.best_model_path`` of the first ``ModelCheckpoint``), or a global step.
         dst_path: directory to download into (default: a new temporary directory).
+        which: the former name of ``step`` (deprecated).
 
     Raises:
-        InvalidArgument: no run id, or a bad ``which``.
-        CheckpointError: the run has no Lightning checkpoint, or none matching ``which`` (the message
+        InvalidArgument: no run id, or a bad ``step``.
+        CheckpointError: the run has no Lightning checkpoint, or none matching ``step`` (the message
             lists the steps available).
-        CheckpointCorrupt: the downloaded file does not match its recorded sha256 (for ``"last"``, older
-            intact checkpoints are tried first, with a warning).
+        CheckpointCorrupt: the downloaded file does not match its recorded sha256 (for ``"latest"``, older
+            intact checkpoints are tried first).
     """
     global _pending_resume
     from cairn.tracking import fluent
 
-    run_id = run_id or os.environ.get("CAIRN_RUN_ID")
+    if which is not None:
+        warnings.warn("checkpoint_path(which=) is deprecated: use step=", DeprecationWarning, stacklevel=2)
+        step = which
+    run_id = resolve_run_id(run_id)
     if not run_id:
-        raise InvalidArgument("checkpoint_path needs a run_id (or CAIRN_RUN_ID in the environment)")
+        raise InvalidArgument("checkpoint_path needs a run_id (or CAIRN_RUN_ID in the environment, or an active run)")
     client = fluent._get_client()
     store = client.artifact_store(run_id)
     index = _read_index(store)
     if index is None or not index.entries:
-        raise CheckpointError(f"run {run_id} has no Lightning checkpoints ({CHECKPOINTS_DIR}/{INDEX_FILE} is missing)")
-    newest_first = sorted(index.entries.values(), key=lambda e: e["seq"], reverse=True)
-    candidates = _select(index, newest_first, which, run_id)
+        raise NoCheckpoint(f"run {run_id} has no Lightning checkpoints ({CHECKPOINTS_DIR}/{INDEX_FILE} is missing)")
+    chosen: Any = "latest" if step in ("latest", "last") else (lambda newest: _select(index, newest, step, run_id))
     destination = Path(dst_path) if dst_path is not None else Path(tempfile.mkdtemp(prefix="cairn-lightning-"))
-    last_error: CheckpointCorrupt | None = None
-    damaged: set[str] = set()
-    for entry in candidates:
-        local = store.download(entry["path"], destination)
-        digest = hashlib.sha256()
-        with open(local, "rb") as handle:
-            while chunk := handle.read(1 << 22):
-                digest.update(chunk)
-        if digest.hexdigest() != entry.get("sha256"):
-            last_error = CheckpointCorrupt(
-                f"{entry['path']} of run {run_id} does not match the sha256 recorded when it was uploaded "
-                "(the uploading process probably died while replacing it)"
-            )
-            if which == "last":
-                warnings.warn(f"cairn: {last_error}; trying an older checkpoint", UserWarning, stacklevel=2)
-                damaged.add(entry["path"])
-                continue
-            raise last_error
-        log_step = entry.get("log_step")
-        intact = [e for path, e in index.entries.items() if path not in damaged]
-        steps = [e["log_step"] for e in intact if isinstance(e.get("log_step"), int)]
-        newest_step = max(steps, default=None)
-        fork = isinstance(log_step, int) and newest_step is not None and newest_step > log_step
-        with _pending_lock:
-            _pending_resume = _PendingResume(
-                run_id,
-                str(local),
-                int(entry.get("global_step") or 0),
-                log_step if isinstance(log_step, int) else None,
-                fork,
-            )
-        return str(local)
-    assert last_error is not None
-    raise last_error
+    plan = plan_resume(client, run_id, fmt=LIGHTNING, destination=destination, which=chosen)
+    assert plan is not None  # the index has entries
+    log_step = plan.step if plan.step >= 0 else None
+    with _pending_lock:
+        _pending_resume = _PendingResume(
+            run_id, str(plan.path), max(plan.checkpoint.global_step, 0), log_step, plan.fork and log_step is not None
+        )
+    return str(plan.path)
 
 
 def _select(
-    index: _CheckpointIndex, newest_first: list[dict[str, Any]], which: Any, run_id: str
-) -> list[dict[str, Any]]:
-    if which == "last":
-        return newest_first
+    index: _CheckpointIndex, newest_first: list[StoredCheckpoint], which: Any, run_id: str
+) -> list[StoredCheckpoint]:
     if which == "best":
         best = index.best.get("0")
-        if best is None or best not in index.entries:
-            raise CheckpointError(f"run {run_id} records no best Lightning checkpoint")
-        return [index.entries[best]]
+        found = [e for e in newest_first if e.path == best]
+        if not found:
+            raise NoCheckpoint(f"run {run_id} records no best Lightning checkpoint")
+        return found
     if isinstance(which, bool) or not isinstance(which, int):
-        raise InvalidArgument(f"which must be 'last', 'best' or a global step, got {which!r}")
-    found = [e for e in newest_first if e.get("global_step") == which]
+        raise InvalidArgument(f"which must be 'latest', 'last', 'best' or a global step, got {which!r}")
+    found = [e for e in newest_first if e.global_step == which]
     if not found:
-        steps = sorted({e["global_step"] for e in newest_first if isinstance(e.get("global_step"), int)})
-        raise CheckpointError(f"run {run_id} has no Lightning checkpoint at global step {which}; available: {steps}")
+        steps = sorted({e.global_step for e in newest_first if e.global_step >= 0})
+        raise NoCheckpoint(f"run {run_id} has no Lightning checkpoint at global step {which}; available: {steps}")
     return found
 
 
-def _resume_path(run_id: str) -> str | None:
-    """The run's last checkpoint, or None (training starts fresh in that run) if it has none yet."""
+def _resume_path(run_id: str, *, if_possible: bool = False) -> str | None:
+    """The run's last checkpoint for ``fit(ckpt_path=...)``, or None when it has none: training then starts
+    fresh in that run only if it logged nothing yet; a run with history is never restarted inside it
+    (:class:`~cairn.checkpoint.resume.NoCheckpoint`, or with ``if_possible`` a ResumeWarning and a new run).
+
+    ``run_id`` ``"if_possible"`` (what ``autolog(resume="if_possible")`` hands over) means ``CAIRN_RUN_ID``'s
+    run with ``if_possible``.
+    """
     global _pending_resume
+    from cairn.tracking import fluent
+
+    if run_id == IF_POSSIBLE:
+        named = resolve_run_id(use_active=False)
+        if named is None:
+            return None
+        run_id, if_possible = named, True
     try:
-        return checkpoint_path(run_id, "last")
-    except CheckpointError:
+        return checkpoint_path(run_id, "latest")
+    except NoCheckpoint:
+        target = nothing_to_resume(
+            fluent._get_client(), run_id, if_possible=if_possible, what=f"{CHECKPOINTS_DIR}/{INDEX_FILE}"
+        )
         with _pending_lock:
-            _pending_resume = _PendingResume(run_id, "", 0, None, False)
+            _pending_resume = _PendingResume(target or run_id, "", 0, None, False)
         return None

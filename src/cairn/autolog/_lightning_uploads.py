@@ -1,5 +1,6 @@
-"""Checkpoint uploads of the Lightning integration: the run's checkpoint index and the upload thread
-(see :mod:`cairn.autolog.lightning`)."""
+"""Checkpoint uploads of the Lightning integration: the run's checkpoint index (the format's commit marker,
+see :data:`cairn.checkpoint.formats.LIGHTNING`) and the jobs run on the shared upload thread of
+:class:`~cairn.checkpoint.run_checkpoints.RunCheckpoints` (see :mod:`cairn.autolog.lightning`)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,7 @@ import contextlib
 import hashlib
 import json
 import os
-import queue
 import tempfile
-import threading
-import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +18,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from cairn.autolog._lightning_frameworks import CHECKPOINTS_DIR, INDEX_FILE, INDEX_FORMAT, INTEGRATION, logger
 from cairn.autolog.config import report_failure
+from cairn.checkpoint.formats import LIGHTNING
+from cairn.checkpoint.run_checkpoints import RunCheckpoints
+from cairn.checkpoint.uploads import UploadFailure
 from cairn.errors import CheckpointCorrupt
 
 if TYPE_CHECKING:
@@ -78,21 +79,21 @@ class _Job:
 
 
 class _Uploader:
-    """Uploads checkpoint files into one run from a background thread, in the order they were saved.
+    """Uploads checkpoint files into one run in the order they were saved, on the run's
+    :class:`~cairn.checkpoint.run_checkpoints.RunCheckpoints` upload thread.
 
     The file is opened on the training thread when it is handed over (so a later overwrite or deletion
-    by ``ModelCheckpoint`` cannot change what is uploaded) and copied by the thread; the index is
-    rewritten after each upload or deletion, so it never lists a file that is not in the run.
+    by ``ModelCheckpoint`` cannot change what is uploaded) and copied by the thread; the index (the
+    Lightning format's commit marker) is rewritten after each upload or deletion, so it never lists a file
+    that is not in the run. Failures are reported as they happen and kept for :meth:`take_error`.
     """
 
     def __init__(self, client: Client, run_id: str, *, silent: bool) -> None:
         self.run_id = run_id
-        self._store = client.artifact_store(run_id)
         self._silent = silent
+        self.checkpoints = RunCheckpoints(client, run_id, LIGHTNING, on_failure=self._report)
+        self._store = self.checkpoints.store
         self._index = _read_index(self._store) or _CheckpointIndex()
-        self._queue: queue.Queue[_Job | None] = queue.Queue()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
         self.errors: list[BaseException] = []
         _live_uploaders.add(self)
 
@@ -115,45 +116,29 @@ class _Uploader:
     def set_best(self, slot: str, remote: str) -> None:
         self._submit(_Job("best", remote, meta={"slot": slot}))
 
-    def drain(self, timeout: float | None = None) -> None:
-        """Wait until every job handed over so far is done (or ``timeout`` seconds passed)."""
-        if self._thread is None:
-            return
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self._queue.unfinished_tasks:
-            if deadline is not None and time.monotonic() > deadline:
-                logger.warning("cairn: %d checkpoint uploads still pending", self._queue.unfinished_tasks)
-                return
-            time.sleep(0.01)
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until every job handed over so far is done; False (and a log line) if ``timeout`` passed first."""
+        if self.checkpoints.drain(timeout):
+            return True
+        logger.warning("cairn: %d checkpoint uploads still pending", self.checkpoints.pending)
+        return False
+
+    def take_error(self) -> BaseException | None:
+        """The background failures since the last call, as one error (they were reported when they happened)."""
+        return self.checkpoints.take_error()
 
     def close(self, timeout: float | None = None) -> None:
         self.drain(timeout)
-        with self._lock:
-            if self._thread is not None:
-                self._queue.put(None)
-                self._thread = None
+        self.checkpoints.close(0 if timeout is not None else None)
         _live_uploaders.discard(self)
 
     def _submit(self, job: _Job) -> None:
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="cairn-lightning-upload", daemon=True)
-                self._thread.start()
-            self._queue.put(job)
-
-    def _loop(self) -> None:
-        while True:
-            job = self._queue.get()
-            try:
-                if job is None:
-                    return
-                self._run(job)
-            except Exception as exc:  # a failed upload must not stop later ones
-                self._fail(f"{job.kind} of {job.remote}" if job else "upload", exc)
-            finally:
-                if job is not None and job.handle is not None:
-                    job.handle.close()
-                self._queue.task_done()
+        handle = job.handle
+        self.checkpoints.submit(
+            f"{job.kind} of {job.remote}",
+            lambda: self._run(job),
+            cleanup=handle.close if handle is not None else None,
+        )
 
     def _run(self, job: _Job) -> None:
         index = self._index
@@ -191,6 +176,9 @@ class _Uploader:
 
     def _write_index(self) -> None:
         self._store.put_bytes(self._index.to_json(self.run_id), f"{CHECKPOINTS_DIR}/{INDEX_FILE}")
+
+    def _report(self, failure: UploadFailure) -> None:
+        self._fail(failure.what, failure.error)
 
     def _fail(self, what: str, exc: BaseException) -> None:
         self.errors.append(exc)

@@ -1,20 +1,25 @@
-"""Checkpoint uploads of the Transformers integration: staging (hard links) and the upload thread
-(see :mod:`cairn.autolog.transformers`)."""
+"""Checkpoint uploads of the Transformers integration: staging (hard links) and the jobs handed to the run's
+:class:`~cairn.checkpoint.run_checkpoints.RunCheckpoints` (see :mod:`cairn.autolog.transformers`)."""
 
 from __future__ import annotations
 
 import os
-import queue
 import re
 import shutil
 import tempfile
 import threading
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-CHECKPOINTS_DIR = "checkpoints"
+from cairn.checkpoint.formats import TRANSFORMERS
+from cairn.checkpoint.retention import RetentionPolicy
+from cairn.checkpoint.run_checkpoints import RunCheckpoints
+
+if TYPE_CHECKING:
+    from cairn.tracking.client import Client
+
+CHECKPOINTS_DIR = TRANSFORMERS.artifact_dir
 CHECKPOINT_MODELS_DIR = "checkpoint_models"
 _CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 
@@ -34,103 +39,70 @@ class _UploadJob:
     task: str | None
 
 
-@dataclass
-class _UploadState:
-    committed: list[int] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    pending: int = 0
-
-
 class _CheckpointUploader:
-    """One background thread uploading checkpoints of one run, in order."""
+    """Uploads the checkpoints of one run, in order, through the run's :class:`RunCheckpoints` (one thread)."""
 
-    def __init__(self, store: Any, run_id: str) -> None:
-        self._store = store
+    def __init__(self, client: Client, run_id: str) -> None:
         self._run_id = run_id
-        self._jobs: queue.Queue[_UploadJob | None] = queue.Queue()
-        self._state = _UploadState()
-        self._cond = threading.Condition()
-        self._thread = threading.Thread(target=self._loop, name="cairn-checkpoint-upload", daemon=True)
-        self._thread.start()
+        self.checkpoints = RunCheckpoints(client, run_id, TRANSFORMERS)
+        self._committed: list[int] = []
+        self._lock = threading.Lock()
 
     @property
     def committed(self) -> list[int]:
-        with self._cond:
-            return list(self._state.committed)
+        with self._lock:
+            return list(self._committed)
 
     def take_errors(self) -> list[str]:
-        with self._cond:
-            errors, self._state.errors = self._state.errors, []
-            return errors
+        return [f"{f.what}: {type(f.error).__name__}: {f.error}" for f in self.checkpoints.take_failures()]
 
     def submit(self, job: _UploadJob) -> None:
-        with self._cond:
-            self._state.pending += 1
-        self._jobs.put(job)
+        cleanup = job.cleanup
+        self.checkpoints.submit(
+            f"uploading {job.name}",
+            lambda: self._upload(job),
+            cleanup=(lambda: shutil.rmtree(cleanup, ignore_errors=True)) if cleanup is not None else None,
+        )
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until every submitted checkpoint is uploaded (or failed); False on timeout."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while self._state.pending:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._cond.wait(remaining)
-        return True
+        return self.checkpoints.drain(timeout)
 
     def close(self) -> None:
-        self._jobs.put(None)
-        self._thread.join()
-
-    def _loop(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            try:
-                self._upload(job)
-                with self._cond:
-                    self._state.committed.append(job.step)
-            except Exception as exc:
-                with self._cond:
-                    self._state.errors.append(f"uploading {job.name}: {type(exc).__name__}: {exc}")
-            finally:
-                if job.cleanup is not None:
-                    shutil.rmtree(job.cleanup, ignore_errors=True)
-                with self._cond:
-                    self._state.pending -= 1
-                    self._cond.notify_all()
+        self.checkpoints.close()
 
     def _upload(self, job: _UploadJob) -> None:
         from cairn.checkpoint.manifest import MANIFEST_NAME, write_manifest
 
-        prefix = f"{CHECKPOINTS_DIR}/{job.name}"
         source = job.source
+        copied: Path | None = None
         if job.cleanup is None:  # hard links failed: copy now (Trainer's rotation may still win the race)
-            job.cleanup = Path(tempfile.mkdtemp(prefix="cairn-checkpoint-"))
-            source = job.cleanup / job.name
+            copied = Path(tempfile.mkdtemp(prefix="cairn-checkpoint-"))
+            source = copied / job.name
             shutil.copytree(job.source, source)
-        _delete_checkpoint(self._store, prefix)  # an earlier, possibly partial, upload of this step
-        manifest = write_manifest(
-            source,
-            step=job.step,
-            run_id=self._run_id,
-            metadata={"kind": "transformers.trainer", "name": job.name},
-            fsync=False,
-        )
-        manifest_file = source / MANIFEST_NAME
-        payload = manifest_file.read_bytes()
-        manifest_file.unlink()
-        del manifest
-        self._store.put_dir(source, prefix)
-        self._store.put_bytes(payload, f"{prefix}/{MANIFEST_NAME}")  # the commit marker, last
-        if job.log_model:
-            from cairn.flavors import transformers as flavor
+        try:
+            write_manifest(
+                source,
+                step=job.step,
+                run_id=self._run_id,
+                metadata={"kind": "transformers.trainer", "name": job.name},
+                fsync=False,
+            )
+            manifest_file = source / MANIFEST_NAME
+            payload = manifest_file.read_bytes()
+            manifest_file.unlink()
+            self.checkpoints.upload_dir(source, job.name, manifest=payload)
+            if job.log_model:
+                from cairn.flavors import transformers as flavor
 
-            flavor.log_model(source, f"{CHECKPOINT_MODELS_DIR}/{job.name}", task=job.task, run_id=self._run_id)
-        if job.save_total_limit:
-            self._prune(job)
+                flavor.log_model(source, f"{CHECKPOINT_MODELS_DIR}/{job.name}", task=job.task, run_id=self._run_id)
+            if job.save_total_limit:
+                self._prune(job)
+        finally:
+            if copied is not None:
+                shutil.rmtree(copied, ignore_errors=True)
+        with self._lock:
+            self._committed.append(job.step)
 
     def _prune(self, job: _UploadJob) -> None:
         """Keep the newest ``save_total_limit`` committed checkpoints up to this one, and the best one.
@@ -138,28 +110,12 @@ class _CheckpointUploader:
         Checkpoints after this step (a dead process's, beyond the resume point) are left alone: this
         run will write those steps again, replacing them.
         """
-        from cairn.checkpoint.manifest import MANIFEST_NAME
-
-        steps = [s for s in _remote_steps(self._store) if s <= job.step]
-        committed = [s for s in steps if self._store.exists(f"{CHECKPOINTS_DIR}/checkpoint-{s}/{MANIFEST_NAME}")]
-        keep = set(sorted(committed)[-int(job.save_total_limit or 0) :]) | {job.step}
-        if job.best_step is not None:
-            keep.add(job.best_step)
-        for step in steps:
-            if step not in keep:
-                _delete_checkpoint(self._store, f"{CHECKPOINTS_DIR}/checkpoint-{step}")
-                if self._store.exists(f"{CHECKPOINT_MODELS_DIR}/checkpoint-{step}"):
-                    self._store.delete(f"{CHECKPOINT_MODELS_DIR}/checkpoint-{step}")
-
-
-def _delete_checkpoint(store: Any, prefix: str) -> None:
-    """Delete an uploaded checkpoint, its commit marker first (so no reader sees a manifest without files)."""
-    from cairn.checkpoint.manifest import MANIFEST_NAME
-
-    if store.exists(f"{prefix}/{MANIFEST_NAME}"):
-        store.delete(f"{prefix}/{MANIFEST_NAME}")
-    if store.exists(prefix):
-        store.delete(prefix)
+        keep = {job.name} | ({TRANSFORMERS.name_for(job.best_step)} if job.best_step is not None else set())
+        policy = RetentionPolicy(keep_last=int(job.save_total_limit or 0), keep_best=0)
+        store = self.checkpoints.store
+        for name in self.checkpoints.prune(policy, protect=keep, up_to_step=job.step):
+            if store.exists(f"{CHECKPOINT_MODELS_DIR}/{name}"):
+                store.delete(f"{CHECKPOINT_MODELS_DIR}/{name}")
 
 
 def _sha256_or_none(path: Path) -> str | None:
@@ -169,17 +125,6 @@ def _sha256_or_none(path: Path) -> str | None:
         return digest_file(path).sha256
     except OSError:
         return None
-
-
-def _remote_steps(store: Any) -> list[int]:
-    if not store.exists(CHECKPOINTS_DIR):
-        return []
-    steps = []
-    for info in store.list(CHECKPOINTS_DIR):
-        match = _CHECKPOINT_NAME.match(info.path.rsplit("/", 1)[-1])
-        if match and info.is_dir:
-            steps.append(int(match.group(1)))
-    return sorted(steps)
 
 
 def _stage(checkpoint: Path, staging_root: Path) -> Path | None:

@@ -40,14 +40,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import tempfile
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from transformers.trainer_callback import ExportableState, TrainerCallback
 
@@ -69,17 +68,18 @@ from cairn.autolog._transformers_uploads import (
     CHECKPOINT_MODELS_DIR,
     CHECKPOINTS_DIR,
     _CheckpointUploader,
-    _delete_checkpoint,  # noqa: F401
-    _remote_steps,
     _sha256_or_none,
     _stage,
     _UploadJob,
-    _UploadState,  # noqa: F401
 )
 from cairn.autolog.base import loops
 from cairn.autolog.config import AutologConfig, PatchSet, report_failure, safe_autolog
-from cairn.errors import ArtifactNotFound, CheckpointCorrupt, InvalidArgument, NotFound
+from cairn.checkpoint.resume import continue_run, nothing_to_resume, resolve_run_id
+from cairn.errors import InvalidArgument, NotFound
 from cairn.tracking.entities import Metric, Param
+
+if TYPE_CHECKING:
+    from cairn.tracking.client import Client
 
 __all__ = [
     "CHECKPOINTS_DIR",
@@ -109,12 +109,13 @@ _materialized: dict[str, str] = {}
 
 
 def checkpoint_path(
-    run_id: str,
-    which: str | int = "latest",
+    run_id: str | None = None,
+    step: str | int = "latest",
     *,
     dst: str | os.PathLike[str] | None = None,
+    which: str | int | None = None,
 ) -> str:
-    """Download a checkpoint a :class:`CairnCallback` uploaded into ``run_id`` and return its local path.
+    """Download a checkpoint a :class:`CairnCallback` uploaded into a run and return its local path.
 
     Only committed checkpoints count (their ``manifest.json`` exists), and the download is verified
     against the manifest's sha256 before the path is returned. Pass the path to
@@ -122,53 +123,48 @@ def checkpoint_path(
     Transformers reads the checkpoint's ``optimizer.pt``, ``scheduler.pt`` and ``rng_state.pth`` with
     ``torch.load(weights_only=True)`` on that resume; cairn itself unpickles nothing here.
 
+    The same shape as ``cairn.pytorch.checkpoint_path`` and ``cairn.lightning.checkpoint_path``.
+
     Args:
-        run_id: the run the checkpoints were logged into.
-        which: ``"latest"`` (the highest step whose download verifies) or a global step.
+        run_id: the run the checkpoints were logged into (default: ``CAIRN_RUN_ID``, else the active run).
+        step: ``"latest"`` (the highest step whose download verifies; a damaged newer one is skipped with a
+            :class:`~cairn.checkpoint.resume.ResumeWarning` naming it and the one used) or a global step.
         dst: the directory to download into (a new temporary directory by default); the checkpoint
             lands in ``<dst>/checkpoints/checkpoint-N``.
+        which: the former name of ``step`` (deprecated).
 
     Raises:
-        ArtifactNotFound: the run has no committed checkpoint (at that step).
+        NoCheckpoint: the run has no complete checkpoint (at that step); a ``CheckpointError`` and an
+            ``ArtifactNotFound``.
         CheckpointCorrupt: the checkpoint at the requested step does not match its manifest.
-        InvalidArgument: ``which`` is neither ``"latest"`` nor a step.
+        InvalidArgument: ``step`` is neither ``"latest"`` nor a step, or no run can be determined.
     """
-    from cairn.checkpoint.manifest import MANIFEST_NAME, read_manifest
+    from cairn.checkpoint.formats import TRANSFORMERS
+    from cairn.checkpoint.resume import NoCheckpoint, plan_resume, require_run_id
     from cairn.tracking import fluent
 
-    if which == "latest":
-        wanted = None
-    elif isinstance(which, int) and not isinstance(which, bool) and which >= 0:
-        wanted = which
-    elif isinstance(which, str) and which.isdigit():
-        wanted = int(which)
+    if which is not None:
+        warnings.warn("checkpoint_path(which=) is deprecated: use step=", DeprecationWarning, stacklevel=2)
+        step = which
+    wanted: str | int
+    if step == "latest":
+        wanted = "latest"
+    elif isinstance(step, int) and not isinstance(step, bool) and step >= 0:
+        wanted = step
+    elif isinstance(step, str) and step.isdigit():
+        wanted = int(step)
     else:
-        raise InvalidArgument(f"which must be 'latest' or a global step (an integer >= 0), got {which!r}")
-    store = fluent._get_client().artifact_store(run_id)
-    steps = sorted(_remote_steps(store), reverse=True)
-    if wanted is not None:
-        steps = [s for s in steps if s == wanted]
+        raise InvalidArgument(f"step must be 'latest' or a global step (an integer >= 0), got {step!r}")
+    run_id = require_run_id(run_id)
     root = Path(dst) if dst is not None else Path(tempfile.mkdtemp(prefix="cairn-hf-checkpoint-"))
-    for step in steps:
-        prefix = f"{CHECKPOINTS_DIR}/checkpoint-{step}"
-        if not store.exists(f"{prefix}/{MANIFEST_NAME}"):
-            continue  # an interrupted upload
-        local = store.download(prefix, root)
-        try:
-            read_manifest(local, verify_hashes=True)
-        except CheckpointCorrupt as exc:
-            shutil.rmtree(local, ignore_errors=True)
-            if wanted is not None:
-                raise
-            warnings.warn(f"skipping checkpoint-{step} of run {run_id}: {exc}", UserWarning, stacklevel=2)
-            continue
-        _materialized[str(Path(local).resolve())] = run_id
-        return str(local)
-    where = f"at step {wanted}" if wanted is not None else "at all"
-    raise ArtifactNotFound(
-        f"run {run_id} has no complete checkpoint {where} under {CHECKPOINTS_DIR}/ (uploads without a manifest "
-        "are incomplete and do not count)"
-    )
+    plan = plan_resume(fluent._get_client(), run_id, fmt=TRANSFORMERS, destination=root / CHECKPOINTS_DIR, which=wanted)
+    if plan is None:
+        raise NoCheckpoint(
+            f"run {run_id} has no complete checkpoint at all under {CHECKPOINTS_DIR}/ (uploads without a manifest "
+            "are incomplete and do not count)"
+        )
+    _materialized[str(plan.path.resolve())] = run_id
+    return str(plan.path)
 
 
 def _state_run_id(state: Any) -> str | None:
@@ -219,6 +215,13 @@ class CairnCallback(TrainerCallback, ExportableState):
         task: the pipeline task of the logged model; default: inferred from the model class.
         input_example: the logged model's input example; default: the first training inputs, decoded.
         silent: report cairn's own failures on the ``cairn.autolog`` logger instead of as warnings.
+        client: the :class:`~cairn.Client` to log through (as dvclive's ``live=``); default: the fluent
+            API's client, whose active run is then used. With a client, the run is ``run``, else the
+            checkpoint's run or ``CAIRN_RUN_ID``'s, else a new run in the default experiment.
+
+    Training that starts from step 0 in ``CAIRN_RUN_ID``'s run when that run already has metrics would
+    restart inside its history: the callback warns (:class:`~cairn.checkpoint.resume.ResumeWarning`) and
+    logs into a new run instead. Resume with ``trainer.train(resume_from_checkpoint=checkpoint_path(...))``.
     """
 
     def __init__(
@@ -231,6 +234,7 @@ class CairnCallback(TrainerCallback, ExportableState):
         task: str | None = None,
         input_example: Any = None,
         silent: bool = False,
+        client: Client | None = None,
     ) -> None:
         if log_models is True:
             log_models = "end"
@@ -250,7 +254,8 @@ class CairnCallback(TrainerCallback, ExportableState):
         self._checkpoint_run_id: str | None = None  # exported in trainer_state.json (see state())
         self.run_id: str | None = None
         self._created_run = False
-        self._client: Any = None
+        self._given_client = client
+        self._client: Any = client
         self._uploader: _CheckpointUploader | None = None
         self._staging_root: Path | None = None
         self._committed: list[int] = []  # of this train() call, once its uploader is closed
@@ -356,7 +361,10 @@ class CairnCallback(TrainerCallback, ExportableState):
         self._finish_uploads()  # train() returns with every checkpoint committed
         with safe_autolog(INTEGRATION, "ending the run", silent=self.silent):
             self._client.flush()
-            if self._created_run:
+            if self._created_run and self._given_client is not None:
+                self._client.set_terminated(self.run_id, "FINISHED")
+                self._created_run = False
+            elif self._created_run:
                 from cairn.tracking import fluent
 
                 fluent.end_run("FINISHED", _run_id=self.run_id)
@@ -382,7 +390,7 @@ class CairnCallback(TrainerCallback, ExportableState):
     def _setup(self, args: Any, state: Any, model: Any, *, resuming: bool) -> None:
         from cairn.tracking import fluent
 
-        client = fluent._get_client()
+        client = self._given_client or fluent._get_client()
         self._client = client
         stateful = getattr(state, "stateful_callbacks", None)
         if isinstance(stateful, dict):
@@ -398,25 +406,25 @@ class CairnCallback(TrainerCallback, ExportableState):
                     "have; logging into another run"
                 )
                 from_checkpoint = None
-        self.run_id, self._created_run = self._choose_run(args, from_checkpoint)
+        self.run_id, self._created_run = self._choose_run(args, from_checkpoint, resuming=resuming)
         self._checkpoint_run_id = self.run_id
         self._experiment_id = client.get_run(self.run_id).info.experiment_id
         if resuming:
-            client.flush()
-            client.store.supersede_metrics_after(self.run_id, int(state.global_step))
+            continue_run(client, self.run_id, int(state.global_step))
             client.set_tag(self.run_id, RESUMED_FROM_TAG, str(int(state.global_step)))
         with safe_autolog(INTEGRATION, "logging params", silent=self.silent):
             self._log_params(args, model)
         if self.log_checkpoints:
-            self._uploader = _CheckpointUploader(client.artifact_store(self.run_id), self.run_id)
+            self._uploader = _CheckpointUploader(client, self.run_id)
 
-    def _choose_run(self, args: Any, from_checkpoint: str | None) -> tuple[str, bool]:
+    def _choose_run(self, args: Any, from_checkpoint: str | None, *, resuming: bool) -> tuple[str, bool]:
+        """The run to log into and whether this callback started it (and ends it)."""
         from cairn.tracking import fluent
 
         if self._run_arg is not None:
             self._client.get_run(self._run_arg)  # RunNotFound now rather than at the first metric
             return self._run_arg, False
-        active = fluent.active_run()
+        active = fluent.active_run() if self._given_client is None else None
         if active is not None:
             if from_checkpoint is not None and from_checkpoint != active.info.run_id:
                 self._warn(
@@ -424,14 +432,22 @@ class CairnCallback(TrainerCallback, ExportableState):
                     "logging into the active run"
                 )
             return active.info.run_id, False
-        env_run = os.environ.get("CAIRN_RUN_ID") or None
+        env_run = resolve_run_id(use_active=False)
         if env_run is not None and from_checkpoint is not None and env_run != from_checkpoint:
             self._warn(
                 f"the checkpoint was logged into run {from_checkpoint}, but CAIRN_RUN_ID names {env_run}; "
                 "logging into CAIRN_RUN_ID's run"
             )
         target = env_run or from_checkpoint
-        run_name = None if target else getattr(args, "run_name", None)
+        if target is not None and not resuming:  # a fresh start never restarts inside a run's history
+            target = nothing_to_resume(self._client, target, if_possible=True, what=f"{CHECKPOINTS_DIR}/")
+        run_name = getattr(args, "run_name", None) if target is None else None
+        if self._given_client is not None:
+            if target is None:
+                target = self._client.create_run("0", run_name=run_name if isinstance(run_name, str) else None)
+                return target.info.run_id, True
+            self._client.update_run(target, status="RUNNING")
+            return target, True
         run = fluent.start_run(run_id=target, run_name=run_name if isinstance(run_name, str) else None)
         return run.info.run_id, True
 

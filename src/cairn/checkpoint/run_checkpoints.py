@@ -88,6 +88,11 @@ class RunCheckpoints:
         """
         base = self.artifact_path(name)
         self.delete(name)
+        if not (local / MANIFEST_NAME).exists():
+            assert manifest is not None, f"{local} has no {MANIFEST_NAME} and none was given"
+            self.store.put_dir(local, base)
+            self.store.put_bytes(manifest, f"{base}/{MANIFEST_NAME}")
+            return
         if manifest is None:
             manifest = (local / MANIFEST_NAME).read_bytes()
         for item in collect_files(local):
