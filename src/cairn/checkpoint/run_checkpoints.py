@@ -18,7 +18,7 @@ from cairn.checkpoint.local import CheckpointInfo
 from cairn.checkpoint.manifest import MANIFEST_NAME
 from cairn.checkpoint.retention import RetentionPolicy
 from cairn.checkpoint.uploads import BackgroundUploads, UploadFailure
-from cairn.errors import ArtifactNotFound, CheckpointWriteError
+from cairn.errors import ArtifactNotFound, CheckpointWriteError, InvalidArgument
 from cairn.tracking.client import Client
 
 __all__ = ["RunCheckpoints"]
@@ -89,7 +89,8 @@ class RunCheckpoints:
         base = self.artifact_path(name)
         self.delete(name)
         if not (local / MANIFEST_NAME).exists():
-            assert manifest is not None, f"{local} has no {MANIFEST_NAME} and none was given"
+            if manifest is None:
+                raise InvalidArgument(f"{local} has no {MANIFEST_NAME} and none was given")
             self.store.put_dir(local, base)
             self.store.put_bytes(manifest, f"{base}/{MANIFEST_NAME}")
             return
