@@ -26,6 +26,7 @@ from torch.nn.modules import module as module_module  # noqa: E402
 import cairn  # noqa: E402
 from cairn.autolog import AutologWarning  # noqa: E402
 from cairn.autolog import pytorch as autolog_pytorch  # noqa: E402
+from cairn.autolog.torch.session import Session  # noqa: E402
 from cairn.checkpoint import runs  # noqa: E402
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "checkpoint" / "scripts"
@@ -193,7 +194,7 @@ def test_autolog_failures_are_warnings_and_the_step_goes_on(monkeypatch: pytest.
         raise RuntimeError("boom")
 
     autolog_pytorch.autolog(log_models=False)
-    monkeypatch.setattr(autolog_pytorch, "_emit", broken)
+    monkeypatch.setattr(Session, "emit", broken)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         plain_model, _, _ = _train(epochs=1)

@@ -47,7 +47,7 @@ def test_autolog_imports_no_framework_and_enables_each_when_it_is_imported(tmp_p
 
         import lightning  # imports torch on its way: enabling waits until lightning is complete
         from cairn.autolog import lightning as lt, pytorch as pt
-        assert pt._state.config is not None and lt.is_enabled()
+        assert pt.is_enabled() and lt.is_enabled()
         assert "transformers.trainer" not in sys.modules and "sklearn" not in sys.modules
 
         from transformers import Trainer
@@ -62,7 +62,7 @@ def test_autolog_imports_no_framework_and_enables_each_when_it_is_imported(tmp_p
         assert not any(type(f).__name__ == "ImportWatcher" for f in sys.meta_path)  # gone once all are on
 
         cairn.autolog(disable=True)
-        assert not sk.is_enabled() and not lt.is_enabled() and not tf.is_enabled() and pt._state.config is None
+        assert not sk.is_enabled() and not lt.is_enabled() and not tf.is_enabled() and not pt.is_enabled()
         print("ok")
         """,
         tmp_path,
@@ -81,7 +81,7 @@ def test_autolog_enables_at_once_what_is_imported_already(tmp_path: Path) -> Non
 
         cairn.autolog(log_models=False)
         from cairn.autolog import pytorch as pt, transformers as tf
-        assert pt._state.config is not None and pt._state.config.log_models is False
+        assert pt.active() is not None and pt.active().config.log_models is False
         assert tf.is_enabled() and tf._state.config.log_models_mode is None
         from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
         assert INTEGRATION_TO_CALLBACK["cairn"] is tf.CairnCallback
@@ -165,9 +165,9 @@ def test_an_integration_enabled_on_its_own_keeps_its_options(tmp_path: Path) -> 
         from cairn.autolog import pytorch as plain
         cairn.pytorch.autolog(checkpoint_every_n_steps=7, log_every_n_steps=3)
         cairn.autolog()
-        print(plain._state.config.checkpoint_every_n_steps, plain._state.config.log_every_n_steps)
+        print(plain.active().config.checkpoint_every_n_steps, plain.active().config.log_every_n_steps)
         cairn.autolog(disable=True)
-        print(plain._state.config)
+        print(plain.active())
         """,
         tmp_path,
     )

@@ -80,8 +80,8 @@ def _importing_a_framework() -> bool:
 
 def _enabled_explicitly(module_name: str) -> bool:
     """Whether the integration was turned on by its own ``autolog()``, whose options then stay as given."""
-    module = sys.modules.get(module_name)
-    return getattr(getattr(module, "_state", None), "config", None) is not None
+    is_enabled = getattr(sys.modules.get(module_name), "is_enabled", None)
+    return bool(is_enabled is not None and is_enabled())
 
 
 def _enable_pytorch(options: _Universal) -> None:

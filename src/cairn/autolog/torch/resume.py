@@ -1,0 +1,351 @@
+"""Resuming a run from autolog's newest checkpoint: find it now, restore it when training starts.
+
+:func:`prepare_resume` resolves ``resume=`` (``CAIRN_RUN_ID``), reads the newest checkpoint and
+continues the run (its later metric points superseded); the :class:`Restorer` then loads optimizers,
+schedulers, scaler and RNG at ``track_state()``, else at the first ``iter()`` of the training loader
+(recognised by dataset type, size and batch size; fast-forwarded inside the interrupted epoch), else at
+the model's first training-mode forward (no DataLoader, or one that changed: a
+:class:`~cairn.checkpoint.runs.ResumeWarning` says the epoch restarts from its beginning); the weights
+right before the model's next forward. One INFO line on ``cairn.autolog`` says what was restored.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from torch.utils.data import DataLoader
+
+from cairn.autolog.torch.checkpoints import one_or_list, optimizer_signature
+from cairn.autolog.torch.config import Report
+from cairn.autolog.torch.discovery import Constructed, optimizers_built_before, param_ids, unwrap
+from cairn.autolog.torch.loaders import DataTracking, LoaderTrack, fingerprint, fits
+from cairn.autolog.torch.losses import LossRecorder
+from cairn.tracking.client import Client
+
+__all__ = ["IF_POSSIBLE", "PendingRestore", "Restorer", "prepare_resume"]
+
+IF_POSSIBLE = "if_possible"
+"""``autolog(resume="if_possible")``: resume if the run has a checkpoint, else warn and start a new run."""
+logger = logging.getLogger("cairn.autolog")
+
+
+@dataclass
+class PendingRestore:
+    """A checkpoint of a resumed run waiting to be loaded when training starts."""
+
+    path: Path
+    step: int
+    epoch: int | None
+    batch_in_epoch: int | None
+    dataloader_state: dict[str, Any] | None
+    classes: dict[str, str]
+    extra: Any
+    rank0: bool
+    run_id: str = ""
+    #: a DataLoader iterated while the restore was pending whose fingerprint differs from the checkpoint's
+    unfit: LoaderTrack | None = field(default=None, repr=False)
+    #: optimizers built before ``autolog()``, looked up once if the ones autolog saw do not match
+    earlier_optimizers: list[Any] | None = field(default=None, repr=False)
+
+    @property
+    def saved(self) -> dict[str, Any]:
+        """What autolog itself put in the checkpoint's ``extra`` (optimizer signatures, pending losses)."""
+        return (self.extra or {}).get("autolog", {}) if isinstance(self.extra, dict) else {}
+
+    @property
+    def user_state(self) -> dict[str, Any] | None:
+        user = self.extra.get("user") if isinstance(self.extra, dict) else None
+        return dict(user) if isinstance(user, Mapping) else None
+
+
+def prepare_resume(
+    resume: bool | str, client: Client, *, rank0: bool, activate: Callable[[str], None] | None
+) -> tuple[Any, PendingRestore | None]:
+    """Resolve ``resume=``, continue the run now; returns the ResumeState and the checkpoint to load.
+
+    ``activate``: makes the run the fluent API's active run (``None`` with an injected client).
+    """
+    # TODO(issue 14, item 1): the shared planner in cairn.checkpoint should resolve CAIRN_RUN_ID, verify,
+    # lease and supersede; this keeps calling cairn.checkpoint.runs until it exists.
+    from cairn.checkpoint import runs
+    from cairn.checkpoint.capture import _read_state_file, load_component
+    from cairn.checkpoint.manifest import read_manifest
+
+    if_possible = resume == IF_POSSIBLE
+    named = resume is True or resume == "latest" or if_possible
+    run_id = os.environ.get("CAIRN_RUN_ID") if named else str(resume)
+    if not run_id:
+        return runs.ResumeState(step=0, epoch=0, batch_in_epoch=0, extra=None, run_id=None, resumed=False), None
+    if rank0 and activate is not None:
+        runs._check_active(run_id)
+    found = runs._find(run_id, "latest", client)
+    if found is None:
+        return _nothing_to_resume(run_id, client, rank0=rank0, if_possible=if_possible, activate=activate), None
+    manifest = read_manifest(found.path, verify_hashes=True)
+    info = _read_state_file(found.path)
+    components = set(info["components"])
+    extra = load_component(found.path, "extra") if "extra" in components else None
+    pending = PendingRestore(
+        path=found.path,
+        step=info["step"],
+        epoch=info.get("epoch"),
+        batch_in_epoch=info.get("batch_in_epoch"),
+        dataloader_state=load_component(found.path, "dataloader") if "dataloader" in components else None,
+        classes=dict(info.get("classes") or {}),
+        extra=extra,
+        rank0=rank0,
+        run_id=run_id,
+    )
+    if rank0:
+        if activate is not None:
+            activate(run_id)
+        client.flush()
+        client.store.supersede_metrics_after(run_id, info["step"])
+    state = runs.ResumeState(
+        step=info["step"],
+        epoch=info.get("epoch"),
+        batch_in_epoch=info.get("batch_in_epoch"),
+        extra=extra,
+        run_id=run_id,
+        resumed=True,
+        path=found.path,
+        metrics=dict(manifest.metrics),
+        user_state=pending.user_state,
+    )
+    return state, pending
+
+
+def _nothing_to_resume(
+    run_id: str, client: Client, *, rank0: bool, if_possible: bool, activate: Callable[[str], None] | None
+) -> Any:
+    """``resume=`` named a run without a checkpoint. A run that logged nothing yet (made by a launcher) is
+    started in; one with history is never restarted inside it: an error, or with ``"if_possible"`` a warning
+    and a new run."""
+    from cairn.checkpoint import runs
+    from cairn.errors import CheckpointError
+
+    fresh = runs.ResumeState(step=0, epoch=0, batch_in_epoch=0, extra=None, run_id=run_id, resumed=False)
+    if not client.get_run(run_id).data.metrics:
+        if rank0 and activate is not None:
+            activate(run_id)
+        return fresh
+    message = (
+        f"run {run_id} has logged metrics but no checkpoint to resume from (none was taken, or its "
+        f"{runs.ARTIFACT_DIR}/ were deleted); restarting inside it would log its steps twice"
+    )
+    if not if_possible:
+        raise CheckpointError(
+            f"{message}. Pass resume={IF_POSSIBLE!r} to start a new run instead, or unset CAIRN_RUN_ID."
+        )
+    new_id = None
+    if rank0:  # not start_run(): it would take CAIRN_RUN_ID, the old run, again
+        experiment = client.get_run(run_id).info.experiment_id
+        new_id = client.create_run(experiment).info.run_id
+        if activate is not None:
+            activate(new_id)
+    warnings.warn(f"cairn: {message}; training starts from scratch in a new run {new_id}", runs.ResumeWarning, 3)
+    fresh.run_id = new_id
+    return fresh
+
+
+class Restorer:
+    """Loads a :class:`PendingRestore` into the live training objects at the first moment they all exist."""
+
+    def __init__(
+        self,
+        *,
+        constructed: Constructed,
+        data: DataTracking,
+        losses: LossRecorder,
+        report: Report,
+        watch_forwards: Callable[[], None],
+    ) -> None:
+        self.constructed = constructed
+        self.data = data
+        self.losses = losses
+        self.report = report
+        self.watch_forwards = watch_forwards  # (re-)arms the global forward hooks for the weights' load
+        self.pending: PendingRestore | None = None
+        self.pending_model: tuple[Path, set[int]] | None = None  # weights for the module owning these params
+
+    def clear(self) -> None:
+        self.pending = None
+        self.pending_model = None
+
+    # -- the moments ------------------------------------------------------------------------------------
+
+    def at_track_state(self) -> dict[str, Any] | None:
+        """``track_state()`` with a pending resume: restore now; returns the loop's saved state."""
+        from cairn.errors import CheckpointError
+
+        pending = self.pending
+        if pending is None:
+            return None
+        if not self.apply(None, where="track_state()"):
+            raise CheckpointError(
+                f"cannot resume from {pending.path.name}: the optimizers it holds are not built yet; call "
+                "track_state() after building the model and optimizer"
+            )
+        return pending.user_state
+
+    def at_iter(self, loader: DataLoader[Any], track: LoaderTrack) -> None:
+        """``iter(loader)``: a loader fitting the checkpoint's restores it; another is noted as unfit."""
+        pending = self.pending
+        if pending is None:
+            self.data.take_waiting_position(loader, track)
+        elif fits(pending.dataloader_state, loader):
+            self.apply(track)
+        elif pending.unfit is None:
+            pending.unfit = track  # restored at the model's first training forward, epoch from its start
+
+    def at_forward(self, module: nn.Module) -> None:
+        """A top-level module's forward: the training state (first training forward of the optimizers'
+        module, when nothing before restored it), then the weights (before its next forward)."""
+        pending = self.pending
+        if pending is not None and module.training and any(True for _ in module.parameters()):
+            optimizers = self._optimizers(pending, self.constructed.made("optimizer"))
+            if optimizers is not None:
+                ids = set().union(*(param_ids(o) for o in optimizers))
+                if any(id(p) in ids for p in module.parameters()):
+                    self.apply(None, where="the model's first training forward")
+        if self.pending_model is not None:
+            self._load_model(module)
+
+    # -- restoring --------------------------------------------------------------------------------------
+
+    def apply(self, track: LoaderTrack | None, *, where: str = "the training DataLoader's first iter()") -> bool:
+        """Load the pending checkpoint into the live optimizers/schedulers/scaler (the model at its next
+        forward) and arm ``track``'s loader (``None``: no loader fits; its position waits for a later one
+        that does). False: the optimizers are not built yet."""
+        from cairn.checkpoint.capture import restore_training_state
+
+        pending = self.pending
+        assert pending is not None
+        optimizers = self._find_optimizers(pending)
+        if optimizers is None:
+            return False  # not built yet: try again at the next moment
+        self.pending = None
+        try:
+            schedulers = self.constructed.schedulers_of(optimizers)
+            restore_training_state(
+                pending.path,
+                optimizer=one_or_list(optimizers),
+                scheduler=one_or_list(schedulers) if "scheduler" in pending.classes else None,
+                scaler=self.constructed.scaler() if "scaler" in pending.classes else None,
+                restore_rng=pending.rank0,
+            )
+            if "model" in pending.classes:  # loaded before the first forward of the module these optimizers train
+                self.pending_model = (pending.path, set().union(*(param_ids(o) for o in optimizers)))
+                self.watch_forwards()
+            self.losses.replace([float(loss) for loss in pending.saved.get("pending_losses") or []])
+            position = "no data position"
+            if track is not None:
+                track.armed = (pending.dataloader_state, pending.epoch)
+                self.data.mark_training(track)
+                position = f"epoch {pending.epoch}, batch {pending.batch_in_epoch}"
+            elif pending.unfit is not None:
+                self._restart_epoch(pending, pending.unfit)
+                position = f"epoch {pending.epoch} from its beginning"
+            elif pending.dataloader_state is not None:
+                self.data.waiting_position = (pending.dataloader_state, pending.epoch)
+                position = f"epoch {pending.epoch}, batch {pending.batch_in_epoch} (when the DataLoader is iterated)"
+            logger.info(
+                "cairn: resumed run %s from checkpoint %s at %s: step %s, %s; model, optimizer, scheduler, "
+                "scaler and RNG restored",
+                pending.run_id,
+                pending.path.name,
+                where,
+                pending.step,
+                position,
+            )
+        except Exception as exc:
+            self.report(f"restoring the checkpoint {pending.path}", exc)
+        return True
+
+    def _find_optimizers(self, pending: PendingRestore) -> list[Any] | None:
+        made = self.constructed.made("optimizer")
+        optimizers = self._optimizers(pending, made)
+        if optimizers is not None or pending.earlier_optimizers is not None:
+            return optimizers
+        saved = pending.saved
+        names = [str(s[0]) for s in saved.get("optimizers") or []]
+        names += pending.classes.get("optimizer", "").split(",") if not names else []
+        pending.earlier_optimizers = [o for o in optimizers_built_before([n for n in names if n]) if o not in made]
+        optimizers = self._optimizers(pending, [*made, *pending.earlier_optimizers], unique=True)
+        if optimizers is None and len(pending.earlier_optimizers) > 1:
+            self.report(
+                "matching the checkpoint's optimizer",
+                RuntimeError(
+                    f"several live optimizers built before autolog() match the checkpoint {pending.path.name}; "
+                    "nothing was restored (build the optimizer after autolog() so it is known)"
+                ),
+            )
+        return optimizers
+
+    @staticmethod
+    def _optimizers(pending: PendingRestore, live: list[Any], *, unique: bool = False) -> list[Any] | None:
+        """The live optimizers matching the checkpoint's, in its order, or ``None`` if some are not among ``live``.
+
+        ``unique``: a match must be the only candidate (for optimizers autolog did not see being built, where
+        a leftover optimizer of the same class and shapes could be taken for the training one).
+        """
+        optimizers: list[Any] = []
+        signatures = pending.saved.get("optimizers") or []
+        if signatures:  # an autolog checkpoint: match class and parameter shapes
+            for signature in signatures:
+                match = [o for o in live if optimizer_signature(o) == list(signature) and o not in optimizers]
+                if not match or (unique and len(match) > 1):
+                    return None
+                optimizers.append(match[0])
+        elif "optimizer" in pending.classes:  # from log_checkpoint: match the class, which must be unambiguous
+            for name in pending.classes["optimizer"].split(","):
+                match = [o for o in live if optimizer_signature(o)[0] == name and o not in optimizers]
+                if len(match) != 1:
+                    return None
+                optimizers.append(match[0])
+        return optimizers or None
+
+    def _restart_epoch(self, pending: PendingRestore, track: LoaderTrack) -> None:
+        """The training loader differs from the checkpoint's: its interrupted epoch restarts from its beginning."""
+        from cairn.checkpoint import runs
+
+        loader = track.loader()
+        recorded = (pending.dataloader_state or {}).get("fingerprint")
+        now = fingerprint(loader) if loader is not None else None
+        changed = ", ".join(
+            f"{k} {recorded.get(k)!r} -> {now.get(k)!r}"
+            for k in ("dataset", "size", "batch_size")
+            if isinstance(recorded, dict) and now is not None and recorded.get(k) != now.get(k)
+        )
+        track.epoch = pending.epoch if pending.epoch is not None else track.epoch
+        self.data.mark_training(track)
+        warnings.warn(
+            f"cairn: resuming run {pending.run_id} from {pending.path.name} (step {pending.step}): the DataLoader "
+            f"differs from the checkpoint's ({changed or 'sampler'}); model, optimizer, scheduler, scaler and RNG "
+            f"are restored, but the data position cannot be: epoch {pending.epoch} restarts from its beginning",
+            runs.ResumeWarning,
+            stacklevel=2,
+        )
+
+    def _load_model(self, module: nn.Module) -> None:
+        """The checkpoint's weights into the first top-level module that owns the optimizers' parameters,
+        right before its forward (errors are reported; training then starts untrained)."""
+        assert self.pending_model is not None
+        path, ids = self.pending_model
+        if not any(id(p) in ids for p in module.parameters()):
+            return
+        self.pending_model = None
+        try:
+            from cairn.checkpoint.capture import _load_model
+            from cairn.checkpoint.state_tree import read_flat_tree
+
+            _load_model(unwrap(module), read_flat_tree(path, "model"), strict=True, where=str(path))
+        except Exception as exc:
+            self.report(f"restoring the model from {path}", exc)
