@@ -16,8 +16,12 @@ A logging stretch logs for one writer interval untimed (so the writer is in its 
 ``--seconds`` (at least three writer intervals) timed, then for one more interval untimed, then waits for
 the writer to write the rest; its no-logging partner runs as many timed steps.
 The training thread's cost is its CPU time (``time.thread_time()``); overhead = median over rounds of
-(logging stretch / its paired no-logging stretch) - 1. The writer's CPU per point is the process CPU
-minus the training thread's over the timed window, divided by the points logged in it.
+(logging stretch / its paired no-logging stretch) - 1. That pairing is at the mercy of the machine's load
+over seconds, so the writer's interference is also measured within each logging stretch: its steps are
+timed in blocks of 8, a block that overlapped a write of the writer (counted by a wrapper of the store)
+is "busy", and the busy blocks' CPU above the median of the quiet blocks of the same stretch, divided by
+the points written, is the training thread's CPU per point written. The writer's CPU per point is the
+process CPU minus the training thread's over the timed window, divided by the points logged in it.
 
     .venv/bin/python benchmarks/writer_gil.py [--rounds 5] [--seconds 1.5] [--points 4]
 """
@@ -28,12 +32,13 @@ import argparse
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from cairn.store.base import MetricPoint
+from cairn.store.base import MetricPoint, TrackingStore
 from cairn.tracking import config
 from cairn.tracking.batcher import MetricBatcher
 
@@ -73,26 +78,71 @@ class Trainer:
         return float(loss.detach())
 
 
+class CountingStore:
+    """The store, counting the writer's batches as they start and finish (to tell which steps overlapped one)."""
+
+    def __init__(self, store: TrackingStore) -> None:
+        self.store = store
+        self.started = 0
+        self.finished = 0
+        self.points = 0
+
+    def log_metric_points(self, points: Sequence[MetricPoint]) -> None:
+        self.started += 1
+        self.points += len(points)
+        try:
+            self.store.log_metric_points(points)
+        finally:
+            self.finished += 1
+
+
 @dataclass
 class Stretch:
     thread_s: float
     process_s: float
     steps: int
+    quiet_blocks: list[float] = field(default_factory=list)
+    """Training-thread CPU of the blocks of ``BLOCK`` steps during which the writer did not write."""
+    busy_blocks: list[float] = field(default_factory=list)
+    """... and of those that overlapped a write."""
+    points_written: int = 0
+
+
+BLOCK = 8  # steps per block, a few ms: a write of a batch overlaps a few blocks
 
 
 def run_stretch(
-    trainer: Trainer, steps: int, log: MetricBatcher | None, run_id: str, points: int, first: int
+    trainer: Trainer,
+    steps: int,
+    log: MetricBatcher | None,
+    run_id: str,
+    points: int,
+    first: int,
+    store: CountingStore | None = None,
 ) -> Stretch:
     keys = [f"m{i}" for i in range(points)]
     add = log.add if log is not None else None
-    t0, p0 = time.thread_time(), time.process_time()
+    thread_time = time.thread_time
+    t0, p0 = thread_time(), time.process_time()
+    quiet: list[float] = []
+    busy: list[float] = []
+    points_before = store.points if store is not None else 0
+    block_start, finished_at_start = t0, store.finished if store is not None else 0
     for i in range(first, first + steps):
         value = trainer.step()
         if add is not None:
             now = time.time_ns() // 1_000_000
             for key in keys:
                 add(MetricPoint(run_id, key, value, now, i))
-    return Stretch(time.thread_time() - t0, time.process_time() - p0, steps)
+        if store is not None and (i - first) % BLOCK == BLOCK - 1:
+            block_end = thread_time()
+            # a write overlapped the block if one started before its end and finished after its start
+            (busy if store.started > finished_at_start else quiet).append(block_end - block_start)
+            block_start, finished_at_start = block_end, store.finished
+    stretch = Stretch(thread_time() - t0, time.process_time() - p0, steps, quiet, busy)
+    if store is not None:
+        stretch.points_written = store.points - points_before
+    return stretch
 
 
 def steps_for(trainer: Trainer, seconds: float) -> int:
@@ -120,12 +170,20 @@ def main() -> None:
         per_second = steps_for(trainer, 1.0)
         ratios: dict[str, list[float]] = {c.label: [] for c in CONFIGS}
         writer_us: dict[str, list[float]] = {c.label: [] for c in CONFIGS}
+        interference_us: dict[str, list[float]] = {c.label: [] for c in CONFIGS}
+        batch_sizes: dict[str, list[float]] = {c.label: [] for c in CONFIGS}
         base_us: list[float] = []
         step = 0
         for round_index in range(args.rounds):
             order = CONFIGS[round_index % len(CONFIGS) :] + CONFIGS[: round_index % len(CONFIGS)]
             for cfg in order:
-                batcher = MetricBatcher(store, flush_interval=cfg.interval, wake_at=cfg.wake_at, max_batch=cfg.wake_at)
+                counting = CountingStore(store)
+                batcher = MetricBatcher(
+                    counting,  # type: ignore[arg-type]  # only log_metric_points is called
+                    flush_interval=cfg.interval,
+                    wake_at=cfg.wake_at,
+                    max_batch=cfg.wake_at,
+                )
                 margin = 0 if not cfg.writes_in_window else int(per_second * (cfg.interval + 0.05))
                 timed = int(per_second * max(args.seconds, 3 * cfg.interval if cfg.writes_in_window else 0))
                 base_first = round_index % 2 == 0  # ABBA: neither side always runs first
@@ -133,7 +191,9 @@ def main() -> None:
                     base = run_stretch(trainer, timed, None, run_id, args.points, step)
                 run_stretch(trainer, margin, batcher, run_id, args.points, step)  # into the writer's steady state
                 step += margin
-                logged = run_stretch(trainer, timed, batcher, run_id, args.points, step)
+                started = counting.started
+                logged = run_stretch(trainer, timed, batcher, run_id, args.points, step, counting)
+                batches = counting.started - started
                 step += timed
                 run_stretch(trainer, margin, batcher, run_id, args.points, step)
                 step += margin
@@ -145,6 +205,11 @@ def main() -> None:
                 if cfg.writes_in_window:
                     extra = (logged.process_s - logged.thread_s) - (base.process_s - base.thread_s)
                     writer_us[cfg.label].append(extra / (timed * args.points) * 1e6)
+                if logged.busy_blocks and logged.quiet_blocks and logged.points_written:
+                    quiet = statistics.median(logged.quiet_blocks)
+                    extra_busy = sum(block - quiet for block in logged.busy_blocks)
+                    interference_us[cfg.label].append(extra_busy / logged.points_written * 1e6)
+                    batch_sizes[cfg.label].append(logged.points_written / max(1, batches))
             print(f"round {round_index + 1}/{args.rounds} done", flush=True)
         written = len(store.get_metric_history(run_id, "m0"))
         config.reset()
@@ -152,15 +217,23 @@ def main() -> None:
     print(
         f"no-logging step: median {statistics.median(base_us):.1f} µs of training-thread CPU; {written} steps written"
     )
-    print("\n| writer | training-thread CPU overhead (median) | min .. max over rounds | writer CPU per point, µs |")
-    print("|---|---:|---:|---:|")
+    print(
+        "\n| writer | points per batch | training-thread CPU overhead (median; min .. max) "
+        "| training-thread CPU while the writer writes, µs per point | writer CPU per point, µs |"
+    )
+    print("|---|---:|---:|---:|---:|")
     for cfg in CONFIGS:
         values = ratios[cfg.label]
-        per_point = f"{statistics.median(writer_us[cfg.label]):.2f}" if writer_us[cfg.label] else "—"
         print(
-            f"| {cfg.label} | {100 * (statistics.median(values) - 1):+.1f}% "
-            f"| {100 * (min(values) - 1):+.1f}% .. {100 * (max(values) - 1):+.1f}% | {per_point} |"
+            f"| {cfg.label} | {_median(batch_sizes[cfg.label], '.0f')} "
+            f"| {100 * (statistics.median(values) - 1):+.1f}% ({100 * (min(values) - 1):+.1f}% .. "
+            f"{100 * (max(values) - 1):+.1f}%) | {_median(interference_us[cfg.label], '.2f')} "
+            f"| {_median(writer_us[cfg.label], '.2f')} |"
         )
+
+
+def _median(values: list[float], spec: str) -> str:
+    return format(statistics.median(values), spec) if values else "—"
 
 
 if __name__ == "__main__":

@@ -139,18 +139,29 @@ class MetricBatcher:
             self._wake.clear()
             if self._queue or self._retry:
                 with self._write_lock:
-                    self._drain_and_write(retry_forever=False)
+                    self._drain_and_write(retry_forever=False, at_most=len(self._queue))
 
-    def _drain_and_write(self, *, retry_forever: bool) -> None:
-        while self._queue or self._retry:
+    def _drain_and_write(self, *, retry_forever: bool, at_most: int | None = None) -> None:
+        """Write the queued points in batches of up to ``max_batch``; only the first ``at_most`` of them if given.
+
+        The writer thread passes the queue's length when it woke: the points queued while it writes wait for
+        its next wake-up instead of being written at once in small batches (which, with the training thread
+        queuing all the time, turned each wake-up into a stream of small transactions).
+        """
+        left = len(self._queue) if at_most is None else at_most
+        while self._retry or (self._queue and left > 0):
             batch, self._retry = self._retry, []
             popleft = self._queue.popleft
+            room = max(0, self._max_batch - len(batch))
+            take = min(room, left) if at_most is not None else room
             try:
-                max_batch = self._max_batch
-                while len(batch) < max_batch:
+                for _ in range(take):
                     batch.append(popleft())
             except IndexError:
                 pass
+            left -= take
+            if at_most is None:
+                left = len(self._queue)
             if not self._write(batch, retry_forever=retry_forever):
                 return
 
