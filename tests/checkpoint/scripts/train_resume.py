@@ -1,6 +1,6 @@
-"""A deterministic CPU training script for the resume proof (tests/checkpoint/test_resume_proof.py).
+"""A deterministic CPU training script for the kill-and-resume harness (tests/checkpoint/kill_resume_harness.py).
 
-Usage: python train_resume.py MODE OUT_DIR [KILL_AFTER_STEP]
+Usage: python train_resume.py MODE ROLE OUT_DIR (ROLE: reference, crash or resume; see the harness)
 
 MODE ``explicit``: Adam + per-epoch StepLR, a ResumableLoader, ``log_checkpoint`` every 5 steps and
 ``cairn.pytorch.resume`` on restart (``CAIRN_RUN_ID`` set). MODE ``autolog``: SGD with momentum +
@@ -8,9 +8,10 @@ per-step StepLR, a plain DataLoader, and nothing but ``autolog(checkpoint_every_
 (the loop starts at the returned epoch). Both shuffle with the global RNG, augment with random noise in
 the dataset and use dropout, so every random state matters.
 
-With KILL_AFTER_STEP the script prints ``CHECKPOINTED`` once the checkpoint of that step is uploaded,
-logs two more steps, prints ``READY`` and waits to be killed (the parent sends SIGKILL). It writes the
-final weights to ``OUT_DIR/final.safetensors`` and the run id to ``OUT_DIR/run_id.txt``.
+The ``crash`` role prints ``CHECKPOINTED`` once the checkpoint of step KILL_AFTER is uploaded, logs two
+more steps, prints ``KILL_ME <run id>`` and waits to be killed (the parent sends SIGKILL). The ``resume``
+role reads the run id from stdin and resumes it through ``CAIRN_RUN_ID``. Finished roles write the final
+weights to ``OUT_DIR/final.safetensors`` and the run id to ``OUT_DIR/run_id.txt``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ EPOCHS = 3
 SAMPLES = 60
 BATCH = 8  # 8 batches per epoch, the last one of 4 samples: 24 steps
 CHECKPOINT_EVERY = 5
+KILL_AFTER = 10  # epoch 1 runs steps 9..16: the checkpoint of step 10 is two batches into it
 
 
 class Noisy(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]]):
@@ -65,7 +67,7 @@ def _seed() -> None:
 
 
 class _Stopper:
-    """Prints the markers around the kill point; waits forever once READY is printed."""
+    """Prints the markers around the kill point; waits forever once KILL_ME is printed."""
 
     def __init__(self, kill_after: int | None) -> None:
         self.kill_after = kill_after
@@ -84,7 +86,8 @@ class _Stopper:
             if autolog is not None:
                 autolog.drain_metrics()
             cairn.flush()  # points after the checkpoint are in the store: the resume must supersede them
-            print("READY", flush=True)
+            active = cairn.active_run()
+            print(f"KILL_ME {active.info.run_id if active else None}", flush=True)
             time.sleep(600)
 
 
@@ -160,6 +163,8 @@ def _finish(model: nn.Module, out: Path) -> str:
 
 
 if __name__ == "__main__":
-    mode, out_dir = sys.argv[1], Path(sys.argv[2])
-    kill = int(sys.argv[3]) if len(sys.argv) > 3 else None
-    {"explicit": train_explicit, "autolog": train_autolog}[mode](out_dir, kill)
+    mode, role, out_dir = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+    train = {"explicit": train_explicit, "autolog": train_autolog}[mode]
+    if role == "resume":
+        os.environ["CAIRN_RUN_ID"] = sys.stdin.readline().strip()
+    train(out_dir, KILL_AFTER if role == "crash" else None)
