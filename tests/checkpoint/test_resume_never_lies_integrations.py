@@ -17,17 +17,17 @@ import pytest
 pytest.importorskip("lightning", reason="lightning is not installed (pip install 'cairn[lightning]')")
 pytest.importorskip("transformers", reason="transformers is not installed (pip install 'cairn[transformers]')")
 
-import lightning as L  # noqa: E402
-from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
 
-import cairn  # noqa: E402
-import cairn.lightning  # noqa: E402
-import cairn.transformers  # noqa: E402
-from cairn.autolog import lightning as lightning_integration  # noqa: E402
-from cairn.checkpoint.resume import NoCheckpoint, ResumeWarning  # noqa: E402
-from cairn.errors import ArtifactNotFound, CheckpointError  # noqa: E402
-from tests.autolog.test_lightning import TinyModule, _loaders, _trainer  # noqa: E402
-from tests.autolog.test_transformers_autolog import make_trainer, rows, steps, tokenizer  # noqa: E402, F401
+import cairn
+import cairn.lightning
+import cairn.transformers
+from cairn.autolog import lightning as lightning_integration
+from cairn.checkpoint.resume import NoCheckpoint, ResumeWarning
+from cairn.errors import ArtifactNotFound, CheckpointError
+from tests.autolog.test_lightning import TinyModule, _loaders, _trainer
+from tests.autolog.test_transformers_autolog import make_trainer, rows, steps, tokenizer  # noqa: F401 (fixtures)
 
 
 @pytest.fixture(autouse=True)
@@ -118,18 +118,14 @@ def test_lightning_checkpoint_path_keeps_which_with_a_deprecation_warning(tmp_pa
 # -- Transformers -------------------------------------------------------------------------------------
 
 
-def test_transformers_checkpoint_path_of_a_run_without_checkpoints_is_a_checkpoint_error(
-    tmp_path: Path, tokenizer: Any, rows: Any
-) -> None:
+def test_transformers_no_checkpoint_is_a_checkpoint_error(tmp_path: Path, tokenizer: Any, rows: Any) -> None:  # noqa: F811
     run_id = _run_with_history()
     with pytest.raises(CheckpointError, match="no complete checkpoint") as raised:
         cairn.transformers.checkpoint_path(run_id)
     assert isinstance(raised.value, ArtifactNotFound) and isinstance(raised.value, NoCheckpoint)
 
 
-def test_transformers_damaged_newest_checkpoint_is_named_with_the_one_used(
-    tmp_path: Path, tokenizer: Any, rows: Any
-) -> None:
+def test_transformers_damaged_newest_is_named_with_the_one_used(tmp_path: Path, tokenizer: Any, rows: Any) -> None:  # noqa: F811
     callback = cairn.transformers.CairnCallback(log_models=False)
     make_trainer(tokenizer, rows, tmp_path / "out", callbacks=[callback]).train()
     run_id = str(callback.run_id)
@@ -139,24 +135,21 @@ def test_transformers_damaged_newest_checkpoint_is_named_with_the_one_used(
     assert Path(path).name == "checkpoint-2"
 
 
-def test_transformers_fresh_training_in_a_run_with_history_goes_to_a_new_run(
-    tmp_path: Path, tokenizer: Any, rows: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_hf_fresh_start_goes_to_a_new_run(tmp_path: Path, tokenizer: Any, rows: Any) -> None:  # noqa: F811
     callback = cairn.transformers.CairnCallback(log_models=False, log_checkpoints=False)
     make_trainer(tokenizer, rows, tmp_path / "a", callbacks=[callback], save_strategy="no").train()
     run_id = str(callback.run_id)
-    monkeypatch.setenv("CAIRN_RUN_ID", run_id)  # a restarted script that forgot resume_from_checkpoint
     again = cairn.transformers.CairnCallback(log_models=False, log_checkpoints=False)
-    with pytest.warns(ResumeWarning, match=f"run {run_id} has logged metrics but no checkpoint.*new run"):
-        make_trainer(tokenizer, rows, tmp_path / "b", callbacks=[again], save_strategy="no").train()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("CAIRN_RUN_ID", run_id)  # a restarted script that forgot resume_from_checkpoint
+        with pytest.warns(ResumeWarning, match=f"run {run_id} has logged metrics but no checkpoint.*new run"):
+            make_trainer(tokenizer, rows, tmp_path / "b", callbacks=[again], save_strategy="no").train()
     assert again.run_id not in (None, run_id)
     assert steps(run_id, "loss") == [1, 2, 3, 4]  # not restarted inside it: no step logged twice
     assert steps(str(again.run_id), "loss") == [1, 2, 3, 4]
 
 
-def test_transformers_checkpoint_path_keeps_which_with_a_deprecation_warning(
-    tmp_path: Path, tokenizer: Any, rows: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_hf_which_is_deprecated(tmp_path: Path, tokenizer: Any, rows: Any, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     callback = cairn.transformers.CairnCallback(log_models=False)
     make_trainer(tokenizer, rows, tmp_path / "out", callbacks=[callback]).train()
     with pytest.warns(DeprecationWarning, match="use step="):
@@ -165,7 +158,7 @@ def test_transformers_checkpoint_path_keeps_which_with_a_deprecation_warning(
     assert Path(cairn.transformers.checkpoint_path(step=4)).name == "checkpoint-4"
 
 
-def test_transformers_callback_logs_through_the_client_it_is_given(tmp_path: Path, tokenizer: Any, rows: Any) -> None:
+def test_transformers_callback_uses_the_client_given(tmp_path: Path, tokenizer: Any, rows: Any) -> None:  # noqa: F811
     other = cairn.Client(tracking_uri=f"sqlite:///{tmp_path / 'other.db'}", artifact_root=str(tmp_path / "other"))
     callback = cairn.transformers.CairnCallback(log_models=False, client=other)
     make_trainer(tokenizer, rows, tmp_path / "out", callbacks=[callback]).train()

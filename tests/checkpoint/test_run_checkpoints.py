@@ -132,7 +132,7 @@ def test_materialize_verifies_and_reuses_a_matching_local_copy(
     marker.write_bytes(b"x" * 64)  # a damaged local copy is replaced by a fresh, verified download
     assert run.materialize(entry, tmp_path / "staging").joinpath("model.safetensors").read_bytes() == b"\x02" * 64
     run.store.put_bytes(b"y" * 64, "checkpoints/step-2/model.safetensors")  # damaged in the store
-    with pytest.raises(CheckpointCorrupt, match="model.safetensors"):
+    with pytest.raises(CheckpointCorrupt, match=r"model\.safetensors"):
         run.materialize(entry, tmp_path / "elsewhere")
     assert not any((tmp_path / "elsewhere").iterdir())  # no half-downloaded leftovers
 

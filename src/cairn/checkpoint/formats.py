@@ -69,9 +69,15 @@ class StoredCheckpoint:
 class CheckpointFormat(Protocol):
     """How one checkpoint format lives in a run's artifacts."""
 
-    label: str
-    """Named in messages ("cairn", "Transformers", "Lightning")."""
-    artifact_dir: str
+    @property
+    def label(self) -> str:
+        """Named in messages ("cairn", "Transformers", "Lightning")."""
+        ...
+
+    @property
+    def artifact_dir(self) -> str:
+        """The run's artifact directory holding the checkpoints."""
+        ...
 
     def scan(self, store: ArtifactStore) -> list[StoredCheckpoint]:
         """Every checkpoint of the run (complete or not), oldest first."""

@@ -8,6 +8,7 @@ them and :meth:`take_error` hands over what failed, so the caller (or the backgr
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -59,11 +60,11 @@ class RunCheckpoints:
 
     # -- reading -------------------------------------------------------------------------------------
 
-    def scan(self) -> list[StoredCheckpoint]:
+    def scan(self) -> builtins.list[StoredCheckpoint]:
         """Every checkpoint, complete or not (interrupted uploads), oldest first."""
         return self.format.scan(self.store)
 
-    def list(self) -> list[StoredCheckpoint]:
+    def list(self) -> builtins.list[StoredCheckpoint]:
         """The complete checkpoints, oldest first."""
         return [entry for entry in self.scan() if entry.complete]
 
@@ -119,7 +120,7 @@ class RunCheckpoints:
         entries: Iterable[StoredCheckpoint] | None = None,
         protect: Iterable[str] = (),
         up_to_step: int | None = None,
-    ) -> list[str]:
+    ) -> builtins.list[str]:
         """Delete interrupted uploads and the complete checkpoints ``policy`` drops; return the deleted names.
 
         Args:
@@ -156,7 +157,7 @@ class RunCheckpoints:
         """The background failures since the last call, as one error (``None`` if there were none)."""
         return self._uploads.take_error()
 
-    def take_failures(self) -> list[UploadFailure]:
+    def take_failures(self) -> builtins.list[UploadFailure]:
         """The background failures since the last call, one by one."""
         return self._uploads.take_errors()
 
