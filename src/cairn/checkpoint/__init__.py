@@ -10,6 +10,20 @@ back), :mod:`~cairn.checkpoint.dataloader` (mid-epoch resume), :mod:`~cairn.chec
 (async atomic writes), :mod:`~cairn.checkpoint.retention` and :mod:`~cairn.checkpoint.local` (layout
 ``<root>/checkpoints/step-<N>/``).
 
+The one checkpoint/resume core every integration uses (plain PyTorch, Lightning, Transformers):
+
+- :mod:`~cairn.checkpoint.formats`: ``CheckpointFormat`` adapters (native ``checkpoints/step-<N>/``,
+  Transformers ``checkpoints/checkpoint-<N>/``, Lightning ``lightning_checkpoints/*.ckpt`` + index): naming,
+  what makes one complete, how it is verified;
+- :mod:`~cairn.checkpoint.run_checkpoints`: ``RunCheckpoints(client, run_id, fmt)``: a run's checkpoints in
+  its artifact store: list, upload (commit marker last), delete, prune by retention, materialise a verified
+  local copy; uploads on one background thread (:mod:`~cairn.checkpoint.uploads`) with ``drain(timeout)``
+  and ``take_error()``;
+- :mod:`~cairn.checkpoint.resume`: the run to resume (``CAIRN_RUN_ID``, explicit, active) and
+  ``plan_resume`` (find, verify, warn about a damaged newest one, continue with supersede or fork), and
+  ``nothing_to_resume`` (never a restart inside a run's history);
+- :mod:`~cairn.checkpoint.runs`: the public API on top (``log_checkpoint``, ``resume``, ``checkpoint_path``).
+
 The manifest, local-layout and retention modules need no torch; the names from the other modules are
 imported (with torch) on first access.
 """
