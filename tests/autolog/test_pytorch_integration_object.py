@@ -1,0 +1,119 @@
+"""Plain-PyTorch autolog as an object: ``client=``, one registered instance, nothing stale after disable."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+import cairn  # noqa: E402
+from cairn.autolog import pytorch as autolog_pytorch  # noqa: E402
+from cairn.errors import InvalidArgument  # noqa: E402
+from cairn.tracking.client import Client  # noqa: E402
+from tests.autolog.test_pytorch_autolog import Net, _loader, _train  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _disable_after() -> Iterator[None]:
+    yield
+    autolog_pytorch.autolog(disable=True)
+
+
+def _other_client(tmp_path: Path) -> Client:
+    return Client(
+        tracking_uri=f"sqlite:///{tmp_path / 'other' / 'cairn.db'}", artifact_root=str(tmp_path / "other-art")
+    )
+
+
+def _runs(client: Client) -> list[Any]:
+    return client.search_runs(["0"]).items
+
+
+def test_client_logs_run_params_metrics_and_model_into_its_store_not_the_fluent_one(tmp_path: Path) -> None:
+    other = _other_client(tmp_path)
+    fluent_client = Client()
+    assert other.store is not fluent_client.store
+    autolog_pytorch.autolog(client=other, log_every_n_steps=2)
+    model, losses, _ = _train(epochs=1)  # 6 steps; the model is logged while it lives
+    assert cairn.active_run() is None  # nothing started in the fluent API
+    autolog_pytorch.autolog(disable=True)  # ends the run autolog created in the client's store
+
+    [run] = _runs(other)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["optimizer_name"] == "SGD"
+    history = other.get_metric_history(run.info.run_id, "loss")
+    assert [m.step for m in history] == [2, 4, 6]
+    assert [m.value for m in history] == pytest.approx([(losses[i] + losses[i + 1]) / 2 for i in (0, 2, 4)], rel=1e-6)
+    artifacts = {f.path for f in other.list_artifacts(run.info.run_id)}
+    assert {"model", "model_summary.txt"} <= artifacts
+    assert "MLmodel" in {Path(f.path).name for f in other.list_artifacts(run.info.run_id, "model")}
+    assert _runs(fluent_client) == []  # the fluent default store saw nothing
+
+
+def test_client_of_another_store_refuses_checkpoints_at_the_call(tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgument, match="client="):
+        autolog_pytorch.autolog(client=_other_client(tmp_path), checkpoint_every_n_steps=2)
+    assert not autolog_pytorch.is_enabled()
+
+
+def test_autolog_again_reconfigures_the_one_registered_integration() -> None:
+    autolog_pytorch.autolog(log_every_n_steps=1)
+    first = autolog_pytorch.active()
+    autolog_pytorch.autolog(log_every_n_steps=3)
+    assert autolog_pytorch.active() is first and first is not None and first.config.log_every_n_steps == 3
+    _train(epochs=1)
+    run = cairn.active_run()
+    assert run is not None
+    cairn.end_run()
+    assert [m.step for m in Client().get_metric_history(run.info.run_id, "loss")] == [3, 6]
+
+
+def test_disable_then_enable_leaves_no_stale_state() -> None:
+    """A session, a tracked loader, a pending resume and track_state's getter end with the integration."""
+    autolog_pytorch.autolog(log_models=False, checkpoint_every_n_steps=2)
+    torch.manual_seed(0)
+    model = Net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = _loader()
+    autolog_pytorch.track_state(lambda: {"stale": 1})
+    for i, (x, y) in enumerate(loader):  # stop in the middle of an epoch, with a run going
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        if i == 2:
+            break
+    old = autolog_pytorch.active()
+    first_run = cairn.active_run()
+    assert old is not None and old.session is not None and first_run is not None
+    cairn.pytorch.flush_checkpoints(first_run.info.run_id)  # the step-2 checkpoint, taken before batch 3
+    state: Any = autolog_pytorch.autolog(log_models=False, checkpoint_every_n_steps=2, resume=first_run.info.run_id)
+    assert state.resumed and old.restorer.pending is not None
+    autolog_pytorch.autolog(disable=True)
+    assert autolog_pytorch.active() is None and old.session is None and old.restorer.pending is None
+    cairn.end_run()
+
+    autolog_pytorch.autolog(log_models=False, checkpoint_every_n_steps=2)
+    new = autolog_pytorch.active()
+    assert new is not None and new is not old
+    assert new.session is None and new.restorer.pending is None and new.checkpoints.user_state is None
+    assert len(new.data.loaders) == 0 and new.resume_step is None and new.losses.values == []
+    before = [p.detach().clone() for p in model.parameters()]
+    for x, y in loader:  # a new run: steps from 1, epoch 0, nothing restored from the old run's checkpoint
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        break
+    assert all(torch.equal(a, b) is False for a, b in zip(before, model.parameters(), strict=True))
+    second_run = cairn.active_run()
+    assert second_run is not None and second_run.info.run_id != first_run.info.run_id
+    cairn.end_run()
+    client = Client()
+    assert [m.step for m in client.get_metric_history(second_run.info.run_id, "loss")] == [1]
+    assert [m.value for m in client.get_metric_history(second_run.info.run_id, "epoch")] == [0.0]
+    [checkpoint] = cairn.pytorch.list_run_checkpoints(second_run.info.run_id)  # the final one, at step 1
+    assert checkpoint.step == 1
