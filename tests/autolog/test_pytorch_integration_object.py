@@ -39,7 +39,7 @@ def test_client_logs_run_params_metrics_and_model_into_its_store_not_the_fluent_
     fluent_client = Client()
     assert other.store is not fluent_client.store
     autolog_pytorch.autolog(client=other, log_every_n_steps=2)
-    model, losses, _ = _train(epochs=1)  # 6 steps; the model is logged while it lives
+    _model, losses, _ = _train(epochs=1)  # 6 steps; the model is logged while it lives (kept here)
     assert cairn.active_run() is None  # nothing started in the fluent API
     autolog_pytorch.autolog(disable=True)  # ends the run autolog created in the client's store
 
