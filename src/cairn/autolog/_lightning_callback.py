@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 import warnings
 import weakref
@@ -12,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from cairn.autolog._lightning_checkpoint_mirror import CheckpointMirror
 from cairn.autolog._lightning_frameworks import (
     INTEGRATION,
     LOADERS_KEY,
@@ -24,7 +24,7 @@ from cairn.autolog._lightning_frameworks import (
 from cairn.autolog._lightning_loaders import _make_resumable, _undo_resumable
 from cairn.autolog._lightning_logger import _CairnLoggerImpl
 from cairn.autolog._lightning_resume import _log_step, _open_run, _supersede_once
-from cairn.autolog._lightning_uploads import _kind_of, _remote_name, _Uploader, _watch_removals
+from cairn.autolog._lightning_uploads import _Uploader
 from cairn.autolog.base import loops
 from cairn.autolog.config import safe_autolog
 from cairn.autolog.pytorch import _grad_norm  # the plain-loop autolog's, one definition
@@ -35,6 +35,8 @@ from cairn.tracking.entities import RunStatus
 
 if TYPE_CHECKING:
     from lightning.pytorch import LightningModule, Trainer
+
+    from cairn.tracking.client import Client
 
 
 # ------------------------------------------------------------------------------------------------ the callback
@@ -55,8 +57,10 @@ class _CheckpointCallbackImpl:
         system_metrics_interval: float = 10.0,
         log_grad_norm: bool = False,
         silent: bool = False,
+        client: Client | None = None,
     ) -> None:
         super().__init__()
+        self.client = client
         self.upload_checkpoints = upload_checkpoints
         self.log_system_metrics = log_system_metrics
         self.system_metrics_interval = system_metrics_interval
@@ -68,7 +72,11 @@ class _CheckpointCallbackImpl:
         self.silent = silent
         self._run_id: str | None = None
         self._owned_run = False
-        self._uploader: _Uploader | None = None
+        self._mirror: CheckpointMirror | None = None
+        self._checkpoint_callbacks: list[Any] = []
+        self._trainer_ref: weakref.ref[Any] | None = None
+        self._saves_pending = False
+        self._watching = False
         self._undo: list[Callable[[], None]] = []
         self._swapped: list[tuple[Any, type]] = []
         self._loader_states: dict[int, dict[str, Any]] = {}
@@ -84,8 +92,9 @@ class _CheckpointCallbackImpl:
     def __getstate__(self) -> dict[str, Any]:
         """Picklable (``ddp_spawn`` pickles the Trainer): settings travel, the per-fit state does not."""
         state = dict(self.__dict__)
-        fit_only = ("_uploader", "_warning_filter", "_monitor", "_add_point", "_driven")
-        state.update(dict.fromkeys(fit_only), _undo=[], _swapped=[], _loader_states={})
+        fit_only = ("_mirror", "_warning_filter", "_monitor", "_add_point", "_driven", "client")
+        state.update(dict.fromkeys(fit_only), _undo=[], _swapped=[], _loader_states={}, _checkpoint_callbacks=[])
+        state["_trainer_ref"] = None
         return state
 
     # -- the run ------------------------------------------------------------------------------------
@@ -93,9 +102,18 @@ class _CheckpointCallbackImpl:
     def _cairn_loggers(self, trainer: Any) -> list[_CairnLoggerImpl]:
         return [lg for lg in getattr(trainer, "loggers", []) if isinstance(lg, _CairnLoggerImpl)]
 
-    def _resolve_run(self, trainer: Any) -> str:
+    def _client(self, trainer: Any) -> Client:
+        """The injected client, else the attached CairnLogger's, else the fluent API's."""
         from cairn.tracking import fluent
 
+        if self.client is not None:
+            return self.client
+        for cairn_logger in self._cairn_loggers(trainer):
+            if cairn_logger.run_id is not None and cairn_logger.client is not None:
+                return cairn_logger.client
+        return fluent._get_client()
+
+    def _resolve_run(self, trainer: Any) -> str:
         if self._run_id is not None:
             return self._run_id
         for cairn_logger in self._cairn_loggers(trainer):
@@ -103,7 +121,10 @@ class _CheckpointCallbackImpl:
             if run_id is not None:
                 self._run_id = run_id
                 return run_id
-        self._run_id, self._owned_run = _open_run(fluent._get_client(), None)
+        if self.client is not None:
+            self._run_id, self._owned_run = self.client.create_run("0").info.run_id, True
+        else:
+            self._run_id, self._owned_run = _open_run(self._client(trainer), None)
         return self._run_id
 
     # -- hooks --------------------------------------------------------------------------------------
@@ -121,61 +142,50 @@ class _CheckpointCallbackImpl:
         with safe_autolog(INTEGRATION, "preparing checkpoint uploads", silent=self.silent):
             run_id = self._resolve_run(trainer)
             if self.upload_checkpoints:
-                from cairn.tracking import fluent
+                if self._mirror is None or self._mirror.uploader.run_id != run_id:
+                    self._mirror = CheckpointMirror(_Uploader(self._client(trainer), run_id, silent=self.silent))
+                self._checkpoint_callbacks = list(trainer.checkpoint_callbacks)
+                self._trainer_ref = weakref.ref(trainer)
 
-                if self._uploader is None or self._uploader.run_id != run_id:
-                    self._uploader = _Uploader(fluent._get_client(), run_id, silent=self.silent)
-                for position, callback in enumerate(trainer.checkpoint_callbacks):
-                    self._watch(trainer, callback, "" if position == 0 else str(position))
+    # -- checkpoint uploads (see _lightning_checkpoint_mirror) -----------------------------------------
 
-    def _watch(self, trainer: Any, checkpoint_callback: Any, subdir: str) -> None:
-        uploader = self._uploader
-        assert uploader is not None
-        callback_ref = weakref.proxy(checkpoint_callback)
-        slot = subdir or "0"
-        save = getattr(checkpoint_callback, "_save_checkpoint", None)
-        link = getattr(checkpoint_callback, "_link_checkpoint", None)
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._mirror is not None and self._checkpoint_callbacks:
+            with safe_autolog(INTEGRATION, "reading the checkpoint files already present", silent=self.silent):
+                self._mirror.watch(self._checkpoint_callbacks)  # e.g. restored with the checkpoint: not new
+                self._watching = True
 
-        def upload(path: str) -> None:
-            if not os.path.isfile(path):
-                return
-            meta = {
-                "global_step": int(trainer.global_step),
-                "epoch": int(trainer.current_epoch),
-                "log_step": self._save_info.get("log_step", _log_step(trainer)),
-                "kind": _kind_of(callback_ref, path),
-                "local_path": os.path.abspath(path),
-                "monitor": getattr(callback_ref, "monitor", None),
-                "score": _score(getattr(callback_ref, "current_score", None)),
-                "time": time.time_ns() // 1_000_000,
-            }
-            remote = _remote_name(subdir, path)
-            uploader.put(path, remote, meta)
-            best = getattr(callback_ref, "best_model_path", "")
-            if best:
-                uploader.set_best(slot, _remote_name(subdir, best))
+    def _checkpoint_saved(self, checkpoint_callback: Any) -> None:
+        """From ``CairnLogger.after_save_checkpoint``: ``checkpoint_callback`` has just saved."""
+        self._sync_checkpoints(saved_by=checkpoint_callback)
 
-        if save is not None:
+    def _sync_checkpoints(self, *, saved_by: Any = None, saved: bool = False) -> None:
+        mirror = self._mirror
+        if mirror is None or not self._watching:
+            return
+        info, self._save_info, self._saves_pending = self._save_info, {}, False
+        trainer = self._trainer_ref() if self._trainer_ref is not None else None
+        with safe_autolog(INTEGRATION, "queueing checkpoint uploads", silent=self.silent):
+            meta = {**(_position(trainer) if trainer is not None else {}), **info}
+            mirror.sync(self._checkpoint_callbacks, meta, saved_by=saved_by, saved=saved)
 
-            def save_checkpoint(trainer_: Any, filepath: str) -> None:
-                save(trainer_, filepath)
-                if trainer_.is_global_zero:
-                    with safe_autolog(INTEGRATION, "queueing a checkpoint upload", silent=self.silent):
-                        upload(str(filepath))
+    def _sync_pending(self, trainer: Any) -> None:
+        """At a hook after ``ModelCheckpoint``'s: upload what it wrote (without a CairnLogger to tell us)."""
+        if trainer.is_global_zero:
+            self._sync_checkpoints(saved=self._saves_pending)
 
-            checkpoint_callback._save_checkpoint = save_checkpoint
-            self._undo.append(lambda: checkpoint_callback.__dict__.pop("_save_checkpoint", None))
-        if link is not None:
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        if self._saves_pending:
+            self._sync_pending(trainer)
 
-            def link_checkpoint(trainer_: Any, filepath: str, linkpath: str) -> None:
-                link(trainer_, filepath, linkpath)
-                if trainer_.is_global_zero:
-                    with safe_autolog(INTEGRATION, "queueing a checkpoint upload", silent=self.silent):
-                        upload(str(linkpath))
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._sync_pending(trainer)
 
-            checkpoint_callback._link_checkpoint = link_checkpoint
-            self._undo.append(lambda: checkpoint_callback.__dict__.pop("_link_checkpoint", None))
-        self._undo.append(_watch_removals(checkpoint_callback, uploader, subdir))
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._sync_pending(trainer)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._sync_pending(trainer)
 
     def _patch_strategy(self, trainer: Any) -> None:
         strategy = trainer.strategy
@@ -221,10 +231,8 @@ class _CheckpointCallbackImpl:
                 self._start_extra_metrics(trainer)
 
     def _start_extra_metrics(self, trainer: Any) -> None:
-        from cairn.tracking import fluent
-
         run_id = self._resolve_run(trainer)
-        self._add_point = tracking_config.get_batcher(fluent._get_client().store).add
+        self._add_point = tracking_config.get_batcher(self._client(trainer).store).add
         if self.log_system_metrics and self._monitor is None:
             from cairn.autolog.system_metrics import SystemMetricsMonitor
 
@@ -246,7 +254,8 @@ class _CheckpointCallbackImpl:
         from cairn.checkpoint.rng import capture_rng_state
 
         log_step = _log_step(trainer)
-        self._save_info = {"log_step": log_step}
+        self._save_info = _position(trainer)
+        self._saves_pending = True
         checkpoint[RNG_KEY] = _rng_to_checkpoint(capture_rng_state())
         checkpoint[LOG_STEP_KEY] = log_step
         loaders = self._training_loader_states(trainer)
@@ -281,10 +290,8 @@ class _CheckpointCallbackImpl:
         if not trainer.is_global_zero or not isinstance(source, str) or not isinstance(step, int):
             return
         with safe_autolog(INTEGRATION, "continuing the run's metrics", silent=self.silent):
-            from cairn.tracking import fluent
-
             run_id = self._resolve_run(trainer)
-            client = fluent._get_client()
+            client = self._client(trainer)
             if run_id == source:
                 _supersede_once(client, run_id, step)
             elif client.get_run(run_id).data.tags.get(system_tags.FORKED_FROM) != source:
@@ -318,6 +325,7 @@ class _CheckpointCallbackImpl:
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if _stage_name(stage) == "fit":
+            self._sync_pending(trainer)
             self._cleanup()
 
     def _cleanup(self) -> None:
@@ -334,14 +342,20 @@ class _CheckpointCallbackImpl:
         if self._owned_run and self._run_id is not None:
             from cairn.tracking import fluent
 
+            status = self._status if self._failed else RunStatus.FINISHED
             with safe_autolog(INTEGRATION, "ending the run", silent=self.silent):
-                fluent.end_run(self._status if self._failed else RunStatus.FINISHED, _run_id=self._run_id)
+                if self.client is not None:
+                    self.client.set_terminated(self._run_id, status)
+                else:
+                    fluent.end_run(status, _run_id=self._run_id)
         self._owned_run = False
         self._run_id = None
+        self._checkpoint_callbacks = []
+        self._watching = False
 
     def _drain(self) -> None:
-        if self._uploader is not None:
-            self._uploader.drain()
+        if self._mirror is not None:
+            self._mirror.uploader.drain()
 
     def _restore(self) -> None:
         while self._undo:
@@ -368,10 +382,10 @@ def _stage_name(stage: Any) -> str:
     return str(getattr(stage, "value", stage))
 
 
-def _score(value: Any) -> float | None:
-    if value is None:
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
+def _position(trainer: Any) -> dict[str, int]:
+    """Where training is, for a checkpoint's index entry."""
+    return {
+        "global_step": int(trainer.global_step),
+        "epoch": int(trainer.current_epoch),
+        "log_step": _log_step(trainer),
+    }

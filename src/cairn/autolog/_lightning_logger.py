@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from lightning_utilities.core.rank_zero import rank_zero_only
 
+from cairn.autolog._lightning_checkpoint_mirror import CheckpointMirror
 from cairn.autolog._lightning_frameworks import _PARAM_BATCH, INTEGRATION
 from cairn.autolog._lightning_resume import _experiment_id_for, _open_run
-from cairn.autolog._lightning_uploads import _kind_of, _remote_name, _Uploader, _watch_removals
+from cairn.autolog._lightning_uploads import _Uploader
 from cairn.autolog.config import report_failure
 from cairn.errors import CairnError, ParamConflict
 from cairn.store.base import MetricPoint
@@ -114,6 +115,7 @@ class _CairnLoggerImpl:
         *,
         prefix: str = "",
         save_dir: str | os.PathLike[str] | None = None,
+        client: Client | None = None,
     ) -> None:
         super().__init__()
         self._requested_run_id = run_id
@@ -126,26 +128,25 @@ class _CairnLoggerImpl:
         self._run_id: str | None = None
         self._experiment_id: str | None = None
         self._owned = False
+        self._injected_client = client
         self._client: Client | None = None
         self._add: Callable[[MetricPoint], None] | None = None
         self._keys: dict[str, str] = {}
         self._last_epoch: tuple[int, float] | None = None
         self._callback: Any = None
-        self._uploader: _Uploader | None = None
-        self._watched: dict[int, Callable[[], None]] = {}
+        self._mirror: CheckpointMirror | None = None
         self._run_lock = threading.RLock()
 
     def __getstate__(self) -> dict[str, Any]:
         """Picklable (``ddp_spawn`` pickles the Trainer): the run id travels, the live handles do not."""
         state = dict(self.__dict__)
-        for name in ("_client", "_add", "_callback", "_uploader", "_run_lock"):
+        for name in ("_client", "_add", "_callback", "_mirror", "_run_lock"):
             state.pop(name, None)
-        state["_watched"] = {}
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._client = self._add = self._callback = self._uploader = None
+        self._client = self._add = self._callback = self._mirror = None
         self._run_lock = threading.RLock()
         if self._run_id is not None:
             self._requested_run_id, self._run_id = self._run_id, None  # re-attached on first use
@@ -164,15 +165,25 @@ class _CairnLoggerImpl:
     def _attach(self) -> None:
         from cairn.tracking import fluent
 
-        client = fluent._get_client()
+        client = self._injected_client or fluent._get_client()
         experiment_id = _experiment_id_for(client, self._experiment_name) if self._experiment_name else None
-        run_id, self._owned = _open_run(
-            client, self._requested_run_id, experiment_id=experiment_id, run_name=self._run_name, tags=self._tags
-        )
+        if self._injected_client is not None:
+            run_id, self._owned = _open_client_run(
+                client, self._requested_run_id, experiment_id=experiment_id, run_name=self._run_name, tags=self._tags
+            )
+        else:
+            run_id, self._owned = _open_run(
+                client, self._requested_run_id, experiment_id=experiment_id, run_name=self._run_name, tags=self._tags
+            )
         self._experiment_id = client.get_run(run_id).info.experiment_id
         self._client = client
         self._add = tracking_config.get_batcher(client.store).add
         self._run_id = run_id
+
+    @property
+    def client(self) -> Client | None:
+        """The client the run is logged through (the injected one, else the fluent API's; ``None`` before use)."""
+        return self._client
 
     @property
     def run_id(self) -> str | None:
@@ -279,27 +290,19 @@ class _CairnLoggerImpl:
 
     @rank_zero_only
     def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
-        """Upload the checkpoint just written when ``log_model`` is set and no :class:`CairnCheckpointCallback`
-        is attached (the callback does it, with steps, RNG state and exact resume)."""
-        if not self._log_model or self._callback is not None:
+        """Lightning's hook, called right after a ``ModelCheckpoint`` saved: the attached
+        :class:`CairnCheckpointCallback` uploads the new files (with steps, RNG state and exact resume); without
+        one, and with ``log_model`` set, the logger uploads them itself and deletes pruned ones from the run."""
+        if self._callback is not None:
+            self._callback._checkpoint_saved(checkpoint_callback)
             return
-        path = getattr(checkpoint_callback, "_last_checkpoint_saved", None)
-        if not path or not os.path.isfile(path):
+        if not self._log_model:
             return
         run_id = self._ensure_run()
-        if self._uploader is None:
+        if self._mirror is None:
             assert self._client is not None
-            self._uploader = _Uploader(self._client, run_id, silent=False)
-        state = checkpoint_callback.__dict__  # the callback arrives as a weakref proxy
-        if id(state) not in self._watched:
-            self._watched[id(state)] = _watch_removals(checkpoint_callback, self._uploader, "")
-        meta = {
-            "global_step": None,
-            "log_step": None,
-            "kind": _kind_of(checkpoint_callback, path),
-            "local_path": os.path.abspath(path),
-        }
-        self._uploader.put(path, _remote_name("", path), meta)
+            self._mirror = CheckpointMirror(_Uploader(self._client, run_id, silent=False))
+        self._mirror.sync([checkpoint_callback], {"global_step": None, "log_step": None}, saved=True)
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
@@ -308,11 +311,9 @@ class _CairnLoggerImpl:
             return
         if self._callback is not None:
             self._callback._cleanup()
-        if self._uploader is not None:
-            self._uploader.drain()
-        for undo in self._watched.values():
-            undo()
-        self._watched.clear()
+        if self._mirror is not None:
+            self._mirror.sync_removals()  # ModelCheckpoint prunes after it notifies loggers
+            self._mirror.uploader.drain()
         try:
             self._client.flush()
         except CairnError as exc:
@@ -330,6 +331,23 @@ class _CairnLoggerImpl:
             fluent.end_run(status, _run_id=self._run_id)
         else:
             self._client.set_terminated(self._run_id, status)
+
+
+def _open_client_run(
+    client: Client,
+    requested: str | None,
+    *,
+    experiment_id: str | None,
+    run_name: str | None,
+    tags: Mapping[str, Any],
+) -> tuple[str, bool]:
+    """The run of an injected client and whether the logger ends it: ``requested`` (set RUNNING again), else
+    a new run in ``experiment_id`` (the default experiment when None). The fluent run stack is not involved."""
+    if requested is not None:
+        client.update_run(requested, status=RunStatus.RUNNING)
+        return requested, True
+    run = client.create_run(experiment_id or "0", tags=tags or None, run_name=run_name)
+    return run.info.run_id, True
 
 
 def _rank_zero_experiment(self: _CairnLoggerImpl) -> Any:

@@ -112,6 +112,9 @@ class CairnLogger(_CairnLoggerImpl, _LoggerBase):
         prefix: put before every metric name, joined with ``-`` (as Lightning's MLFlowLogger).
         save_dir: reported as ``save_dir`` (``ModelCheckpoint`` then saves under ``save_dir/name/version``);
             by default checkpoints go under the Trainer's ``default_root_dir``.
+        client: log through this :class:`cairn.tracking.client.Client` instead of the fluent API's: the run is
+            ``run_id`` or a new run in that client's store (the active run and :func:`checkpoint_path`'s
+            pending resume are fluent-API notions and are not consulted).
     """
 
 
@@ -138,6 +141,9 @@ class CairnCheckpointCallback(_CheckpointCallbackImpl, _CallbackBase):
         log_grad_norm: log ``grad_norm`` (``grad_norm/opt<i>`` for several optimizers), the total 2-norm of
             the gradients before each optimizer step (reading it waits for the device).
         silent: report problems of cairn's own code on the ``cairn.autolog`` logger instead of as warnings.
+        client: use this :class:`cairn.tracking.client.Client` instead of the fluent API's (default: the attached
+            CairnLogger's). Without a CairnLogger, the callback then starts its own run in that client's store and
+            ends it after ``fit``.
     """
 
 

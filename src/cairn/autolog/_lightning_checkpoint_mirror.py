@@ -1,0 +1,103 @@
+"""Mirror the files of a Trainer's ``ModelCheckpoint`` callbacks into a run (see :mod:`cairn.autolog.lightning`).
+
+Fed from public hooks only: ``Logger.after_save_checkpoint`` (right after each save, when a
+``CairnLogger`` is attached) or the next hook of ``CairnCheckpointCallback`` (``on_train_batch_start``,
+``on_train_epoch_start``, ``on_validation_start``, ``teardown``) after its ``on_save_checkpoint`` saw a
+checkpoint being written. New files are handed to the uploader, pruned ones deleted from the run.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cairn.autolog._lightning_checkpoint_files import CheckpointFiles
+from cairn.autolog._lightning_uploads import _kind_of, _remote_name, _Uploader
+
+
+@dataclass
+class _Watched:
+    """One ``ModelCheckpoint``: its state dict (identity, also through Lightning's weakref proxy) and files."""
+
+    state: dict[str, Any]
+    subdir: str
+    files: CheckpointFiles = field(default_factory=CheckpointFiles)
+
+
+class CheckpointMirror:
+    """Hands the files ``ModelCheckpoint`` callbacks write to an :class:`_Uploader`, and their removals.
+
+    The files of the first ``ModelCheckpoint`` go to ``lightning_checkpoints/``, those of the next ones to
+    ``lightning_checkpoints/1/``, ``.../2/``.
+    """
+
+    def __init__(self, uploader: _Uploader) -> None:
+        self.uploader = uploader
+        self._watched: list[_Watched] = []
+
+    def watch(self, checkpoint_callbacks: Iterable[Any]) -> None:
+        """Track these callbacks; files they already have (restored from a checkpoint) are not uploaded."""
+        for position, checkpoint_callback in enumerate(checkpoint_callbacks):
+            watched = self._find(checkpoint_callback, "" if position == 0 else str(position))
+            watched.files.baseline(checkpoint_callback)
+
+    def sync(
+        self, checkpoint_callbacks: Iterable[Any], meta: Mapping[str, Any], *, saved_by: Any = None, saved: bool = False
+    ) -> None:
+        """Upload what the callbacks wrote and delete what they removed since the last sync.
+
+        Args:
+            checkpoint_callbacks: the Trainer's ``checkpoint_callbacks``, in order.
+            meta: index entry fields of this save (``global_step``, ``epoch``, ``log_step``).
+            saved_by: the ``ModelCheckpoint`` known to have just saved (``after_save_checkpoint``'s argument).
+            saved: some of them saved since the last sync (``on_save_checkpoint`` was called).
+        """
+        for position, checkpoint_callback in enumerate(checkpoint_callbacks):
+            watched = self._find(checkpoint_callback, "" if position == 0 else str(position))
+            just_saved = saved or (saved_by is not None and saved_by.__dict__ is watched.state)
+            self._sync_one(watched, checkpoint_callback, meta, saved=just_saved)
+
+    def sync_removals(self) -> None:
+        """Delete from the run the files of every watched callback that are gone from disk."""
+        for watched in self._watched:
+            for path in watched.files.removed():
+                self.uploader.delete(_remote_name(watched.subdir, path))
+
+    def _find(self, checkpoint_callback: Any, subdir: str) -> _Watched:
+        state = checkpoint_callback.__dict__
+        for watched in self._watched:
+            if watched.state is state:
+                return watched
+        watched = _Watched(state, subdir)
+        self._watched.append(watched)
+        return watched
+
+    def _sync_one(self, watched: _Watched, checkpoint_callback: Any, meta: Mapping[str, Any], *, saved: bool) -> None:
+        changes = watched.files.changes(checkpoint_callback, saved=saved)
+        for path in changes.removed:
+            self.uploader.delete(_remote_name(watched.subdir, path))
+        for path in changes.written:
+            entry = {
+                **meta,
+                "kind": _kind_of(checkpoint_callback, path),
+                "local_path": os.path.abspath(path),
+                "monitor": getattr(checkpoint_callback, "monitor", None),
+                "score": _score(getattr(checkpoint_callback, "current_score", None)),
+                "time": time.time_ns() // 1_000_000,
+            }
+            self.uploader.put(path, _remote_name(watched.subdir, path), entry)
+        best = getattr(checkpoint_callback, "best_model_path", "")
+        if changes.written and best:
+            self.uploader.set_best(watched.subdir or "0", _remote_name(watched.subdir, best))
+
+
+def _score(value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,160 @@
+"""Lightning integration on Lightning's published hooks: nothing of ``ModelCheckpoint`` or the DataLoader is
+replaced, the callback alone uploads, an injected ``client=`` is used instead of the fluent API's, and a
+mid-epoch resume is bit-identical to the uninterrupted fit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("lightning", reason="lightning is not installed (pip install 'cairn[lightning]')")
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from torch.utils.data import DataLoader
+
+import cairn
+import cairn.lightning
+from cairn.autolog import lightning as integration
+from cairn.tracking.entities import RunStatus
+from tests.autolog.test_lightning import TinyModule, _index, _loaders, _quiet, _remote_checkpoints, _trainer
+
+__all__ = ["_quiet"]  # the autouse fixture of test_lightning: quiet Lightning, autolog disabled after each test
+
+PRIVATE_HOOKS = ("_save_checkpoint", "_link_checkpoint", "_remove_checkpoint")
+
+
+class Inspector(Callback):
+    """Records, at every training batch, what the other callbacks did to Lightning's and torch's objects."""
+
+    def __init__(self) -> None:
+        self.replaced: set[str] = set()
+        self.loader_types: set[type] = set()
+        self.strategy_overrides: set[str] = set()
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        for checkpoint_callback in trainer.checkpoint_callbacks:
+            self.replaced |= set(PRIVATE_HOOKS) & set(vars(checkpoint_callback))
+        loaders = trainer.train_dataloader
+        for loader in loaders if isinstance(loaders, list) else [loaders]:
+            self.loader_types.add(type(loader))
+        self.strategy_overrides |= {"process_dataloader"} & set(vars(trainer.strategy))
+
+
+def _weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().clone() for name, tensor in module.state_dict().items()}
+
+
+def test_nothing_of_model_checkpoint_or_the_dataloader_is_replaced(tmp_path: Path) -> None:
+    inspector = Inspector()
+    keep = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=3, save_top_k=2, monitor="step", mode="max")
+    trainer = _trainer(
+        tmp_path,
+        logger=cairn.lightning.CairnLogger(),
+        callbacks=[inspector, cairn.lightning.CairnCheckpointCallback(log_model=False), keep],
+    )
+    trainer.fit(TinyModule(), *_loaders())
+    assert inspector.replaced == set()
+    assert inspector.loader_types == {DataLoader}
+    assert inspector.strategy_overrides == set()
+
+
+def test_autolog_replaces_nothing_either(tmp_path: Path) -> None:
+    cairn.lightning.autolog(checkpoint_every_n_steps=3, log_models=False)
+    inspector = Inspector()
+    trainer = _trainer(tmp_path, callbacks=[inspector])
+    trainer.fit(TinyModule(), *_loaders())
+    assert inspector.replaced == set() and inspector.loader_types == {DataLoader}
+    assert inspector.strategy_overrides == set()
+    (run_id,) = {lg.run_id for lg in trainer.loggers if isinstance(lg, cairn.lightning.CairnLogger)}
+    assert _remote_checkpoints(run_id) == {"epoch=1-step=12.ckpt", "epoch=1-step=15.ckpt", "last.ckpt"}
+
+
+def test_the_callback_alone_uploads_and_deletes_pruned_checkpoints(tmp_path: Path) -> None:
+    keep = ModelCheckpoint(
+        dirpath=tmp_path / "ckpt", every_n_train_steps=3, save_top_k=2, monitor="step", mode="max", save_last=True
+    )
+    extra = ModelCheckpoint(dirpath=tmp_path / "every5", every_n_train_steps=5, save_top_k=1)
+    with cairn.start_run() as run:
+        trainer = _trainer(
+            tmp_path, logger=False, callbacks=[cairn.lightning.CairnCheckpointCallback(log_model=False), keep, extra]
+        )
+        trainer.fit(TinyModule(), *_loaders())
+    run_id = run.info.run_id
+    local = {p.name for p in (tmp_path / "ckpt").glob("*.ckpt")}
+    assert local == {"epoch=1-step=12.ckpt", "epoch=1-step=15.ckpt", "last.ckpt"}
+    assert _remote_checkpoints(run_id) == local  # 3, 6 and 9 were pruned here and in the run
+    entries = {e["path"]: e for e in _index(run_id)["checkpoints"]}
+    first = f"{integration.CHECKPOINTS_DIR}/epoch=1-step=15.ckpt"
+    assert entries[first]["global_step"] == 15 and entries[first]["log_step"] == 14 and entries[first]["epoch"] == 1
+    assert entries[f"{integration.CHECKPOINTS_DIR}/last.ckpt"]["kind"] == "last"
+    assert entries[f"{integration.CHECKPOINTS_DIR}/last.ckpt"]["global_step"] == 15
+    # the second ModelCheckpoint's files go to lightning_checkpoints/1/, its pruned step-5 file deleted there too
+    assert {p for p in entries if p.startswith(f"{integration.CHECKPOINTS_DIR}/1/")} == {
+        f"{integration.CHECKPOINTS_DIR}/1/epoch=1-step=15.ckpt"
+    }
+    assert _index(run_id)["best"]["0"] == first
+    assert torch.load(cairn.lightning.checkpoint_path(run_id, "last"), weights_only=True)["global_step"] == 15
+
+
+def test_logger_and_callback_use_an_injected_client(tmp_path: Path) -> None:
+    other = cairn.Client(str(tmp_path / "other-store"))
+    fluent_runs_before = len(cairn.search_runs(search_all_experiments=True, output_format="list"))
+    cairn_logger = cairn.lightning.CairnLogger(client=other, run_name="injected")
+    keep = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=4, save_top_k=1)
+    trainer = _trainer(
+        tmp_path,
+        logger=cairn_logger,
+        max_epochs=1,
+        callbacks=[cairn.lightning.CairnCheckpointCallback(client=other, log_model=False), keep],
+    )
+    trainer.fit(TinyModule(), *_loaders())
+    run_id = cairn_logger.run_id
+    assert run_id is not None and cairn_logger.client is other
+    run = other.get_run(run_id)
+    assert run.info.run_name == "injected" and run.info.status is RunStatus.FINISHED
+    assert [m.step for m in other.get_metric_history(run_id, "train_loss_step")] == list(range(8))
+    assert {Path(f.path).name for f in other.list_artifacts(run_id, integration.CHECKPOINTS_DIR)} >= {
+        "epoch=0-step=8.ckpt"
+    }
+    assert len(cairn.search_runs(search_all_experiments=True, output_format="list")) == fluent_runs_before
+
+
+def test_the_callback_alone_with_an_injected_client_owns_its_run(tmp_path: Path) -> None:
+    other = cairn.Client(str(tmp_path / "other-store"))
+    keep = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=4, save_top_k=1)
+    callback = cairn.lightning.CairnCheckpointCallback(client=other, log_model=False)
+    trainer = _trainer(tmp_path, logger=False, max_epochs=1, callbacks=[callback, keep])
+    trainer.fit(TinyModule(), *_loaders())
+    (run,) = other.search_runs(["0"]).items
+    assert run.info.status is RunStatus.FINISHED  # started and ended by the callback, through the client
+    assert {Path(f.path).name for f in other.list_artifacts(run.info.run_id, integration.CHECKPOINTS_DIR)} == {
+        "epoch=0-step=8.ckpt",
+        "index.json",
+    }
+    assert cairn.active_run() is None
+
+
+def test_a_mid_epoch_resume_is_bit_identical_to_the_uninterrupted_fit(tmp_path: Path) -> None:
+    def fit(ckpt_path: str | None, callbacks: list[Any]) -> dict[str, torch.Tensor]:
+        L.seed_everything(11)
+        module = TinyModule()
+        trainer = _trainer(tmp_path, logger=False, max_epochs=3, callbacks=callbacks)
+        trainer.fit(module, *_loaders(36, batch=4), ckpt_path=ckpt_path)  # 9 batches per epoch
+        return _weights(module)
+
+    every = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=4, save_top_k=-1)
+    reference = fit(None, [cairn.lightning.CairnCheckpointCallback(log_model=False, upload_checkpoints=False), every])
+    middle = tmp_path / "ckpt" / "epoch=1-step=12.ckpt"  # 3 of epoch 1's 9 batches done
+    assert middle.is_file()
+    resumed = fit(str(middle), [cairn.lightning.CairnCheckpointCallback(log_model=False, upload_checkpoints=False)])
+    for name, tensor in reference.items():
+        assert torch.equal(resumed[name], tensor), name
+
+    # without cairn's callback the same checkpoint still loads (Lightning's inexact resume: new shuffle, RNG)
+    plain = fit(str(middle), [])
+    assert any(not torch.equal(plain[name], tensor) for name, tensor in reference.items())
