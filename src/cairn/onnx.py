@@ -8,7 +8,7 @@
 
 A conversion is checked: the source model and onnxruntime both run on the input example, the
 differences are recorded in the MLmodel metadata (``onnx_parity``), and a conversion that differs
-beyond ``rtol``/``atol`` raises :class:`OnnxParityError` instead of being logged. See
+beyond ``onnx_rtol``/``onnx_atol`` raises :class:`OnnxParityError` instead of being logged. See
 :mod:`cairn.flavors.onnx` for the layout, external data and what ``predict`` takes and returns.
 Importing this module imports neither onnx nor onnxruntime; the functions do when called.
 """

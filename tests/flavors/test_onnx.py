@@ -295,12 +295,54 @@ def test_sklearn_conversion_refuses_non_numeric_input(tmp_path: Path, pipeline: 
 def test_parity_failure_raises_and_logs_nothing(pipeline: Any, iris: Any) -> None:
     X, _ = iris
     with cairn.start_run() as run, pytest.raises(cairn.onnx.OnnxParityError, match="rtol=0, atol=0") as caught:
-        cairn.onnx.log_model(pipeline, "model", input_example=X[:20], rtol=0, atol=0)
+        cairn.onnx.log_model(pipeline, "model", input_example=X[:20], onnx_rtol=0, onnx_atol=0)
     assert "'probabilities'" in str(caught.value) and "Nothing was saved" in str(caught.value)
     assert caught.value.report["outputs"]["probabilities"]["mismatches"] > 0
     client = cairn.Client()
     assert client.list_artifacts(run.info.run_id) == []
     assert "mlflow.log-model.history" not in client.get_run(run.info.run_id).data.tags
+
+
+def test_parity_tolerances_have_the_same_name_in_every_flavor(tmp_path: Path, pipeline: Any, iris: Any) -> None:
+    """onnx_rtol/onnx_atol: cairn.onnx's own save and the also_onnx=True of the other flavors."""
+    X, _ = iris
+    direct = cairn.onnx.save_model(pipeline, tmp_path / "direct", input_example=X[:5], onnx_rtol=0.5, onnx_atol=0.25)
+    also = cairn.sklearn.save_model(
+        pipeline, tmp_path / "also", input_example=X[:5], also_onnx=True, onnx_rtol=0.5, onnx_atol=0.25
+    )
+    for model in (direct, also):
+        assert model.metadata is not None
+        assert (model.metadata["onnx_parity"]["rtol"], model.metadata["onnx_parity"]["atol"]) == (0.5, 0.25)
+    with pytest.raises(cairn.onnx.OnnxParityError, match="rtol=0, atol=0"):
+        cairn.onnx.save_model(pipeline, tmp_path / "strict", input_example=X[:20], onnx_rtol=0, onnx_atol=0)
+
+
+def _renaming_warnings(caught: Any) -> set[tuple[str, Path]]:
+    """(message, file) of each DeprecationWarning about the renamed tolerances."""
+    return {
+        (str(w.message).split(" ")[1], Path(w.filename))
+        for w in caught
+        if issubclass(w.category, DeprecationWarning) and "is deprecated, pass onnx_" in str(w.message)
+    }
+
+
+def test_rtol_and_atol_still_work_with_a_deprecation_warning(tmp_path: Path, pipeline: Any, iris: Any) -> None:
+    X, _ = iris
+    here = Path(__file__)
+    with pytest.warns(DeprecationWarning, match="tol= is deprecated, pass onnx_") as caught:
+        model = cairn.onnx.save_model(pipeline, tmp_path / "m", input_example=X[:5], rtol=0.5, atol=0.25)
+    assert model.metadata is not None
+    assert (model.metadata["onnx_parity"]["rtol"], model.metadata["onnx_parity"]["atol"]) == (0.5, 0.25)
+    assert _renaming_warnings(caught) == {("rtol=", here), ("atol=", here)}  # each points at the caller's line
+    with (
+        pytest.warns(DeprecationWarning, match="tol= is deprecated, pass onnx_") as caught,
+        cairn.start_run(),
+        pytest.raises(cairn.onnx.OnnxParityError, match="rtol=0, atol=0"),
+    ):
+        cairn.onnx.log_model(pipeline, "model", input_example=X[:20], rtol=0, atol=0)
+    assert _renaming_warnings(caught) == {("rtol=", here), ("atol=", here)}
+    with pytest.warns(DeprecationWarning), pytest.raises(InvalidArgument, match="disagree; pass only onnx_rtol"):
+        cairn.onnx.save_model(pipeline, tmp_path / "both", input_example=X[:5], rtol=0.5, onnx_rtol=0.1)
 
 
 def test_parity_failure_of_a_torch_conversion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

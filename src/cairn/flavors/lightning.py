@@ -18,15 +18,23 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Unpack
 
 from cairn.errors import InvalidArgument
 from cairn.flavors import pytorch as pytorch_flavor
+from cairn.flavors.pytorch import TorchArchitectureOptions
+from cairn.models.flavor import (
+    CommonLogOptions,
+    CommonSaveOptions,
+    SaveRecordOptions,
+    log_flavor_model,
+    refuse_unknown_options,
+)
 from cairn.models.model import MLMODEL_FILE_NAME, Model, ModelInfo
-from cairn.models.schema import ModelSignature
 
-__all__ = ["FLAVOR_NAME", "load_model", "log_model", "save_model"]
+__all__ = ["FLAVOR_NAME", "LightningLogOptions", "LightningSaveOptions", "load_model", "log_model", "save_model"]
 
 FLAVOR_NAME = "lightning"
 PYTORCH_FLAVOR = pytorch_flavor.FLAVOR_NAME
@@ -70,59 +78,38 @@ def _example_of(model: Any) -> Any:
     return example if hasattr(example, "shape") else None
 
 
-def save_model(
-    lightning_model: Any,
-    path: str | os.PathLike[str],
-    *,
-    init_kwargs: Mapping[str, Any] | None = None,
-    export: bool | None = None,
-    signature: ModelSignature | Literal[False] | None = None,
-    input_example: Any = None,
-    metadata: dict[str, Any] | None = None,
-    pip_requirements: Sequence[str] | None = None,
-    extra_pip_requirements: Sequence[str] | None = None,
-    code_paths: Sequence[str | os.PathLike[str]] | None = None,
-    allow_pickle_skeleton: bool = True,
-    run_id: str | None = None,
-    artifact_path: str | None = None,
-) -> Model:
+class LightningSaveOptions(TorchArchitectureOptions, CommonSaveOptions, SaveRecordOptions, total=False):
+    """Every option of :func:`save_model`: the PyTorch flavor's, without ``module_class``/``model_factory``."""
+
+
+class LightningLogOptions(TorchArchitectureOptions, CommonLogOptions, total=False):
+    """Every option of :func:`log_model`."""
+
+
+def save_model(lightning_model: Any, path: str | os.PathLike[str], **options: Unpack[LightningSaveOptions]) -> Model:
     """Save a LightningModule as a model directory at ``path``.
 
     Args:
         lightning_model: the module (``lightning`` or ``pytorch_lightning``).
         path: the new model directory; must not exist or be empty.
-        init_kwargs: JSON keyword arguments rebuilding the module; default: its ``hparams``.
-        export: as in :func:`cairn.flavors.pytorch.save_model`.
-        signature: ``None`` infers one from ``input_example``; ``False`` records none.
-        input_example: example input; default: the module's ``example_input_array``.
-        metadata, pip_requirements, code_paths, allow_pickle_skeleton, run_id, artifact_path: as in
-            :func:`cairn.flavors.pytorch.save_model`.
-        extra_pip_requirements: added to the defaults (torch, safetensors, the Lightning package).
+        **options: as in :func:`cairn.flavors.pytorch.save_model` (same defaults), except that
+            ``init_kwargs`` defaults to the module's ``hparams``, ``input_example`` to its
+            ``example_input_array``, and the Lightning package joins the default requirements.
 
     Raises:
         InvalidArgument: not a LightningModule, or what :func:`cairn.flavors.pytorch.save_model` raises.
     """
+    refuse_unknown_options("save_model", options, LightningSaveOptions.__optional_keys__)
     distribution, version = _package_of(lightning_model)
-    if input_example is None:
-        input_example = _example_of(lightning_model)
-    extra = list(extra_pip_requirements or [])
-    if pip_requirements is None and not any(r.split("=")[0].split("<")[0].split(">")[0] == distribution for r in extra):
+    if options.get("input_example") is None:
+        options["input_example"] = _example_of(lightning_model)
+    extra = list(options.get("extra_pip_requirements") or [])
+    if options.get("pip_requirements") is None and not any(
+        r.split("=")[0].split("<")[0].split(">")[0] == distribution for r in extra
+    ):
         extra.append(distribution)
-    model = pytorch_flavor.save_model(
-        lightning_model,
-        path,
-        init_kwargs=init_kwargs,
-        export=export,
-        signature=signature,
-        input_example=input_example,
-        metadata=metadata,
-        pip_requirements=pip_requirements,
-        extra_pip_requirements=extra,
-        code_paths=code_paths,
-        allow_pickle_skeleton=allow_pickle_skeleton,
-        run_id=run_id,
-        artifact_path=artifact_path,
-    )
+    options["extra_pip_requirements"] = extra
+    model = pytorch_flavor.save_model(lightning_model, path, **options)
     torch_entry = model.flavors.get(PYTORCH_FLAVOR, {})
     model.add_flavor(
         FLAVOR_NAME,
@@ -137,52 +124,18 @@ def save_model(
     return model
 
 
-def log_model(
-    lightning_model: Any,
-    name: str | None = None,
-    *,
-    artifact_path: str | None = None,
-    init_kwargs: Mapping[str, Any] | None = None,
-    export: bool | None = None,
-    signature: ModelSignature | Literal[False] | None = None,
-    input_example: Any = None,
-    metadata: dict[str, Any] | None = None,
-    pip_requirements: Sequence[str] | None = None,
-    extra_pip_requirements: Sequence[str] | None = None,
-    code_paths: Sequence[str | os.PathLike[str]] | None = None,
-    allow_pickle_skeleton: bool = True,
-    registered_model_name: str | None = None,
-    run_id: str | None = None,
-) -> ModelInfo:
+def log_model(lightning_model: Any, name: str | None = None, **options: Unpack[LightningLogOptions]) -> ModelInfo:
     """Save ``lightning_model`` (see :func:`save_model`) into a run's artifacts at ``name`` (default ``"model"``).
 
     Args:
-        registered_model_name: also register the model under this name.
-        run_id: log into this run instead of the active one (a run is started if none is active).
-        The others: as in :func:`save_model`.
+        lightning_model: the module.
+        name: the model's artifact path in the run.
+        **options: :func:`save_model`'s options, and ``artifact_path`` (MLflow 2's name for ``name``),
+            ``registered_model_name`` (also register the model under this name), ``run_id`` (log into
+            this run instead of the active one; a run is started if none is active).
     """
-    from cairn.models import packaging
-    from cairn.models.packaging import model_artifact_name
-
-    target = model_artifact_name(name, artifact_path)
-
-    def save(path: Path, **kwargs: Any) -> Model:
-        return save_model(lightning_model, path, **kwargs)
-
-    return packaging.log_model(
-        save,
-        target,
-        registered_model_name=registered_model_name,
-        run_id=run_id,
-        init_kwargs=init_kwargs,
-        export=export,
-        signature=signature,
-        input_example=input_example,
-        metadata=metadata,
-        pip_requirements=pip_requirements,
-        extra_pip_requirements=extra_pip_requirements,
-        code_paths=code_paths,
-        allow_pickle_skeleton=allow_pickle_skeleton,
+    return log_flavor_model(
+        partial(save_model, lightning_model), name, options, accepted=LightningLogOptions.__optional_keys__
     )
 
 

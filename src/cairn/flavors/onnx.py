@@ -12,7 +12,7 @@ Layout (MLflow's ``onnx`` flavor keys, so ``mlflow.onnx.load_model`` reads the f
 What ``save_model`` takes: an ``onnx.ModelProto``, a path to a ``.onnx`` file (with its external
 data), a ``torch.nn.Module`` or a scikit-learn estimator; the last two are converted
 (:mod:`cairn.flavors._onnx_convert`) and must reproduce the source model on the input example
-within ``rtol``/``atol``, or nothing is saved (:class:`OnnxParityError`).
+within ``onnx_rtol``/``onnx_atol``, or nothing is saved (:class:`OnnxParityError`).
 
 External data is read only from files inside the directory of the ``.onnx`` file: a location that
 is absolute, climbs out with ``..`` or resolves outside through a symlink is refused with
@@ -46,9 +46,11 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Unpack
 
 from cairn.errors import InvalidArgument, ResourceAlreadyExists
 from cairn.flavors._onnx_convert import (
@@ -96,6 +98,7 @@ from cairn.flavors._onnx_runtime import (
     settings_from_model_file,
 )
 from cairn.flavors._onnx_signature import signature_from_graph
+from cairn.models.flavor import CommonLogOptions, OnnxParityOptions, log_flavor_model
 from cairn.models.model import MLMODEL_FILE_NAME, Model, ModelInfo
 from cairn.models.schema import ModelSignature
 
@@ -109,6 +112,8 @@ __all__ = [
     "DEFAULT_PROVIDERS",
     "DEFAULT_RTOL",
     "FLAVOR_NAME",
+    "OnnxLogOptions",
+    "OnnxOptions",
     "OnnxParityError",
     "OnnxPyfunc",
     "add_onnx_flavor",
@@ -257,11 +262,13 @@ def save_model(
     onnx_execution_providers: Sequence[Any] | None = None,
     onnx_session_options: Any = None,
     save_as_external_data: bool | None = None,
-    rtol: float = DEFAULT_RTOL,
-    atol: float = DEFAULT_ATOL,
+    onnx_rtol: float = DEFAULT_RTOL,
+    onnx_atol: float = DEFAULT_ATOL,
     opset: int | None = None,
     run_id: str | None = None,
     artifact_path: str | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
 ) -> Model:
     """Save an ONNX model (or convert a torch module / scikit-learn estimator) to the new directory ``path``.
 
@@ -286,17 +293,19 @@ def save_model(
             be recorded (see "Trust" in the module docstring); pass others at load time.
         save_as_external_data: ``True`` stores the weights in ``onnx/model.onnx.data``; ``False``
             inside ``model.onnx``; ``None`` (default) uses external data only near the 2 GiB limit.
-        rtol: relative tolerance of the parity check of a conversion.
-        atol: absolute tolerance of the parity check of a conversion.
+        onnx_rtol: relative tolerance of the parity check of a conversion.
+        onnx_atol: absolute tolerance of the parity check of a conversion.
         opset: the ONNX opset a conversion targets (default: the converter's choice).
         run_id: recorded in the MLmodel file (set by :func:`log_model`).
         artifact_path: recorded in the MLmodel file (set by :func:`log_model`).
+        rtol: deprecated name of ``onnx_rtol`` (a ``DeprecationWarning``).
+        atol: deprecated name of ``onnx_atol`` (a ``DeprecationWarning``).
 
     Returns:
         The saved :class:`~cairn.models.Model`.
 
     Raises:
-        OnnxParityError: the converted model differs from the source beyond ``rtol``/``atol``;
+        OnnxParityError: the converted model differs from the source beyond ``onnx_rtol``/``onnx_atol``;
             nothing is saved.
         InvalidArgument: a malformed ``.onnx`` file, a failed conversion, bad providers or options, or
             options a load would refuse to take from the model file.
@@ -308,6 +317,7 @@ def save_model(
     target = Path(path)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):  # before a costly conversion
         raise ResourceAlreadyExists(f"cannot save a model to {target}: it exists and is not an empty directory")
+    tolerances = _renamed_tolerances({"onnx_rtol": onnx_rtol, "onnx_atol": onnx_atol, "rtol": rtol, "atol": atol})
     providers, session_options = recordable_settings(onnx_execution_providers, onnx_session_options)
     proto, conversion, example = _prepare(onnx_model, input_example, opset)
     if signature is None and example is None:
@@ -324,8 +334,8 @@ def save_model(
             conversion=conversion,
             save_as_external_data=save_as_external_data,
             session_options=session_options,
-            rtol=rtol,
-            atol=atol,
+            rtol=tolerances["onnx_rtol"],
+            atol=tolerances["onnx_atol"],
         )
         flavor_conf.update(fields)
         if report is not None:
@@ -360,26 +370,22 @@ def save_model(
         )
 
 
-def log_model(
-    onnx_model: Any,
-    name: str | None = None,
-    *,
-    artifact_path: str | None = None,
-    input_example: Any = None,
-    signature: ModelSignature | Literal[False] | None = None,
-    metadata: dict[str, Any] | None = None,
-    pip_requirements: Sequence[str] | None = None,
-    extra_pip_requirements: Sequence[str] | None = None,
-    code_paths: Sequence[str | os.PathLike[str]] | None = None,
-    onnx_execution_providers: Sequence[Any] | None = None,
-    onnx_session_options: Any = None,
-    save_as_external_data: bool | None = None,
-    rtol: float = DEFAULT_RTOL,
-    atol: float = DEFAULT_ATOL,
-    opset: int | None = None,
-    registered_model_name: str | None = None,
-    run_id: str | None = None,
-) -> ModelInfo:
+class OnnxOptions(OnnxParityOptions, total=False):
+    """The ONNX flavor's own options of :func:`save_model` and :func:`log_model`."""
+
+    onnx_execution_providers: Sequence[Any] | None
+    onnx_session_options: Any
+    save_as_external_data: bool | None
+    opset: int | None
+    rtol: float | None  # deprecated: onnx_rtol
+    atol: float | None  # deprecated: onnx_atol
+
+
+class OnnxLogOptions(OnnxOptions, CommonLogOptions, total=False):
+    """Every option of :func:`log_model`."""
+
+
+def log_model(onnx_model: Any, name: str | None = None, **options: Unpack[OnnxLogOptions]) -> ModelInfo:
     """Save ``onnx_model`` (see :func:`save_model`) into a run's artifacts at ``name`` (default ``"model"``).
 
     A failed conversion or parity check raises before anything is uploaded.
@@ -387,42 +393,44 @@ def log_model(
     Args:
         onnx_model: an ``onnx.ModelProto``, a ``.onnx`` path, a torch module or a scikit-learn estimator.
         name: the model's artifact path in the run.
-        artifact_path: MLflow's older name for ``name``.
-        registered_model_name: also register the model under this name.
-        run_id: log into this run instead of the active one (a run is started if none is active).
-        input_example, signature, metadata, pip_requirements, extra_pip_requirements, code_paths,
-            onnx_execution_providers, onnx_session_options, save_as_external_data, rtol, atol, opset:
-            as in :func:`save_model`.
+        **options: :func:`save_model`'s options, and ``artifact_path`` (MLflow 2's name for ``name``),
+            ``registered_model_name`` (also register the model under this name), ``run_id`` (log into
+            this run instead of the active one; a run is started if none is active).
 
     Returns:
         The :class:`~cairn.models.ModelInfo` (``model_uri`` is ``runs:/<run_id>/<name>``).
     """
-    from cairn.models import packaging
-    from cairn.models.packaging import model_artifact_name
-
-    target = model_artifact_name(name, artifact_path)
-
-    def save(path: Path, **kwargs: Any) -> Model:
-        return save_model(onnx_model, path, **kwargs)
-
-    return packaging.log_model(
-        save,
-        target,
-        registered_model_name=registered_model_name,
-        run_id=run_id,
-        input_example=input_example,
-        signature=signature,
-        metadata=metadata,
-        pip_requirements=pip_requirements,
-        extra_pip_requirements=extra_pip_requirements,
-        code_paths=code_paths,
-        onnx_execution_providers=onnx_execution_providers,
-        onnx_session_options=onnx_session_options,
-        save_as_external_data=save_as_external_data,
-        rtol=rtol,
-        atol=atol,
-        opset=opset,
+    return log_flavor_model(
+        partial(save_model, onnx_model),
+        name,
+        _renamed_tolerances(dict(options)),
+        accepted=OnnxLogOptions.__optional_keys__,
     )
+
+
+#: deprecated option -> (its name in every flavor, its default)
+_RENAMED_TOLERANCES = {"rtol": ("onnx_rtol", DEFAULT_RTOL), "atol": ("onnx_atol", DEFAULT_ATOL)}
+
+
+def _renamed_tolerances(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with the deprecated ``rtol``/``atol`` moved to ``onnx_rtol``/``onnx_atol``, warning at the caller.
+
+    Raises:
+        InvalidArgument: both names are given, with different values.
+    """
+    for old, (new, default) in _RENAMED_TOLERANCES.items():
+        value = options.pop(old, None)
+        if value is None:
+            continue
+        warnings.warn(
+            f"cairn.onnx: {old}= is deprecated, pass {new}= (the name every flavor uses for the ONNX parity check)",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        if options.get(new, default) not in (default, value):
+            raise InvalidArgument(f"{old}={value!r} and {new}={options[new]!r} disagree; pass only {new}")
+        options[new] = value
+    return options
 
 
 def add_onnx_flavor(

@@ -63,8 +63,9 @@ import tempfile
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict, Unpack
 
 import torch
 from torch import nn
@@ -87,6 +88,7 @@ from cairn.flavors._torch_layout import (
     WEIGHTS_FILE,
 )
 from cairn.flavors._torch_pyfunc import TorchPyfunc
+from cairn.models.flavor import AlsoOnnxOptions, CommonLogOptions, log_flavor_model
 from cairn.models.model import Model, ModelInfo
 from cairn.models.schema import ModelSignature, ParamSchema, ParamSpec, Schema, TensorSpec
 
@@ -94,6 +96,9 @@ __all__ = [
     "ARCHITECTURES",
     "FLAVOR_NAME",
     "STATE_DICT_NAME",
+    "PyTorchLogOptions",
+    "PyTorchOptions",
+    "TorchArchitectureOptions",
     "load_model",
     "load_state_dict",
     "log_model",
@@ -520,70 +525,40 @@ def save_model(
     return model
 
 
-def log_model(
-    pytorch_model: nn.Module,
-    name: str | None = None,
-    *,
-    artifact_path: str | None = None,
-    module_class: str | type | None = None,
-    model_factory: str | Callable[..., Any] | None = None,
-    init_kwargs: Mapping[str, Any] | None = None,
-    export: bool | None = None,
-    signature: ModelSignature | Literal[False] | None = None,
-    input_example: Any = None,
-    metadata: dict[str, Any] | None = None,
-    pip_requirements: Sequence[str] | None = None,
-    extra_pip_requirements: Sequence[str] | None = None,
-    code_paths: Sequence[str | os.PathLike[str]] | None = None,
-    allow_pickle_skeleton: bool = True,
-    registered_model_name: str | None = None,
-    run_id: str | None = None,
-    also_onnx: bool = False,
-    onnx_rtol: float = 1e-3,
-    onnx_atol: float = 1e-5,
-) -> ModelInfo:
-    """Save ``pytorch_model`` (see :func:`save_model`) into a run's artifacts at ``name``.
+class TorchArchitectureOptions(TypedDict, total=False):
+    """How the architecture of a module is stored (PyTorch and Lightning; see :func:`save_model`)."""
+
+    init_kwargs: Mapping[str, Any] | None
+    export: bool | None
+    allow_pickle_skeleton: bool
+
+
+class PyTorchOptions(TorchArchitectureOptions, AlsoOnnxOptions, total=False):
+    """The PyTorch flavor's own options of :func:`save_model` and :func:`log_model`."""
+
+    module_class: str | type | None
+    model_factory: str | Callable[..., Any] | None
+
+
+class PyTorchLogOptions(PyTorchOptions, CommonLogOptions, total=False):
+    """Every option of :func:`log_model`."""
+
+
+def log_model(pytorch_model: nn.Module, name: str | None = None, **options: Unpack[PyTorchLogOptions]) -> ModelInfo:
+    """Save ``pytorch_model`` (see :func:`save_model`) into a run's artifacts at ``name`` (default ``"model"``).
 
     Args:
         pytorch_model: the module.
-        name: the model's artifact path in the run (default ``"model"``).
-        artifact_path: MLflow 2's name for ``name``.
-        registered_model_name: also register the model under this name (version 1, 2, ...).
-        run_id: log into this run instead of the active one (a run is started if none is active).
-        module_class, model_factory, init_kwargs, export, signature, input_example, metadata,
-            pip_requirements, extra_pip_requirements, code_paths, allow_pickle_skeleton, also_onnx, onnx_rtol,
-            onnx_atol: as in :func:`save_model`.
+        name: the model's artifact path in the run.
+        **options: :func:`save_model`'s options, and ``artifact_path`` (MLflow 2's name for ``name``),
+            ``registered_model_name`` (also register the model under this name), ``run_id`` (log into
+            this run instead of the active one; a run is started if none is active).
 
     Returns:
         The :class:`~cairn.models.ModelInfo` (``model_uri`` is ``runs:/<run_id>/<name>``).
     """
-    from cairn.models import packaging
-    from cairn.models.packaging import model_artifact_name
-
-    target = model_artifact_name(name, artifact_path)
-
-    def save(path: Path, **kwargs: Any) -> Model:
-        return save_model(pytorch_model, path, **kwargs)
-
-    return packaging.log_model(
-        save,
-        target,
-        registered_model_name=registered_model_name,
-        run_id=run_id,
-        module_class=module_class,
-        model_factory=model_factory,
-        init_kwargs=init_kwargs,
-        export=export,
-        signature=signature,
-        input_example=input_example,
-        metadata=metadata,
-        pip_requirements=pip_requirements,
-        extra_pip_requirements=extra_pip_requirements,
-        code_paths=code_paths,
-        allow_pickle_skeleton=allow_pickle_skeleton,
-        also_onnx=also_onnx,
-        onnx_rtol=onnx_rtol,
-        onnx_atol=onnx_atol,
+    return log_flavor_model(
+        partial(save_model, pytorch_model), name, options, accepted=PyTorchLogOptions.__optional_keys__
     )
 
 
@@ -643,7 +618,9 @@ def load_model(
         return _torch_loading.load_from_dir(local.path, local.model, allow_pickle=allow_pickle, device=target)
 
 
-_load_pyfunc = _torch_loading.load_pyfunc  # the pyfunc entry point the MLmodel's loader_module names
+def _load_pyfunc(data_path: str | os.PathLike[str], model_config: dict[str, Any] | None = None) -> TorchPyfunc:
+    """The pyfunc entry point the MLmodel's loader_module names (:func:`._torch_loading.load_pyfunc`)."""
+    return _torch_loading.load_pyfunc(data_path, model_config)
 
 
 # -- state dicts -------------------------------------------------------------------------------------------

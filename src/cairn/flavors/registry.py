@@ -13,6 +13,7 @@ import importlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 from cairn.errors import UnsafeModel
 
@@ -99,3 +100,23 @@ def _allowed_for_tests(loader_module: str, target: str | None = None) -> Iterato
             _extra_loader_modules.pop(loader_module, None)
         else:
             _extra_loader_modules[loader_module] = previous
+
+
+if TYPE_CHECKING:  # mypy checks every native flavor module against the flavor contract
+    from cairn.flavors import lightning, onnx, pyfunc, pytorch, sklearn, transformers
+    from cairn.models.flavor import Flavor, PyfuncLoader
+
+    _sklearn: Flavor = sklearn
+    _pytorch: Flavor = pytorch
+    _lightning: Flavor = lightning
+    _transformers: Flavor = transformers
+    _onnx: Flavor = onnx
+    _pyfunc: Flavor = pyfunc
+    _pyfunc_loaders: tuple[PyfuncLoader, ...] = (
+        sklearn._load_pyfunc,
+        pytorch._load_pyfunc,
+        lightning._load_pyfunc,
+        transformers._load_pyfunc,
+        onnx._load_pyfunc,
+        pyfunc._load_pyfunc,
+    )

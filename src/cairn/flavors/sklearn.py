@@ -32,10 +32,12 @@ import sys
 import tempfile
 import zipfile
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Unpack
 
 from cairn.errors import InvalidArgument, UnsafeModel
+from cairn.models.flavor import AlsoOnnxOptions, CommonLogOptions, log_flavor_model
 from cairn.models.model import Model, ModelInfo
 from cairn.models.schema import ModelSignature, ParamSchema, ParamSpec
 
@@ -46,6 +48,8 @@ __all__ = [
     "SERIALIZATION_FORMAT_PICKLE",
     "SERIALIZATION_FORMAT_SKOPS",
     "TRUSTED_PACKAGES",
+    "SklearnLogOptions",
+    "SklearnOptions",
     "SkopsUnsupported",
     "load_model",
     "log_model",
@@ -430,65 +434,31 @@ def save_model(
     return model
 
 
-def log_model(
-    sk_model: Any,
-    name: str | None = None,
-    *,
-    artifact_path: str | None = None,
-    serialization_format: str = SERIALIZATION_FORMAT_SKOPS,
-    signature: ModelSignature | Literal[False] | None = None,
-    input_example: Any = None,
-    metadata: dict[str, Any] | None = None,
-    pip_requirements: Sequence[str] | None = None,
-    extra_pip_requirements: Sequence[str] | None = None,
-    code_paths: Sequence[str | os.PathLike[str]] | None = None,
-    pyfunc_predict_fn: str | None = None,
-    registered_model_name: str | None = None,
-    run_id: str | None = None,
-    also_onnx: bool = False,
-    onnx_rtol: float = 1e-3,
-    onnx_atol: float = 1e-5,
-) -> ModelInfo:
-    """Save ``sk_model`` (see :func:`save_model`) into a run's artifacts at ``name``.
+class SklearnOptions(AlsoOnnxOptions, total=False):
+    """The scikit-learn flavor's own options of :func:`save_model` and :func:`log_model`."""
+
+    serialization_format: str
+    pyfunc_predict_fn: str | None
+
+
+class SklearnLogOptions(SklearnOptions, CommonLogOptions, total=False):
+    """Every option of :func:`log_model`."""
+
+
+def log_model(sk_model: Any, name: str | None = None, **options: Unpack[SklearnLogOptions]) -> ModelInfo:
+    """Save ``sk_model`` (see :func:`save_model`) into a run's artifacts at ``name`` (default ``"model"``).
 
     Args:
         sk_model: the estimator.
-        name: the model's artifact path in the run (default ``"model"``).
-        artifact_path: MLflow's older name for ``name``.
-        registered_model_name: also register the model under this name.
-        run_id: log into this run instead of the active one (a run is started if none is active).
-        serialization_format, signature, input_example, metadata, pip_requirements,
-            extra_pip_requirements, code_paths, pyfunc_predict_fn, also_onnx, onnx_rtol, onnx_atol:
-            as in :func:`save_model`.
+        name: the model's artifact path in the run.
+        **options: :func:`save_model`'s options, and ``artifact_path`` (MLflow 2's name for ``name``),
+            ``registered_model_name`` (also register the model under this name), ``run_id`` (log into
+            this run instead of the active one; a run is started if none is active).
 
     Returns:
         The :class:`~cairn.models.ModelInfo` (``model_uri`` is ``runs:/<run_id>/<name>``).
     """
-    from cairn.models import packaging
-    from cairn.models.packaging import model_artifact_name
-
-    target = model_artifact_name(name, artifact_path)
-
-    def save(path: Path, **kwargs: Any) -> Model:
-        return save_model(sk_model, path, **kwargs)
-
-    return packaging.log_model(
-        save,
-        target,
-        registered_model_name=registered_model_name,
-        run_id=run_id,
-        serialization_format=serialization_format,
-        signature=signature,
-        input_example=input_example,
-        metadata=metadata,
-        pip_requirements=pip_requirements,
-        extra_pip_requirements=extra_pip_requirements,
-        code_paths=code_paths,
-        pyfunc_predict_fn=pyfunc_predict_fn,
-        also_onnx=also_onnx,
-        onnx_rtol=onnx_rtol,
-        onnx_atol=onnx_atol,
-    )
+    return log_flavor_model(partial(save_model, sk_model), name, options, accepted=SklearnLogOptions.__optional_keys__)
 
 
 # -- load ---------------------------------------------------------------------------------------------

@@ -36,8 +36,9 @@ import shutil
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict, Unpack
 
 from cairn.errors import CairnError, InvalidArgument, UnsafeModel
 from cairn.flavors._transformers_tasks import (
@@ -51,6 +52,7 @@ from cairn.flavors._transformers_tasks import (
     normalize_task,
     pipeline_class_name,
 )
+from cairn.models.flavor import CommonLogOptions, log_flavor_model
 from cairn.models.model import Model, ModelInfo
 from cairn.models.schema import ModelSignature, ParamSchema
 
@@ -60,6 +62,8 @@ __all__ = [
     "MODEL_BINARY",
     "PYFUNC_TASKS",
     "ExtractiveQuestionAnswering",
+    "TransformersLogOptions",
+    "TransformersOptions",
     "TransformersPyfunc",
     "load_model",
     "log_model",
@@ -444,63 +448,35 @@ def save_model(
     )
 
 
-def log_model(
-    transformers_model: Any,
-    name: str | None = None,
-    *,
-    artifact_path: str | None = None,
-    task: str | None = None,
-    tokenizer: Any = None,
-    feature_extractor: Any = None,
-    image_processor: Any = None,
-    processor: Any = None,
-    signature: ModelSignature | Literal[False] | None = None,
-    input_example: Any = None,
-    metadata: dict[str, Any] | None = None,
-    pip_requirements: Sequence[str] | None = None,
-    extra_pip_requirements: Sequence[str] | None = None,
-    code_paths: Sequence[str | os.PathLike[str]] | None = None,
-    registered_model_name: str | None = None,
-    run_id: str | None = None,
-) -> ModelInfo:
-    """Save ``transformers_model`` (see :func:`save_model`) into a run's artifacts at ``name``.
+class TransformersOptions(TypedDict, total=False):
+    """The transformers flavor's own options of :func:`save_model` and :func:`log_model`."""
+
+    task: str | None
+    tokenizer: Any
+    feature_extractor: Any
+    image_processor: Any
+    processor: Any
+
+
+class TransformersLogOptions(TransformersOptions, CommonLogOptions, total=False):
+    """Every option of :func:`log_model`."""
+
+
+def log_model(transformers_model: Any, name: str | None = None, **options: Unpack[TransformersLogOptions]) -> ModelInfo:
+    """Save ``transformers_model`` (see :func:`save_model`) into a run's artifacts at ``name`` (default ``"model"``).
 
     Args:
         transformers_model: as in :func:`save_model`; a checkpoint directory is uploaded without loading it.
-        name: the model's artifact path in the run (default ``"model"``).
-        artifact_path: MLflow's older name for ``name``.
-        registered_model_name: also register the model under this name.
-        run_id: log into this run instead of the active one (a run is started if none is active).
-        task, tokenizer, feature_extractor, image_processor, processor, signature, input_example,
-            metadata, pip_requirements, extra_pip_requirements, code_paths: as in :func:`save_model`.
+        name: the model's artifact path in the run.
+        **options: :func:`save_model`'s options, and ``artifact_path`` (MLflow 2's name for ``name``),
+            ``registered_model_name`` (also register the model under this name), ``run_id`` (log into
+            this run instead of the active one; a run is started if none is active).
 
     Returns:
         The :class:`~cairn.models.ModelInfo` (``model_uri`` is ``runs:/<run_id>/<name>``).
     """
-    from cairn.models import packaging
-    from cairn.models.packaging import model_artifact_name
-
-    target = model_artifact_name(name, artifact_path)
-
-    def save(path: Path, **kwargs: Any) -> Model:
-        return save_model(transformers_model, path, **kwargs)
-
-    return packaging.log_model(
-        save,
-        target,
-        registered_model_name=registered_model_name,
-        run_id=run_id,
-        task=task,
-        tokenizer=tokenizer,
-        feature_extractor=feature_extractor,
-        image_processor=image_processor,
-        processor=processor,
-        signature=signature,
-        input_example=input_example,
-        metadata=metadata,
-        pip_requirements=pip_requirements,
-        extra_pip_requirements=extra_pip_requirements,
-        code_paths=code_paths,
+    return log_flavor_model(
+        partial(save_model, transformers_model), name, options, accepted=TransformersLogOptions.__optional_keys__
     )
 
 
