@@ -12,8 +12,9 @@ A training script under test speaks one protocol: ``python SCRIPT [VARIANT] ROLE
 Every role that finishes writes ``OUT_DIR/final.safetensors`` (the model's state dict),
 ``OUT_DIR/run_id.txt`` and, when it has something to report, ``OUT_DIR/report.json``.
 
-:func:`kill_and_resume` runs the three processes (reference, crash and the early-started resume run side
-by side), kills the crash, resumes, and asserts what every integration must give: final weights
+:func:`kill_and_resume` starts the crash and the resume processes, runs the reference meanwhile (in this
+process, as ``__main__`` through runpy, with the global state it changes put back; in a subprocess too if
+a case asks), kills the crash, resumes, and asserts what every integration must give: final weights
 bit-identical to the reference's, one run (same id, FINISHED) whose curves hold each logged step exactly
 once with the reference's values, and the dead process's points after the checkpoint kept but flagged
 superseded. What is particular to an integration is checked by the caller on the returned result.
@@ -21,14 +22,18 @@ superseded. What is particular to an integration is checked by the caller on the
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import os
+import runpy
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +65,7 @@ class KillResumeCase:
         ready_for_kill: polled with (store, run id) after the kill marker until true (e.g. an upload the
             script cannot wait for).
         after_kill: checks of the store at (store, run id) once the crashed process is dead, before the resume.
+        reference_in_process: run the reference in this process (saves an interpreter and its imports).
     """
 
     name: str
@@ -71,6 +77,7 @@ class KillResumeCase:
     kill_marker: str = KILL_MARKER
     ready_for_kill: Callable[[str, str], bool] | None = None
     after_kill: Callable[[str, str], None] | None = None
+    reference_in_process: bool = True
 
 
 @dataclass
@@ -100,6 +107,36 @@ def _launch(case: KillResumeCase, role: str, out: Path, store: str) -> subproces
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+@contextlib.contextmanager
+def _restored_globals() -> Iterator[None]:
+    """Put back what a training script run in this process changes: torch's threads and determinism, the
+    environment, argv, warning filters, gc freezing and plain-PyTorch autolog."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    environ, argv = dict(os.environ), list(sys.argv)
+    try:
+        with warnings.catch_warnings():
+            yield
+    finally:
+        autolog = sys.modules.get("cairn.autolog.pytorch")
+        if autolog is not None:
+            autolog.autolog(disable=True)
+        gc.unfreeze()
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+        os.environ.clear()
+        os.environ.update(environ)
+        sys.argv = argv
+
+
+def _reference_in_process(case: KillResumeCase, out: Path, store: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    script, *variant = case.command
+    with _restored_globals():
+        cairn.set_tracking_uri(store)
+        sys.argv = [script, *variant, "reference", str(out)]
+        runpy.run_path(script, run_name="__main__")
 
 
 def _run_until_kill_marker(proc: subprocess.Popen[str], marker: str) -> tuple[str | None, list[str]]:
@@ -156,9 +193,11 @@ def kill_and_resume(case: KillResumeCase, tmp_path: Path) -> KillResumeResult:
     store, reference_store = str(tmp_path / "store"), str(tmp_path / "reference-store")
     resumed_dir, reference_dir = tmp_path / "resumed", tmp_path / "reference"
     crashing = _launch(case, "crash", resumed_dir, store)
-    reference = _launch(case, "reference", reference_dir, reference_store)
     resuming = _launch(case, "resume", resumed_dir, store)  # imports while the others train
+    reference = None if case.reference_in_process else _launch(case, "reference", reference_dir, reference_store)
     try:
+        if reference is None:
+            _reference_in_process(case, reference_dir, reference_store)
         marked_run_id, crash_output = _run_until_kill_marker(crashing, case.kill_marker)
         run_id = marked_run_id or _only_run(store)
         if case.ready_for_kill is not None:
@@ -169,7 +208,8 @@ def kill_and_resume(case: KillResumeCase, tmp_path: Path) -> KillResumeResult:
         crashing.send_signal(signal.SIGKILL)
         crashing.wait(timeout=30)
         assert crashing.returncode == -signal.SIGKILL
-        _finish(reference)
+        if reference is not None:
+            _finish(reference)
 
         cairn.set_tracking_uri(store)
         client = cairn.Client()
@@ -182,7 +222,7 @@ def kill_and_resume(case: KillResumeCase, tmp_path: Path) -> KillResumeResult:
         _finish(resuming, f"{run_id}\n")
     finally:
         for proc in (crashing, reference, resuming):
-            if proc.poll() is None:
+            if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.communicate(timeout=30)
 
