@@ -169,6 +169,23 @@ def test_resume_without_checkpoint_is_a_fresh_start_in_that_run(monkeypatch: pyt
         runs.resume(model=model)
 
 
+def test_resume_of_a_run_with_history_and_no_checkpoint_is_refused_not_restarted_inside_it() -> None:
+    with cairn.start_run() as run:
+        for step in range(1, 4):
+            cairn.log_metric("loss", float(step), step=step)
+    model, optimizer, _ = _setup()
+    with pytest.raises(CheckpointError, match=r"has logged metrics but no checkpoint.*if_possible"):
+        runs.resume(run.info.run_id, model=model, optimizer=optimizer)
+    assert cairn.active_run() is None
+    with pytest.warns(runs.ResumeWarning, match="training starts from scratch in a new run"):
+        state = runs.resume(run.info.run_id, model=model, optimizer=optimizer, if_possible=True)
+    assert not state.resumed and state.run_id != run.info.run_id
+    active = cairn.active_run()
+    assert active is not None and active.info.run_id == state.run_id
+    cairn.end_run()
+    assert [m.step for m in cairn.Client().get_metric_history(run.info.run_id, "loss")] == [1, 2, 3]
+
+
 def test_checkpoint_path_materialises_locally() -> None:
     model, _, _ = _setup()
     with cairn.start_run() as run:

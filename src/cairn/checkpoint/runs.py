@@ -55,6 +55,7 @@ from cairn.checkpoint.resume import (
     ResumeWarning,
     continue_run,
     fork_run,
+    nothing_to_resume,
     plan_resume,
     require_run_id,
 )
@@ -527,6 +528,7 @@ def resume(
     loader: Any = None,
     strict: bool = True,
     map_location: str = "cpu",
+    if_possible: bool = False,
 ) -> ResumeState:
     """Restore training from a run's checkpoint, and continue the run (or fork it) at that step.
 
@@ -539,15 +541,19 @@ def resume(
             batches the interrupted epoch had left. With autolog on, a plain DataLoader works too.
         strict: fail on missing/unexpected model keys and on class changes.
         map_location: where tensors are read to before being copied into the objects.
+        if_possible: when the run has history but no checkpoint, start a new run (with a
+            :class:`ResumeWarning`) instead of raising.
 
     Returns:
-        The restored position. When the run has no checkpoint yet (``step="latest"``) nothing is
-        restored, the run is made active and ``resumed`` is False: a script can call ``resume`` on
-        every start.
+        The restored position. When the run has no checkpoint yet (``step="latest"``) and logged no metric
+        (or is this process's active run) nothing is restored, the run is made active and ``resumed`` is
+        False: a script can call ``resume`` on every start. A run with history is never restarted inside it
+        (see ``if_possible``).
 
     Raises:
         InvalidArgument: no run can be determined, or another run is active.
-        CheckpointError: no checkpoint at ``step``. CheckpointCorrupt: the checkpoint is damaged.
+        CheckpointError: no checkpoint at ``step``, or none at all in a run with history (without
+            ``if_possible``). CheckpointCorrupt: the checkpoint is damaged.
         StateMismatch: saved state does not fit an object (lists the mismatched keys and shapes);
             nothing of the run was changed then.
     """
@@ -562,9 +568,13 @@ def resume(
         _check_active(rid)
     found = _find(rid, step, client)
     if found is None:
+        target = rid
         if rank0:
-            _activate(rid)
-        return ResumeState(step=0, epoch=0, batch_in_epoch=0, extra=None, run_id=rid, resumed=False)
+            active = fluent.active_run()
+            if active is None:  # this process's own active run is not a history to protect
+                target = nothing_to_resume(client, rid, if_possible=if_possible, what=f"{ARTIFACT_DIR}/") or rid
+            _activate(target)
+        return ResumeState(step=0, epoch=0, batch_in_epoch=0, extra=None, run_id=target, resumed=False)
     fork = found.step < found.newest_step
     if rank0 and fork and fluent.active_run() is not None:
         raise InvalidArgument(
