@@ -18,6 +18,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import lightning as L
 import numpy as np
 import pandas as pd
 import pytest
@@ -55,6 +56,19 @@ class MLP(torch.nn.Module):
     def __init__(self, hidden: int = 8) -> None:
         super().__init__()
         self.body = torch.nn.Sequential(torch.nn.Linear(4, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class LitMLP(L.LightningModule):
+    """Importable by name with its hparams, so the Lightning flavor stores it as class + hparams."""
+
+    def __init__(self, hidden: int = 8) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.body = torch.nn.Sequential(torch.nn.Linear(4, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 2))
+        self.example_input_array = torch.zeros(2, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
@@ -107,7 +121,7 @@ def _torch_predict(model: torch.nn.Module, data: Any) -> np.ndarray:
 def _local_module_without_example(base: type) -> Any:
     """An instance of a class defined here, inside a function: not importable, so only a pickle holds it."""
 
-    class Local(base):  # type: ignore[valid-type, misc]
+    class Local(base):
         def __init__(self) -> None:
             super().__init__()
             self.linear = torch.nn.Linear(4, 2)
@@ -157,21 +171,6 @@ def _pytorch() -> Case:
 
 
 def _lightning() -> Case:
-    import lightning as L
-
-    global LitMLP
-
-    class LitMLP(L.LightningModule):  # module-level name: importable as tests.flavors.test_flavor_contract:LitMLP
-        def __init__(self, hidden: int = 8) -> None:
-            super().__init__()
-            self.save_hyperparameters()
-            self.body = torch.nn.Sequential(torch.nn.Linear(4, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 2))
-            self.example_input_array = torch.zeros(2, 4)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.body(x)
-
-    LitMLP.__qualname__ = "LitMLP"
     torch.manual_seed(0)
     module = LitMLP(hidden=6).eval()
     return Case(

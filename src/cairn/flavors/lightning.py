@@ -27,8 +27,7 @@ from cairn.flavors import pytorch as pytorch_flavor
 from cairn.flavors.pytorch import TorchArchitectureOptions
 from cairn.models.flavor import (
     CommonLogOptions,
-    CommonSaveOptions,
-    SaveRecordOptions,
+    CommonSaveRecordOptions,
     log_flavor_model,
     refuse_unknown_options,
 )
@@ -78,7 +77,7 @@ def _example_of(model: Any) -> Any:
     return example if hasattr(example, "shape") else None
 
 
-class LightningSaveOptions(TorchArchitectureOptions, CommonSaveOptions, SaveRecordOptions, total=False):
+class LightningSaveOptions(TorchArchitectureOptions, CommonSaveRecordOptions, total=False):
     """Every option of :func:`save_model`: the PyTorch flavor's, without ``module_class``/``model_factory``."""
 
 

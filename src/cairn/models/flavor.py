@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Collection, Mapping, Sequence
-from typing import Any, Literal, Protocol, TypedDict, runtime_checkable
+from typing import Any, Literal, Protocol, TypedDict, Unpack, runtime_checkable
 
 from cairn.models.model import Model, ModelInfo
 from cairn.models.schema import ModelSignature
@@ -27,6 +27,7 @@ __all__ = [
     "AlsoOnnxOptions",
     "CommonLogOptions",
     "CommonSaveOptions",
+    "CommonSaveRecordOptions",
     "Flavor",
     "LogOptions",
     "OnnxParityOptions",
@@ -78,6 +79,10 @@ class LogOptions(TypedDict, total=False):
     run_id: str | None
 
 
+class CommonSaveRecordOptions(CommonSaveOptions, SaveRecordOptions, total=False):
+    """Every flavor's ``save_model`` options: the common save options and what ``log_model`` records."""
+
+
 class CommonLogOptions(CommonSaveOptions, LogOptions, total=False):
     """Every flavor's ``log_model`` options: the common save options and the log options."""
 
@@ -112,38 +117,9 @@ class Flavor(Protocol):
 
     FLAVOR_NAME: str
 
-    def save_model(
-        self,
-        model: Any,
-        path: Any,
-        /,
-        *,
-        signature: ModelSignature | Literal[False] | None = ...,
-        input_example: Any = ...,
-        metadata: dict[str, Any] | None = ...,
-        pip_requirements: Sequence[str] | None = ...,
-        extra_pip_requirements: Sequence[str] | None = ...,
-        code_paths: Sequence[str | os.PathLike[str]] | None = ...,
-        run_id: str | None = ...,
-        artifact_path: str | None = ...,
-    ) -> Model: ...
+    def save_model(self, model: Any, path: Any, /, **options: Unpack[CommonSaveRecordOptions]) -> Model: ...
 
-    def log_model(
-        self,
-        model: Any,
-        name: Any = ...,
-        /,
-        *,
-        signature: ModelSignature | Literal[False] | None = ...,
-        input_example: Any = ...,
-        metadata: dict[str, Any] | None = ...,
-        pip_requirements: Sequence[str] | None = ...,
-        extra_pip_requirements: Sequence[str] | None = ...,
-        code_paths: Sequence[str | os.PathLike[str]] | None = ...,
-        artifact_path: str | None = ...,
-        registered_model_name: str | None = ...,
-        run_id: str | None = ...,
-    ) -> ModelInfo: ...
+    def log_model(self, model: Any, name: Any = ..., /, **options: Unpack[CommonLogOptions]) -> ModelInfo: ...
 
     def load_model(self, model_uri: str, /, *, dst_path: str | os.PathLike[str] | None = ...) -> Any: ...
 
