@@ -42,6 +42,7 @@ import torch
 from safetensors.torch import load_file
 
 import cairn
+from cairn.tracking.entities import Run
 
 KILL_MARKER = "KILL_ME"
 _START_TIMEOUT = 240.0  # seconds for the crash role to reach its kill point
@@ -162,10 +163,16 @@ def _run_until_kill_marker(proc: subprocess.Popen[str], marker: str) -> tuple[st
     raise AssertionError(f"the crash role ended without printing {marker}:\n{output[-4000:]}")
 
 
-def _only_run(store: str) -> str:
+def _run_ids(store: str) -> list[str]:
+    """Ids of every run in the store."""
     cairn.set_tracking_uri(store)
-    [run] = cairn.search_runs(output_format="list", search_all_experiments=True)
-    return str(run.info.run_id)
+    runs: list[Run] = cairn.search_runs(output_format="list", search_all_experiments=True)  # type: ignore[assignment]
+    return [run.info.run_id for run in runs]
+
+
+def _only_run(store: str) -> str:
+    [run_id] = _run_ids(store)
+    return run_id
 
 
 def _finish(proc: subprocess.Popen[str], stdin: str = "") -> str:
@@ -230,10 +237,8 @@ def kill_and_resume(case: KillResumeCase, tmp_path: Path) -> KillResumeResult:
     assert_same_weights(resumed_dir, reference_dir)
     # 2. the same run, continued and finished: the only run of its store
     assert (resumed_dir / "run_id.txt").read_text() == run_id
-    cairn.set_tracking_uri(store)
+    assert _run_ids(store) == [run_id]
     client = cairn.Client()
-    in_store = cairn.search_runs(output_format="list", search_all_experiments=True)
-    assert [r.info.run_id for r in in_store] == [run_id]
     assert client.get_run(run_id).info.status.value == "FINISHED"
     # 3. each logged step exactly once, with the uninterrupted run's values
     reference_run_id = (reference_dir / "run_id.txt").read_text()
