@@ -7,14 +7,14 @@ the append). Configurations of the writer:
 
 - ``queue only``: the writer sleeps through the timed window (points are only appended): the append's cost;
 - ``every <s> s / <n> points``: the writer wakes every ``s`` seconds or when ``n`` points are queued and
-  writes up to ``n`` points per transaction (``0.25 s / 10,000`` is the default).
+  writes up to ``n`` points per transaction (``1 s / 10,000`` is the default).
 
 Method (the machine is shared): one interpreter, one SQLite store; each round runs every configuration
 once, in a rotated order, each as a pair of stretches: the loop without logging and the loop logging (the
 no-logging one first in even rounds, last in odd ones).
 A logging stretch logs for one writer interval untimed (so the writer is in its steady state), then for
 ``--seconds`` (at least three writer intervals) timed, then for one more interval untimed, then waits for
-the writer to write the rest; its no-logging partner runs as many timed steps.
+the writer to write the rest; its no-logging partner runs as long. Costs are per step (CPU / steps run).
 The training thread's cost is its CPU time (``time.thread_time()``); overhead = median over rounds of
 (logging stretch / its paired no-logging stretch) - 1. That pairing is at the mercy of the machine's load
 over seconds, so the writer's interference is also measured within each logging stretch: its steps are
@@ -54,8 +54,9 @@ class WriterConfig:
 CONFIGS = (
     WriterConfig("queue only (writer asleep)", 3600.0, 10**9, writes_in_window=False),
     WriterConfig("every 0.05 s / 10,000 points", 0.05, 10_000),
-    WriterConfig("every 0.25 s / 10,000 points (default)", 0.25, 10_000),
-    WriterConfig("every 1 s / 50,000 points", 1.0, 50_000),
+    WriterConfig("every 0.25 s / 10,000 points", 0.25, 10_000),
+    WriterConfig("every 0.5 s / 20,000 points", 0.5, 20_000),
+    WriterConfig("every 1 s / 10,000 points (default)", 1.0, 10_000),
 )
 
 
@@ -113,7 +114,7 @@ BLOCK = 8  # steps per block, a few ms: a write of a batch overlaps a few blocks
 
 def run_stretch(
     trainer: Trainer,
-    steps: int,
+    seconds: float,
     log: MetricBatcher | None,
     run_id: str,
     points: int,
@@ -128,7 +129,9 @@ def run_stretch(
     busy: list[float] = []
     points_before = store.points if store is not None else 0
     block_start, finished_at_start = t0, store.finished if store is not None else 0
-    for i in range(first, first + steps):
+    end = time.perf_counter() + seconds
+    i = first
+    while time.perf_counter() < end:
         value = trainer.step()
         if add is not None:
             now = time.time_ns() // 1_000_000
@@ -139,18 +142,11 @@ def run_stretch(
             # a write overlapped the block if one started before its end and finished after its start
             (busy if store.started > finished_at_start else quiet).append(block_end - block_start)
             block_start, finished_at_start = block_end, store.finished
-    stretch = Stretch(thread_time() - t0, time.process_time() - p0, steps, quiet, busy)
+        i += 1
+    stretch = Stretch(thread_time() - t0, time.process_time() - p0, i - first, quiet, busy)
     if store is not None:
         stretch.points_written = store.points - points_before
     return stretch
-
-
-def steps_for(trainer: Trainer, seconds: float) -> int:
-    t0 = time.perf_counter()
-    for _ in range(200):
-        trainer.step()
-    per_step = (time.perf_counter() - t0) / 200
-    return max(1, int(seconds / per_step))
 
 
 def main() -> None:
@@ -167,7 +163,8 @@ def main() -> None:
             "0", user_id="bench", start_time=int(time.time() * 1000), run_name="writer-gil"
         ).info.run_id
         trainer = Trainer()
-        per_second = steps_for(trainer, 1.0)
+        for _ in range(200):  # warm-up
+            trainer.step()
         ratios: dict[str, list[float]] = {c.label: [] for c in CONFIGS}
         writer_us: dict[str, list[float]] = {c.label: [] for c in CONFIGS}
         interference_us: dict[str, list[float]] = {c.label: [] for c in CONFIGS}
@@ -184,27 +181,25 @@ def main() -> None:
                     wake_at=cfg.wake_at,
                     max_batch=cfg.wake_at,
                 )
-                margin = 0 if not cfg.writes_in_window else int(per_second * (cfg.interval + 0.05))
-                timed = int(per_second * max(args.seconds, 3 * cfg.interval if cfg.writes_in_window else 0))
+                margin = cfg.interval + 0.05 if cfg.writes_in_window else 0.0
+                timed = max(args.seconds, 3 * cfg.interval if cfg.writes_in_window else 0.0)
                 base_first = round_index % 2 == 0  # ABBA: neither side always runs first
                 if base_first:
                     base = run_stretch(trainer, timed, None, run_id, args.points, step)
-                run_stretch(trainer, margin, batcher, run_id, args.points, step)  # into the writer's steady state
-                step += margin
+                step += run_stretch(trainer, margin, batcher, run_id, args.points, step).steps  # steady state
                 started = counting.started
                 logged = run_stretch(trainer, timed, batcher, run_id, args.points, step, counting)
                 batches = counting.started - started
-                step += timed
-                run_stretch(trainer, margin, batcher, run_id, args.points, step)
-                step += margin
+                step += logged.steps
+                step += run_stretch(trainer, margin, batcher, run_id, args.points, step).steps
                 batcher.close()
                 if not base_first:
                     base = run_stretch(trainer, timed, None, run_id, args.points, step)
-                ratios[cfg.label].append(logged.thread_s / base.thread_s)
-                base_us.append(base.thread_s / timed * 1e6)
+                ratios[cfg.label].append((logged.thread_s / logged.steps) / (base.thread_s / base.steps))
+                base_us.append(base.thread_s / base.steps * 1e6)
                 if cfg.writes_in_window:
                     extra = (logged.process_s - logged.thread_s) - (base.process_s - base.thread_s)
-                    writer_us[cfg.label].append(extra / (timed * args.points) * 1e6)
+                    writer_us[cfg.label].append(extra / (logged.steps * args.points) * 1e6)
                 if logged.busy_blocks and logged.quiet_blocks and logged.points_written:
                     quiet = statistics.median(logged.quiet_blocks)
                     extra_busy = sum(block - quiet for block in logged.busy_blocks)
@@ -213,7 +208,7 @@ def main() -> None:
             print(f"round {round_index + 1}/{args.rounds} done", flush=True)
         written = len(store.get_metric_history(run_id, "m0"))
         config.reset()
-    print(f"\n{per_second} steps per second, {args.points} points per step, {args.rounds} rounds;")
+    print(f"\n{args.points} points per step, {args.rounds} rounds;")
     print(
         f"no-logging step: median {statistics.median(base_us):.1f} µs of training-thread CPU; {written} steps written"
     )
