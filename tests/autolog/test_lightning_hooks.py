@@ -64,7 +64,7 @@ def test_nothing_of_model_checkpoint_or_the_dataloader_is_replaced(tmp_path: Pat
 
 
 def test_autolog_replaces_nothing_either(tmp_path: Path) -> None:
-    cairn.lightning.autolog(checkpoint_every_n_steps=3, log_models=False)
+    cairn.lightning.autolog(checkpoint_every_n_steps=3, keep_last=2, log_models=False)
     inspector = Inspector()
     trainer = _trainer(tmp_path, callbacks=[inspector])
     trainer.fit(TinyModule(), *_loaders())
@@ -139,7 +139,14 @@ def test_the_callback_alone_with_an_injected_client_owns_its_run(tmp_path: Path)
     assert cairn.active_run() is None
 
 
-def test_a_mid_epoch_resume_is_bit_identical_to_the_uninterrupted_fit(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "checkpoint",
+    [
+        "epoch=0-step=4.ckpt",  # 4 of epoch 0's 9 batches: the iterator was created before on_train_epoch_start
+        "epoch=1-step=12.ckpt",  # 3 of epoch 1's: the iterator is created after it
+    ],
+)
+def test_a_mid_epoch_resume_is_bit_identical_to_the_uninterrupted_fit(tmp_path: Path, checkpoint: str) -> None:
     def fit(ckpt_path: str | None, callbacks: list[Any]) -> dict[str, torch.Tensor]:
         L.seed_everything(11)
         module = TinyModule()
@@ -147,14 +154,37 @@ def test_a_mid_epoch_resume_is_bit_identical_to_the_uninterrupted_fit(tmp_path: 
         trainer.fit(module, *_loaders(36, batch=4), ckpt_path=ckpt_path)  # 9 batches per epoch
         return _weights(module)
 
+    def callback(**options: Any) -> Any:
+        return cairn.lightning.CairnCheckpointCallback(log_model=False, upload_checkpoints=False, **options)
+
     every = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=4, save_top_k=-1)
-    reference = fit(None, [cairn.lightning.CairnCheckpointCallback(log_model=False, upload_checkpoints=False), every])
-    middle = tmp_path / "ckpt" / "epoch=1-step=12.ckpt"  # 3 of epoch 1's 9 batches done
-    assert middle.is_file()
-    resumed = fit(str(middle), [cairn.lightning.CairnCheckpointCallback(log_model=False, upload_checkpoints=False)])
+    reference = fit(None, [callback(), every])
+    middle = tmp_path / "ckpt" / checkpoint
+    assert torch.load(middle, weights_only=True)[integration.LOADERS_KEY][0]["epoch_finished"] is False
+    resumed = fit(str(middle), [callback()])
     for name, tensor in reference.items():
         assert torch.equal(resumed[name], tensor), name
 
+    # the RNG alone is not enough: without the replayed epoch the remaining batches differ
+    rng_only = fit(str(middle), [callback(resumable_dataloaders=False)])
+    assert any(not torch.equal(rng_only[name], tensor) for name, tensor in reference.items())
     # without cairn's callback the same checkpoint still loads (Lightning's inexact resume: new shuffle, RNG)
     plain = fit(str(middle), [])
     assert any(not torch.equal(plain[name], tensor) for name, tensor in reference.items())
+
+
+def test_a_loader_that_cannot_be_replayed_is_reported(tmp_path: Path) -> None:
+    keep = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=3, save_top_k=-1)
+    callback = cairn.lightning.CairnCheckpointCallback(log_model=False, upload_checkpoints=False)
+    _trainer(tmp_path, logger=False, max_epochs=1, callbacks=[callback, keep]).fit(TinyModule(), *_loaders())
+    again = _trainer(
+        tmp_path,
+        logger=False,
+        max_epochs=1,
+        callbacks=[cairn.lightning.CairnCheckpointCallback(log_model=False, upload_checkpoints=False)],
+    )
+    data = _loaders()[0].dataset
+    batches_of_two = DataLoader(data, batch_size=2, shuffle=True)  # 16 batches: the 3 consumed were others
+    with pytest.warns(UserWarning, match="cannot continue its epoch exactly"):
+        again.fit(TinyModule(), batches_of_two, ckpt_path=str(tmp_path / "ckpt" / "epoch=0-step=3.ckpt"))
+    assert type(batches_of_two.batch_sampler.sampler).__name__ == "RandomSampler"

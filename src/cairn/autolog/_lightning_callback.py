@@ -21,7 +21,7 @@ from cairn.autolog._lightning_frameworks import (
     _rng_from_checkpoint,
     _rng_to_checkpoint,
 )
-from cairn.autolog._lightning_loaders import _make_resumable, _undo_resumable
+from cairn.autolog._lightning_loaders import LoaderPositions
 from cairn.autolog._lightning_logger import _CairnLoggerImpl
 from cairn.autolog._lightning_resume import _log_step, _open_run, _supersede_once
 from cairn.autolog._lightning_uploads import _Uploader
@@ -77,10 +77,8 @@ class _CheckpointCallbackImpl:
         self._trainer_ref: weakref.ref[Any] | None = None
         self._saves_pending = False
         self._watching = False
-        self._undo: list[Callable[[], None]] = []
-        self._swapped: list[tuple[Any, type]] = []
-        self._loader_states: dict[int, dict[str, Any]] = {}
-        self._loader_calls = 0
+        self._positions = LoaderPositions()
+        self._rng_after_load: dict[str, Any] | None = None
         self._warning_filter: Any = None
         self._save_info: dict[str, Any] = {}
         self._failed = False
@@ -93,7 +91,7 @@ class _CheckpointCallbackImpl:
         """Picklable (``ddp_spawn`` pickles the Trainer): settings travel, the per-fit state does not."""
         state = dict(self.__dict__)
         fit_only = ("_mirror", "_warning_filter", "_monitor", "_add_point", "_driven", "client")
-        state.update(dict.fromkeys(fit_only), _undo=[], _swapped=[], _loader_states={}, _checkpoint_callbacks=[])
+        state.update(dict.fromkeys(fit_only), _positions=LoaderPositions(), _checkpoint_callbacks=[])
         state["_trainer_ref"] = None
         return state
 
@@ -135,8 +133,6 @@ class _CheckpointCallbackImpl:
         self._failed = False
         for cairn_logger in self._cairn_loggers(trainer):
             cairn_logger._callback = self
-        if self.resumable_dataloaders:
-            self._patch_strategy(trainer)
         if not trainer.is_global_zero:
             return
         with safe_autolog(INTEGRATION, "preparing checkpoint uploads", silent=self.silent):
@@ -180,39 +176,15 @@ class _CheckpointCallbackImpl:
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._sync_pending(trainer)
+        if self.resumable_dataloaders:
+            with safe_autolog(INTEGRATION, "recording the DataLoader's epoch start", silent=self.silent):
+                self._positions.epoch_started(trainer)
 
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._sync_pending(trainer)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._sync_pending(trainer)
-
-    def _patch_strategy(self, trainer: Any) -> None:
-        strategy = trainer.strategy
-        original = strategy.process_dataloader
-        callback = self
-
-        def process_dataloader(dataloader: Any) -> Any:
-            dataloader = original(dataloader)
-            if trainer.training and not trainer.sanity_checking:
-                with safe_autolog(INTEGRATION, "making the training DataLoader resumable", silent=callback.silent):
-                    callback._track_loader(dataloader)
-            return dataloader
-
-        strategy.process_dataloader = process_dataloader
-        self._undo.append(lambda: strategy.__dict__.pop("process_dataloader", None))
-
-    def _track_loader(self, dataloader: Any) -> None:
-        position = self._loader_calls
-        self._loader_calls += 1
-        previous = _make_resumable(dataloader)
-        if previous is None:
-            return
-        self._swapped.append((dataloader, previous))
-        state = self._loader_states.pop(position, None)
-        if state is not None:
-            dataloader._cairn_load_state_dict(state)
-            self._quiet_lightnings_resume_warning()
 
     def _quiet_lightnings_resume_warning(self) -> None:
         """Lightning warns that a mid-epoch resume with a plain DataLoader is unreliable; here it is not."""
@@ -223,9 +195,9 @@ class _CheckpointCallbackImpl:
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._driven = list(trainer.optimizers)  # this fit drives them: plain-PyTorch autolog stands down
         loops.claim(INTEGRATION, self._driven)
-        limit = trainer.num_training_batches
-        for loader, _original in self._swapped:
-            loader._cairn_limit = int(limit) if limit != float("inf") else None
+        if self._positions.pending:
+            with safe_autolog(INTEGRATION, "continuing the DataLoader's epoch", silent=self.silent):
+                self._positions.resume(trainer, self._rng_after_load)
         if trainer.is_global_zero and (self.log_system_metrics or self.log_grad_norm):
             with safe_autolog(INTEGRATION, "starting system metrics and grad-norm logging", silent=self.silent):
                 self._start_extra_metrics(trainer)
@@ -258,33 +230,25 @@ class _CheckpointCallbackImpl:
         self._saves_pending = True
         checkpoint[RNG_KEY] = _rng_to_checkpoint(capture_rng_state())
         checkpoint[LOG_STEP_KEY] = log_step
-        loaders = self._training_loader_states(trainer)
+        loaders = self._positions.state(trainer) if self.resumable_dataloaders else []
         if loaders:
             checkpoint[LOADERS_KEY] = loaders
         if self._run_id is not None:
             checkpoint[RUN_ID_KEY] = self._run_id
 
-    def _training_loader_states(self, trainer: Any) -> list[dict[str, Any]]:
-        """``{"index": position among the training loaders, **state}`` of each loader this callback tracks."""
-        combined = getattr(trainer.fit_loop, "_combined_loader", None)
-        flattened = list(getattr(combined, "flattened", []) or [])
-        tracked = {id(loader) for loader, _original in self._swapped}
-        return [
-            {"index": i, **loader._cairn_state_dict()} for i, loader in enumerate(flattened) if id(loader) in tracked
-        ]
-
     def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         from cairn.checkpoint.rng import restore_rng_state
 
-        self._loader_calls = 0
-        self._loader_states = {
-            int(state["index"]): state
-            for state in checkpoint.get(LOADERS_KEY) or []
-            if isinstance(state, dict) and isinstance(state.get("index"), int)
-        }
+        self._rng_after_load = None
         if self.restore_rng and RNG_KEY in checkpoint:
             with safe_autolog(INTEGRATION, "restoring the RNG states", silent=self.silent):
-                restore_rng_state(_rng_from_checkpoint(checkpoint[RNG_KEY]))
+                self._rng_after_load = _rng_from_checkpoint(checkpoint[RNG_KEY])
+                restore_rng_state(self._rng_after_load)
+        if self.resumable_dataloaders:
+            with safe_autolog(INTEGRATION, "reading the DataLoader's position", silent=self.silent):
+                self._positions.load(checkpoint.get(LOADERS_KEY))
+                if self._positions.pending:
+                    self._quiet_lightnings_resume_warning()
         source = checkpoint.get(RUN_ID_KEY)
         step = checkpoint.get(LOG_STEP_KEY)
         if not trainer.is_global_zero or not isinstance(source, str) or not isinstance(step, int):
@@ -358,18 +322,14 @@ class _CheckpointCallbackImpl:
             self._mirror.uploader.drain()
 
     def _restore(self) -> None:
-        while self._undo:
-            self._undo.pop()()
         if self._warning_filter is not None:
             filters: list[Any] = warnings.filters  # type: ignore[assignment]
             with contextlib.suppress(ValueError):
                 filters.remove(self._warning_filter)
             warnings._filters_mutated()  # type: ignore[attr-defined]
             self._warning_filter = None
-        self._loader_states, self._loader_calls = {}, 0
-        while self._swapped:
-            loader, original = self._swapped.pop()
-            _undo_resumable(loader, original)
+        self._positions.close()
+        self._rng_after_load = None
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -10,26 +10,34 @@ Works with ``lightning`` (``lightning.pytorch``) and, when it is installed, ``py
   run (``lightning_checkpoints/``, by a background thread), deletes from the run the files
   ``ModelCheckpoint`` prunes (``save_top_k``), stores in each checkpoint what Lightning leaves out
   (the Python/numpy/torch RNG states under ``"cairn_rng"``, the run id under ``"cairn_run_id"``, the
-  logging step under ``"cairn_log_step"``), makes the training DataLoader resumable in the middle of
-  an epoch, and logs the trained model when ``fit`` ends.
+  logging step under ``"cairn_log_step"``, the training DataLoader's position under ``"cairn_loaders"``),
+  continues the training DataLoader's epoch exactly on a mid-epoch resume, and logs the trained model
+  when ``fit`` ends.
 - :func:`checkpoint_path` downloads a checkpoint of a run so ``trainer.fit(model, ckpt_path=...)``
   resumes exactly, in the same run: the next CairnLogger re-attaches to it and the points the dead
   process logged after the checkpoint are superseded (kept, hidden), so no curve has a duplicate or
   backward step. Resuming from an older checkpoint while newer ones exist forks a new run instead.
-- :func:`enable` / :func:`disable` patch ``Trainer.__init__`` so every Trainer gets a CairnLogger
+- :func:`enable` / :func:`disable` wrap ``Trainer.__init__`` so every Trainer gets a CairnLogger
   (added beside the user's loggers) and the callback (``cairn.lightning.autolog()``,
   ``cairn.pytorch.autolog()``).
 
-Why Lightning alone does not resume exactly in the middle of an epoch (Lightning 2.6): the fit loop
-restores its batch counters, but a plain ``DataLoader`` has no ``state_dict``, so Lightning starts a
-*fresh* iteration (a new shuffle) and only shortens the epoch to the batches that were left; it warns
-that the loader is not resumable. It also restores no global RNG, so dropout and the next shuffles
-differ too. The callback therefore tracks the training DataLoader (through the strategy's
-``process_dataloader``): the random state at the epoch's start and the batches consumed go into the
-checkpoint (``"cairn_loaders"``) and are replayed on resume (same permutation, remaining batches only),
-and the RNG states of ``"cairn_rng"`` are restored when the checkpoint is loaded. The position is kept
-out of Lightning's own loop state on purpose: a checkpoint written with the callback still resumes
-(inexactly, as usual) in a Trainer without it.
+Only Lightning's published extension points are used; nothing of ``ModelCheckpoint``, the strategy or the
+DataLoader is patched, replaced or subclassed:
+
+- *Which files to upload*: ``Logger.after_save_checkpoint`` (right after each save, when a CairnLogger is
+  attached) or the callback's next hook after its ``on_save_checkpoint`` saw a save (CairnCheckpointCallback
+  alone); the files are read from ``ModelCheckpoint``'s public ``last_model_path``/``best_model_path``/
+  ``best_k_models`` and told apart by their ``stat``, removals by their absence from disk, as Lightning's
+  own loggers do (:mod:`cairn.autolog._lightning_checkpoint_files`).
+- *RNG*: ``Callback.on_save_checkpoint`` stores it, ``on_load_checkpoint`` restores it.
+- *Data position*: Lightning 2.6 resumes the position of *stateful* loaders only (``state_dict`` on the
+  loader, kept in Lightning's loop state, which a Trainer with a plain loader then refuses to load); a
+  plain ``DataLoader`` restarts the epoch with a new shuffle, shortened to the batches that were left.
+  The callback records the epoch's random state at ``on_train_epoch_start`` and the batches consumed in
+  its own checkpoint entry, and at ``on_train_start`` of the resumed fit sets, for that one epoch, the
+  ``BatchSampler``'s public ``sampler`` attribute to a replay of the interrupted epoch's remaining indices
+  (:mod:`cairn.autolog._lightning_loaders` explains the details and limits). A checkpoint written with
+  the callback therefore still resumes (inexactly, as usual) in a Trainer without it.
 
 Loading a ``.ckpt`` is ``torch.load``: Lightning 2.6 passes ``weights_only=None``, which torch >= 2.6
 treats as ``weights_only=True`` (a restricted unpickler) for local files, unless you pass
@@ -134,8 +142,9 @@ class CairnCheckpointCallback(_CheckpointCallbackImpl, _CallbackBase):
         log_model: log the trained LightningModule (cairn's ``lightning`` flavor) when ``fit`` ends.
         model_name: the artifact path of that model.
         restore_rng: restore the RNG states stored in a checkpoint when Lightning loads it.
-        resumable_dataloaders: track the training ``DataLoader``'s position so a mid-epoch resume continues
-            the same shuffled epoch (loaders with a ``state_dict`` of their own are left to Lightning).
+        resumable_dataloaders: record the training ``DataLoader``'s position so a mid-epoch resume continues
+            the same shuffled epoch (one loader, ``num_workers=0``; otherwise a warning says the epoch continues
+            with a new shuffle; loaders with a ``state_dict`` of their own are left to Lightning).
         log_system_metrics: sample CPU, memory, disk, network (and GPU with pynvml) as ``system/...`` metrics
             every ``system_metrics_interval`` seconds during ``fit``, in a background thread.
         log_grad_norm: log ``grad_norm`` (``grad_norm/opt<i>`` for several optimizers), the total 2-norm of
