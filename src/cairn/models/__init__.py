@@ -2,7 +2,9 @@
 
 Compatible with MLflow's model format: a directory cairn writes has the files MLflow writes
 (``MLmodel``, ``input_example.json``, ``requirements.txt``, ``python_env.yaml``, ``conda.yaml``) in
-the same layout. Importing this package loads no numpy, pandas or torch; the functions that need
+the same layout. :mod:`cairn.models.flavor` states the contract every flavor module keeps and
+declares the options they share; :mod:`cairn.models.packaging` does the saving and logging they share.
+Importing this package loads no numpy, pandas or torch; the functions that need
 them import them when called.
 """
 
