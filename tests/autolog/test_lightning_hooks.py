@@ -188,3 +188,20 @@ def test_a_loader_that_cannot_be_replayed_is_reported(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="cannot continue its epoch exactly"):
         again.fit(TinyModule(), batches_of_two, ckpt_path=str(tmp_path / "ckpt" / "epoch=0-step=3.ckpt"))
     assert type(batches_of_two.batch_sampler.sampler).__name__ == "RandomSampler"
+
+
+@pytest.mark.parametrize("save_last", [True, "link"])
+def test_a_last_checkpoint_rewritten_every_step_reaches_the_run_in_its_final_state(
+    tmp_path: Path, save_last: Any
+) -> None:
+    """last.ckpt is rewritten in place faster than file times tick; the run must still end with the final one."""
+    keep = ModelCheckpoint(
+        dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_top_k=1, monitor="step", mode="max", save_last=save_last
+    )
+    with cairn.start_run() as run:
+        callback = cairn.lightning.CairnCheckpointCallback(log_model=False)
+        trainer = _trainer(tmp_path, logger=False, max_epochs=2, callbacks=[callback, keep])
+        trainer.fit(TinyModule(), *_loaders())
+    assert _remote_checkpoints(run.info.run_id) == {"epoch=1-step=16.ckpt", "last.ckpt"}
+    last = cairn.lightning.checkpoint_path(run.info.run_id, "last", dst_path=tmp_path / "dl")
+    assert torch.load(last, weights_only=True)["global_step"] == 16
