@@ -19,6 +19,7 @@ processes and checks what all integrations share; each case below adds what is p
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 from collections.abc import Callable
@@ -180,3 +181,13 @@ def test_sigkill_after_a_checkpoint_then_resume_is_bit_identical_to_an_uninterru
 ) -> None:
     result = kill_and_resume(case, tmp_path)
     check(result)
+
+
+def test_the_harness_catches_a_resume_that_silently_restarts_inside_the_run(tmp_path: Path) -> None:
+    """Issue 14's first silent case: the run continues by id but training starts over. The weights still
+    match (same seeds), so it is the step-once check that must fail: steps 1..12 are logged twice."""
+    broken = dataclasses.replace(
+        _plain("explicit", ("loss",)), name="restarting", command=(str(SCRIPTS / "train_resume.py"), "restarting")
+    )
+    with pytest.raises(AssertionError, match=r"restarting/loss: steps \[1, 1, 2, 2, "):
+        kill_and_resume(broken, tmp_path)

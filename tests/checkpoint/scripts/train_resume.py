@@ -6,7 +6,8 @@ MODE ``explicit``: Adam + per-epoch StepLR, a ResumableLoader, ``log_checkpoint`
 ``cairn.pytorch.resume`` on restart (``CAIRN_RUN_ID`` set). MODE ``autolog``: SGD with momentum +
 per-step StepLR, a plain DataLoader, and nothing but ``autolog(checkpoint_every_n_steps=5, resume=True)``
 (the loop starts at the returned epoch). Both shuffle with the global RNG, augment with random noise in
-the dataset and use dropout, so every random state matters.
+the dataset and use dropout, so every random state matters. MODE ``restarting`` is a broken ``explicit``:
+its resume continues the run by id but trains it from scratch (the harness's own test must catch it).
 
 The ``crash`` role prints ``CHECKPOINTED`` once the checkpoint of step KILL_AFTER is uploaded, logs two
 more steps, prints ``KILL_ME <run id>`` and waits to be killed (the parent sends SIGKILL). The ``resume``
@@ -104,7 +105,7 @@ def train_explicit(out: Path, kill_after: int | None = None) -> str:
     if os.environ.get("CAIRN_RUN_ID"):
         state = runs.resume(model=model, optimizer=optimizer, scheduler=scheduler, loader=loader)
         start_epoch, step = state.epoch or 0, state.step
-    else:
+    elif cairn.active_run() is None:
         cairn.start_run()
     stopper = _Stopper(kill_after)
     for epoch in range(start_epoch, EPOCHS):
@@ -149,6 +150,16 @@ def train_autolog(out: Path, kill_after: int | None = None) -> str:
     return run_id
 
 
+def train_restarting(out: Path, kill_after: int | None = None) -> str:
+    """A broken resume, for the harness's own test: continues the run by id but trains it from scratch."""
+    import cairn
+
+    run_id = os.environ.pop("CAIRN_RUN_ID", None)
+    if run_id:
+        cairn.start_run(run_id=run_id)
+    return train_explicit(out, kill_after)
+
+
 def _finish(model: nn.Module, out: Path) -> str:
     import cairn
 
@@ -164,7 +175,7 @@ def _finish(model: nn.Module, out: Path) -> str:
 
 if __name__ == "__main__":
     mode, role, out_dir = sys.argv[1], sys.argv[2], Path(sys.argv[3])
-    train = {"explicit": train_explicit, "autolog": train_autolog}[mode]
+    train = {"explicit": train_explicit, "autolog": train_autolog, "restarting": train_restarting}[mode]
     if role == "resume":
         os.environ["CAIRN_RUN_ID"] = sys.stdin.readline().strip()
     train(out_dir, KILL_AFTER if role == "crash" else None)
