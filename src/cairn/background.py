@@ -23,6 +23,11 @@ raises is recorded with its ``what``. The next logging call, ``flush`` or ``end_
 one on the caller's thread (:func:`raise_errors`); each failure is raised once. At exit, failures nobody
 collected are logged on the ``cairn.background`` logger.
 
+**Exit.** One ``atexit`` handler, registered when cairn is imported: it runs the exit hooks (ending the
+fluent runs, see :func:`add_exit_hook`), then :func:`shutdown`. Registered first, it runs after every
+``atexit`` handler registered later, so what those queue is drained too. SIGTERM goes through the same
+two steps (:mod:`cairn.tracking.lifecycle`).
+
 The service holds workers weakly (an idle checkpoint writer nobody references can be collected): keep a
 reference to a worker while it has work.
 """
@@ -277,20 +282,16 @@ class BackgroundService:
 _service: BackgroundService | None = None
 _service_lock = threading.Lock()
 _exit_hooks: list[Callable[[], None]] = []
-_atexit_installed = False
 
 
 def service() -> BackgroundService:
-    """The process-wide service, created on first use (which also installs its one ``atexit`` handler)."""
-    global _service, _atexit_installed
+    """The process-wide service, created on first use."""
+    global _service
     found = _service
     if found is None:
         with _service_lock:
             if _service is None:
                 _service = BackgroundService()
-                if not _atexit_installed:
-                    _atexit_installed = True
-                    atexit.register(_at_exit)
             found = _service
     return found
 
@@ -332,7 +333,6 @@ def raise_errors() -> None:
 
 def add_exit_hook(hook: Callable[[], None]) -> None:
     """Call ``hook()`` at interpreter exit before the final drain (ending runs); idempotent."""
-    service()  # installs the atexit handler
     with _service_lock:
         if hook not in _exit_hooks:
             _exit_hooks.append(hook)
@@ -360,3 +360,9 @@ def _at_exit() -> None:
         except Exception as exc:
             logger.error("cairn: at exit: %s", exc)
     shutdown()
+
+
+# The one exit handler, registered when cairn is imported (it does nothing until a service exists): atexit
+# runs handlers last-registered first, so this drain comes after every handler registered later, by user
+# code or integrations, and the points or checkpoints they queue are drained too.
+atexit.register(_at_exit)

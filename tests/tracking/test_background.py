@@ -197,3 +197,25 @@ def test_a_point_the_writer_dropped_is_raised_once_by_the_next_logging_call() ->
         cairn.log_metric("y", 2.0)
         cairn.flush()  # raised once
     assert [m.value for m in cairn.Client().get_metric_history(run.info.run_id, "y")] == [1.0, 2.0]
+
+
+def test_points_logged_by_a_user_exit_handler_are_drained_too(tmp_path: Path) -> None:
+    script = tmp_path / "train.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import atexit
+            import cairn
+
+            ids = []
+            atexit.register(lambda: cairn.log_metric("at_exit", 1.0, run_id=ids[0]))  # before any run exists
+            ids.append(cairn.start_run().info.run_id)
+            cairn.log_metric("loss", 0.5)
+            """
+        )
+    )
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    run = cairn.search_runs(output_format="list")[0]
+    assert run.data.metrics == {"loss": 0.5, "at_exit": 1.0}
+    assert run.info.status.value == "FINISHED"
