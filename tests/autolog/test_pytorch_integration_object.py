@@ -117,3 +117,52 @@ def test_disable_then_enable_leaves_no_stale_state() -> None:
     assert [m.value for m in client.get_metric_history(second_run.info.run_id, "epoch")] == [0.0]
     [checkpoint] = cairn.pytorch.list_run_checkpoints(second_run.info.run_id)  # the final one, at step 1
     assert checkpoint.step == 1
+
+
+def _three_steps() -> nn.Module:
+    model = nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(torch.randn(4, 3)).pow(2).mean().backward()
+        optimizer.step()
+    return model
+
+
+def test_the_metric_conversion_is_a_worker_of_the_background_service() -> None:
+    from cairn import background
+    from cairn.autolog.torch.worker import MetricConversion
+
+    autolog_pytorch.autolog(log_models=False)
+    assert [w for w in background.service().workers() if isinstance(w, MetricConversion)]
+    with cairn.start_run() as run:
+        _three_steps()
+        background.drain()  # the service's drain converts the newest step too (the 0.2 s tick holds it back)
+        Client().flush()
+        assert [m.step for m in Client().get_metric_history(run.info.run_id, "loss")] == [1, 2, 3]
+    autolog_pytorch.autolog(disable=True)
+    assert not [w for w in background.service().workers() if isinstance(w, MetricConversion)]
+
+
+def test_a_failing_autolog_task_is_a_warning_not_an_error_of_the_next_logging_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import warnings
+
+    from cairn.autolog import AutologWarning
+    from cairn.autolog.torch.integration import PyTorchIntegration
+
+    def broken(self: Any, run_id: str, params: Any) -> None:
+        raise RuntimeError("params refused")
+
+    monkeypatch.setattr(PyTorchIntegration, "_log_params", broken)
+    autolog_pytorch.autolog(log_models=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with cairn.start_run() as run:
+            _three_steps()
+        cairn.log_metric("after", 1.0)  # nothing deferred to raise here
+    messages = [str(w.message) for w in caught if issubclass(w.category, AutologWarning)]
+    assert any("logging optimizer params failed" in m and "params refused" in m for m in messages), messages
+    assert [m.step for m in Client().get_metric_history(run.info.run_id, "loss")] == [1, 2, 3]
+    cairn.end_run()

@@ -10,7 +10,8 @@ module-level entry points such as ``track_state`` and :mod:`cairn.checkpoint.run
 - the hooks into torch (:mod:`~cairn.autolog.torch.hooks`), the losses recorded between steps
   (:mod:`~cairn.autolog.torch.losses`), the DataLoaders (:mod:`~cairn.autolog.torch.loaders`), what
   the loop trains (:mod:`~cairn.autolog.torch.discovery`);
-- the session of the run being trained (:mod:`~cairn.autolog.torch.session`) and its background worker;
+- the session of the run being trained (:mod:`~cairn.autolog.torch.session`) and its worker in the
+  background service (:mod:`~cairn.autolog.torch.worker`);
 - the checkpoint policy (:mod:`~cairn.autolog.torch.checkpoints`) and a pending resume
   (:mod:`~cairn.autolog.torch.resume`);
 - the hand-off to the Lightning integration (:mod:`~cairn.autolog.torch.lightning_handoff`).
@@ -24,7 +25,6 @@ the first optimizer step of the process (:meth:`PyTorchIntegration.current_run_i
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import weakref
 from collections.abc import Callable, Iterator, Mapping
@@ -45,7 +45,7 @@ from cairn.autolog.torch.model_logging import log_final_model
 from cairn.autolog.torch.params import model_summary, optimizer_params
 from cairn.autolog.torch.resume import Restorer, prepare_resume
 from cairn.autolog.torch.session import IGNORED, PRIMARY, Session
-from cairn.autolog.torch.worker import Worker
+from cairn.autolog.torch.worker import MetricConversion, submit_task
 from cairn.errors import InvalidArgument
 from cairn.tracking.client import Client
 
@@ -87,7 +87,8 @@ class PyTorchIntegration:
         self._patches: Any = None
         self._step_handle: Any = None
         self._forward_handles: list[Any] = []
-        self._worker: Worker | None = None
+        self._conversion: MetricConversion | None = None
+        self._exit_hook_added = False
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
@@ -100,8 +101,10 @@ class PyTorchIntegration:
         self._patches = patch_torch(self)
         fluent.add_end_run_hook(self._on_fluent_run_end)
         if self.client is not None:
-            atexit.register(self.end_run)
-        self._worker = Worker(self._drain_in_background, self.report)
+            from cairn import background
+
+            background.add_exit_hook(self.end_run)  # a no-op once disabled (the service keeps its hooks)
+        self._conversion = MetricConversion(self._convert_metrics, self.report)
         self.lightning.enable(self.config)
 
     def reconfigure(self, config: PyTorchAutologConfig) -> None:
@@ -117,7 +120,6 @@ class PyTorchIntegration:
 
         if self.client is not None:
             self.end_run()
-            atexit.unregister(self.end_run)
         session, self.session = self.session, None
         if session is not None:
             self.drain_metrics(session)
@@ -130,9 +132,9 @@ class PyTorchIntegration:
             self._patches.restore()
             self._patches = None
         fluent.remove_end_run_hook(self._on_fluent_run_end)
-        if self._worker is not None:
-            self._worker.stop()
-            self._worker = None
+        if self._conversion is not None:
+            self._conversion.close()
+            self._conversion = None
         self.lightning.disable()
         self.restorer.clear()
         self.checkpoints.user_state = None
@@ -140,10 +142,13 @@ class PyTorchIntegration:
     def end_run(self) -> None:
         """Finish the session's run now: last checkpoint, metrics, model; with ``client=``, a run autolog
         created is marked finished too."""
+        from cairn import background
+
         session = self.session
         if session is None or session.run_id is None:
             return
         self._finish_session(session)
+        background.drain(session.run_id)  # its params and summary tasks, system metrics, metric points
         if self.client is not None and session.created_run:
             try:
                 self.client.set_terminated(session.run_id)
@@ -252,10 +257,7 @@ class PyTorchIntegration:
             client.log_batch(run_id, params=new)
 
     def _submit(self, task: Callable[[], None], what: str) -> None:
-        if self._worker is None:
-            task()
-        else:
-            self._worker.submit(task, what)
+        submit_task(task, what, self.report)
 
     def _on_fluent_run_end(self, run_id: str, status: Any) -> None:
         session = self.session
@@ -291,17 +293,15 @@ class PyTorchIntegration:
     # -- metrics -----------------------------------------------------------------------------------------
 
     def drain_metrics(self, session: Session | None = None) -> None:
-        """Run queued logging tasks and turn the session's queued step values into metric points now."""
-        if self._worker is not None:
-            self._worker.run_tasks()
+        """Turn the session's queued step values into metric points in the store's metric writer now."""
         session = session or self.session
         if session is not None:
             session.drain()
 
-    def _drain_in_background(self) -> None:
+    def _convert_metrics(self, hold_newest: bool) -> None:
         session = self.session
         if session is not None:
-            session.drain(hold_newest=True)
+            session.drain(hold_newest=hold_newest)
 
     # -- hooks (see cairn.autolog.torch.hooks) -----------------------------------------------------------
 
