@@ -1,6 +1,7 @@
-"""The resume lease across real processes: a second process is refused with the holder named; a holder
-killed with SIGKILL keeps the run until its lease goes stale, then the run is taken over; release, the
-end of the run and interpreter exit free the lease at once; the renewer keeps a live holder's lease."""
+"""The resume lease across real processes, on SQLite and PostgreSQL: a second process is refused with the
+holder named; a holder killed with SIGKILL keeps the run until its lease goes stale, then the run is taken
+over; release, the end of the run and interpreter exit free the lease at once; the renewer keeps a live
+holder's lease."""
 
 from __future__ import annotations
 
@@ -25,14 +26,19 @@ TTL = 3.0  # seconds: the holder renews every second, so a loaded machine may de
 
 
 @pytest.fixture
-def run_id(tmp_path: Path) -> str:
-    cairn.set_tracking_uri(tmp_path / "store")
+def run_id(db_url: str) -> str:
+    """A run in a store on each backend (``db_url``: tests/conftest.py), which is also the tracking URI."""
+    cairn.set_tracking_uri(db_url)
     return cairn.Client().create_run("0", run_name="leased").info.run_id
 
 
 def _launch(tmp_path: Path, run_id: str, mode: str, ttl: float = TTL) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAIRN_")}
-    env.update(CAIRN_TRACKING_URI=str(tmp_path / "store"), CAIRN_RESUME_LEASE_TTL=str(ttl))
+    env.update(
+        CAIRN_TRACKING_URI=cairn.get_tracking_uri(),
+        CAIRN_ARTIFACT_ROOT=str(tmp_path / "artifacts"),
+        CAIRN_RESUME_LEASE_TTL=str(ttl),
+    )
     return subprocess.Popen(
         [sys.executable, str(SCRIPT), run_id, mode],
         env=env,
