@@ -264,10 +264,13 @@ class BackgroundService:
                 background_errors.report(_Failure(f"closing the {worker.name}", exc))
 
     def shutdown(self, timeout: float | None = None) -> None:
-        """Drain everything, close every worker and log the failures nobody raised (interpreter exit)."""
+        """Drain everything, close every worker and log the failures nobody raised (interpreter exit, SIGTERM).
+
+        A process that goes on after SIGTERM (a framework's handler that stops training gracefully) can still
+        log: closed workers are drained again by the next drain, and at exit.
+        """
         self.drain(None, timeout)
-        for worker in self.workers():
-            self.unregister(worker)
+        for worker in self.workers():  # they stay registered: a later drain (exit after SIGTERM) finds them
             try:
                 worker.close()
             except Exception as exc:

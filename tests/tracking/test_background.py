@@ -219,3 +219,31 @@ def test_points_logged_by_a_user_exit_handler_are_drained_too(tmp_path: Path) ->
     run = cairn.search_runs(output_format="list")[0]
     assert run.data.metrics == {"loss": 0.5, "at_exit": 1.0}
     assert run.info.status.value == "FINISHED"
+
+
+def test_a_process_that_goes_on_after_sigterm_still_gets_its_points_written(tmp_path: Path) -> None:
+    script = tmp_path / "train.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import signal, time
+            import cairn
+
+            stop = []
+            signal.signal(signal.SIGTERM, lambda signum, frame: stop.append(signum))  # stops training gracefully
+            run = cairn.start_run()  # cairn's SIGTERM handler chains to the one above
+            cairn.log_metric("before", 1.0)
+            print("ready", flush=True)
+            while not stop:
+                time.sleep(0.01)
+            cairn.log_metric("after_sigterm", 2.0, run_id=run.info.run_id)  # e.g. a last validation figure
+            """
+        )
+    )
+    child = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+    child.send_signal(signal.SIGTERM)
+    assert child.wait(timeout=120) == 0
+    run = cairn.search_runs(output_format="list")[0]
+    assert run.info.status.value == "KILLED"
+    assert run.data.metrics == {"before": 1.0, "after_sigterm": 2.0}

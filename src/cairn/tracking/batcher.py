@@ -123,8 +123,8 @@ class MetricBatcher:
             raise errors[0]
 
     def close(self) -> None:
-        """Flush and stop the writer thread (errors are logged, not raised)."""
-        background.unregister(self)
+        """Flush and stop the writer thread (errors are logged, not raised). Points added later are written by
+        the next :meth:`flush` or drain of the background service."""
         self._closed = True
         self._wake.set()
         self._thread.join(timeout=30)
