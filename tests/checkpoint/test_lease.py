@@ -154,6 +154,14 @@ def test_the_end_of_the_run_releases_the_lease(run_id: str) -> None:
     acquire_resume_lease(client, run_id, ttl_seconds=600).release()
 
 
+def test_a_lease_used_as_a_context_manager_is_released_on_leaving(run_id: str) -> None:
+    client = cairn.Client()
+    refused = pytest.raises(RunLeased, match=rf"pid {os.getpid()} \(this process: release its lease first\)")
+    with acquire_resume_lease(client, run_id, ttl_seconds=600) as lease, refused:
+        acquire_resume_lease(client, run_id, ttl_seconds=600)  # this process's second resume is refused too
+    assert lease.released and client.store.get_run_lease(run_id) is None
+
+
 def test_a_lease_lost_to_another_owner_is_reported(run_id: str) -> None:
     client = cairn.Client()
     with pytest.warns(RuntimeWarning, match=f"lost the resume lease of run {run_id}"):

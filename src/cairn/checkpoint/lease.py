@@ -89,6 +89,12 @@ class ResumeLease:
     def released(self) -> bool:
         return self._released.is_set()
 
+    def __enter__(self) -> ResumeLease:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.release()
+
     def release(self) -> None:
         """Give the lease up at once (idempotent). A forked child never releases its parent's lease."""
         if self._released.is_set() or os.getpid() != self._pid:
