@@ -196,6 +196,8 @@ class BackgroundService:
         with self._lock:
             if id(worker) in self._workers and self._workers[id(worker)][1]() is worker:
                 return
+            for key in [key for key, (_, ref, _) in self._workers.items() if ref() is None]:  # collected ones
+                del self._workers[key]
             self._workers[id(worker)] = (next(self._order), weakref.ref(worker), run_id)
 
     def unregister(self, worker: Worker) -> None:

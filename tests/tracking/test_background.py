@@ -247,3 +247,18 @@ def test_a_process_that_goes_on_after_sigterm_still_gets_its_points_written(tmp_
     run = cairn.search_runs(output_format="list")[0]
     assert run.info.status.value == "KILLED"
     assert run.data.metrics == {"before": 1.0, "after_sigterm": 2.0}
+
+
+def test_the_service_holds_workers_weakly(tmp_path: Path) -> None:
+    import gc
+    import weakref
+
+    from cairn.checkpoint import AsyncCheckpointWriter
+
+    writer = AsyncCheckpointWriter(tmp_path / "checkpoints")
+    assert writer in background.service().workers()
+    collected = weakref.ref(writer)
+    del writer
+    gc.collect()
+    assert collected() is None  # an idle writer nobody references is not kept alive (with its buffers)
+    assert all(type(w).__name__ != "AsyncCheckpointWriter" for w in background.service().workers())
