@@ -127,15 +127,18 @@ def test_logger_and_callback_use_an_injected_client(tmp_path: Path) -> None:
 def test_the_callback_alone_with_an_injected_client_owns_its_run(tmp_path: Path) -> None:
     other = cairn.Client(str(tmp_path / "other-store"))
     keep = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=4, save_top_k=1)
-    callback = cairn.lightning.CairnCheckpointCallback(client=other, log_model=False)
+    callback = cairn.lightning.CairnCheckpointCallback(client=other)
     trainer = _trainer(tmp_path, logger=False, max_epochs=1, callbacks=[callback, keep])
-    trainer.fit(TinyModule(), *_loaders())
+    module = TinyModule(hidden=5)
+    trainer.fit(module, *_loaders())
     (run,) = other.search_runs(["0"]).items
     assert run.info.status is RunStatus.FINISHED  # started and ended by the callback, through the client
     assert {Path(f.path).name for f in other.list_artifacts(run.info.run_id, integration.CHECKPOINTS_DIR)} == {
         "epoch=0-step=8.ckpt",
         "index.json",
     }
+    loaded = cairn.lightning.load_model(other.download_artifacts(run.info.run_id, "model", tmp_path / "dl"))
+    assert isinstance(loaded, TinyModule) and torch.equal(loaded.net[0].weight, module.net[0].weight)
     assert cairn.active_run() is None
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import tempfile
 import time
 import warnings
 import weakref
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -271,15 +273,13 @@ class _CheckpointCallbackImpl:
         if not self.log_model or not trainer.is_global_zero or self._failed:
             return
         with safe_autolog(INTEGRATION, "logging the trained model", silent=self.silent):
-            import cairn.flavors.lightning as lightning_flavor
-
             run_id = self._resolve_run(trainer)
             example = getattr(pl_module, "example_input_array", None)
             if isinstance(example, torch.Tensor):
                 example = example.detach().cpu().numpy()
             elif example is not None and not hasattr(example, "shape"):
                 example = None
-            lightning_flavor.log_model(pl_module, self.model_name, run_id=run_id, input_example=example)
+            _log_trained_model(self._client(trainer), run_id, pl_module, self.model_name, example)
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         self._failed = True
@@ -340,6 +340,21 @@ class _CheckpointCallbackImpl:
 
 def _stage_name(stage: Any) -> str:
     return str(getattr(stage, "value", stage))
+
+
+def _log_trained_model(client: Client, run_id: str, module: Any, name: str, example: Any) -> None:
+    """``cairn.lightning.log_model`` into ``run_id`` of ``client`` (the flavor's ``log_model`` takes no client:
+    with another one, the model is saved here and its directory uploaded)."""
+    import cairn.flavors.lightning as lightning_flavor
+    from cairn.tracking import fluent
+
+    if client is fluent._get_client():
+        lightning_flavor.log_model(module, name, run_id=run_id, input_example=example)
+        return
+    with tempfile.TemporaryDirectory(prefix="cairn-model-") as tmp:
+        local = Path(tmp) / "model"
+        lightning_flavor.save_model(module, local, run_id=run_id, artifact_path=name, input_example=example)
+        client.log_artifacts(run_id, local, name)
 
 
 def _position(trainer: Any) -> dict[str, int]:
