@@ -177,11 +177,10 @@ def estimator_classes() -> list[type]:
     """The classes autolog patches (see the module docstring), sorted by qualified name."""
     from sklearn.model_selection import GridSearchCV, RandomizedSearchCV
     from sklearn.pipeline import Pipeline
-    from sklearn.utils import all_estimators
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # all_estimators imports every module, some deprecated
-        found = {cls for _name, cls in all_estimators()}
+        warnings.simplefilter("ignore")  # importing every public module: some are deprecated
+        found = _public_estimators()
     found |= {GridSearchCV, RandomizedSearchCV, Pipeline}
 
     def included(cls: type) -> bool:
@@ -189,6 +188,42 @@ def estimator_classes() -> list[type]:
         return not cls.__module__.startswith(EXCLUDED_MODULES) and qualified not in EXCLUDED_CLASSES
 
     return sorted((c for c in found if included(c)), key=lambda c: f"{c.__module__}.{c.__qualname__}")
+
+
+# Parts of module names sklearn.utils.all_estimators leaves out (its _MODULE_TO_IGNORE).
+_IGNORED_MODULE_PARTS = frozenset({"tests", "externals", "setup", "conftest", "experimental", "estimator_checks"})
+
+
+def _public_estimators() -> set[type]:
+    """The concrete public estimator classes of sklearn's public modules: what ``all_estimators()`` finds,
+    without its ``pkgutil.walk_packages``, which imports the packages it skips to look inside them
+    (``sklearn.externals.array_api_compat.torch`` imports torch, seconds for a scikit-learn user)."""
+    import importlib
+    import pkgutil
+
+    import sklearn
+    from sklearn.base import BaseEstimator
+
+    found: set[type] = set()
+    packages = [(list(sklearn.__path__), "sklearn.")]
+    while packages:
+        path, prefix = packages.pop()
+        for info in pkgutil.iter_modules(path, prefix):
+            parts = info.name.split(".")
+            if any(part in _IGNORED_MODULE_PARTS or part.startswith("_") for part in parts[1:]):
+                continue  # never imported, nor looked into
+            module = importlib.import_module(info.name)
+            if info.ispkg:
+                packages.append((list(module.__path__), info.name + "."))
+            for name, cls in inspect.getmembers(module, inspect.isclass):
+                if (
+                    not name.startswith("_")
+                    and name != "BaseEstimator"
+                    and issubclass(cls, BaseEstimator)
+                    and not getattr(cls, "__abstractmethods__", None)
+                ):
+                    found.add(cls)
+    return found
 
 
 def _wrapper_factory(method: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

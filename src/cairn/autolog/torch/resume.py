@@ -12,7 +12,6 @@ right before the model's next forward. One INFO line on ``cairn.autolog`` says w
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -32,7 +31,8 @@ from cairn.tracking.client import Client
 __all__ = ["IF_POSSIBLE", "PendingRestore", "Restorer", "prepare_resume"]
 
 IF_POSSIBLE = "if_possible"
-"""``autolog(resume="if_possible")``: resume if the run has a checkpoint, else warn and start a new run."""
+"""``autolog(resume="if_possible")``: resume if the run has a checkpoint, else warn and start a new run
+(the same value as :data:`cairn.checkpoint.resume.IF_POSSIBLE`)."""
 logger = logging.getLogger("cairn.autolog")
 
 
@@ -70,34 +70,44 @@ def prepare_resume(
 ) -> tuple[Any, PendingRestore | None]:
     """Resolve ``resume=``, continue the run now; returns the ResumeState and the checkpoint to load.
 
-    ``activate``: makes the run the fluent API's active run (``None`` with an injected client).
+    Through the shared core (:mod:`cairn.checkpoint.resume`): the run from ``CAIRN_RUN_ID``
+    (``resolve_run_id``), the newest intact checkpoint (``plan_resume``: damaged newer ones are named in a
+    warning), the run continued with its later points superseded (``continue_run``), or a run without a
+    checkpoint handled by ``nothing_to_resume``. ``activate`` makes a run the fluent API's active run
+    (``None`` with an injected client).
     """
-    # TODO(issue 14, item 1): the shared planner in cairn.checkpoint should resolve CAIRN_RUN_ID, verify,
-    # lease and supersede; this keeps calling cairn.checkpoint.runs until it exists.
+    from cairn.checkpoint import resume as planner
     from cairn.checkpoint import runs
     from cairn.checkpoint.capture import _read_state_file, load_component
+    from cairn.checkpoint.formats import NATIVE
     from cairn.checkpoint.manifest import read_manifest
 
     if_possible = resume == IF_POSSIBLE
     named = resume is True or resume == "latest" or if_possible
-    run_id = os.environ.get("CAIRN_RUN_ID") if named else str(resume)
+    run_id = planner.resolve_run_id(None, use_active=False) if named else str(resume)
     if not run_id:
         return runs.ResumeState(step=0, epoch=0, batch_in_epoch=0, extra=None, run_id=None, resumed=False), None
     if rank0 and activate is not None:
         runs._check_active(run_id)
-    found = runs._find(run_id, "latest", client)
-    if found is None:
-        return _nothing_to_resume(run_id, client, rank0=rank0, if_possible=if_possible, activate=activate), None
-    manifest = read_manifest(found.path, verify_hashes=True)
-    info = _read_state_file(found.path)
+    plan = planner.plan_resume(client, run_id, fmt=NATIVE, destination=runs.staging_dir(run_id))
+    if plan is None:
+        fresh = runs.ResumeState(step=0, epoch=0, batch_in_epoch=0, extra=None, run_id=None, resumed=False)
+        if rank0:
+            what = f"{runs.ARTIFACT_DIR}/"
+            fresh.run_id = planner.nothing_to_resume(client, run_id, if_possible=if_possible, what=what)
+            if activate is not None and fresh.run_id is not None:
+                activate(fresh.run_id)
+        return fresh, None
+    manifest = read_manifest(plan.path, verify_hashes=True)
+    info = _read_state_file(plan.path)
     components = set(info["components"])
-    extra = load_component(found.path, "extra") if "extra" in components else None
+    extra = load_component(plan.path, "extra") if "extra" in components else None
     pending = PendingRestore(
-        path=found.path,
+        path=plan.path,
         step=info["step"],
         epoch=info.get("epoch"),
         batch_in_epoch=info.get("batch_in_epoch"),
-        dataloader_state=load_component(found.path, "dataloader") if "dataloader" in components else None,
+        dataloader_state=load_component(plan.path, "dataloader") if "dataloader" in components else None,
         classes=dict(info.get("classes") or {}),
         extra=extra,
         rank0=rank0,
@@ -106,8 +116,7 @@ def prepare_resume(
     if rank0:
         if activate is not None:
             activate(run_id)
-        client.flush()
-        client.store.supersede_metrics_after(run_id, info["step"])
+        planner.continue_run(client, run_id, info["step"])
     state = runs.ResumeState(
         step=info["step"],
         epoch=info.get("epoch"),
@@ -115,44 +124,11 @@ def prepare_resume(
         extra=extra,
         run_id=run_id,
         resumed=True,
-        path=found.path,
+        path=plan.path,
         metrics=dict(manifest.metrics),
         user_state=pending.user_state,
     )
     return state, pending
-
-
-def _nothing_to_resume(
-    run_id: str, client: Client, *, rank0: bool, if_possible: bool, activate: Callable[[str], None] | None
-) -> Any:
-    """``resume=`` named a run without a checkpoint. A run that logged nothing yet (made by a launcher) is
-    started in; one with history is never restarted inside it: an error, or with ``"if_possible"`` a warning
-    and a new run."""
-    from cairn.checkpoint import runs
-    from cairn.errors import CheckpointError
-
-    fresh = runs.ResumeState(step=0, epoch=0, batch_in_epoch=0, extra=None, run_id=run_id, resumed=False)
-    if not client.get_run(run_id).data.metrics:
-        if rank0 and activate is not None:
-            activate(run_id)
-        return fresh
-    message = (
-        f"run {run_id} has logged metrics but no checkpoint to resume from (none was taken, or its "
-        f"{runs.ARTIFACT_DIR}/ were deleted); restarting inside it would log its steps twice"
-    )
-    if not if_possible:
-        raise CheckpointError(
-            f"{message}. Pass resume={IF_POSSIBLE!r} to start a new run instead, or unset CAIRN_RUN_ID."
-        )
-    new_id = None
-    if rank0:  # not start_run(): it would take CAIRN_RUN_ID, the old run, again
-        experiment = client.get_run(run_id).info.experiment_id
-        new_id = client.create_run(experiment).info.run_id
-        if activate is not None:
-            activate(new_id)
-    warnings.warn(f"cairn: {message}; training starts from scratch in a new run {new_id}", runs.ResumeWarning, 3)
-    fresh.run_id = new_id
-    return fresh
 
 
 class Restorer:
