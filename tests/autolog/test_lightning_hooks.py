@@ -176,21 +176,24 @@ def test_a_mid_epoch_resume_is_bit_identical_to_the_uninterrupted_fit(tmp_path: 
     assert any(not torch.equal(plain[name], tensor) for name, tensor in reference.items())
 
 
-def test_a_loader_that_cannot_be_replayed_is_reported(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"batch_size": 2}, "loader had .*'batch_size': 4"),  # 16 batches: the 3 consumed were other samples
+        ({"generator": torch.Generator().manual_seed(0)}, "shuffles with generators"),
+    ],
+)
+def test_a_loader_that_cannot_be_replayed_is_reported(tmp_path: Path, change: dict[str, Any], match: str) -> None:
+    def callback() -> Any:
+        return cairn.lightning.CairnCheckpointCallback(log_model=False, upload_checkpoints=False)
+
     keep = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=3, save_top_k=-1)
-    callback = cairn.lightning.CairnCheckpointCallback(log_model=False, upload_checkpoints=False)
-    _trainer(tmp_path, logger=False, max_epochs=1, callbacks=[callback, keep]).fit(TinyModule(), *_loaders())
-    again = _trainer(
-        tmp_path,
-        logger=False,
-        max_epochs=1,
-        callbacks=[cairn.lightning.CairnCheckpointCallback(log_model=False, upload_checkpoints=False)],
-    )
-    data = _loaders()[0].dataset
-    batches_of_two = DataLoader(data, batch_size=2, shuffle=True)  # 16 batches: the 3 consumed were others
-    with pytest.warns(UserWarning, match="cannot continue its epoch exactly"):
-        again.fit(TinyModule(), batches_of_two, ckpt_path=str(tmp_path / "ckpt" / "epoch=0-step=3.ckpt"))
-    assert type(batches_of_two.batch_sampler.sampler).__name__ == "RandomSampler"
+    _trainer(tmp_path, logger=False, max_epochs=1, callbacks=[callback(), keep]).fit(TinyModule(), *_loaders())
+    again = _trainer(tmp_path, logger=False, max_epochs=1, callbacks=[callback()])
+    changed = DataLoader(_loaders()[0].dataset, **{"batch_size": 4, "shuffle": True, **change})
+    with pytest.warns(UserWarning, match=f"cannot continue its epoch exactly.*{match}"):
+        again.fit(TinyModule(), changed, ckpt_path=str(tmp_path / "ckpt" / "epoch=0-step=3.ckpt"))
+    assert type(changed.batch_sampler.sampler).__name__ == "RandomSampler"  # nothing left in place
 
 
 @pytest.mark.parametrize("save_last", [True, "link"])

@@ -36,6 +36,7 @@ from typing import Any
 from torch.utils.data import BatchSampler, DataLoader, Sampler
 
 from cairn.autolog._lightning_frameworks import _rng_from_checkpoint, _rng_to_checkpoint
+from cairn.checkpoint.dataloader import loader_generators
 from cairn.errors import CheckpointCorrupt
 
 _FORMAT = 2  # 1: written by the class-swapping version (epoch start taken right before iter())
@@ -198,6 +199,10 @@ def _not_resumable(loader: DataLoader[Any] | None, pending: _Pending) -> str | N
     now = _shape(loader)
     if pending.shape and pending.shape != now:
         return f"the checkpoint's loader had {pending.shape}, this one has {now}"
+    roles = sorted(loader_generators(loader))
+    if roles != sorted(pending.start.generators):
+        recorded = sorted(pending.start.generators) or "the global RNG only"
+        return f"it shuffles with generators {roles or 'the global RNG only'}, the checkpoint's loader with {recorded}"
     if pending.batches >= len(batch_sampler):
         return f"the checkpoint consumed {pending.batches} batches but an epoch now has {len(batch_sampler)}"
     return None
@@ -223,20 +228,13 @@ class _EpochTail(Sampler[int]):
             self._batch_sampler.sampler = self._original
 
     def __iter__(self) -> Iterator[int]:
-        from cairn.checkpoint.dataloader import loader_generators
         from cairn.checkpoint.rng import capture_rng_state, restore_rng_state
 
         self.put_back()  # one epoch only
         start = self._pending.start
         after = self._rng_after if self._rng_after is not None else capture_rng_state()
-        generators = loader_generators(self._loader)
-        if set(generators) != set(start.generators):
-            raise CheckpointCorrupt(
-                f"the DataLoader draws its shuffle from {sorted(generators) or 'the global RNG'} but the checkpoint "
-                f"recorded {sorted(start.generators) or 'the global RNG'}; build it the same way"
-            )
         restore_rng_state(start.rng)
-        for role, generator in generators.items():
+        for role, generator in loader_generators(self._loader).items():  # the roles were checked by resume()
             generator.set_state(start.generators[role])
         if start.iter_after:
             iter(self._loader)  # the seed draw of the iterator the interrupted epoch created after the state
