@@ -27,6 +27,7 @@ from cairn.autolog.config import PatchSet
 from cairn.autolog.torch.config import Report
 from cairn.autolog.torch.loaders import DataTracking, LoaderTrack
 from cairn.autolog.torch.losses import LossRecorder
+from cairn.autolog.torch.session import Session
 
 __all__ = ["HookTarget", "arm_forward_hooks", "arm_step_hook", "patch_torch"]
 
@@ -36,13 +37,14 @@ class HookTarget(Protocol):
 
     losses: LossRecorder
     data: DataTracking
+    session: Session | None
 
     @property
     def report(self) -> Report: ...
     def on_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None: ...
     def on_forward(self, module: nn.Module, args: Any) -> None: ...
     def on_iter(self, loader: DataLoader[Any]) -> tuple[LoaderTrack | None, Any]: ...
-    def before_batch(self, track: LoaderTrack) -> None: ...
+    def before_batch(self, session: Session, track: LoaderTrack) -> None: ...
     def after_scheduler_step(self) -> None: ...
     def note_constructed(self, kind: str, obj: Any) -> None: ...
 
@@ -185,7 +187,9 @@ def _dataloader_next(target: HookTarget) -> Wrapper:
             track = getattr(self, "_cairn_track", None)
             if track is None:
                 return original(self)
-            target.before_batch(track)
+            session = target.session
+            if session is not None and session.ckpt_due and track.train:  # one attribute read per batch
+                target.before_batch(session, track)
             try:
                 batch = original(self)
             except StopIteration:

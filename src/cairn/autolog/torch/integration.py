@@ -361,10 +361,8 @@ class PyTorchIntegration:
             self.report("tracking the DataLoader epoch", exc)
             return track, None
 
-    def before_batch(self, track: LoaderTrack) -> None:
-        session = self.session
-        if session is not None:
-            self.checkpoints.before_batch(session, track)
+    def before_batch(self, session: Session, track: LoaderTrack) -> None:
+        self.checkpoints.before_batch(session, track)
 
     def after_scheduler_step(self) -> None:
         session = self.session
