@@ -211,3 +211,24 @@ def test_a_last_checkpoint_rewritten_every_step_reaches_the_run_in_its_final_sta
     assert _remote_checkpoints(run.info.run_id) == {"epoch=1-step=16.ckpt", "last.ckpt"}
     last = cairn.lightning.checkpoint_path(run.info.run_id, "last", dst_path=tmp_path / "dl")
     assert torch.load(last, weights_only=True)["global_step"] == 16
+
+
+def test_files_restored_with_a_checkpoint_are_not_uploaded_again(tmp_path: Path) -> None:
+    def fit(max_epochs: int, ckpt_path: str | None) -> str:
+        keep = ModelCheckpoint(
+            dirpath=tmp_path / "ckpt", every_n_train_steps=4, save_top_k=-1, monitor="step", mode="max"
+        )
+        cairn_logger = cairn.lightning.CairnLogger()
+        callbacks = [cairn.lightning.CairnCheckpointCallback(log_model=False), keep]
+        trainer = _trainer(tmp_path, logger=cairn_logger, max_epochs=max_epochs, callbacks=callbacks)
+        trainer.fit(TinyModule(), *_loaders(), ckpt_path=ckpt_path)
+        assert cairn_logger.run_id is not None
+        return cairn_logger.run_id
+
+    run_id = fit(1, None)  # steps 4 and 8
+    before = {e["path"]: e["seq"] for e in _index(run_id)["checkpoints"]}
+    assert_again = fit(2, cairn.lightning.checkpoint_path(run_id, "last"))
+    assert assert_again == run_id
+    after = {e["path"]: e["seq"] for e in _index(run_id)["checkpoints"]}
+    assert {path: after[path] for path in before} == before  # the restored best_k_models files kept their upload
+    assert sorted(Path(p).name for p in set(after) - set(before)) == ["epoch=1-step=12.ckpt", "epoch=1-step=16.ckpt"]
