@@ -166,3 +166,25 @@ def test_a_failing_autolog_task_is_a_warning_not_an_error_of_the_next_logging_ca
     assert any("logging optimizer params failed" in m and "params refused" in m for m in messages), messages
     assert [m.step for m in Client().get_metric_history(run.info.run_id, "loss")] == [1, 2, 3]
     cairn.end_run()
+
+
+def test_client_mode_resume_continues_the_run_in_that_client_without_the_fluent_stack() -> None:
+    """With ``client=`` (here the default store, where checkpoints can go), a resumed run is continued and
+    ended by autolog itself; the fluent API never has an active run."""
+    client = Client()
+    autolog_pytorch.autolog(client=client, log_models=False, checkpoint_every_n_steps=3)
+    _model, _, _ = _train(epochs=1)  # 6 steps, checkpoints at 3 and 6
+    autolog_pytorch.autolog(disable=True)
+    [run] = _runs(client)
+    assert run.info.status == "FINISHED"
+
+    state: Any = autolog_pytorch.autolog(
+        client=client, log_models=False, checkpoint_every_n_steps=3, resume=run.info.run_id
+    )
+    assert state.resumed and state.step == 6 and cairn.active_run() is None
+    _again, _, _ = _train(epochs=1)  # restored at the loader's first iter(); steps 7..12
+    assert cairn.active_run() is None
+    autolog_pytorch.autolog(disable=True)
+    assert [r.info.run_id for r in _runs(client)] == [run.info.run_id]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == list(range(1, 13))
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"

@@ -88,7 +88,6 @@ class PyTorchIntegration:
         self._step_handle: Any = None
         self._forward_handles: list[Any] = []
         self._conversion: MetricConversion | None = None
-        self._exit_hook_added = False
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
@@ -178,10 +177,12 @@ class PyTorchIntegration:
         return state
 
     def _run_to_log_into(self) -> tuple[str, bool]:
-        """The run id and whether autolog created it."""
+        """The run id and whether autolog opened it (created it, or with ``client=`` continues it): then
+        autolog ends it too."""
         if self.client is not None:
-            if self.resume_run_id is not None:
-                return self.resume_run_id, False
+            resumed, self.resume_run_id = self.resume_run_id, None
+            if resumed is not None:
+                return resumed, True
             run = self.client.create_run(DEFAULT_EXPERIMENT_ID, tags=dict(self.config.extra_tags))
             return run.info.run_id, True
         from cairn.tracking import fluent
