@@ -232,3 +232,20 @@ def test_files_restored_with_a_checkpoint_are_not_uploaded_again(tmp_path: Path)
     after = {e["path"]: e["seq"] for e in _index(run_id)["checkpoints"]}
     assert {path: after[path] for path in before} == before  # the restored best_k_models files kept their upload
     assert sorted(Path(p).name for p in set(after) - set(before)) == ["epoch=1-step=12.ckpt", "epoch=1-step=16.ckpt"]
+
+
+def test_the_logger_alone_does_not_upload_files_restored_with_a_checkpoint_again(tmp_path: Path) -> None:
+    def fit(max_epochs: int, ckpt_path: str | None) -> str:
+        keep = ModelCheckpoint(
+            dirpath=tmp_path / "ckpt", every_n_train_steps=4, save_top_k=-1, monitor="step", mode="max"
+        )
+        cairn_logger = cairn.lightning.CairnLogger(log_model=True)
+        trainer = _trainer(tmp_path, logger=cairn_logger, max_epochs=max_epochs, callbacks=[keep])
+        trainer.fit(TinyModule(), *_loaders(), ckpt_path=ckpt_path)
+        assert cairn_logger.run_id is not None
+        return cairn_logger.run_id
+
+    first = fit(1, None)
+    assert _remote_checkpoints(first) == {"epoch=0-step=4.ckpt", "epoch=0-step=8.ckpt"}
+    second = fit(2, str(tmp_path / "ckpt" / "epoch=0-step=8.ckpt"))
+    assert _remote_checkpoints(second) == {"epoch=1-step=12.ckpt", "epoch=1-step=16.ckpt"}

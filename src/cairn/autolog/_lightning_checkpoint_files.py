@@ -67,11 +67,12 @@ class CheckpointFiles:
     def __init__(self) -> None:
         self._seen: dict[str, _Stamp] = {}
 
-    def baseline(self, checkpoint_callback: Any) -> None:
-        """Take the files present now as seen (e.g. restored from a checkpoint: written by an earlier fit)."""
+    def baseline(self, checkpoint_callback: Any, *, older_than_ns: int | None = None) -> None:
+        """Take the files present now (or only those last modified before ``older_than_ns``) as seen: e.g.
+        restored from a checkpoint, written by an earlier fit."""
         for path in candidate_paths(checkpoint_callback):
             stamp = _Stamp.of(path)
-            if stamp is not None:
+            if stamp is not None and (older_than_ns is None or stamp.mtime_ns < older_than_ns):
                 self._seen[path] = stamp
 
     def changes(self, checkpoint_callback: Any, *, saved: bool) -> FileChanges:

@@ -38,11 +38,12 @@ class CheckpointMirror:
         self.uploader = uploader
         self._watched: list[_Watched] = []
 
-    def watch(self, checkpoint_callbacks: Iterable[Any]) -> None:
-        """Track these callbacks; files they already have (restored from a checkpoint) are not uploaded."""
+    def watch(self, checkpoint_callbacks: Iterable[Any], *, older_than_ns: int | None = None) -> None:
+        """Track these callbacks; files they already have (restored from a checkpoint) are not uploaded, or only
+        those last modified before ``older_than_ns``."""
         for position, checkpoint_callback in enumerate(checkpoint_callbacks):
             watched = self._find(checkpoint_callback, "" if position == 0 else str(position))
-            watched.files.baseline(checkpoint_callback)
+            watched.files.baseline(checkpoint_callback, older_than_ns=older_than_ns)
 
     def sync(
         self, checkpoint_callbacks: Iterable[Any], meta: Mapping[str, Any], *, saved_by: Any = None, saved: bool = False

@@ -135,6 +135,7 @@ class _CairnLoggerImpl:
         self._last_epoch: tuple[int, float] | None = None
         self._callback: Any = None
         self._mirror: CheckpointMirror | None = None
+        self._created_ns = time.time_ns()
         self._run_lock = threading.RLock()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -302,6 +303,8 @@ class _CairnLoggerImpl:
         if self._mirror is None:
             assert self._client is not None
             self._mirror = CheckpointMirror(_Uploader(self._client, run_id, silent=False))
+            # files from before this logger existed (restored with a checkpoint) were uploaded by an earlier fit
+            self._mirror.watch([checkpoint_callback], older_than_ns=self._created_ns)
         self._mirror.sync([checkpoint_callback], {"global_step": None, "log_step": None}, saved=True)
 
     @rank_zero_only
