@@ -249,3 +249,14 @@ def test_the_logger_alone_does_not_upload_files_restored_with_a_checkpoint_again
     assert _remote_checkpoints(first) == {"epoch=0-step=4.ckpt", "epoch=0-step=8.ckpt"}
     second = fit(2, str(tmp_path / "ckpt" / "epoch=0-step=8.ckpt"))
     assert _remote_checkpoints(second) == {"epoch=1-step=12.ckpt", "epoch=1-step=16.ckpt"}
+
+
+def test_an_injected_client_does_not_silently_travel_to_spawned_processes(tmp_path: Path) -> None:
+    import pickle
+
+    other = cairn.Client(str(tmp_path / "other-store"))
+    with pytest.raises(pickle.PicklingError, match=r"CairnLogger\(client=...\) cannot be sent to another process"):
+        pickle.dumps(cairn.lightning.CairnLogger(client=other))
+    with pytest.raises(pickle.PicklingError, match="CAIRN_TRACKING_URI"):
+        pickle.dumps(cairn.lightning.CairnCheckpointCallback(client=other))
+    assert pickle.loads(pickle.dumps(cairn.lightning.CairnCheckpointCallback())).client is None

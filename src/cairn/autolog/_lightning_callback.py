@@ -24,7 +24,7 @@ from cairn.autolog._lightning_frameworks import (
     _rng_to_checkpoint,
 )
 from cairn.autolog._lightning_loaders import LoaderPositions
-from cairn.autolog._lightning_logger import _CairnLoggerImpl
+from cairn.autolog._lightning_logger import _CairnLoggerImpl, _refuse_injected_client
 from cairn.autolog._lightning_resume import _log_step, _open_run, _supersede_once
 from cairn.autolog._lightning_uploads import _Uploader
 from cairn.autolog.base import loops
@@ -90,9 +90,14 @@ class _CheckpointCallbackImpl:
         self._add_point: Callable[[MetricPoint], None] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        """Picklable (``ddp_spawn`` pickles the Trainer): settings travel, the per-fit state does not."""
+        """Picklable (``ddp_spawn`` pickles the Trainer): settings travel, the per-fit state does not.
+
+        Raises:
+            pickle.PicklingError: a ``client=`` was injected (see :class:`CairnLogger`).
+        """
+        _refuse_injected_client(self.client, "CairnCheckpointCallback")
         state = dict(self.__dict__)
-        fit_only = ("_mirror", "_warning_filter", "_monitor", "_add_point", "_driven", "client")
+        fit_only = ("_mirror", "_warning_filter", "_monitor", "_add_point", "_driven")
         state.update(dict.fromkeys(fit_only), _positions=LoaderPositions(), _checkpoint_callbacks=[])
         state["_trainer_ref"] = None
         return state

@@ -139,7 +139,13 @@ class _CairnLoggerImpl:
         self._run_lock = threading.RLock()
 
     def __getstate__(self) -> dict[str, Any]:
-        """Picklable (``ddp_spawn`` pickles the Trainer): the run id travels, the live handles do not."""
+        """Picklable (``ddp_spawn`` pickles the Trainer): the run id travels, the live handles do not.
+
+        Raises:
+            pickle.PicklingError: a ``client=`` was injected (a client holds open connections; the spawned
+                process would log elsewhere without a word).
+        """
+        _refuse_injected_client(self._injected_client, "CairnLogger")
         state = dict(self.__dict__)
         for name in ("_client", "_add", "_callback", "_mirror", "_run_lock"):
             state.pop(name, None)
@@ -334,6 +340,16 @@ class _CairnLoggerImpl:
             fluent.end_run(status, _run_id=self._run_id)
         else:
             self._client.set_terminated(self._run_id, status)
+
+
+def _refuse_injected_client(client: Client | None, owner: str) -> None:
+    if client is not None:
+        import pickle
+
+        raise pickle.PicklingError(
+            f"{owner}(client=...) cannot be sent to another process (ddp_spawn): its client holds open store "
+            f"connections; use {owner}() with CAIRN_TRACKING_URI set in the environment instead"
+        )
 
 
 def _open_client_run(
