@@ -444,8 +444,8 @@ class CairnCallback(TrainerCallback, ExportableState):
         run_name = getattr(args, "run_name", None) if target is None else None
         if self._given_client is not None:
             if target is None:
-                target = self._client.create_run("0", run_name=run_name if isinstance(run_name, str) else None)
-                return target.info.run_id, True
+                created = self._client.create_run("0", run_name=run_name if isinstance(run_name, str) else None)
+                return str(created.info.run_id), True
             self._client.update_run(target, status="RUNNING")
             return target, True
         run = fluent.start_run(run_id=target, run_name=run_name if isinstance(run_name, str) else None)
