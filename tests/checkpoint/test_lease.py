@@ -89,15 +89,28 @@ def test_a_second_process_is_refused_with_the_holder_named(
     assert refused.value.expires_time > now_ms()
 
 
-def test_a_killed_holders_lease_is_taken_over_after_the_ttl(run_id: str, holder: subprocess.Popen[str]) -> None:
+def test_a_killed_holder_on_this_host_is_taken_over_at_once(run_id: str, holder: subprocess.Popen[str]) -> None:
+    """crash -> resume -> crash -> resume must not wait for the ttl: the dead pid is checked on this host."""
     client = cairn.Client()
     os.kill(holder.pid, signal.SIGKILL)
     holder.wait(timeout=30)
-    killed_at = now_ms()
-    with pytest.raises(RunLeased) as refused:  # not stale yet: the dead holder's last renewal still counts
+    lease = acquire_resume_lease(client, run_id, ttl_seconds=600)
+    try:
+        stored = client.store.get_run_lease(run_id)
+        assert stored is not None and stored.owner == lease.owner
+    finally:
+        lease.release()
+
+
+def test_a_silent_holder_on_another_host_is_taken_over_after_the_ttl(run_id: str) -> None:
+    client = cairn.Client()
+    assert client.store.acquire_run_lease(run_id, "other-host:4242:token", TTL)  # never renewed: a crash there
+    taken_at = now_ms()
+    with pytest.raises(RunLeased) as refused:  # not stale yet: another host's pid cannot be checked
         acquire_resume_lease(client, run_id, ttl_seconds=TTL)
+    assert "host other-host, pid 4242" in str(refused.value)
     stale_at = refused.value.expires_time
-    assert stale_at - killed_at <= TTL * 1000
+    assert stale_at - taken_at <= TTL * 1000
 
     deadline = time.monotonic() + 10 * TTL
     while True:
@@ -105,7 +118,7 @@ def test_a_killed_holders_lease_is_taken_over_after_the_ttl(run_id: str, holder:
             lease = acquire_resume_lease(client, run_id, ttl_seconds=TTL)
             break
         except RunLeased:
-            assert time.monotonic() < deadline, "the dead holder's lease never went stale"
+            assert time.monotonic() < deadline, "the silent holder's lease never went stale"
             time.sleep(0.1)
     try:
         assert now_ms() >= stale_at  # taken over only once stale
@@ -187,3 +200,36 @@ def test_ttl_comes_from_the_argument_then_the_environment(monkeypatch: pytest.Mo
         lease_ttl_seconds()
     with pytest.raises(InvalidArgument):
         lease_ttl_seconds(0)
+
+
+def test_a_run_being_resumed_by_another_process_cannot_be_resumed(
+    tmp_path: Path, run_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The resume planner takes the lease: a second resume of the same run is refused, naming the holder;
+    once the holder is gone (killed on this host) the run resumes at once."""
+    import torch
+
+    from cairn.checkpoint.runs import log_checkpoint, resume
+
+    monkeypatch.setenv("CAIRN_ARTIFACT_ROOT", str(tmp_path / "artifacts"))
+    monkeypatch.setenv("CAIRN_CHECKPOINT_STAGING", str(tmp_path / "staging"))
+    cairn.set_tracking_uri(cairn.get_tracking_uri())
+    model = torch.nn.Linear(2, 2)
+    with cairn.start_run(run_id=run_id):
+        cairn.log_metric("loss", 1.0, step=3)
+        log_checkpoint(model=model, step=3, synchronous=True)
+    first = _launch(tmp_path, run_id, "resume", ttl=600)
+    try:
+        assert _first_line(first) == "HELD resumed at 3"
+        with pytest.raises(RunLeased, match=rf"run {run_id} is being resumed by another process: .*pid {first.pid}"):
+            resume(run_id, model=torch.nn.Linear(2, 2))
+        assert cairn.active_run() is None  # the refused resume activated nothing
+    finally:
+        first.kill()
+        first.communicate(timeout=30)
+    state = resume(run_id, model=torch.nn.Linear(2, 2))
+    try:
+        assert state.step == 3 and state.run_id == run_id
+    finally:
+        cairn.end_run()
+    assert cairn.Client().store.get_run_lease(run_id) is None

@@ -29,6 +29,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cairn.errors import RunLeased
+
 __all__ = [
     "AutologConfig",
     "AutologRun",
@@ -100,7 +102,8 @@ def _caller_stacklevel() -> int:
 def safe_autolog(integration: str, what: str, *, silent: bool = False) -> Iterator[None]:
     """Run autolog's own code; an ``Exception`` in it is reported (see :func:`report_failure`), not raised.
 
-    Only ``Exception`` is caught: ``KeyboardInterrupt`` and ``SystemExit`` still propagate. Code the
+    Only ``Exception`` is caught, and not :class:`~cairn.errors.RunLeased` (another process resumes the run:
+    training on would write into it twice). ``KeyboardInterrupt`` and ``SystemExit`` propagate. Code the
     user asked for (the wrapped ``fit``) must not run inside this block, or its errors would be hidden.
 
     Example:
@@ -109,6 +112,8 @@ def safe_autolog(integration: str, what: str, *, silent: bool = False) -> Iterat
     """
     try:
         yield
+    except RunLeased:  # another process is resuming the run: going on would write into it twice
+        raise
     except Exception as exc:
         report_failure(integration, what, exc, silent=silent)
 

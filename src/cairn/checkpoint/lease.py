@@ -74,7 +74,7 @@ class ResumeLease:
         self.ttl_seconds = ttl_seconds
         self.lost = False
         self._store = store
-        self._pid = os.getpid()
+        self.pid = os.getpid()
         self._released = threading.Event()
         self._renewer = threading.Thread(target=self._renew_until_released, name="cairn-resume-lease", daemon=True)
         self._renewer.start()
@@ -97,12 +97,20 @@ class ResumeLease:
 
     def release(self) -> None:
         """Give the lease up at once (idempotent). A forked child never releases its parent's lease."""
-        if self._released.is_set() or os.getpid() != self._pid:
+        if self._released.is_set() or os.getpid() != self.pid:
             return
         self._released.set()
         fluent.remove_end_run_hook(self._on_run_end)
         atexit.unregister(self.release)
-        self._store.release_run_lease(self.run_id, self.owner)
+        try:
+            self._store.release_run_lease(self.run_id, self.owner)
+        except CairnError as error:  # the lease then goes stale after its ttl, as after a crash
+            _log.warning(
+                "could not release the resume lease of run %s (it goes stale within %g s): %s",
+                self.run_id,
+                self.ttl_seconds,
+                error,
+            )
 
     def _on_run_end(self, run_id: str, _status: RunStatus) -> None:
         if run_id == self.run_id:
@@ -148,9 +156,44 @@ def acquire_resume_lease(client: Client, run_id: str, *, ttl_seconds: float | No
         if store.acquire_run_lease(run_id, owner, ttl):
             return ResumeLease(store, run_id, owner, ttl)
         held = store.get_run_lease(run_id)
-        if held is not None:
-            raise _leased(held)
+        if held is None:
+            continue
+        if _holder_is_dead(held.owner):  # a crash on this host: no need to wait for the ttl
+            _log.info("taking over the resume lease of run %s from dead process %s", run_id, held.owner)
+            store.release_run_lease(run_id, held.owner)
+            continue
+        raise _leased(held)
     raise CairnError(f"could not take the resume lease of run {run_id}: it changed hands {_ACQUIRE_ATTEMPTS} times")
+
+
+_held: dict[str, ResumeLease] = {}
+_held_lock = threading.Lock()
+
+
+def hold_resume_lease(client: Client, run_id: str) -> ResumeLease:
+    """This process's lease on ``run_id``: the one it already holds (a second resume of the same run in
+    one process), else a new one (see :func:`acquire_resume_lease`)."""
+    with _held_lock:
+        lease = _held.get(run_id)
+        if lease is None or lease.released or lease.lost or lease.pid != os.getpid():
+            lease = acquire_resume_lease(client, run_id)
+            _held[run_id] = lease
+        return lease
+
+
+def _holder_is_dead(owner: str) -> bool:
+    """Whether ``owner`` names a process of this host that no longer exists (a pid reused by another process
+    counts as alive: the lease then goes stale after its ttl)."""
+    host, pid = _holder(owner)
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 def _leased(lease: RunLease) -> RunLeased:

@@ -201,18 +201,22 @@ def _candidates(
 # -- carrying the plan out ------------------------------------------------------------------------------
 
 
-def _claim_run(client: Client, run_id: str) -> None:
-    """LEASE CALL SITE: the one place a process takes over ``run_id`` to continue it.
+def claim_run(client: Client, run_id: str) -> None:
+    """The one place a process takes over ``run_id`` to continue it: take the run's resume lease (kept
+    until the run ends in this process; taking it again is a no-op). Call it before restoring anything.
 
-    A no-op for now; the two-process lease (``cairn.checkpoint.lease``) is wired in here so a second process
-    resuming the same run is refused with a clear error.
+    Raises:
+        RunLeased: another live process is resuming the run (see :mod:`cairn.checkpoint.lease`).
     """
+    from cairn.checkpoint.lease import hold_resume_lease
+
+    hold_resume_lease(client, run_id)
 
 
 def continue_run(client: Client, run_id: str, step: int) -> int:
     """Continue ``run_id`` after ``step`` in this process: claim it, then supersede (keep, hide) the points a
     dead process logged after ``step``. Returns how many points were superseded."""
-    _claim_run(client, run_id)
+    claim_run(client, run_id)
     client.flush()
     return int(client.store.supersede_metrics_after(run_id, step) or 0)
 

@@ -53,6 +53,7 @@ from cairn.checkpoint.manifest import MANIFEST_NAME, parse_manifest
 from cairn.checkpoint.resume import (
     NoCheckpoint,
     ResumeWarning,
+    claim_run,
     continue_run,
     fork_run,
     nothing_to_resume,
@@ -573,6 +574,8 @@ def resume(
             active = fluent.active_run()
             if active is None:  # this process's own active run is not a history to protect
                 target = nothing_to_resume(client, rid, if_possible=if_possible, what=f"{ARTIFACT_DIR}/") or rid
+                if target == rid:
+                    claim_run(client, rid)
             _activate(target)
         return ResumeState(step=0, epoch=0, batch_in_epoch=0, extra=None, run_id=target, resumed=False)
     fork = found.step < found.newest_step
@@ -581,6 +584,8 @@ def resume(
             f"resuming run {rid} from step {found.step} (older than its newest checkpoint, step "
             f"{found.newest_step}) forks a new run; end the active run {rid} first"
         )
+    if rank0 and not fork:
+        claim_run(client, rid)  # before anything is restored: a refused resume changes nothing
     target, armed = _loader_for_restore(loader)
     restored = restore_training_state(
         found.path,

@@ -95,9 +95,13 @@ def prepare_resume(
         if rank0:
             what = f"{runs.ARTIFACT_DIR}/"
             fresh.run_id = planner.nothing_to_resume(client, run_id, if_possible=if_possible, what=what)
+            if fresh.run_id == run_id:
+                planner.claim_run(client, run_id)
             if activate is not None and fresh.run_id is not None:
                 activate(fresh.run_id)
         return fresh, None
+    if rank0:
+        planner.claim_run(client, run_id)  # before anything is restored: a refused resume changes nothing
     manifest = read_manifest(plan.path, verify_hashes=True)
     info = _read_state_file(plan.path)
     components = set(info["components"])
