@@ -126,10 +126,7 @@ class _CheckpointCallbackImpl:
             if run_id is not None:
                 self._run_id = run_id
                 return run_id
-        if self.client is not None:
-            self._run_id, self._owned_run = self.client.create_run("0").info.run_id, True
-        else:
-            self._run_id, self._owned_run = _open_run(self._client(trainer), None)
+        self._run_id, self._owned_run = _open_run(None, client=self.client)
         return self._run_id
 
     # -- hooks --------------------------------------------------------------------------------------

@@ -174,14 +174,13 @@ class _CairnLoggerImpl:
 
         client = self._injected_client or fluent._get_client()
         experiment_id = _experiment_id_for(client, self._experiment_name) if self._experiment_name else None
-        if self._injected_client is not None:
-            run_id, self._owned = _open_client_run(
-                client, self._requested_run_id, experiment_id=experiment_id, run_name=self._run_name, tags=self._tags
-            )
-        else:
-            run_id, self._owned = _open_run(
-                client, self._requested_run_id, experiment_id=experiment_id, run_name=self._run_name, tags=self._tags
-            )
+        run_id, self._owned = _open_run(
+            self._requested_run_id,
+            client=self._injected_client,
+            experiment_id=experiment_id,
+            run_name=self._run_name,
+            tags=self._tags,
+        )
         self._experiment_id = client.get_run(run_id).info.experiment_id
         self._client = client
         self._add = tracking_config.get_batcher(client.store).add
@@ -350,23 +349,6 @@ def _refuse_injected_client(client: Client | None, owner: str) -> None:
             f"{owner}(client=...) cannot be sent to another process (ddp_spawn): its client holds open store "
             f"connections; use {owner}() with CAIRN_TRACKING_URI set in the environment instead"
         )
-
-
-def _open_client_run(
-    client: Client,
-    requested: str | None,
-    *,
-    experiment_id: str | None,
-    run_name: str | None,
-    tags: Mapping[str, Any],
-) -> tuple[str, bool]:
-    """The run of an injected client and whether the logger ends it: ``requested`` (set RUNNING again), else
-    a new run in ``experiment_id`` (the default experiment when None). The fluent run stack is not involved."""
-    if requested is not None:
-        client.update_run(requested, status=RunStatus.RUNNING)
-        return requested, True
-    run = client.create_run(experiment_id or "0", tags=tags or None, run_name=run_name)
-    return run.info.run_id, True
 
 
 def _rank_zero_experiment(self: _CairnLoggerImpl) -> Any:

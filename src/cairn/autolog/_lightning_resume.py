@@ -17,7 +17,6 @@ from cairn.autolog._lightning_frameworks import CHECKPOINTS_DIR, INDEX_FILE, log
 from cairn.autolog._lightning_uploads import _CheckpointIndex, _read_index
 from cairn.checkpoint.formats import LIGHTNING, StoredCheckpoint
 from cairn.checkpoint.resume import (
-    IF_POSSIBLE,
     NoCheckpoint,
     continue_run,
     fork_run,
@@ -76,18 +75,30 @@ def _log_step(trainer: Any) -> int:
 
 
 def _open_run(
-    client: Client,
     requested: str | None,
     *,
+    client: Client | None = None,
     experiment_id: str | None = None,
     run_name: str | None = None,
     tags: Mapping[str, Any] | None = None,
 ) -> tuple[str, bool]:
-    """The run to log into and whether the caller owns it (ends it): ``requested``; else the run a
-    :func:`checkpoint_path` call prepared (continued from its checkpoint, or a fork of it) when no run is
-    active; else the active run (not owned); else a new run (or ``CAIRN_RUN_ID``'s)."""
+    """The run to log into and whether the caller owns it (ends it).
+
+    Without ``client`` (the fluent API's): ``requested``; else the run a :func:`checkpoint_path` call prepared
+    (continued from its checkpoint, or a fork of it) when no run is active; else the active run (not owned);
+    else a new run (or ``CAIRN_RUN_ID``'s). With an injected ``client``: ``requested`` (set RUNNING again), else a
+    new run in ``experiment_id`` (the default experiment when None); the fluent run stack and the pending resume
+    are fluent-API notions and are not consulted.
+    """
     from cairn.tracking import fluent
 
+    if client is not None:
+        if requested is not None:
+            client.update_run(requested, status=RunStatus.RUNNING)
+            return requested, True
+        run = client.create_run(experiment_id or "0", tags=dict(tags or {}) or None, run_name=run_name)
+        return run.info.run_id, True
+    client = fluent._get_client()
     active = fluent.active_run()
     run_id = requested
     pending = _take_pending() if run_id is None and active is None else None
@@ -213,18 +224,10 @@ def _resume_path(run_id: str, *, if_possible: bool = False) -> str | None:
     """The run's last checkpoint for ``fit(ckpt_path=...)``, or None when it has none: training then starts
     fresh in that run only if it logged nothing yet; a run with history is never restarted inside it
     (:class:`~cairn.checkpoint.resume.NoCheckpoint`, or with ``if_possible`` a ResumeWarning and a new run).
-
-    ``run_id`` ``"if_possible"`` (what ``autolog(resume="if_possible")`` hands over) means ``CAIRN_RUN_ID``'s
-    run with ``if_possible``.
     """
     global _pending_resume
     from cairn.tracking import fluent
 
-    if run_id == IF_POSSIBLE:
-        named = resolve_run_id(use_active=False)
-        if named is None:
-            return None
-        run_id, if_possible = named, True
     try:
         return checkpoint_path(run_id, "latest")
     except NoCheckpoint:

@@ -11,7 +11,6 @@ import json
 import os
 import tempfile
 import weakref
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -207,18 +206,3 @@ def _remote_name(subdir: str, local_path: str) -> str:
 def _kind_of(checkpoint_callback: Any, path: str) -> str:
     last = getattr(checkpoint_callback, "last_model_path", "")
     return "last" if last and os.path.abspath(last) == os.path.abspath(path) else "top_k"
-
-
-def _watch_removals(checkpoint_callback: Any, uploader: _Uploader, subdir: str) -> Callable[[], None]:
-    """Delete from the run the files ``checkpoint_callback`` prunes; returns the undo function."""
-    original = getattr(checkpoint_callback, "_remove_checkpoint", None)
-    if original is None:
-        return lambda: None
-
-    def remove(trainer: Any, filepath: str) -> None:
-        original(trainer, filepath)
-        if getattr(trainer, "is_global_zero", True):
-            uploader.delete(_remote_name(subdir, str(filepath)))
-
-    checkpoint_callback._remove_checkpoint = remove
-    return lambda: checkpoint_callback.__dict__.pop("_remove_checkpoint", None)

@@ -48,7 +48,7 @@ under ``weights_only=True``.
 
 from __future__ import annotations
 
-import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -75,6 +75,7 @@ from cairn.autolog._lightning_resume import (
     checkpoint_path,
 )
 from cairn.autolog.config import AutologConfig, PatchSet, safe_autolog
+from cairn.checkpoint.resume import IF_POSSIBLE, RUN_ID_ENV, ResumeWarning, resolve_run_id
 
 if TYPE_CHECKING:
     from lightning.pytorch.callbacks import Callback as _CallbackBase
@@ -171,7 +172,9 @@ class LightningAutologConfig(AutologConfig):
         checkpoint_every_n_epochs: the same, every so many epochs.
         keep_last: how many of those checkpoints to keep (locally and in the run).
         resume: a run id (or ``True``/``"latest"`` for ``CAIRN_RUN_ID``): ``fit`` without ``ckpt_path``
-            resumes from that run's last Lightning checkpoint, in that run.
+            resumes from that run's last Lightning checkpoint, in that run. ``"if_possible"``: the same for
+            ``CAIRN_RUN_ID``, but a run without checkpoint gives a warning and a new run instead of an error. A
+            named resume without ``CAIRN_RUN_ID`` warns (:class:`~cairn.checkpoint.resume.ResumeWarning`).
         log_system_metrics, system_metrics_interval, log_grad_norm: see :class:`CairnCheckpointCallback`.
     """
 
@@ -308,9 +311,25 @@ def _wrap_fit(original: Callable[..., Any]) -> Callable[..., Any]:
     def fit(self: Any, *args: Any, **kwargs: Any) -> Any:
         resume = getattr(_config, "resume", None)
         if resume and kwargs.get("ckpt_path") is None and len(args) < 5:  # (model, train, val, datamodule)
-            run_id = os.environ.get("CAIRN_RUN_ID") if resume is True or resume == "latest" else str(resume)
-            if run_id:
-                kwargs["ckpt_path"] = _resume_path(run_id)
+            kwargs["ckpt_path"] = _autolog_resume_path(resume)
         return original(self, *args, **kwargs)
 
     return fit
+
+
+def _autolog_resume_path(resume: str | bool) -> str | None:
+    """``fit``'s ``ckpt_path`` for ``autolog(resume=...)``: a run id, or ``True``/``"latest"``/``"if_possible"`` for
+    ``CAIRN_RUN_ID``'s run. Nothing to resume is never silent: a :class:`~cairn.checkpoint.resume.ResumeWarning`
+    when no run is named, and :func:`_resume_path`'s error or warning when the run has no checkpoint."""
+    if_possible = resume == IF_POSSIBLE
+    named = resume is True or resume == "latest" or if_possible
+    run_id = resolve_run_id(use_active=False) if named else str(resume)
+    if not run_id:
+        warnings.warn(
+            f"cairn: autolog(resume={resume!r}) asked to resume, but {RUN_ID_ENV} is not set: nothing was resumed "
+            "and training starts from scratch in a new run (set it to the run's id, or pass resume=<run id>)",
+            ResumeWarning,
+            stacklevel=3,
+        )
+        return None
+    return _resume_path(run_id, if_possible=if_possible)
