@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cairn import errors
 from cairn.registry import register_model
@@ -51,6 +51,11 @@ from cairn.tracking.fluent import (
 )
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:  # a package is never callable to mypy; at run time the package's module class is
+    from cairn.autolog import CallableAutologModule
+
+    autolog: CallableAutologModule
 
 # Namespaces imported on first attribute access; each loads its framework only then.
 _LAZY_MODULES: dict[str, str] = {
