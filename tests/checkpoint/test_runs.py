@@ -331,3 +331,59 @@ def test_s3_artifact_store_round_trip(
     state = runs.resume(run.info.run_id, model=fresh, optimizer=fresh_opt, scheduler=fresh_sched)
     assert state.step == 3 and weights_equal(model, fresh)
     cairn.end_run()
+
+
+# -- client=: another store than the fluent API's ----------------------------------------------------
+
+
+def _fluent_store_is_empty(tmp_path: Path) -> bool:
+    """Nothing was written into the fluent default store (./cairn-runs): no run, no artifact file."""
+    artifacts = tmp_path / "cairn-runs" / "artifacts"
+    files = [p for p in artifacts.rglob("*") if p.is_file()] if artifacts.exists() else []
+    return not cairn.search_runs(output_format="list", search_all_experiments=True) and not files
+
+
+def test_checkpoints_with_client_land_in_that_store_and_resume_continues_there(tmp_path: Path) -> None:
+    other = cairn.Client(f"sqlite:///{tmp_path / 'other' / 'cairn.db'}")
+    rid = other.create_run("0").info.run_id
+    model, optimizer, scheduler = _setup()
+    for step in range(1, 7):
+        train_steps(model, optimizer, 1, scheduler)
+        other.log_metric(rid, "loss", 1.0 / step, step=step)
+        if step in (2, 4):
+            runs.log_checkpoint(
+                model=model, optimizer=optimizer, scheduler=scheduler, step=step, epoch=0, run_id=rid, client=other
+            )
+        if step == 4:
+            expected = {k: v.clone() for k, v in model.state_dict().items()}
+    runs.flush_checkpoints(rid, client=other)
+    assert sorted(i.path for i in other.list_artifacts(rid, "checkpoints")) == [
+        "checkpoints/step-2",
+        "checkpoints/step-4",
+    ]
+    assert [i.step for i in runs.list_run_checkpoints(rid, client=other)] == [2, 4]
+    assert runs.staging_dir(rid, client=other).is_relative_to(tmp_path / "other")
+    assert (runs.checkpoint_path(rid, step=2, client=other) / "manifest.json").is_file()
+
+    fresh, fresh_opt, fresh_sched = _setup(seed=1)
+    state = runs.resume(rid, model=fresh, optimizer=fresh_opt, scheduler=fresh_sched, client=other)
+    assert (state.step, state.run_id, state.forked_from, state.resumed) == (4, rid, None, True)
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in expected.items())
+    assert cairn.active_run() is None  # the client's run is not the fluent API's
+    assert [m.step for m in other.get_metric_history(rid, "loss")] == [1, 2, 3, 4]  # 5, 6 superseded
+    train_steps(fresh, fresh_opt, 1, fresh_sched)
+    runs.log_checkpoint(model=fresh, optimizer=fresh_opt, step=5, run_id=rid, client=other, synchronous=True)
+    assert [i.step for i in runs.list_run_checkpoints(rid, client=other)] == [2, 4, 5]
+
+    forked = runs.resume(rid, step=2, model=_setup()[0], client=other)
+    assert forked.forked_from == rid and cairn.active_run() is None
+    assert [i.path for i in other.list_artifacts(forked.run_id, "checkpoints")] == ["checkpoints/step-2"]
+    other.set_terminated(rid)
+    assert _fluent_store_is_empty(tmp_path)
+
+
+def test_log_checkpoint_with_client_needs_the_run_id(tmp_path: Path) -> None:
+    other = cairn.Client(f"sqlite:///{tmp_path / 'other' / 'cairn.db'}")
+    with pytest.raises(InvalidArgument, match="run_id"):
+        runs.log_checkpoint(model=TinyNet(), step=1, client=other)
+    assert _fluent_store_is_empty(tmp_path)

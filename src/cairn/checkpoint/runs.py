@@ -25,6 +25,11 @@ Staging: ``$CAIRN_CHECKPOINT_STAGING/<run_id>/checkpoints``, else ``staging/`` b
 database, else a per-user directory in the system temp dir. It keeps the checkpoints not yet uploaded
 and the newest uploaded one (which a resume on the same machine reads instead of downloading).
 
+Every function takes ``client=``: a :class:`~cairn.tracking.client.Client` whose store (and artifact root)
+holds the run, default the fluent API's. With an injected client the fluent API is left alone: ``run_id``
+is required (or ``CAIRN_RUN_ID`` for the readers and :func:`resume`), no run is made the active run, and
+the staging area is beside the client's SQLite database.
+
 Under ``torch.distributed`` only rank 0 writes checkpoints and changes runs; other ranks' calls to
 :func:`log_checkpoint` return ``None``, and their :func:`resume` restores the objects (not the RNG,
 which is per rank) without touching any run.
@@ -154,12 +159,12 @@ class ResumeState:
 # -- locations ---------------------------------------------------------------------------------------
 
 
-def staging_root() -> Path:
+def staging_root(client: Client | None = None) -> Path:
     """The directory holding every run's checkpoint staging area (see the module docstring)."""
     explicit = os.environ.get(STAGING_ENV)
     if explicit:
         return Path(explicit).expanduser().resolve()
-    uri = config.get_tracking_uri()
+    uri = config.get_tracking_uri() if client is None else str(getattr(client.store, "db_uri", ""))
     if uri.startswith("sqlite:///"):
         return Path(uri[len("sqlite:///") :]).parent / "staging"
     try:
@@ -169,11 +174,11 @@ def staging_root() -> Path:
     return Path(tempfile.gettempdir()) / f"cairn-staging-{user}"
 
 
-def staging_dir(run_id: str) -> Path:
-    """The local directory where the checkpoints of ``run_id`` are written before upload."""
+def staging_dir(run_id: str, *, client: Client | None = None) -> Path:
+    """The local directory where the checkpoints of ``run_id`` (in ``client``'s store) are written before upload."""
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", run_id):
         raise InvalidArgument(f"invalid run id {run_id!r}")
-    return staging_root() / run_id / ARTIFACT_DIR
+    return staging_root(client) / run_id / ARTIFACT_DIR
 
 
 def _artifact_path(name: str) -> str:
@@ -208,7 +213,7 @@ class _RunCheckpointer:
     def __init__(self, run_id: str, client: Client) -> None:
         self.run_id = run_id
         self.client = client
-        self.staging = staging_dir(run_id)
+        self.staging = staging_dir(run_id, client=client)
         self.policy = RetentionPolicy()
         self.checkpoints = RunCheckpoints(client, run_id, NATIVE)
         self._lock = threading.Lock()
@@ -271,14 +276,27 @@ _checkpointers: dict[str, _RunCheckpointer] = {}
 _registry_lock = threading.Lock()
 
 
-def _checkpointer(run_id: str) -> _RunCheckpointer:
+def _checkpointer(run_id: str, client: Client) -> _RunCheckpointer:
     with _registry_lock:
         found = _checkpointers.get(run_id)
+        if found is not None and found.client.store is not client.store:
+            raise InvalidArgument(
+                f"run {run_id} is checkpointed into another store in this process; pass the same client="
+            )
         if found is None or getattr(found.writer, "_closed", False):  # closed at interpreter exit
             fluent.add_end_run_hook(_on_run_end)  # idempotent
-            found = _RunCheckpointer(run_id, fluent._get_client())
+            found = _RunCheckpointer(run_id, client)
             _checkpointers[run_id] = found
         return found
+
+
+def _client(client: Client | None) -> Client:
+    return client if client is not None else fluent._get_client()
+
+
+def _run_id(run_id: str | None, client: Client | None) -> str:
+    """The run to read: ``run_id``, else ``CAIRN_RUN_ID``, else (fluent client only) the active run."""
+    return require_run_id(run_id, use_active=client is None)
 
 
 def _flush_metrics(client: Client) -> None:
@@ -336,6 +354,7 @@ def log_checkpoint(
     mode: Literal["min", "max"] = "min",
     loader: Any = None,
     synchronous: bool = False,
+    client: Client | None = None,
 ) -> LoggedCheckpoint | None:
     """Checkpoint the training state into the run's artifacts at ``checkpoints/step-<step>/``.
 
@@ -356,6 +375,7 @@ def log_checkpoint(
         loader: a :class:`~cairn.checkpoint.ResumableLoader` (or, with autolog on, a plain ``DataLoader``)
             whose position is saved so a resume sees the same remaining batches.
         synchronous: wait until the checkpoint is written and uploaded (and raise its errors).
+        client: the client of the run's store (default: the fluent API's); with one, ``run_id`` is required.
 
     Returns:
         The checkpoint's coordinates, or ``None`` on a ``torch.distributed`` rank other than 0.
@@ -373,8 +393,10 @@ def log_checkpoint(
         monitor=monitor,
         mode=mode,
     )
+    if client is not None and not run_id:
+        raise InvalidArgument("log_checkpoint(client=...) needs run_id= (the fluent active run is not that store's)")
     rid = run_id or fluent._active_run_id()
-    checkpointer = _checkpointer(rid)
+    checkpointer = _checkpointer(rid, _client(client))
     state = capture_training_state(
         model=model,
         optimizer=optimizer,
@@ -402,23 +424,24 @@ def log_checkpoint(
     return LoggedCheckpoint(rid, state.step, _artifact_path(name), checkpointer.staging / name)
 
 
-def flush_checkpoints(run_id: str | None = None) -> None:
-    """Block until the checkpoints logged so far (of ``run_id``, default all runs) are written and uploaded.
+def flush_checkpoints(run_id: str | None = None, *, client: Client | None = None) -> None:
+    """Block until the checkpoints logged so far (of ``run_id``, default all runs; with ``client``, only
+    runs of that client's store) are written and uploaded.
 
     Raises:
         CheckpointWriteError: a background write or upload failed.
     """
     with _registry_lock:
-        targets = [c for rid, c in _checkpointers.items() if run_id is None or rid == run_id]
+        targets = [
+            c
+            for rid, c in _checkpointers.items()
+            if (run_id is None or rid == run_id) and (client is None or c.client.store is client.store)
+        ]
     for checkpointer in targets:
         checkpointer.writer.wait()
 
 
 # -- finding and materialising ------------------------------------------------------------------------
-
-
-def _resolve_run_id(run_id: str | None) -> str:
-    return require_run_id(run_id)
 
 
 def _stored(info: CheckpointInfo, manifest: bytes) -> StoredCheckpoint:
@@ -434,15 +457,15 @@ def _stored(info: CheckpointInfo, manifest: bytes) -> StoredCheckpoint:
     )
 
 
-def list_run_checkpoints(run_id: str | None = None) -> list[CheckpointInfo]:
-    """The checkpoints in a run's artifacts whose manifest was uploaded, oldest step first.
+def list_run_checkpoints(run_id: str | None = None, *, client: Client | None = None) -> list[CheckpointInfo]:
+    """The checkpoints in a run's artifacts (in ``client``'s store) whose manifest was uploaded, oldest step first.
 
     Their ``path`` is where :func:`checkpoint_path` would put them locally (they may not be there yet).
     """
-    rid = _resolve_run_id(run_id)
-    staging = staging_dir(rid)
+    rid = _run_id(run_id, client)
+    staging = staging_dir(rid, client=client)
     infos = []
-    for entry in RunCheckpoints(fluent._get_client(), rid, NATIVE).list():
+    for entry in RunCheckpoints(_client(client), rid, NATIVE).list():
         assert isinstance(entry.fingerprint, bytes)
         manifest = parse_manifest(entry.fingerprint, Path(entry.path) / MANIFEST_NAME)
         infos.append(CheckpointInfo.from_manifest(staging / entry.name, manifest))
@@ -457,17 +480,17 @@ class _Found:
     newest_step: int
 
 
-def _find(run_id: str, step: int | str, client: Client) -> _Found | None:
+def _find(run_id: str, step: int | str, client: Client, staging: Path) -> _Found | None:
     """Materialise the requested checkpoint of ``run_id`` (``None``: "latest" and the run has none)."""
     if step != "latest" and (isinstance(step, bool) or not isinstance(step, int)):
         raise InvalidArgument(f"step must be 'latest' or an integer, got {step!r}")
-    plan = plan_resume(client, run_id, fmt=NATIVE, destination=staging_dir(run_id), which=step)
+    plan = plan_resume(client, run_id, fmt=NATIVE, destination=staging, which=step)
     if plan is None:
         return None
     return _Found(plan.path, plan.step, plan.checkpoint.name, plan.newest_step)
 
 
-def checkpoint_path(run_id: str | None = None, step: int | str = "latest") -> Path:
+def checkpoint_path(run_id: str | None = None, step: int | str = "latest", *, client: Client | None = None) -> Path:
     """Materialise one checkpoint of a run locally (verified) and return its directory.
 
     The same shape as ``cairn.lightning.checkpoint_path`` and ``cairn.transformers.checkpoint_path``.
@@ -475,12 +498,13 @@ def checkpoint_path(run_id: str | None = None, step: int | str = "latest") -> Pa
     Args:
         run_id: the run (default: ``CAIRN_RUN_ID``, else the active run).
         step: ``"latest"`` (the newest valid one) or a step number.
+        client: the client of the run's store (default: the fluent API's).
 
     Raises:
         CheckpointError: the run has no (such) checkpoint. CheckpointCorrupt: it is damaged.
     """
-    rid = _resolve_run_id(run_id)
-    found = _find(rid, step, fluent._get_client())
+    rid = _run_id(run_id, client)
+    found = _find(rid, step, _client(client), staging_dir(rid, client=client))
     if found is None:
         raise NoCheckpoint(f"run {rid} has no checkpoint yet")
     return found.path
@@ -530,6 +554,7 @@ def resume(
     strict: bool = True,
     map_location: str = "cpu",
     if_possible: bool = False,
+    client: Client | None = None,
 ) -> ResumeState:
     """Restore training from a run's checkpoint, and continue the run (or fork it) at that step.
 
@@ -544,6 +569,9 @@ def resume(
         map_location: where tensors are read to before being copied into the objects.
         if_possible: when the run has history but no checkpoint, start a new run (with a
             :class:`ResumeWarning`) instead of raising.
+        client: the client of the run's store (default: the fluent API's). With one, the run (or its fork)
+            is continued in that store and not made the fluent API's active run: log into
+            ``state.run_id`` through the client, and pass it to :func:`log_checkpoint`.
 
     Returns:
         The restored position. When the run has no checkpoint yet (``step="latest"``) and logged no metric
@@ -558,34 +586,37 @@ def resume(
         StateMismatch: saved state does not fit an object (lists the mismatched keys and shapes);
             nothing of the run was changed then.
     """
-    rid = _resolve_run_id(run_id)
+    rid = _run_id(run_id, client)
+    fluent_run = client is None  # the run is the fluent API's active run (else only the client's)
     rank0 = _rank() == 0
     with _registry_lock:
         own = _checkpointers.get(rid)
     if own is not None:
         own.writer.wait()
-    client = fluent._get_client()
-    if rank0:
+    tracking = _client(client)
+    staging = staging_dir(rid, client=client)
+    if rank0 and fluent_run:
         _check_active(rid)
-    found = _find(rid, step, client)
+    found = _find(rid, step, tracking, staging)
     if found is None:
         target = rid
         if rank0:
-            active = fluent.active_run()
+            active = fluent.active_run() if fluent_run else None
             if active is None:  # this process's own active run is not a history to protect
-                target = nothing_to_resume(client, rid, if_possible=if_possible, what=f"{ARTIFACT_DIR}/") or rid
+                target = nothing_to_resume(tracking, rid, if_possible=if_possible, what=f"{ARTIFACT_DIR}/") or rid
                 if target == rid:
-                    claim_run(client, rid)
-            _activate(target)
+                    claim_run(tracking, rid)
+            if fluent_run:
+                _activate(target)
         return ResumeState(step=0, epoch=0, batch_in_epoch=0, extra=None, run_id=target, resumed=False)
     fork = found.step < found.newest_step
-    if rank0 and fork and fluent.active_run() is not None:
+    if rank0 and fork and fluent_run and fluent.active_run() is not None:
         raise InvalidArgument(
             f"resuming run {rid} from step {found.step} (older than its newest checkpoint, step "
             f"{found.newest_step}) forks a new run; end the active run {rid} first"
         )
     if rank0 and not fork:
-        claim_run(client, rid)  # before anything is restored: a refused resume changes nothing
+        claim_run(tracking, rid)  # before anything is restored: a refused resume changes nothing
     target, armed = _loader_for_restore(loader)
     restored = restore_training_state(
         found.path,
@@ -606,11 +637,12 @@ def resume(
     active_id, forked_from = rid, None
     if rank0:
         if fork:
-            active_id, forked_from = _fork(client, rid, found), rid
+            active_id, forked_from = _fork(tracking, rid, found, activate=fluent_run), rid
         else:
-            _activate(rid)
-            continue_run(client, rid, found.step)
-            _clean_staging(staging_dir(rid), RunCheckpoints(client, rid, NATIVE))
+            if fluent_run:
+                _activate(rid)
+            continue_run(tracking, rid, found.step)
+            _clean_staging(staging, RunCheckpoints(tracking, rid, NATIVE))
     return ResumeState(
         step=restored.step,
         epoch=restored.epoch,
@@ -625,11 +657,13 @@ def resume(
     )
 
 
-def _fork(client: Client, run_id: str, found: _Found) -> str:
-    """Fork ``run_id`` at the checkpoint's step, copy the checkpoint into the fork, make the fork active."""
+def _fork(client: Client, run_id: str, found: _Found, *, activate: bool) -> str:
+    """Fork ``run_id`` at the checkpoint's step, copy the checkpoint into the fork (``activate``: make the
+    fork the fluent API's active run)."""
     fork_id = fork_run(client, run_id, found.step)
     RunCheckpoints(client, fork_id, NATIVE).upload_dir(found.path, found.name)
-    fluent.start_run(run_id=fork_id)
+    if activate:
+        fluent.start_run(run_id=fork_id)
     return fork_id
 
 

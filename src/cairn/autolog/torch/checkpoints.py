@@ -9,7 +9,8 @@ before the model's next forward). When the run ends, the last step gets a checkp
 
 A checkpoint holds the model, every optimizer, their LR schedulers, the GradScaler, the RNG, the training
 loader's position, the losses recorded for the step in progress and the loop's own state registered with
-``track_state`` (written by :func:`cairn.checkpoint.runs.log_checkpoint`).
+``track_state`` (written by :func:`cairn.checkpoint.runs.log_checkpoint` into the integration's client's
+store). A :class:`~cairn.errors.RunLeased` is not reported but raised: another process resumes the run.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from cairn.autolog.torch.discovery import Constructed
 from cairn.autolog.torch.loaders import DataTracking, LoaderTrack, PositionView
 from cairn.autolog.torch.losses import LossRecorder
 from cairn.autolog.torch.session import Session
+from cairn.errors import RunLeased
+from cairn.tracking.client import Client
 
 __all__ = ["CheckpointPolicy", "one_or_list", "optimizer_signature"]
 
@@ -51,8 +54,10 @@ class CheckpointPolicy:
         data: DataTracking,
         losses: LossRecorder,
         report: Report,
+        client: Client | None = None,
     ) -> None:
         self.config = config
+        self.client = client  # the run's store (None: the fluent API's)
         self.constructed = constructed
         self.data = data
         self.losses = losses
@@ -127,6 +132,8 @@ class CheckpointPolicy:
             return
         try:
             self._take(session, track, boundary=boundary)
+        except RunLeased:  # another process is resuming the run: training on would write into it twice
+            raise
         except Exception as exc:
             self.report(f"checkpointing at step {session.step}", exc)
 
@@ -162,4 +169,5 @@ class CheckpointPolicy:
             run_id=session.run_id,
             keep_last=self.config.keep_last,
             loader=loader,
+            client=self.client,
         )

@@ -28,6 +28,7 @@ from cairn.autolog.torch.config import Report
 from cairn.autolog.torch.loaders import DataTracking, LoaderTrack
 from cairn.autolog.torch.losses import LossRecorder
 from cairn.autolog.torch.session import Session
+from cairn.errors import RunLeased
 
 __all__ = ["HookTarget", "arm_forward_hooks", "arm_step_hook", "patch_torch"]
 
@@ -118,6 +119,8 @@ def _backward(target: HookTarget) -> Wrapper:
                 return original(self, *args, **kwargs)
             try:
                 losses.record(self)
+            except RunLeased:  # another process is resuming the run: training on would write into it twice
+                raise
             except Exception as exc:
                 target.report("recording the loss", exc)
             losses.in_backward = True

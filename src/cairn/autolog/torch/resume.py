@@ -26,6 +26,7 @@ from cairn.autolog.torch.config import Report
 from cairn.autolog.torch.discovery import Constructed, optimizers_built_before, param_ids, unwrap
 from cairn.autolog.torch.loaders import DataTracking, LoaderTrack, fingerprint, fits
 from cairn.autolog.torch.losses import LossRecorder
+from cairn.errors import RunLeased
 from cairn.tracking.client import Client
 
 __all__ = ["IF_POSSIBLE", "PendingRestore", "Restorer", "prepare_resume"]
@@ -89,7 +90,7 @@ def prepare_resume(
         return runs.ResumeState(step=0, epoch=0, batch_in_epoch=0, extra=None, run_id=None, resumed=False), None
     if rank0 and activate is not None:
         runs._check_active(run_id)
-    plan = planner.plan_resume(client, run_id, fmt=NATIVE, destination=runs.staging_dir(run_id))
+    plan = planner.plan_resume(client, run_id, fmt=NATIVE, destination=runs.staging_dir(run_id, client=client))
     if plan is None:
         fresh = runs.ResumeState(step=0, epoch=0, batch_in_epoch=0, extra=None, run_id=None, resumed=False)
         if rank0:
@@ -245,6 +246,8 @@ class Restorer:
                 pending.step,
                 position,
             )
+        except RunLeased:  # another process is resuming the run: training on would write into it twice
+            raise
         except Exception as exc:
             self.report(f"restoring the checkpoint {pending.path}", exc)
         return True
@@ -327,5 +330,7 @@ class Restorer:
             from cairn.checkpoint.state_tree import read_flat_tree
 
             _load_model(unwrap(module), read_flat_tree(path, "model"), strict=True, where=str(path))
+        except RunLeased:  # another process is resuming the run: training on would write into it twice
+            raise
         except Exception as exc:
             self.report(f"restoring the model from {path}", exc)

@@ -24,6 +24,7 @@ from cairn.autolog.torch.config import PyTorchAutologConfig, Report
 from cairn.autolog.torch.loaders import LoaderTrack
 from cairn.autolog.torch.losses import LossRecorder
 from cairn.autolog.torch.params import grad_norm, lr_keys
+from cairn.errors import RunLeased
 from cairn.store.base import MetricPoint
 
 __all__ = ["Session"]
@@ -158,6 +159,8 @@ class Session:
         if monitor is not None:
             try:
                 monitor.stop()
+            except RunLeased:  # another process is resuming the run: training on would write into it twice
+                raise
             except Exception as exc:
                 report("stopping system metrics", exc)
 
