@@ -12,10 +12,12 @@ exit and on SIGTERM) drains the workers phase by phase, in the order of :class:`
 3. ``CHECKPOINTS``: checkpoint writes;
 4. ``METRICS``: queued metric points are written (every point the phases above produced);
 5. ``UPLOADS``: checkpoint and artifact uploads;
-6. ``FSYNC``: files made durable.
+6. ``FSYNC``: files made durable;
+7. ``LEASES``: the run's resume lease, released once everything above is finished (nothing to drain).
 
 Within a phase, workers drain in the order they registered. A worker registered for a run
-(``register(worker, run_id=...)``) is drained, closed and forgotten when that run's drain ends.
+(``register(worker, run_id=...)``) is drained, closed (in the same order) and forgotten when that run's
+drain ends.
 
 **Errors.** A worker that fails in the background records the failure itself and calls :func:`report`
 with an object whose ``raise_errors()`` raises (and forgets) it; a task given to :func:`submit` that
@@ -28,6 +30,16 @@ fluent runs, see :func:`add_exit_hook`), then :func:`shutdown`. Registered first
 ``atexit`` handler registered later, so what those queue is drained too. SIGTERM goes through the same
 two steps (:mod:`cairn.tracking.lifecycle`).
 
+**The exit drain is bounded** (``CAIRN_EXIT_DRAIN_TIMEOUT`` seconds, default
+:data:`DEFAULT_EXIT_DRAIN_TIMEOUT`; ``none`` waits forever): between :func:`begin_exit` and the end of
+:func:`shutdown`, every drain (the runs' drains at their end included) shares that deadline, a worker
+that did not finish in time is not closed (its daemon thread dies with the interpreter) and one warning on
+stderr names each such worker, its run, what it had not finished and what becomes of it. The default,
+120 s, lets a checkpoint of a few GB reach S3 or a team server at ordinary throughput, while an unreachable
+endpoint (whose client may retry for many minutes) cannot hold a finished job, a CI slot or a scheduler
+allocation forever; under SIGTERM the platform's own grace period (30 s on Kubernetes and Slurm by
+default) usually ends the process first, which is why what is lost is said as early as possible.
+
 The service holds workers weakly (an idle checkpoint writer nobody references can be collected): keep a
 reference to a worker while it has work.
 """
@@ -38,6 +50,9 @@ import atexit
 import enum
 import itertools
 import logging
+import math
+import os
+import sys
 import threading
 import time
 import weakref
@@ -45,7 +60,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
-from cairn.errors import CairnError
+from cairn.errors import BackgroundTaskError, CairnError
 from cairn.tracking import background_errors
 from cairn.tracking.background_errors import ErrorSource
 
@@ -56,10 +71,12 @@ __all__ = [
     "Phase",
     "Worker",
     "add_exit_hook",
+    "begin_exit",
     "drain",
     "raise_errors",
     "record",
     "register",
+    "remove_exit_hook",
     "report",
     "reset",
     "service",
@@ -69,6 +86,10 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: Seconds the exit (and SIGTERM) drain may take, unless ``CAIRN_EXIT_DRAIN_TIMEOUT`` says otherwise.
+DEFAULT_EXIT_DRAIN_TIMEOUT = 120.0
+EXIT_DRAIN_TIMEOUT_ENV = "CAIRN_EXIT_DRAIN_TIMEOUT"
 
 
 class Phase(enum.IntEnum):
@@ -80,6 +101,7 @@ class Phase(enum.IntEnum):
     METRICS = 40
     UPLOADS = 50
     FSYNC = 60
+    LEASES = 70
 
 
 @runtime_checkable
@@ -105,8 +127,46 @@ class Worker(Protocol):
         """Raise the failures recorded since the last call, if any, and forget them."""
 
 
-class BackgroundTaskError(CairnError, RuntimeError):
-    """A task given to :func:`submit` failed (the message says which; the cause is chained)."""
+#: Where the work of each phase is when an exit drain runs out of time (appended to the warning).
+_LEFT_BEHIND = {
+    Phase.SYSTEM_METRICS: "the last system-metric sample is lost",
+    Phase.AUTOLOG: "these autolog tasks (params, model summaries, models) did not run",
+    Phase.CHECKPOINTS: "these checkpoints were not written; the run resumes from its newest committed one",
+    Phase.METRICS: "these metric points were only in memory and are lost",
+    Phase.UPLOADS: (
+        "these checkpoints were not uploaded: their files stay on this machine (Lightning and Transformers "
+        "ones in the trainer's output directory, native ones in the run's staging directory); a resume "
+        "continues from the newest checkpoint that was uploaded"
+    ),
+    Phase.FSYNC: "these files were written but may not survive a power loss",
+    Phase.LEASES: "the lease goes stale after its ttl",
+}
+
+
+def exit_drain_timeout() -> float | None:
+    """``CAIRN_EXIT_DRAIN_TIMEOUT`` in seconds (``none``/``inf``: no bound), else :data:`DEFAULT_EXIT_DRAIN_TIMEOUT`.
+
+    A value that is not a number of seconds is warned about and the default used (this is read at exit,
+    where raising would lose the drain).
+    """
+    text = os.environ.get(EXIT_DRAIN_TIMEOUT_ENV, "").strip().lower()
+    if not text:
+        return DEFAULT_EXIT_DRAIN_TIMEOUT
+    if text in ("none", "inf", "infinity"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (value >= 0 and math.isfinite(value)):
+        logger.warning(
+            "cairn: %s=%r is not a number of seconds; using %g",
+            EXIT_DRAIN_TIMEOUT_ENV,
+            text,
+            DEFAULT_EXIT_DRAIN_TIMEOUT,
+        )
+        return DEFAULT_EXIT_DRAIN_TIMEOUT
+    return value
 
 
 class _Failure:
@@ -190,6 +250,10 @@ class BackgroundService:
         self._workers: dict[int, tuple[int, weakref.ref[Worker], str | None]] = {}
         self._tasks = _TaskRunner(self.record)
         self.register(self._tasks)
+        self._exit_deadline: float | None = None  # set between begin_exit() and the end of shutdown()
+        self._exit_bound: float | None = None
+        self._exiting = False
+        self._left_behind: dict[int, tuple[Worker, str | None]] = {}  # not finished by an exit drain
 
     def register(self, worker: Worker, *, run_id: str | None = None) -> None:
         """Own ``worker`` (idempotent): drain it with the others; with ``run_id``, close it when that run ends."""
@@ -209,14 +273,17 @@ class BackgroundService:
 
     def workers(self, run_id: str | None = None) -> list[Worker]:
         """The live workers in drain order: all of them, or the process-wide ones and those of ``run_id``."""
+        return [worker for worker, _ in self._owned(run_id)]
+
+    def _owned(self, run_id: str | None) -> list[tuple[Worker, str | None]]:
         with self._lock:
             entries = sorted(self._workers.values(), key=lambda entry: entry[0])
         found = []
         for _, ref, owner in entries:
             worker = ref()
             if worker is not None and (run_id is None or owner is None or owner == run_id):
-                found.append(worker)
-        return sorted(found, key=lambda worker: worker.phase)  # stable: registration order within a phase
+                found.append((worker, owner))
+        return sorted(found, key=lambda item: item[0].phase)  # stable: registration order within a phase
 
     def submit(self, task: Callable[[], object], *, what: str) -> None:
         """Run ``task`` on the shared background thread, after those submitted before it.
@@ -236,8 +303,10 @@ class BackgroundService:
         """Drain the workers phase by phase; with ``run_id``, the process-wide ones and that run's (then
         closed and forgotten). False if ``timeout`` seconds passed before everything was done."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        if self._exit_deadline is not None:  # exiting: every drain shares the exit drain's bound
+            deadline = self._exit_deadline if deadline is None else min(deadline, self._exit_deadline)
         done = True
-        for worker in self.workers(run_id):
+        for worker, owner in self._owned(run_id):
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
                 finished = worker.drain(left)
@@ -245,7 +314,10 @@ class BackgroundService:
                 self.record(f"draining the {worker.name}", exc)
                 finished = False
             if not finished:
-                logger.warning("cairn: the %s did not finish its background work in time", worker.name)
+                if self._exiting:
+                    self._left_behind[id(worker)] = (worker, owner)
+                else:
+                    logger.warning("cairn: the %s did not finish its background work in time", worker.name)
             done = done and finished
         if run_id is not None:
             self._close_run_workers(run_id)
@@ -254,16 +326,31 @@ class BackgroundService:
     def _close_run_workers(self, run_id: str) -> None:
         with self._lock:
             ending = [
-                (key, ref()) for key, (_, ref, owner) in self._workers.items() if owner == run_id and ref() is not None
+                (order, key, worker)
+                for key, (order, ref, owner) in self._workers.items()
+                if owner == run_id and (worker := ref()) is not None
             ]
-            for key, _ in ending:
+            for _, key, _ in ending:
                 del self._workers[key]
-        for _, worker in ending:
-            assert worker is not None
+        ending.sort(key=lambda item: (item[2].phase, item[0]))  # drain order: the lease after the uploads
+        for _, _, worker in ending:
+            if id(worker) in self._left_behind:  # closing would wait for it again, past the exit bound
+                continue
             try:
                 worker.close()
             except Exception as exc:
                 background_errors.report(_Failure(f"closing the {worker.name}", exc))
+
+    def begin_exit(self, timeout: float | None = None) -> None:
+        """Start the bounded exit drain: every drain until :meth:`shutdown` ends shares one deadline,
+        ``timeout`` seconds (default: :func:`exit_drain_timeout`) from now."""
+        if self._exiting:
+            return
+        bound = exit_drain_timeout() if timeout is None else timeout
+        self._exiting = True
+        self._exit_bound = bound
+        self._exit_deadline = None if bound is None else time.monotonic() + bound
+        self._left_behind = {}
 
     def shutdown(self, timeout: float | None = None) -> None:
         """Drain everything, close every worker and log the failures nobody raised (interpreter exit, SIGTERM).
@@ -273,6 +360,8 @@ class BackgroundService:
         """
         self.drain(None, timeout)
         for worker in self.workers():  # they stay registered: a later drain (exit after SIGTERM) finds them
+            if id(worker) in self._left_behind:  # closing would wait for it again, past the exit bound
+                continue
             try:
                 worker.close()
             except Exception as exc:
@@ -282,6 +371,34 @@ class BackgroundService:
                 background_errors.raise_pending()
             except Exception as exc:
                 logger.error("cairn: %s", exc)
+        left_behind, self._left_behind = list(self._left_behind.values()), {}
+        self._exiting = False
+        self._exit_deadline = None
+        if left_behind:
+            _warn_left_behind(left_behind, self._exit_bound)
+
+
+def _warn_left_behind(left_behind: list[tuple[Worker, str | None]], bound: float | None) -> None:
+    """One warning on stderr (logging may be shut down at exit) naming the work the exit drain gave up on."""
+    lines = []
+    for worker, run_id in left_behind:
+        describe = getattr(worker, "unfinished", None)
+        pending = getattr(worker, "pending", None)
+        what = describe() if callable(describe) else f"{pending} item(s)" if isinstance(pending, int) else "its work"
+        owner = f"run {run_id}" if run_id is not None else "every run of this process"
+        lines.append(f"  - the {worker.name} ({owner}): {what} not finished; {_LEFT_BEHIND.get(worker.phase, '')}")
+        runs = sys.modules.get("cairn.checkpoint.runs")
+        if worker.phase is Phase.UPLOADS and run_id is not None and runs is not None:
+            try:
+                lines.append(f"    (native staging directory of the run: {runs.staging_dir(run_id)})")
+            except Exception:  # an odd run id or tracking URI: the generic text above stands
+                pass
+    sys.stderr.write(
+        f"cairn: WARNING: the exit drain stopped after {bound or 0:g} s ({EXIT_DRAIN_TIMEOUT_ENV}) with background "
+        "work unfinished:\n" + "\n".join(lines) + "\nRaise " + EXIT_DRAIN_TIMEOUT_ENV + " (or set it to 'none') "
+        "to wait longer; an unreachable artifact store or server is the usual cause.\n"
+    )
+    sys.stderr.flush()
 
 
 _service: BackgroundService | None = None
@@ -343,6 +460,18 @@ def add_exit_hook(hook: Callable[[], None]) -> None:
             _exit_hooks.append(hook)
 
 
+def remove_exit_hook(hook: Callable[[], None]) -> None:
+    """Forget a hook added by :func:`add_exit_hook` (no error if absent), and what it references."""
+    with _service_lock:
+        if hook in _exit_hooks:
+            _exit_hooks.remove(hook)
+
+
+def begin_exit(timeout: float | None = None) -> None:
+    """Start the bounded exit drain (interpreter exit, SIGTERM): see :meth:`BackgroundService.begin_exit`."""
+    service().begin_exit(timeout)
+
+
 def shutdown(timeout: float | None = None) -> None:
     """The exit drain: every worker drained in order and closed; uncollected failures logged."""
     found = _service
@@ -359,6 +488,8 @@ def reset() -> None:
 
 
 def _at_exit() -> None:
+    if _service is not None:
+        _service.begin_exit()
     for hook in list(_exit_hooks):
         try:
             hook()

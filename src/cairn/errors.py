@@ -128,3 +128,8 @@ class CheckpointWriteError(CheckpointError):
 
 class StateMismatch(CheckpointError, ValueError):
     """Saved state does not fit the object it is restored into (shapes, missing or unexpected keys)."""
+
+
+class BackgroundTaskError(CairnError, RuntimeError):
+    """Work handed to the background service failed (the message says which; the cause is chained). Raised on
+    the caller's thread by the next logging call, ``flush`` or ``end_run`` (see :mod:`cairn.background`)."""

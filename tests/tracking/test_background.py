@@ -262,3 +262,86 @@ def test_the_service_holds_workers_weakly(tmp_path: Path) -> None:
     gc.collect()
     assert collected() is None  # an idle writer nobody references is not kept alive (with its buffers)
     assert all(type(w).__name__ != "AsyncCheckpointWriter" for w in background.service().workers())
+
+
+def test_background_task_error_lives_in_errors_and_is_re_exported() -> None:
+    from cairn import errors
+
+    assert BackgroundTaskError is errors.BackgroundTaskError
+    assert issubclass(BackgroundTaskError, errors.CairnError)
+
+
+def test_an_exit_hook_can_be_removed_and_is_not_kept_referenced() -> None:
+    import gc
+    import weakref
+
+    class Integration:
+        def at_exit(self) -> None:
+            pass
+
+    integration = Integration()
+    background.add_exit_hook(integration.at_exit)
+    background.remove_exit_hook(integration.at_exit)
+    background.remove_exit_hook(integration.at_exit)  # no error when absent
+    collected = weakref.ref(integration)
+    del integration
+    gc.collect()
+    assert collected() is None
+
+
+HUNG_UPLOAD_SCRIPT = """
+import sys, time
+from pathlib import Path
+import cairn
+from cairn.artifacts.local import LocalArtifactStore
+from cairn.checkpoint.formats import NATIVE
+from cairn.checkpoint.run_checkpoints import RunCheckpoints
+
+def unreachable(self, *args, **kwargs):
+    time.sleep(600)  # an artifact store that never answers
+LocalArtifactStore.put_file = LocalArtifactStore.put_dir = unreachable
+
+run = cairn.start_run()
+checkpoints = RunCheckpoints(cairn.Client(), run.info.run_id, NATIVE)
+local = Path(sys.argv[1])
+local.mkdir()
+(local / "model.safetensors").write_bytes(b"weights")
+checkpoints.submit("upload of step-3", lambda: checkpoints.upload_dir(local, "step-3", manifest=b"{}"))
+cairn.log_metric("loss", 0.25, step=3)
+print(run.info.run_id, flush=True)
+if sys.argv[2] == "sigterm":
+    time.sleep(60)
+# exits with the upload hung
+"""
+
+
+@pytest.mark.parametrize("mode", ["exit", "sigterm"])
+def test_a_hung_upload_does_not_hang_exit_past_the_bound(tmp_path: Path, mode: str) -> None:
+    import time
+
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent(HUNG_UPLOAD_SCRIPT))
+    env = dict(os.environ, CAIRN_EXIT_DRAIN_TIMEOUT="2")
+    started = time.monotonic()
+    child = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "step-3"), mode],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None and child.stderr is not None
+    run_id = child.stdout.readline().strip()
+    if mode == "sigterm":
+        child.send_signal(signal.SIGTERM)
+    code = child.wait(timeout=60)
+    stderr = child.stderr.read()
+    assert time.monotonic() - started < 40  # bounded: the upload sleeps 600 s
+    assert code == (0 if mode == "exit" else -signal.SIGTERM), stderr
+    assert "exit drain stopped after 2 s (CAIRN_EXIT_DRAIN_TIMEOUT)" in stderr
+    assert f"the checkpoint uploads (run {run_id}): 1 checkpoint upload job(s) not finished" in stderr
+    assert f"{run_id}/checkpoints" in stderr or "staging directory" in stderr
+    run = cairn.get_run(run_id)
+    assert run.info.status.value == ("FINISHED" if mode == "exit" else "KILLED")
+    assert run.data.metrics == {"loss": 0.25}  # the metric points were drained before the uploads

@@ -2,14 +2,16 @@
 
 :func:`acquire_resume_lease` takes the run's lease in the store (owner ``host:pid:token``) or raises
 :class:`~cairn.errors.RunLeased` naming the holder and when its lease goes stale. A daemon thread
-renews the lease every third of its ttl; it is released by :meth:`ResumeLease.release`, when the run
-ends (an end-run hook of the fluent API) and at interpreter exit. A process killed without a word
-stops renewing, so its lease goes stale after the ttl and the next resume takes it over.
+renews the lease every third of its ttl; it is released by :meth:`ResumeLease.release`, and when the run
+ends, at interpreter exit and on SIGTERM: the lease is a ``LEASES`` worker of the background service
+registered for its run, released when the run's ordered drain has finished everything else of the run
+(its checkpoints, metric points, uploads and fsyncs), so no other process resumes the run while this one
+still writes into it. A process killed without a word stops renewing, so its lease goes stale after the
+ttl and the next resume takes it over.
 """
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import socket
@@ -19,9 +21,8 @@ import warnings
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
+from cairn import background
 from cairn.errors import CairnError, InvalidArgument, RunLeased
-from cairn.tracking import fluent
-from cairn.tracking.entities import RunStatus
 
 if TYPE_CHECKING:
     from cairn.store.base import RunLease, TrackingStore
@@ -58,7 +59,8 @@ def lease_owner() -> str:
 
 
 class ResumeLease:
-    """A held resume lease, kept alive by a daemon thread until released.
+    """A held resume lease, kept alive by a daemon thread until released (a worker of the background service:
+    closing it releases it).
 
     Attributes:
         run_id: the leased run.
@@ -67,6 +69,9 @@ class ResumeLease:
         lost: set when a renewal found the lease gone (this process stalled past the ttl and another
             took the run over); a warning says so at that moment.
     """
+
+    name = "resume lease"
+    phase = background.Phase.LEASES
 
     def __init__(self, store: TrackingStore, run_id: str, owner: str, ttl_seconds: float) -> None:
         self.run_id = run_id
@@ -78,8 +83,7 @@ class ResumeLease:
         self._released = threading.Event()
         self._renewer = threading.Thread(target=self._renew_until_released, name="cairn-resume-lease", daemon=True)
         self._renewer.start()
-        fluent.add_end_run_hook(self._on_run_end)
-        atexit.register(self.release)
+        background.register(self, run_id=run_id)  # released after the run's drain (end_run, exit, SIGTERM)
 
     def __repr__(self) -> str:
         state = "released" if self.released else "lost" if self.lost else "held"
@@ -100,8 +104,7 @@ class ResumeLease:
         if self._released.is_set() or os.getpid() != self.pid:
             return
         self._released.set()
-        fluent.remove_end_run_hook(self._on_run_end)
-        atexit.unregister(self.release)
+        background.unregister(self)
         try:
             self._store.release_run_lease(self.run_id, self.owner)
         except CairnError as error:  # the lease then goes stale after its ttl, as after a crash
@@ -112,9 +115,17 @@ class ResumeLease:
                 error,
             )
 
-    def _on_run_end(self, run_id: str, _status: RunStatus) -> None:
-        if run_id == self.run_id:
-            self.release()
+    # -- as a worker of the background service ------------------------------------------------------------
+
+    def drain(self, timeout: float | None) -> bool:
+        """Nothing to finish: the lease is released when the service closes it, after the run's drain."""
+        return True
+
+    def close(self) -> None:
+        self.release()
+
+    def raise_errors(self) -> None:
+        """A failed release is logged (the lease then goes stale): nothing to raise."""
 
     def _renew_until_released(self) -> None:
         while not self._released.wait(self.ttl_seconds / 3):

@@ -2,8 +2,9 @@
 prune by a retention policy, and materialise a verified local copy.
 
 One object per (run, format): :class:`RunCheckpoints`. Uploads handed to :meth:`RunCheckpoints.submit` run in
-order on one background thread (:class:`~cairn.checkpoint.uploads.BackgroundUploads`); :meth:`drain` waits for
-them and :meth:`take_error` hands over what failed, so the caller (or the background service) reports it.
+order on one background thread (:class:`~cairn.checkpoint.uploads.BackgroundUploads`), a worker of the background
+service registered for the run: ``end_run``, exit and SIGTERM drain it in the ordered drain. :meth:`drain` waits
+for them; a failure is raised once, by the next logging call or by :meth:`take_error` if the caller asks first.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class RunCheckpoints:
         self.run_id = run_id
         self.format = fmt
         self._store: ArtifactStore | None = None
-        self._uploads = BackgroundUploads(f"cairn-checkpoint-upload-{run_id[:8]}", on_failure=on_failure)
+        self._uploads = BackgroundUploads(f"cairn-checkpoint-upload-{run_id[:8]}", run_id=run_id, on_failure=on_failure)
 
     @property
     def store(self) -> ArtifactStore:

@@ -1,10 +1,13 @@
 """One background thread that runs a run's checkpoint uploads in the order they were handed over.
 
-Used by every format (:class:`~cairn.checkpoint.run_checkpoints.RunCheckpoints`). A failed job does not
-stop later ones; its error is kept until :meth:`BackgroundUploads.take_error` (or
-:meth:`~BackgroundUploads.raise_error`) hands it to the caller, so a background failure surfaces at the
-next call instead of vanishing. :meth:`drain` waits with an optional timeout, for an ordered drain at run
-end, exit or a signal.
+Used by every format (:class:`~cairn.checkpoint.run_checkpoints.RunCheckpoints`). It is an ``UPLOADS``
+worker of the background service (:mod:`cairn.background`), registered for its run while its thread runs:
+the run's ordered drain at ``end_run``, interpreter exit or SIGTERM waits for its jobs, after the run's
+checkpoints and metric points, before fsync and the release of the run's resume lease.
+
+A failed job does not stop later ones. Its error is reported to the service's error box at once, so the
+next logging call, ``flush`` or ``end_run`` raises it; an integration may take it first
+(:meth:`BackgroundUploads.take_error`) to report it its own way. Either way each failure is handed out once.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from cairn import background
 from cairn.errors import CheckpointWriteError
 
 __all__ = ["BackgroundUploads", "UploadFailure"]
@@ -36,14 +40,26 @@ class _Job:
 
 
 class BackgroundUploads:
-    """A FIFO of upload jobs run by one lazily started daemon thread."""
+    """A FIFO of upload jobs run by one lazily started daemon thread (a worker of the background service)."""
 
-    def __init__(self, name: str, *, on_failure: Callable[[UploadFailure], None] | None = None) -> None:
+    name = "checkpoint uploads"
+    phase = background.Phase.UPLOADS
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        run_id: str | None = None,
+        on_failure: Callable[[UploadFailure], None] | None = None,
+    ) -> None:
         """Args:
         name: the thread's name.
+        run_id: the run the uploads belong to: its ``end_run`` drains and closes them (default: drained
+            only by the process-wide drains, at exit and on SIGTERM).
         on_failure: also called (on the upload thread) with each failure as it happens.
         """
-        self._name = name
+        self._thread_name = name
+        self.run_id = run_id
         self._on_failure = on_failure
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._cond = threading.Condition()
@@ -61,9 +77,12 @@ class BackgroundUploads:
         """Queue ``run`` (described by ``what`` in errors); ``cleanup`` runs after it whatever happened."""
         with self._cond:
             self._pending += 1
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
+            starting = self._thread is None
+            if starting:
+                self._thread = threading.Thread(target=self._loop, name=self._thread_name, daemon=True)
                 self._thread.start()
+        if starting:  # again after a close (the run's drain forgets the workers it closed)
+            background.register(self, run_id=self.run_id)
         self._queue.put(_Job(what, run, cleanup))
 
     def drain(self, timeout: float | None = None) -> bool:
@@ -93,8 +112,8 @@ class BackgroundUploads:
         error.__cause__ = failures[0].error
         return error
 
-    def raise_error(self) -> None:
-        """Raise :meth:`take_error`'s error, if any.
+    def raise_errors(self) -> None:
+        """Raise :meth:`take_error`'s error, if any (the service's error box calls this).
 
         Raises:
             CheckpointWriteError: a background job failed since the last call.
@@ -103,8 +122,15 @@ class BackgroundUploads:
         if error is not None:
             raise error
 
+    raise_error = raise_errors
+
+    def unfinished(self) -> str:
+        """What is not done yet, for the warning of an exit drain that ran out of time."""
+        return f"{self.pending} checkpoint upload job(s)"
+
     def close(self, timeout: float | None = None) -> bool:
-        """Drain, then stop the thread (a later :meth:`submit` starts a new one). False on timeout."""
+        """Drain, then stop the thread (a later :meth:`submit` starts a new one). False on timeout (the thread
+        then stops after its last job)."""
         drained = self.drain(timeout)
         with self._cond:
             thread, self._thread = self._thread, None
@@ -125,6 +151,7 @@ class BackgroundUploads:
                 failure = UploadFailure(job.what, exc)
                 with self._cond:
                     self._failures.append(failure)
+                background.report(self)
                 if self._on_failure is not None:
                     self._on_failure(failure)
             finally:

@@ -313,15 +313,25 @@ class WeightsDigest:
     layout is predicted (see :func:`_predict_layout`) and checked against the header actually written;
     :meth:`result` falls back to hashing the file if they differ, so it always returns the digest of
     the file on disk. The tensors must not change until :meth:`result` returns.
+
+    While hashing, it is a worker of the background service (:mod:`cairn.background`), so the exit drain
+    waits for it. (Not a task of :func:`cairn.background.submit`: that thread runs tasks one after the other,
+    and a task that logs a model would wait for its own digest queued behind it.)
     """
 
+    name = "weights sha256"
+
     def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+        from cairn import background
+
+        self.phase = background.Phase.CHECKPOINTS
         self._predicted = _predict_layout(tensors)
         self._outcome: dict[str, Any] = {}
         self._thread: threading.Thread | None = None
         if self._predicted is not None:
             self._thread = threading.Thread(target=self._run, name="cairn-weights-sha256", daemon=True)
             self._thread.start()
+            background.register(self)
 
     def _run(self) -> None:
         assert self._predicted is not None
@@ -335,9 +345,29 @@ class WeightsDigest:
         except Exception as exc:  # result() falls back to hashing the file
             self._outcome["error"] = exc
 
+    @property
+    def done(self) -> bool:
+        """Whether hashing has finished (or never started)."""
+        return self._thread is None or not self._thread.is_alive()
+
     def wait(self) -> None:
         if self._thread is not None:
             self._thread.join()
+            from cairn import background
+
+            background.unregister(self)
+
+    def drain(self, timeout: float | None) -> bool:
+        """As a worker of the background service: wait for the hash, at most ``timeout`` seconds."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self.done
+
+    def close(self) -> None:
+        self.wait()
+
+    def raise_errors(self) -> None:
+        """A failed hash is not an error: :meth:`result` hashes the file instead."""
 
     def result(self, path: Path, file_sha256: Callable[[Path], str]) -> str:
         """The sha256 of the file ``path`` written from the tensors (waits for the thread)."""

@@ -3,7 +3,8 @@
 Installed once, the first time a run starts. Exit marks runs FINISHED, an uncaught exception
 FAILED, KeyboardInterrupt and SIGTERM KILLED; every case ends the runs (each with the background
 service's ordered drain), then drains and closes every background worker (:func:`cairn.background.shutdown`),
-so queued metric points, checkpoints and fsyncs are all finished. Exit goes through the service's one
+so queued metric points, checkpoints, uploads and fsyncs are all finished, within the exit drain's bound
+(``CAIRN_EXIT_DRAIN_TIMEOUT``, see :mod:`cairn.background`). Exit goes through the service's one
 ``atexit`` handler. (MLflow marks runs FINISHED at exit even when the script crashed.)
 """
 
@@ -51,6 +52,7 @@ def _install_sigterm() -> None:
     previous = signal.getsignal(signal.SIGTERM)
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        background.begin_exit()  # bounded by CAIRN_EXIT_DRAIN_TIMEOUT, like the exit drain
         _end_runs(RunStatus.KILLED)
         background.shutdown()
         if callable(previous):
