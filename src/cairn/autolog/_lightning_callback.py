@@ -150,6 +150,8 @@ class _CheckpointCallbackImpl:
     # -- checkpoint uploads (see _lightning_checkpoint_mirror) -----------------------------------------
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.resumable_dataloaders:
+            self._positions.fit_started()  # the state the fit's first DataLoader iterator draws from
         if self._mirror is not None and self._checkpoint_callbacks:
             with safe_autolog(INTEGRATION, "reading the checkpoint files already present", silent=self.silent):
                 self._mirror.watch(self._checkpoint_callbacks)  # e.g. restored with the checkpoint: not new
@@ -251,6 +253,7 @@ class _CheckpointCallbackImpl:
         if self.resumable_dataloaders:
             with safe_autolog(INTEGRATION, "reading the DataLoader's position", silent=self.silent):
                 self._positions.load(checkpoint.get(LOADERS_KEY))
+                self._positions.fit_started()  # a strategy restoring after setup calls this after on_fit_start
                 if self._positions.pending:
                     self._quiet_lightnings_resume_warning()
         source = checkpoint.get(RUN_ID_KEY)

@@ -144,8 +144,9 @@ class CairnCheckpointCallback(_CheckpointCallbackImpl, _CallbackBase):
         model_name: the artifact path of that model.
         restore_rng: restore the RNG states stored in a checkpoint when Lightning loads it.
         resumable_dataloaders: record the training ``DataLoader``'s position so a mid-epoch resume continues
-            the same shuffled epoch (one loader, ``num_workers=0``; otherwise a warning says the epoch continues
-            with a new shuffle; loaders with a ``state_dict`` of their own are left to Lightning).
+            the same shuffled epoch (one loader, ``num_workers=0`` or ``persistent_workers=True``; otherwise a warning
+            says why the epoch continues with a new shuffle; with workers, random numbers drawn inside them are not
+            replayed, which a warning says; loaders with a ``state_dict`` of their own are left to Lightning).
         log_system_metrics: sample CPU, memory, disk, network (and GPU with pynvml) as ``system/...`` metrics
             every ``system_metrics_interval`` seconds during ``fit``, in a background thread.
         log_grad_norm: log ``grad_norm`` (``grad_norm/opt<i>`` for several optimizers), the total 2-norm of
