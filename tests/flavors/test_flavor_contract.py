@@ -9,6 +9,7 @@ fails until it does). Each model is built and saved once per module.
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import typing
 from collections.abc import Callable, Iterator
@@ -33,6 +34,7 @@ from cairn.flavors import lightning, onnx, pyfunc, pytorch, registry, sklearn, t
 from cairn.models import FORMAT_VERSION, Model, ModelInfo, load_input_example
 from cairn.models.flavor import CommonSaveOptions, Flavor, LogOptions, PyfuncLoader, SaveRecordOptions
 from cairn.models.model import MLMODEL_FILE_NAME
+from cairn.models.packaging import LOGGED_MODELS_TAG
 
 #: Every native flavor module, typed: mypy checks each against the Flavor protocol here too.
 FLAVOR_MODULES: dict[str, Flavor] = {
@@ -444,6 +446,34 @@ def test_log_model_then_load_by_runs_uri(case: Case) -> None:
     logged = cairn.pyfunc.load_model(info.model_uri, allow_pickle=case.needs_pickle)
     assert logged.metadata.run_id == run_id and logged.metadata.artifact_path == "model"
     assert _rows(logged.predict(case.example)) == len(case.example)
+
+
+def test_log_model_with_client_lands_in_that_store_only(case: Case, tmp_path: Path) -> None:
+    """``client=`` (a shared log option): uploaded, recorded and registered in that client's store."""
+    other = cairn.Client(f"sqlite:///{tmp_path / 'other' / 'cairn.db'}")
+    run_id = other.create_run("0").info.run_id
+    name = f"contract-{case.flavor}"
+    info = case.log("model", input_example=case.example, registered_model_name=name, run_id=run_id, client=other)
+    assert info.model_uri == f"runs:/{run_id}/model" and info.registered_model_version == 1
+    assert other.get_model_version(name, 1).run_id == run_id
+    [recorded] = json.loads(other.get_run(run_id).data.tags[LOGGED_MODELS_TAG])
+    assert (recorded["run_id"], recorded["artifact_path"]) == (run_id, "model")
+    local = other.download_artifacts(run_id, "model", dst_path=tmp_path / "download")
+    logged = cairn.pyfunc.load_model(local, allow_pickle=case.needs_pickle)
+    assert logged.metadata.run_id == run_id and _rows(logged.predict(case.example)) == len(case.example)
+    fluent = cairn.Client()  # the default store: no run, no registered model, no artifact
+    assert fluent.search_runs([e.experiment_id for e in fluent.search_experiments()]).items == []
+    assert list(fluent.search_registered_models()) == []
+    assert not (tmp_path / "cairn-runs" / "artifacts").exists() or not any(
+        p.is_file() for p in (tmp_path / "cairn-runs" / "artifacts").rglob("*")
+    )
+
+
+def test_log_model_with_client_needs_the_run_id(case: Case, tmp_path: Path) -> None:
+    other = cairn.Client(f"sqlite:///{tmp_path / 'other' / 'cairn.db'}")
+    with pytest.raises(InvalidArgument, match="run_id"):
+        case.log("model", client=other)
+    assert cairn.active_run() is None
 
 
 # -- MLflow interop -----------------------------------------------------------------------------------

@@ -131,7 +131,8 @@ def log_model(lightning_model: Any, name: str | None = None, **options: Unpack[L
         name: the model's artifact path in the run.
         **options: :func:`save_model`'s options, and ``artifact_path`` (MLflow 2's name for ``name``),
             ``registered_model_name`` (also register the model under this name), ``run_id`` (log into
-            this run instead of the active one; a run is started if none is active).
+            this run instead of the active one; a run is started if none is active), ``client`` (log into
+            and register in this client's store, with ``run_id``).
     """
     return log_flavor_model(
         partial(save_model, lightning_model), name, options, accepted=LightningLogOptions.__optional_keys__

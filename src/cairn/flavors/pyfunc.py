@@ -32,6 +32,7 @@ from cairn.models.model import Model, ModelInfo
 from cairn.models.packaging import PYFUNC_FLAVOR, save_model_dir
 from cairn.models.packaging import log_model as _log_model
 from cairn.models.schema import ModelSignature
+from cairn.tracking.client import Client
 
 __all__ = [
     "FLAVOR_NAME",
@@ -310,11 +311,13 @@ def log_model(
     registered_model_name: str | None = None,
     run_id: str | None = None,
     artifact_path: str | None = None,
+    client: Client | None = None,
 ) -> ModelInfo:
     """Log a custom Python model into a run (the active one, else a new one) at ``name``.
 
     ``name`` is MLflow's first positional argument (``artifact_path`` in MLflow 2, ``name`` in
-    MLflow 3); ``artifact_path=`` is accepted as a keyword too. Other arguments as in :func:`save_model`.
+    MLflow 3); ``artifact_path=`` is accepted as a keyword too. ``client``: log into that client's store
+    (with ``run_id``), see :class:`~cairn.models.flavor.LogOptions`. Other arguments as in :func:`save_model`.
 
     Returns:
         The :class:`~cairn.models.ModelInfo`; ``model_uri`` is ``runs:/<run_id>/<name>``.
@@ -329,6 +332,7 @@ def log_model(
         target,
         registered_model_name=registered_model_name,
         run_id=run_id,
+        client=client,
         python_model=python_model,
         artifacts=artifacts,
         code_paths=code_paths,

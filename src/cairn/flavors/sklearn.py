@@ -453,7 +453,8 @@ def log_model(sk_model: Any, name: str | None = None, **options: Unpack[SklearnL
         name: the model's artifact path in the run.
         **options: :func:`save_model`'s options, and ``artifact_path`` (MLflow 2's name for ``name``),
             ``registered_model_name`` (also register the model under this name), ``run_id`` (log into
-            this run instead of the active one; a run is started if none is active).
+            this run instead of the active one; a run is started if none is active), ``client`` (log into
+            and register in this client's store, with ``run_id``).
 
     Returns:
         The :class:`~cairn.models.ModelInfo` (``model_uri`` is ``runs:/<run_id>/<name>``).

@@ -22,6 +22,7 @@ from typing import Any, Literal, Protocol, TypedDict, Unpack, runtime_checkable
 
 from cairn.models.model import Model, ModelInfo
 from cairn.models.schema import ModelSignature
+from cairn.tracking.client import Client  # at run time: LogOptions' types are read (typing.get_type_hints)
 
 __all__ = [
     "AlsoOnnxOptions",
@@ -72,11 +73,14 @@ class LogOptions(TypedDict, total=False):
         artifact_path: MLflow 2's name for ``log_model``'s ``name``.
         registered_model_name: also register the model under this name (version 1, 2, ...).
         run_id: log into this run instead of the active one (a run is started if none is active).
+        client: log into (and register in) this client's store instead of the fluent API's; needs
+            ``run_id`` (as dvclive takes ``live=``: how integrations holding a client log their models).
     """
 
     artifact_path: str | None
     registered_model_name: str | None
     run_id: str | None
+    client: Client | None
 
 
 class CommonSaveRecordOptions(CommonSaveOptions, SaveRecordOptions, total=False):
@@ -171,4 +175,7 @@ def log_flavor_model(
     target = packaging.model_artifact_name(name, save_options.pop("artifact_path", None))
     registered_model_name = save_options.pop("registered_model_name", None)
     run_id = save_options.pop("run_id", None)
-    return packaging.log_model(save, target, registered_model_name=registered_model_name, run_id=run_id, **save_options)
+    client = save_options.pop("client", None)
+    return packaging.log_model(
+        save, target, registered_model_name=registered_model_name, run_id=run_id, client=client, **save_options
+    )

@@ -20,7 +20,7 @@ import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from cairn.errors import InvalidArgument, ResourceAlreadyExists
 from cairn.models.hashes import MANIFEST_SHA256_KEY, record_model_files, write_files_manifest
@@ -29,6 +29,9 @@ from cairn.models.model import FORMAT_VERSION, MLMODEL_FILE_NAME, Model, ModelIn
 from cairn.models.requirements import write_requirements
 from cairn.models.schema import ModelSignature
 from cairn.models.signature import infer_signature
+
+if TYPE_CHECKING:
+    from cairn.tracking.client import Client
 
 __all__ = ["CODE_DIR", "LOGGED_MODELS_TAG", "PYFUNC_FLAVOR", "copy_code_paths", "log_model", "save_model_dir"]
 
@@ -320,11 +323,14 @@ def log_model(
     *,
     registered_model_name: str | None = None,
     run_id: str | None = None,
+    client: Client | None = None,
     **save_kwargs: Any,
 ) -> ModelInfo:
     """Save a model with ``save_fn`` and upload it into a run's artifacts at ``name``.
 
-    The run is ``run_id``, else the active run, else a new run that stays active (as in MLflow).
+    The run is ``run_id``, else the active run, else a new run that stays active (as in MLflow). With
+    ``client``, the run (``run_id``, required) is in that client's store: the model is uploaded into its
+    artifacts, recorded in its tags and registered in its registry; the fluent API is not touched.
     A model already logged at ``name`` in the run is replaced, never removed first: in a local
     store a reader of ``runs:/<run_id>/<name>`` sees the old model or the new one, each complete, at
     every instant, even if this process is killed (see
@@ -339,11 +345,16 @@ def log_model(
         registered_model_name: also register the logged model under this name
             (creating the name on first use).
         run_id: log into this run instead of the fluent one.
+        client: the client of the run's store (default: the fluent API's).
         **save_kwargs: passed to ``save_fn``.
 
     Returns:
         The :class:`ModelInfo`, with ``model_uri`` ``runs:/<run_id>/<name>`` and, when registered,
         ``registered_model_version``.
+
+    Raises:
+        InvalidArgument: a bad ``name``, or ``client`` without ``run_id``.
+        RunNotFound: ``run_id`` is not a run of the store.
     """
     from cairn.artifacts.paths import safe_relpath
     from cairn.tracking import fluent
@@ -352,7 +363,9 @@ def log_model(
     if not isinstance(name, str) or not safe_relpath(name):
         raise InvalidArgument(f"the model name (its artifact path in the run) must be a non-empty path, got {name!r}")
     name = safe_relpath(name)
-    client = Client()
+    if client is not None and run_id is None:
+        raise InvalidArgument("log_model(client=...) needs run_id= (the fluent active run is not that store's)")
+    client = client if client is not None else Client()
     if run_id is None:
         run_id = fluent._active_run_id()
     else:
@@ -374,8 +387,6 @@ def log_model(
     _record_logged_model(client, run_id, model)
     info = model.get_model_info(f"runs:/{run_id}/{name}")
     if registered_model_name is not None:
-        from cairn.registry import register_model
-
-        version = register_model(info.model_uri, registered_model_name)
+        version = client.create_model_version(registered_model_name, info.model_uri)
         info.registered_model_version = int(version.version)
     return info
