@@ -169,7 +169,8 @@ class _CheckpointCallbackImpl:
         trainer = self._trainer_ref() if self._trainer_ref is not None else None
         with safe_autolog(INTEGRATION, "queueing checkpoint uploads", silent=self.silent):
             meta = {**(_position(trainer) if trainer is not None else {}), **info}
-            mirror.sync(self._checkpoint_callbacks, meta, saved_by=saved_by, saved=saved)
+            # after on_exception, a save is ModelCheckpoint's save_on_exception one: its file is found in dirpath
+            mirror.sync(self._checkpoint_callbacks, meta, saved_by=saved_by, saved=saved, scan_dir=self._failed)
 
     def _sync_pending(self, trainer: Any) -> None:
         """At a hook after ``ModelCheckpoint``'s: upload what it wrote (without a CairnLogger to tell us)."""
@@ -290,7 +291,25 @@ class _CheckpointCallbackImpl:
         self._failed = True
         self._status = RunStatus.KILLED if isinstance(exception, KeyboardInterrupt) else RunStatus.FAILED
         if not self._cairn_loggers(trainer):
+            self._warn_exception_checkpoints_not_uploaded()
             self._cleanup()  # no CairnLogger.finalize will follow (Lightning skips teardown hooks on errors)
+
+    def _warn_exception_checkpoints_not_uploaded(self) -> None:
+        """Lightning runs ``ModelCheckpoint``'s ``on_exception`` (its ``save_on_exception`` save) after every other
+        callback's and then calls only ``Logger.finalize``: without a CairnLogger nothing of cairn's runs after it."""
+        if self._mirror is None or self._run_id is None:
+            return
+        saving = [cb for cb in self._checkpoint_callbacks if getattr(cb, "save_on_exception", False)]
+        if saving:
+            where = ", ".join(str(getattr(cb, "dirpath", "?")) for cb in saving)
+            warnings.warn(
+                f"cairn: the checkpoint ModelCheckpoint(save_on_exception=True) writes for this exception is not "
+                f"uploaded into run {self._run_id} (it stays in {where}): Lightning saves it after every other "
+                "callback's on_exception and calls no callback hook after it; attach a CairnLogger (autolog does), "
+                "which Lightning tells of that save",
+                UserWarning,
+                stacklevel=2,
+            )
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if _stage_name(stage) == "fit":

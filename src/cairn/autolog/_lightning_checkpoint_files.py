@@ -17,8 +17,11 @@ missing a new one is not.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
+
+_CLOCK_MARGIN_NS = 50_000_000  # file mtimes come from a coarser clock than time.time_ns()
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,7 @@ class FileChanges:
 
     written: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    found_in_dir: list[str] = field(default_factory=list)  # of ``written``: known from ``dirpath`` only
 
     def __bool__(self) -> bool:
         return bool(self.written or self.removed)
@@ -66,6 +70,7 @@ class CheckpointFiles:
 
     def __init__(self) -> None:
         self._seen: dict[str, _Stamp] = {}
+        self._looked_ns = time.time_ns()
 
     def baseline(self, checkpoint_callback: Any, *, older_than_ns: int | None = None) -> None:
         """Take the files present now (or only those last modified before ``older_than_ns``) as seen: e.g.
@@ -74,15 +79,26 @@ class CheckpointFiles:
             stamp = _Stamp.of(path)
             if stamp is not None and (older_than_ns is None or stamp.mtime_ns < older_than_ns):
                 self._seen[path] = stamp
+        self._looked_ns = time.time_ns()
 
-    def changes(self, checkpoint_callback: Any, *, saved: bool) -> FileChanges:
-        """What was written or removed since the last call; ``saved``: a write is known to have happened."""
+    def changes(self, checkpoint_callback: Any, *, saved: bool, scan_dir: bool = False) -> FileChanges:
+        """What was written or removed since the last call; ``saved``: a write is known to have happened.
+
+        Args:
+            scan_dir: also take the checkpoint files in ``dirpath`` written since the last look (a file
+                ``ModelCheckpoint`` saves on an exception is in none of its public attributes).
+        """
         changes = FileChanges()
         current: dict[str, _Stamp] = {}
         for path in candidate_paths(checkpoint_callback):
             stamp = _Stamp.of(path)
             if stamp is not None and os.path.isfile(path):
                 current[path] = stamp
+        if scan_dir:
+            found = {p: st for p, st in self._new_in_dir(checkpoint_callback).items() if p not in current}
+            current.update(found)
+            changes.found_in_dir = [p for p in found if self._seen.get(p) != found[p]]
+        self._looked_ns = time.time_ns()
         changes.written = [path for path, stamp in current.items() if self._seen.get(path) != stamp]
         if saved and not changes.written and current:
             newest = max(stamp.mtime_ns for stamp in current.values())
@@ -91,6 +107,25 @@ class CheckpointFiles:
         changes.removed = self.removed(keep=current)
         self._seen.update(current)
         return changes
+
+    def _new_in_dir(self, checkpoint_callback: Any) -> dict[str, _Stamp]:
+        """Checkpoint files in ``dirpath`` (public attributes ``dirpath``, ``FILE_EXTENSION``) modified since the
+        last look (less a margin for the file system's coarser clock; files seen unchanged are not new)."""
+        dirpath = getattr(checkpoint_callback, "dirpath", None)
+        extension = getattr(checkpoint_callback, "FILE_EXTENSION", ".ckpt")
+        if not dirpath or not os.path.isdir(dirpath):
+            return {}
+        since = self._looked_ns - _CLOCK_MARGIN_NS
+        found: dict[str, _Stamp] = {}
+        with os.scandir(dirpath) as entries:
+            for entry in entries:
+                if not entry.name.endswith(extension) or not entry.is_file():
+                    continue
+                path = os.path.join(os.fspath(dirpath), entry.name)
+                stamp = _Stamp.of(path)
+                if stamp is not None and stamp.mtime_ns >= since:
+                    found[path] = stamp
+        return found
 
     def removed(self, keep: dict[str, _Stamp] | None = None) -> list[str]:
         """Forget and return the files seen before that are gone from disk (those in ``keep`` are not)."""

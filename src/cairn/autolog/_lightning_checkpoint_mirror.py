@@ -46,7 +46,13 @@ class CheckpointMirror:
             watched.files.baseline(checkpoint_callback, older_than_ns=older_than_ns)
 
     def sync(
-        self, checkpoint_callbacks: Iterable[Any], meta: Mapping[str, Any], *, saved_by: Any = None, saved: bool = False
+        self,
+        checkpoint_callbacks: Iterable[Any],
+        meta: Mapping[str, Any],
+        *,
+        saved_by: Any = None,
+        saved: bool = False,
+        scan_dir: bool = False,
     ) -> None:
         """Upload what the callbacks wrote and delete what they removed since the last sync.
 
@@ -55,11 +61,13 @@ class CheckpointMirror:
             meta: index entry fields of this save (``global_step``, ``epoch``, ``log_step``).
             saved_by: the ``ModelCheckpoint`` known to have just saved (``after_save_checkpoint``'s argument).
             saved: some of them saved since the last sync (``on_save_checkpoint`` was called).
+            scan_dir: also upload checkpoint files new in their ``dirpath`` (kind ``"exception"``): the file
+                ``ModelCheckpoint(save_on_exception=True)`` writes is in none of its public attributes.
         """
         for position, checkpoint_callback in enumerate(checkpoint_callbacks):
             watched = self._find(checkpoint_callback, "" if position == 0 else str(position))
             just_saved = saved or (saved_by is not None and saved_by.__dict__ is watched.state)
-            self._sync_one(watched, checkpoint_callback, meta, saved=just_saved)
+            self._sync_one(watched, checkpoint_callback, meta, saved=just_saved, scan_dir=scan_dir)
 
     def sync_removals(self) -> None:
         """Delete from the run the files of every watched callback that are gone from disk."""
@@ -76,14 +84,16 @@ class CheckpointMirror:
         self._watched.append(watched)
         return watched
 
-    def _sync_one(self, watched: _Watched, checkpoint_callback: Any, meta: Mapping[str, Any], *, saved: bool) -> None:
-        changes = watched.files.changes(checkpoint_callback, saved=saved)
+    def _sync_one(
+        self, watched: _Watched, checkpoint_callback: Any, meta: Mapping[str, Any], *, saved: bool, scan_dir: bool
+    ) -> None:
+        changes = watched.files.changes(checkpoint_callback, saved=saved, scan_dir=scan_dir)
         for path in changes.removed:
             self.uploader.delete(_remote_name(watched.subdir, path))
         for path in changes.written:
             entry = {
                 **meta,
-                "kind": _kind_of(checkpoint_callback, path),
+                "kind": "exception" if path in changes.found_in_dir else _kind_of(checkpoint_callback, path),
                 "local_path": os.path.abspath(path),
                 "monitor": getattr(checkpoint_callback, "monitor", None),
                 "score": _score(getattr(checkpoint_callback, "current_score", None)),
