@@ -264,6 +264,11 @@ class BackgroundService:
                 del self._workers[key]
             self._workers[id(worker)] = (next(self._order), weakref.ref(worker), run_id)
 
+    def has_run_workers(self, run_id: str) -> bool:
+        """Whether live workers are registered for ``run_id`` (checkpoint uploads, its resume lease, ...)."""
+        with self._lock:
+            return any(owner == run_id and ref() is not None for _, ref, owner in self._workers.values())
+
     def unregister(self, worker: Worker) -> None:
         """Forget ``worker`` (no error if unknown)."""
         with self._lock:

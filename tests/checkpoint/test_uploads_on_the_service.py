@@ -4,8 +4,11 @@ is released after everything else of the run was drained."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -123,3 +126,65 @@ def test_the_weights_digest_is_drained_by_the_service() -> None:
     assert digest in background.service().workers() or digest.done
     assert background.drain(timeout=60)
     assert digest.done
+
+
+def test_a_client_ending_its_run_drains_the_run_then_releases_the_lease() -> None:
+    client = cairn.Client()
+    run_id = client.create_run("0").info.run_id
+    lease = acquire_resume_lease(client, run_id)
+    checkpoints = RunCheckpoints(client, run_id, NATIVE)
+    uploaded: list[bool] = []
+
+    def slow_upload() -> None:
+        time.sleep(0.3)
+        held = client.store.get_run_lease(run_id)
+        uploaded.append(held is not None and held.owner == lease.owner)
+
+    checkpoints.submit("upload of step-1", slow_upload)
+    client.set_terminated(run_id)
+    assert uploaded == [True]  # waited for, while the lease was still held
+    assert lease.released and client.store.get_run_lease(run_id) is None  # not held until the process exits
+    assert client.get_run(run_id).info.status.value == "FINISHED"
+
+
+def test_a_client_logging_call_raises_an_upload_failure_once() -> None:
+    client = cairn.Client()
+    run_id = client.create_run("0").info.run_id
+    checkpoints = RunCheckpoints(client, run_id, NATIVE)
+    checkpoints.submit("upload of step-9", lambda: 1 / 0)
+    assert checkpoints.drain(timeout=30)
+    with pytest.raises(CheckpointWriteError, match="upload of step-9: ZeroDivisionError"):
+        client.log_metric(run_id, "loss", 1.0)
+    client.log_metric(run_id, "loss", 2.0)
+    assert [m.value for m in client.get_metric_history(run_id, "loss")] == [1.0, 2.0]
+
+
+UPLOAD_AT_EXIT = """
+import sys, time
+from pathlib import Path
+import cairn
+from cairn.checkpoint.formats import LIGHTNING
+from cairn.checkpoint.run_checkpoints import RunCheckpoints
+
+client = cairn.Client()
+run_id = client.create_run("0").info.run_id  # no fluent run: nothing ends it before exit
+checkpoints = RunCheckpoints(client, run_id, LIGHTNING)
+
+def slow_upload():
+    time.sleep(1.0)  # still running when the script ends
+    Path(sys.argv[1]).write_text("uploaded")
+
+checkpoints.submit("upload of epoch=0-step=4.ckpt", slow_upload)
+"""
+
+
+def test_the_exit_drain_waits_for_uploads_of_a_run_nobody_ended(tmp_path: Path) -> None:
+    script = tmp_path / "train.py"
+    script.write_text(UPLOAD_AT_EXIT)
+    marker = tmp_path / "marker"
+    done = subprocess.run(
+        [sys.executable, str(script), str(marker)], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert marker.read_text() == "uploaded"  # the service's exit drain waited (no atexit of the integration's own)
+    assert "exit drain stopped" not in done.stderr

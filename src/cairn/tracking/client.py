@@ -2,7 +2,9 @@
 
 Metric points go through the store's background batcher unless ``synchronous=True``; every read
 made through a client first flushes the points queued in this process, so a process always reads
-its own writes.
+its own writes. Failures of background work (a checkpoint write or upload, a point the store refused) are
+raised once by the next logging call, through the background service's one error box
+(:func:`cairn.background.raise_errors`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cairn import background
 from cairn.errors import InvalidArgument
 from cairn.registry.client import RegistryMethods
 from cairn.store.base import MetricPoint, TrackingStore
@@ -173,10 +176,15 @@ class Client(RegistryMethods):
     def set_terminated(self, run_id: str, status: str | RunStatus = "FINISHED", end_time: int | None = None) -> None:
         """End a run: flush its queued points, then record status and end time.
 
-        A point the writer could not store is raised here (after the run is ended anyway).
+        If background workers of this process belong to the run (checkpoint uploads, its resume lease), the
+        background service's ordered drain for the run comes first, as at the fluent ``end_run``: uploads
+        finish, then the lease is released. A point the writer could not store is raised here (after the run
+        is ended anyway).
         """
         parsed = RunStatus.parse(status)
         try:
+            if background.service().has_run_workers(run_id):
+                background.drain(run_id)
             self.flush()
         finally:
             self._store.update_run_info(run_id, status=parsed, end_time=end_time or now_ms())
@@ -225,14 +233,14 @@ class Client(RegistryMethods):
         else:
             self._batcher.add(point)
         if background_errors.pending:  # a checkpoint write failed: say so now (this point is already queued)
-            background_errors.raise_pending()
+            background.raise_errors()
 
     def log_param(self, run_id: str, key: str, value: Any) -> Any:
         """Params are immutable: a different value for a logged key raises ParamConflict."""
         validation.validate_key(key, "param")
         self._store.log_batch(run_id, params=[Param(key, validation.param_value(value, key))])
         if background_errors.pending:
-            background_errors.raise_pending()
+            background.raise_errors()
         return value
 
     def set_tag(self, run_id: str, key: str, value: Any) -> None:
@@ -268,7 +276,7 @@ class Client(RegistryMethods):
                 self._store.log_batch(run_id, (), checked_params, checked_tags)
             self._batcher.add_many(points)
         if background_errors.pending:
-            background_errors.raise_pending()
+            background.raise_errors()
 
     def get_metric_history(self, run_id: str, key: str, *, include_superseded: bool = False) -> list[Metric]:
         """Points ordered by step; points superseded by a resume are hidden unless asked for."""

@@ -102,7 +102,7 @@ class PyTorchIntegration:
         if self.client is not None:
             from cairn import background
 
-            background.add_exit_hook(self.end_run)  # a no-op once disabled (the service keeps its hooks)
+            background.add_exit_hook(self.end_run)  # ends a run it created at exit; removed by disable()
         self._conversion = MetricConversion(self._convert_metrics, self.report)
         self.lightning.enable(self.config)
 
@@ -118,7 +118,10 @@ class PyTorchIntegration:
         from cairn.tracking import fluent
 
         if self.client is not None:
+            from cairn import background
+
             self.end_run()
+            background.remove_exit_hook(self.end_run)  # the service no longer keeps this object (and its client)
         session, self.session = self.session, None
         if session is not None:
             self.drain_metrics(session)
