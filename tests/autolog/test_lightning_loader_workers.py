@@ -123,3 +123,22 @@ def test_several_training_loaders_are_reported(tmp_path: Path) -> None:
     again = _trainer(tmp_path, logger=False, max_epochs=1, callbacks=[_callback()])
     with pytest.warns(UserWarning, match="cannot continue its epoch exactly.*2 training DataLoaders"):
         again.fit(TwoLoaders(), loaders(), ckpt_path=str(tmp_path / "ckpt" / "epoch=0-step=4.ckpt"))
+
+
+class DrawsInTrainDataloader(TinyModule):
+    """Makes its loader in ``train_dataloader()`` after drawing a random number (between on_fit_start and iter())."""
+
+    def train_dataloader(self) -> DataLoader[Any]:
+        torch.rand(1)
+        return _workers(persistent_workers=True)
+
+
+def test_a_first_epoch_whose_start_cannot_be_known_is_reported(tmp_path: Path) -> None:
+    every = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=4, save_top_k=-1)
+    trainer = _trainer(tmp_path, logger=False, max_epochs=1, callbacks=[_callback(), every])
+    trainer.fit(DrawsInTrainDataloader())
+    state = torch.load(tmp_path / "ckpt" / "epoch=0-step=4.ckpt", weights_only=True)[integration.LOADERS_KEY][0]
+    assert "between on_fit_start and the loader's first iterator" in state["unsupported"]
+    again = _trainer(tmp_path, logger=False, max_epochs=1, callbacks=[_callback()])
+    with pytest.warns(ResumeWarning, match="cannot continue its epoch exactly.*between on_fit_start"):
+        again.fit(DrawsInTrainDataloader(), ckpt_path=str(tmp_path / "ckpt" / "epoch=0-step=4.ckpt"))

@@ -184,8 +184,7 @@ class LoaderPositions:
         try:
             restore_rng_state(self._fit_start)
             _draw_base_seed(loader)
-            for _ in batch_sampler.sampler:
-                pass
+            next(iter(batch_sampler.sampler), None)  # a RandomSampler makes all its global draws at the first index
             replayed = torch.equal(torch.get_rng_state(), now["torch"])
         finally:
             restore_rng_state(now)
