@@ -68,3 +68,12 @@ def test_without_a_cairn_logger_the_exception_checkpoint_is_reported_as_not_uplo
     assert (tmp_path / "ckpt" / "epoch=0-step=6.ckpt").is_file()
     assert _remote_checkpoints(run.info.run_id) == {"epoch=0-step=4.ckpt"}
     assert integration.CHECKPOINTS_DIR == "lightning_checkpoints"
+
+
+def test_the_logger_alone_uploads_the_exception_checkpoint_too(tmp_path: Path) -> None:
+    cairn_logger = cairn.lightning.CairnLogger(log_model=True)
+    trainer = _trainer(tmp_path, logger=cairn_logger, max_epochs=1, callbacks=[_keep(tmp_path)])
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.fit(TinyModule(fail_at=6), *_loaders())
+    assert cairn_logger.run_id is not None
+    assert _remote_checkpoints(cairn_logger.run_id) == {"epoch=0-step=4.ckpt", "epoch=0-step=6.ckpt"}

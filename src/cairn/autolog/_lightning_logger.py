@@ -310,7 +310,8 @@ class _CairnLoggerImpl:
             self._mirror = CheckpointMirror(_Uploader(self._client, run_id, silent=False))
             # files from before this logger existed (restored with a checkpoint) were uploaded by an earlier fit
             self._mirror.watch([checkpoint_callback], older_than_ns=self._created_ns)
-        self._mirror.sync([checkpoint_callback], {"global_step": None, "log_step": None}, saved=True)
+        # scan_dir: a save_on_exception file is in none of ModelCheckpoint's public attributes
+        self._mirror.sync([checkpoint_callback], {"global_step": None, "log_step": None}, saved=True, scan_dir=True)
 
     @rank_zero_only
     def finalize(self, status: str) -> None:

@@ -28,7 +28,11 @@ DataLoader is patched, replaced or subclassed:
   attached) or the callback's next hook after its ``on_save_checkpoint`` saw a save (CairnCheckpointCallback
   alone); the files are read from ``ModelCheckpoint``'s public ``last_model_path``/``best_model_path``/
   ``best_k_models`` and told apart by their ``stat``, removals by their absence from disk, as Lightning's
-  own loggers do (:mod:`cairn.autolog._lightning_checkpoint_files`).
+  own loggers do (:mod:`cairn.autolog._lightning_checkpoint_files`). The file ``ModelCheckpoint(
+  save_on_exception=True)`` writes is in none of those attributes: a save after the callback's ``on_exception``
+  (which Lightning runs before ``ModelCheckpoint``'s) is matched with the checkpoint files new in ``dirpath``
+  since the last look (always so for a CairnLogger alone); without a CairnLogger no hook follows that save, and
+  a warning says the file is not uploaded.
 - *RNG*: ``Callback.on_save_checkpoint`` stores it, ``on_load_checkpoint`` restores it.
 - *Data position*: Lightning 2.6 resumes the position of *stateful* loaders only (``state_dict`` on the
   loader, kept in Lightning's loop state, which a Trainer with a plain loader then refuses to load); a
