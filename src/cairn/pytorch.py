@@ -12,8 +12,7 @@ Importing this module imports torch. See :mod:`cairn.flavors.pytorch` for the mo
 
 from __future__ import annotations
 
-from cairn.autolog._pytorch_checkpoints import track_state
-from cairn.autolog.pytorch import PyTorchAutologConfig, autolog
+from cairn.autolog.pytorch import PyTorchAutologConfig, autolog, track_state
 from cairn.checkpoint.runs import (
     ResumeState,
     ResumeWarning,

@@ -1,12 +1,55 @@
-"""The final model of the Transformers integration: its components and input example
-(see :mod:`cairn.autolog.transformers`)."""
+"""The final model of the Transformers integration: its components, input example, and its logging into
+the callback's client (see :mod:`cairn.autolog.transformers`)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
+from cairn.autolog.config import safe_autolog
+from cairn.tracking.client import Client
+
+__all__ = ["log_final_model"]
+
 _EXAMPLE_ROWS = 2
+INTEGRATION = "transformers"
+MODEL_NAME = "model"
+
+
+def log_final_model(
+    client: Client,
+    run_id: str,
+    model: Any,
+    *,
+    processing_class: Any,
+    train_dataloader: Any,
+    task: str | None,
+    input_example: Any,
+    registered_model_name: str | None,
+    silent: bool,
+) -> None:
+    """Log the trained ``model`` with its processing class as ``model`` into ``run_id`` of ``client``'s store
+    (registered there under ``registered_model_name``). Without ``input_example`` the first training texts
+    are the example (a failure to build one is reported, not raised)."""
+    from cairn.flavors import transformers as flavor
+    from cairn.flavors._transformers_tasks import QUESTION_ANSWERING, infer_task
+
+    task = task or infer_task(type(model).__name__)
+    components = _components_of(processing_class)
+    example = input_example
+    if example is None and task not in (None, QUESTION_ANSWERING):
+        with safe_autolog(INTEGRATION, "building an input example", silent=True):
+            example = _example_texts(train_dataloader, components.get("tokenizer"))
+    flavor.log_model(
+        model,
+        MODEL_NAME,
+        task=task,
+        input_example=example,
+        registered_model_name=registered_model_name,
+        run_id=run_id,
+        client=client,
+        **components,
+    )
 
 
 def _components_of(processing_class: Any) -> dict[str, Any]:

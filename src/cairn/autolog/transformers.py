@@ -52,7 +52,7 @@ from transformers.trainer_callback import ExportableState, TrainerCallback
 
 # The names marked "noqa: F401" are not used here: they are re-exported, so everything the module held before
 # it was split (tests reach e.g. ``training_params``) is still an attribute of ``cairn.autolog.transformers``.
-from cairn.autolog._transformers_model import _EXAMPLE_ROWS, _components_of, _example_texts  # noqa: F401
+from cairn.autolog._transformers_model import log_final_model
 from cairn.autolog._transformers_params import (
     _METRIC_KEY_BAD_CHARS,  # noqa: F401
     _flatten,  # noqa: F401
@@ -357,7 +357,17 @@ class CairnCallback(TrainerCallback, ExportableState):
             self._finish_uploads()
         if self.log_models and model is not None:  # overlaps with the last checkpoint's upload
             with safe_autolog(INTEGRATION, "logging the model", silent=self.silent):
-                self._log_final_model(model, processing_class, train_dataloader)
+                log_final_model(
+                    self._client,
+                    self.run_id,
+                    model,
+                    processing_class=processing_class,
+                    train_dataloader=train_dataloader,
+                    task=self.task,
+                    input_example=self.input_example,
+                    registered_model_name=self.registered_model_name,
+                    silent=self.silent,
+                )
         self._finish_uploads()  # train() returns with every checkpoint committed
         with safe_autolog(INTEGRATION, "ending the run", silent=self.silent):
             self._client.flush()
@@ -533,26 +543,6 @@ class CairnCallback(TrainerCallback, ExportableState):
             with contextlib.suppress(OSError):
                 self._staging_root.rmdir()  # only if empty
             self._staging_root = None
-
-    def _log_final_model(self, model: Any, processing_class: Any, train_dataloader: Any) -> None:
-        from cairn.flavors import transformers as flavor
-        from cairn.flavors._transformers_tasks import QUESTION_ANSWERING, infer_task
-
-        task = self.task or infer_task(type(model).__name__)
-        components = _components_of(processing_class)
-        example = self.input_example
-        if example is None and task not in (None, QUESTION_ANSWERING):
-            with safe_autolog(INTEGRATION, "building an input example", silent=True):
-                example = _example_texts(train_dataloader, components.get("tokenizer"))
-        flavor.log_model(
-            model,
-            "model",
-            task=task,
-            input_example=example,
-            registered_model_name=self.registered_model_name,
-            run_id=self.run_id,
-            **components,
-        )
 
 
 # ----------------------------------------------------------------------------------------- report_to and autolog

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -18,7 +16,7 @@ MODEL_NAME = "model"
 
 def log_final_model(run_id: str, model: nn.Module, example: Any, *, client: Client | None, report: Report) -> None:
     """Log ``model`` as ``model`` into the run; an example the model cannot be traced with must not
-    cost the model itself (logged again without it). ``client``: a client other than the fluent one."""
+    cost the model itself (logged again without it). ``client``: the run's store (``None``: the fluent API's)."""
     try:
         from cairn.flavors import pytorch as flavor
     except ImportError as exc:
@@ -26,14 +24,7 @@ def log_final_model(run_id: str, model: nn.Module, example: Any, *, client: Clie
         return
 
     def log(input_example: Any) -> None:
-        if client is None:
-            flavor.log_model(model, MODEL_NAME, input_example=input_example, run_id=run_id)
-            return
-        # TODO: cairn.flavors.pytorch.log_model has no client=; save and upload into the client's store.
-        with tempfile.TemporaryDirectory(prefix="cairn-model-") as tmp:
-            local = Path(tmp) / MODEL_NAME
-            flavor.save_model(model, local, input_example=input_example)
-            client.log_artifacts(run_id, local, MODEL_NAME)
+        flavor.log_model(model, MODEL_NAME, input_example=input_example, run_id=run_id, client=client)
 
     try:
         log(example)
