@@ -74,11 +74,9 @@ def test_pytorch_autolog_client_logs_the_final_model_as_a_logged_model_of_that_s
     assert _fluent_store_is_empty()
 
 
-def test_cairn_callback_client_logs_and_registers_the_final_model_in_that_store(tmp_path: Path) -> None:
-    other = _other_client(tmp_path)
-    tokenizer = make_tokenizer()
+def _rows(tokenizer: Any) -> list[dict[str, torch.Tensor]]:
     encoded = tokenizer(["the cat sat", "a dog ran"] * 4, padding="max_length", max_length=8, truncation=True)
-    rows = [
+    return [
         {
             "input_ids": torch.tensor(encoded["input_ids"][i]),
             "attention_mask": torch.tensor(encoded["attention_mask"][i]),
@@ -86,14 +84,39 @@ def test_cairn_callback_client_logs_and_registers_the_final_model_in_that_store(
         }
         for i in range(8)
     ]
+
+
+def test_cairn_callback_client_logs_and_registers_the_final_model_in_that_store(tmp_path: Path) -> None:
+    other = _other_client(tmp_path)
+    tokenizer = make_tokenizer()
     callback = cairn.transformers.CairnCallback(client=other, log_checkpoints=False, registered_model_name="tiny-bert")
-    make_trainer(tokenizer, rows, tmp_path / "out", callbacks=[callback], max_steps=2, save_strategy="no").train()
+    make_trainer(
+        tokenizer, _rows(tokenizer), tmp_path / "out", callbacks=[callback], max_steps=2, save_strategy="no"
+    ).train()
     assert callback.run_id is not None
     version = other.get_model_version("tiny-bert", 1)
     assert version.run_id == callback.run_id
     assert "MLmodel" in {Path(f.path).name for f in other.list_artifacts(callback.run_id, "model")}
     local = other.download_artifacts(callback.run_id, "model", dst_path=tmp_path / "download")
     assert cairn.pyfunc.load_model(local).predict("the cat sat").shape == (1, 2)
+    assert _fluent_store_is_empty()
+
+
+def test_transformers_checkpoint_path_with_client_resumes_the_run_in_that_store(tmp_path: Path) -> None:
+    other = _other_client(tmp_path)
+    tokenizer = make_tokenizer()
+    rows = _rows(tokenizer)
+    first = cairn.transformers.CairnCallback(client=other, log_models=False)
+    make_trainer(tokenizer, rows, tmp_path / "a", callbacks=[first], max_steps=2, save_steps=2).train()
+    assert first.run_id is not None
+    path = cairn.transformers.checkpoint_path(first.run_id, client=other, dst=tmp_path / "dl")
+    assert Path(path).name == "checkpoint-2" and Path(path).is_relative_to(tmp_path / "dl")
+
+    second = cairn.transformers.CairnCallback(client=other, log_models=False)
+    trainer = make_trainer(tokenizer, rows, tmp_path / "b", callbacks=[second], max_steps=4, save_steps=2)
+    trainer.train(resume_from_checkpoint=path)
+    assert second.run_id == first.run_id  # the same run, in the client's store
+    assert [m.step for m in other.get_metric_history(first.run_id, "loss")] == [1, 2, 3, 4]
     assert _fluent_store_is_empty()
 
 

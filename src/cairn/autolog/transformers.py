@@ -114,6 +114,7 @@ def checkpoint_path(
     *,
     dst: str | os.PathLike[str] | None = None,
     which: str | int | None = None,
+    client: Client | None = None,
 ) -> str:
     """Download a checkpoint a :class:`CairnCallback` uploaded into a run and return its local path.
 
@@ -132,6 +133,8 @@ def checkpoint_path(
         dst: the directory to download into (a new temporary directory by default); the checkpoint
             lands in ``<dst>/checkpoints/checkpoint-N``.
         which: the former name of ``step`` (deprecated).
+        client: the client of the run's store (default: the fluent API's; with one, the run is ``run_id`` or
+            ``CAIRN_RUN_ID``, never the fluent active run).
 
     Raises:
         NoCheckpoint: the run has no complete checkpoint (at that step); a ``CheckpointError`` and an
@@ -155,9 +158,10 @@ def checkpoint_path(
         wanted = int(step)
     else:
         raise InvalidArgument(f"step must be 'latest' or a global step (an integer >= 0), got {step!r}")
-    run_id = require_run_id(run_id)
+    run_id = require_run_id(run_id, use_active=client is None)
     root = Path(dst) if dst is not None else Path(tempfile.mkdtemp(prefix="cairn-hf-checkpoint-"))
-    plan = plan_resume(fluent._get_client(), run_id, fmt=TRANSFORMERS, destination=root / CHECKPOINTS_DIR, which=wanted)
+    tracking = client if client is not None else fluent._get_client()
+    plan = plan_resume(tracking, run_id, fmt=TRANSFORMERS, destination=root / CHECKPOINTS_DIR, which=wanted)
     if plan is None:
         raise NoCheckpoint(
             f"run {run_id} has no complete checkpoint at all under {CHECKPOINTS_DIR}/ (uploads without a manifest "
