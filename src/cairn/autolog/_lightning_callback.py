@@ -29,7 +29,7 @@ from cairn.autolog._lightning_resume import _log_step, _open_run, _supersede_onc
 from cairn.autolog._lightning_uploads import _Uploader
 from cairn.autolog.base import loops
 from cairn.autolog.config import safe_autolog
-from cairn.autolog.pytorch import _grad_norm  # the plain-loop autolog's, one definition
+from cairn.autolog.torch.params import grad_norm  # the plain-loop autolog's, one definition
 from cairn.store.base import MetricPoint
 from cairn.tracking import config as tracking_config
 from cairn.tracking import system_tags
@@ -224,7 +224,7 @@ class _CheckpointCallbackImpl:
         add = self._add_point
         if not self.log_grad_norm or add is None or self._run_id is None:
             return
-        norm = _grad_norm(optimizer)
+        norm = grad_norm(optimizer)
         if norm is not None:
             key = "grad_norm" if len(trainer.optimizers) == 1 else f"grad_norm/opt{trainer.optimizers.index(optimizer)}"
             add(MetricPoint(self._run_id, key, float(norm), int(time.time() * 1000), _log_step(trainer)))

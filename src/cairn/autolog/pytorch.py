@@ -35,7 +35,6 @@ from cairn.autolog.torch import integration
 from cairn.autolog.torch.config import PyTorchAutologConfig
 from cairn.autolog.torch.integration import PyTorchIntegration, active
 from cairn.autolog.torch.loaders import PositionView
-from cairn.autolog.torch.params import grad_norm as _grad_norm  # noqa: F401  (cairn.autolog._lightning_callback)
 from cairn.errors import InvalidArgument
 from cairn.tracking.client import Client
 
