@@ -1,7 +1,7 @@
 """Trainer integration: CairnCallback, report_to="cairn", autolog(), background checkpoint uploads, resume.
 
 Real Trainer runs on a tiny BERT classifier (CPU, one thread, a few steps) into a real SQLite store.
-The SIGKILL-and-resume proof lives in tests/checkpoint/test_transformers_resume_proof.py.
+The SIGKILL-and-resume proof lives in tests/checkpoint/test_kill_and_resume.py (the transformers case).
 """
 
 from __future__ import annotations

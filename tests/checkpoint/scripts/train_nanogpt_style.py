@@ -1,4 +1,5 @@
-"""A nanoGPT-style loop for the resume proof without a DataLoader (tests/checkpoint/test_resume_no_dataloader.py).
+"""A nanoGPT-style loop for the kill-and-resume proof without a DataLoader (tests/checkpoint/test_kill_and_resume.py,
+through nanogpt_roles.py).
 
 Usage: python train_nanogpt_style.py OUT_DIR [KILL_AFTER_STEP]
 
