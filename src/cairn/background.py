@@ -34,7 +34,10 @@ two steps (:mod:`cairn.tracking.lifecycle`).
 :data:`DEFAULT_EXIT_DRAIN_TIMEOUT`; ``none`` waits forever): between :func:`begin_exit` and the end of
 :func:`shutdown`, every drain (the runs' drains at their end included) shares that deadline, a worker
 that did not finish in time is not closed (its daemon thread dies with the interpreter) and one warning on
-stderr names each such worker, its run, what it had not finished and what becomes of it. The default,
+stderr names each such worker, its run, what it had not finished and what becomes of it. A wait the
+service does not own (an end-of-run hook waiting for its own writer) cannot be cut short: if the exit is
+still blocked :data:`EXIT_GRACE_SECONDS` after the bound, a watchdog thread prints the same warning and ends
+the process (``os._exit``: status 1 at exit, 128 + the signal's number on a signal). The default,
 120 s, lets a checkpoint of a few GB reach S3 or a team server at ordinary throughput, while an unreachable
 endpoint (whose client may retry for many minutes) cannot hold a finished job, a CI slot or a scheduler
 allocation forever; under SIGTERM the platform's own grace period (30 s on Kubernetes and Slurm by
@@ -90,6 +93,8 @@ logger = logging.getLogger(__name__)
 #: Seconds the exit (and SIGTERM) drain may take, unless ``CAIRN_EXIT_DRAIN_TIMEOUT`` says otherwise.
 DEFAULT_EXIT_DRAIN_TIMEOUT = 120.0
 EXIT_DRAIN_TIMEOUT_ENV = "CAIRN_EXIT_DRAIN_TIMEOUT"
+#: Seconds past the bound after which a process whose exit is blocked outside the service is ended.
+EXIT_GRACE_SECONDS = 10.0
 
 
 class Phase(enum.IntEnum):
@@ -120,8 +125,9 @@ class Worker(Protocol):
         """Finish everything handed over so far; False if ``timeout`` seconds passed first. Never raises
         the worker's own failures (those go through :func:`report`)."""
 
-    def close(self) -> None:
-        """Finish and stop; may raise the failures not yet raised (they are then logged)."""
+    def close(self) -> object:
+        """Finish and stop; may raise the failures not yet raised (they are then logged). What it returns is
+        ignored."""
 
     def raise_errors(self) -> None:
         """Raise the failures recorded since the last call, if any, and forget them."""
@@ -131,7 +137,11 @@ class Worker(Protocol):
 _LEFT_BEHIND = {
     Phase.SYSTEM_METRICS: "the last system-metric sample is lost",
     Phase.AUTOLOG: "these autolog tasks (params, model summaries, models) did not run",
-    Phase.CHECKPOINTS: "these checkpoints were not written; the run resumes from its newest committed one",
+    Phase.CHECKPOINTS: (
+        "these checkpoints were not written or, written, not uploaded (the native writer uploads each one after "
+        "writing it): what was written stays in the run's staging directory; a resume continues from the newest "
+        "checkpoint that was uploaded"
+    ),
     Phase.METRICS: "these metric points were only in memory and are lost",
     Phase.UPLOADS: (
         "these checkpoints were not uploaded: their files stay on this machine (Lightning and Transformers "
@@ -198,6 +208,12 @@ class _TaskRunner:
         self._unfinished = 0
         self._thread: threading.Thread | None = None
 
+    @property
+    def pending(self) -> int:
+        """Tasks submitted and not finished yet."""
+        with self._cond:
+            return self._unfinished
+
     def submit(self, task: Callable[[], object], what: str) -> None:
         with self._cond:
             self._tasks.append((task, what))
@@ -254,6 +270,7 @@ class BackgroundService:
         self._exit_bound: float | None = None
         self._exiting = False
         self._left_behind: dict[int, tuple[Worker, str | None]] = {}  # not finished by an exit drain
+        self._exit_done = threading.Event()
 
     def register(self, worker: Worker, *, run_id: str | None = None) -> None:
         """Own ``worker`` (idempotent): drain it with the others; with ``run_id``, close it when that run ends."""
@@ -346,9 +363,10 @@ class BackgroundService:
             except Exception as exc:
                 background_errors.report(_Failure(f"closing the {worker.name}", exc))
 
-    def begin_exit(self, timeout: float | None = None) -> None:
+    def begin_exit(self, timeout: float | None = None, *, signum: int | None = None) -> None:
         """Start the bounded exit drain: every drain until :meth:`shutdown` ends shares one deadline,
-        ``timeout`` seconds (default: :func:`exit_drain_timeout`) from now."""
+        ``timeout`` seconds (default: :func:`exit_drain_timeout`) from now; ``signum`` is the signal being
+        handled, if any (the exit status if the watchdog has to end the process)."""
         if self._exiting:
             return
         bound = exit_drain_timeout() if timeout is None else timeout
@@ -356,6 +374,37 @@ class BackgroundService:
         self._exit_bound = bound
         self._exit_deadline = None if bound is None else time.monotonic() + bound
         self._left_behind = {}
+        self._exit_done = threading.Event()
+        if bound is not None:
+            watchdog = threading.Thread(
+                target=self._watch_exit,
+                args=(self._exit_done, bound, signum),
+                name="cairn-exit-watchdog",
+                daemon=True,
+            )
+            watchdog.start()
+
+    def _watch_exit(self, done: threading.Event, bound: float, signum: int | None) -> None:
+        """End the process if its exit is still blocked (outside the service) well past the bound."""
+        if done.wait(bound + EXIT_GRACE_SECONDS):
+            return
+        stuck = dict(self._left_behind)
+        for worker, owner in self._owned(None):
+            if id(worker) not in stuck and _busy(worker):
+                stuck[id(worker)] = (worker, owner)
+        status = 1 if signum is None else 128 + signum
+        _warn_left_behind(
+            list(stuck.values()),
+            bound,
+            ending=f"A wait outside the background service (an end-of-run hook) did not return either: the process "
+            f"is ended now, {EXIT_GRACE_SECONDS:g} s past the bound, with exit status {status}.",
+        )
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # a closed stream: nothing to flush
+                pass
+        os._exit(status)
 
     def shutdown(self, timeout: float | None = None) -> None:
         """Drain everything, close every worker and log the failures nobody raised (interpreter exit, SIGTERM).
@@ -379,11 +428,21 @@ class BackgroundService:
         left_behind, self._left_behind = list(self._left_behind.values()), {}
         self._exiting = False
         self._exit_deadline = None
+        self._exit_done.set()  # the watchdog stands down
         if left_behind:
             _warn_left_behind(left_behind, self._exit_bound)
 
 
-def _warn_left_behind(left_behind: list[tuple[Worker, str | None]], bound: float | None) -> None:
+def _busy(worker: Worker) -> bool:
+    """Whether ``worker`` says it has unfinished work (its ``pending`` count or ``done`` flag, if it has one)."""
+    pending = getattr(worker, "pending", None)
+    if isinstance(pending, int):
+        return pending > 0
+    done = getattr(worker, "done", None)
+    return done is False
+
+
+def _warn_left_behind(left_behind: list[tuple[Worker, str | None]], bound: float | None, ending: str = "") -> None:
     """One warning on stderr (logging may be shut down at exit) naming the work the exit drain gave up on."""
     lines = []
     for worker, run_id in left_behind:
@@ -393,15 +452,17 @@ def _warn_left_behind(left_behind: list[tuple[Worker, str | None]], bound: float
         owner = f"run {run_id}" if run_id is not None else "every run of this process"
         lines.append(f"  - the {worker.name} ({owner}): {what} not finished; {_LEFT_BEHIND.get(worker.phase, '')}")
         runs = sys.modules.get("cairn.checkpoint.runs")
-        if worker.phase is Phase.UPLOADS and run_id is not None and runs is not None:
+        if worker.phase in (Phase.CHECKPOINTS, Phase.UPLOADS) and runs is not None:
             try:
-                lines.append(f"    (native staging directory of the run: {runs.staging_dir(run_id)})")
+                where = f"{runs.staging_root()}/{run_id or '<run id>'}/checkpoints"
+                lines.append(f"    (native checkpoints are staged in {where})")
             except Exception:  # an odd run id or tracking URI: the generic text above stands
                 pass
     sys.stderr.write(
         f"cairn: WARNING: the exit drain stopped after {bound or 0:g} s ({EXIT_DRAIN_TIMEOUT_ENV}) with background "
         "work unfinished:\n" + "\n".join(lines) + "\nRaise " + EXIT_DRAIN_TIMEOUT_ENV + " (or set it to 'none') "
         "to wait longer; an unreachable artifact store or server is the usual cause.\n"
+        + (ending + "\n" if ending else "")
     )
     sys.stderr.flush()
 
@@ -472,9 +533,9 @@ def remove_exit_hook(hook: Callable[[], None]) -> None:
             _exit_hooks.remove(hook)
 
 
-def begin_exit(timeout: float | None = None) -> None:
+def begin_exit(timeout: float | None = None, *, signum: int | None = None) -> None:
     """Start the bounded exit drain (interpreter exit, SIGTERM): see :meth:`BackgroundService.begin_exit`."""
-    service().begin_exit(timeout)
+    service().begin_exit(timeout, signum=signum)
 
 
 def shutdown(timeout: float | None = None) -> None:

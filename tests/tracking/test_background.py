@@ -345,3 +345,37 @@ def test_a_hung_upload_does_not_hang_exit_past_the_bound(tmp_path: Path, mode: s
     run = cairn.get_run(run_id)
     assert run.info.status.value == ("FINISHED" if mode == "exit" else "KILLED")
     assert run.data.metrics == {"loss": 0.25}  # the metric points were drained before the uploads
+
+
+NATIVE_HUNG_SCRIPT = """
+import time, torch
+import cairn
+from cairn.artifacts.local import LocalArtifactStore
+
+def unreachable(self, *args, **kwargs):
+    time.sleep(600)  # an artifact store that never answers
+LocalArtifactStore.put_file = LocalArtifactStore.put_dir = LocalArtifactStore.put_bytes = unreachable
+
+run = cairn.start_run()
+cairn.pytorch.log_checkpoint(model=torch.nn.Linear(3, 2), step=3)  # written, then uploaded by the writer
+cairn.log_metric("loss", 0.25, step=3)
+print(run.info.run_id, flush=True)
+# exits: the run's end waits for the checkpoint's upload, which never returns
+"""
+
+
+def test_an_exit_blocked_outside_the_service_is_ended_after_the_bound(tmp_path: Path) -> None:
+    import time
+
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent(NATIVE_HUNG_SCRIPT))
+    env = dict(os.environ, CAIRN_EXIT_DRAIN_TIMEOUT="2")
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=90
+    )
+    assert time.monotonic() - started < 60  # 2 s, then the grace period, not the 600 s of the upload
+    assert done.returncode == 1, done.stderr  # the interpreter's exit was cut short
+    assert "exit drain stopped after 2 s (CAIRN_EXIT_DRAIN_TIMEOUT)" in done.stderr
+    assert "the checkpoint writer (every run of this process): 1 item(s) not finished" in done.stderr
+    assert "not uploaded" in done.stderr

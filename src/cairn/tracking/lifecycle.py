@@ -52,7 +52,7 @@ def _install_sigterm() -> None:
     previous = signal.getsignal(signal.SIGTERM)
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
-        background.begin_exit()  # bounded by CAIRN_EXIT_DRAIN_TIMEOUT, like the exit drain
+        background.begin_exit(signum=signum)  # bounded by CAIRN_EXIT_DRAIN_TIMEOUT, like the exit drain
         _end_runs(RunStatus.KILLED)
         background.shutdown()
         if callable(previous):
