@@ -24,7 +24,6 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-import time
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -199,14 +198,8 @@ class AsyncCheckpointWriter:
     def drain(self, timeout: float | None) -> bool:
         """Wait until every submitted checkpoint is written (or failed), at most ``timeout`` seconds; failures
         stay recorded for :meth:`raise_errors` (and the next logging call)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while self._in_flight:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return False
-                self._cond.wait(left)
-        return True
+            return self._cond.wait_for(lambda: not self._in_flight, timeout)
 
     def raise_errors(self) -> None:
         """Raise (and forget) the failures recorded since the last raise, without waiting for anything.
