@@ -147,3 +147,28 @@ def test_run_leased_inside_autolog_while_it_continues_a_run_reaches_the_user() -
             optimizer.step()
     assert len(calls) == 1  # raised at step 5's checkpoint, not reported and trained past
     assert [c.step for c in cairn.pytorch.list_run_checkpoints(run_id)] == [2, 4]
+
+
+def test_run_leased_at_a_checkpoint_after_the_optimizer_step_reaches_the_user() -> None:
+    """A loop without a DataLoader checkpoints right after the optimizer step (the optimizer-step hook): a
+    RunLeased raised there propagates out of ``optimizer.step()`` instead of being reported and trained past."""
+    autolog_pytorch.autolog(checkpoint_every_n_steps=2, log_models=False)
+    torch.manual_seed(0)
+    model = Net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    calls: list[int] = []
+
+    def loop_state() -> dict[str, Any]:
+        calls.append(1)
+        raise RunLeased("run r is being resumed by another process", run_id="r", holder="h:1:t")
+
+    cairn.pytorch.track_state(loop_state)
+    steps = 0
+    with pytest.raises(RunLeased, match="another process"):
+        for _ in range(4):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(torch.randn(6, 4)), torch.randint(0, 3, (6,))).backward()
+            optimizer.step()
+            steps += 1
+    assert steps == 1 and len(calls) == 1  # the second step's checkpoint raised, inside optimizer.step()
+    cairn.end_run()

@@ -13,7 +13,6 @@ from torch import nn  # noqa: E402
 
 import cairn  # noqa: E402
 from cairn.autolog import pytorch as autolog_pytorch  # noqa: E402
-from cairn.errors import InvalidArgument  # noqa: E402
 from cairn.tracking.client import Client  # noqa: E402
 from tests.autolog.test_pytorch_autolog import Net, _loader, _train  # noqa: E402
 
@@ -55,10 +54,31 @@ def test_client_logs_run_params_metrics_and_model_into_its_store_not_the_fluent_
     assert _runs(fluent_client) == []  # the fluent default store saw nothing
 
 
-def test_client_of_another_store_refuses_checkpoints_at_the_call(tmp_path: Path) -> None:
-    with pytest.raises(InvalidArgument, match="client="):
-        autolog_pytorch.autolog(client=_other_client(tmp_path), checkpoint_every_n_steps=2)
-    assert not autolog_pytorch.is_enabled()
+def test_client_of_another_store_checkpoints_and_resumes_there(tmp_path: Path) -> None:
+    """autolog(client=Client(other store)) writes its checkpoints into that store's artifacts and a resume with
+    the same client continues the run there, bit-exact with an uninterrupted run; the fluent store sees nothing."""
+    other = _other_client(tmp_path)
+    fluent_client = Client()
+    autolog_pytorch.autolog(client=other, log_models=False, checkpoint_every_n_steps=3)
+    _model, first, _ = _train(epochs=1)  # 6 steps, checkpoints at 3 and 6
+    autolog_pytorch.autolog(disable=True)
+    [run] = _runs(other)
+    run_id = run.info.run_id
+    assert [c.step for c in cairn.pytorch.list_run_checkpoints(run_id, client=other)] == [3, 6]
+    assert cairn.pytorch.checkpoint_path(run_id, client=other).is_relative_to(tmp_path / "other")
+
+    state: Any = autolog_pytorch.autolog(client=other, log_models=False, checkpoint_every_n_steps=3, resume=run_id)
+    assert state.resumed and state.step == 6 and cairn.active_run() is None
+    _again, second, _ = _train(epochs=1)  # restored at the loader's first iter(); steps 7..12
+    autolog_pytorch.autolog(disable=True)
+    _reference, uninterrupted, _ = _train(epochs=2)  # autolog off: the same loop, never stopped
+    assert first + second == uninterrupted
+    assert [c.step for c in cairn.pytorch.list_run_checkpoints(run_id, client=other)] == [6, 9, 12]
+    assert [m.step for m in other.get_metric_history(run_id, "loss")] == list(range(1, 13))
+    assert other.get_run(run_id).info.status == "FINISHED"
+    assert _runs(fluent_client) == []
+    artifacts = tmp_path / "cairn-runs" / "artifacts"
+    assert not artifacts.exists() or not any(p.is_file() for p in artifacts.rglob("*"))
 
 
 def test_autolog_again_reconfigures_the_one_registered_integration() -> None:

@@ -46,7 +46,7 @@ from cairn.autolog.torch.params import model_summary, optimizer_params
 from cairn.autolog.torch.resume import Restorer, prepare_resume
 from cairn.autolog.torch.session import IGNORED, PRIMARY, Session
 from cairn.autolog.torch.worker import MetricConversion, submit_task
-from cairn.errors import InvalidArgument
+from cairn.errors import InvalidArgument, RunLeased
 from cairn.tracking.client import Client
 
 __all__ = ["PyTorchIntegration", "active", "autolog"]
@@ -67,7 +67,7 @@ class PyTorchIntegration:
         self.constructed = Constructed(self.report)
         self.models = ModelDiscovery(self.report)
         self.checkpoints = CheckpointPolicy(
-            config, constructed=self.constructed, data=self.data, losses=self.losses, report=self.report
+            config, constructed=self.constructed, data=self.data, losses=self.losses, report=self.report, client=client
         )
         self.restorer = Restorer(
             constructed=self.constructed,
@@ -343,6 +343,8 @@ class PyTorchIntegration:
             if session.step % config.log_every_n_steps == 0:
                 session.emit(self.losses, config, self.data.train_track)
             self.checkpoints.after_step(session)
+        except RunLeased:  # another process is resuming the run: training on would write into it twice
+            raise
         except Exception as exc:
             self.report("logging the optimizer step", exc)
 
@@ -361,6 +363,8 @@ class PyTorchIntegration:
                 self.checkpoints.at_epoch_start(session, track)
             self.restorer.at_iter(loader, track)
             return track, self.data.begin_epoch(loader, track)
+        except RunLeased:  # another process is resuming the run: training on would write into it twice
+            raise
         except Exception as exc:
             self.report("tracking the DataLoader epoch", exc)
             return track, None
@@ -457,7 +461,7 @@ def autolog(config: PyTorchAutologConfig, *, client: Client | None = None) -> An
         if current is not None:
             current.disable()
         return None
-    _check_client(config, client)
+    _check_options(config)
     if current is not None and current.client is not client:
         _active = None
         current.disable()
@@ -473,16 +477,6 @@ def autolog(config: PyTorchAutologConfig, *, client: Client | None = None) -> An
     return None
 
 
-def _check_client(config: PyTorchAutologConfig, client: Client | None) -> None:
+def _check_options(config: PyTorchAutologConfig) -> None:
     if config.log_every_n_steps < 1:
         raise InvalidArgument(f"log_every_n_steps must be >= 1, got {config.log_every_n_steps}")
-    if client is None or not config.checkpointing:
-        return
-    from cairn.tracking import fluent
-
-    if client.store is not fluent._get_client().store:
-        raise InvalidArgument(
-            "autolog checkpoints with client= are not supported yet for a store other than the fluent API's: "
-            "cairn.checkpoint.runs.log_checkpoint writes into the fluent store (turn checkpoint_every_n_* off, "
-            "or set_tracking_uri to the client's store)"
-        )
