@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import tempfile
 import time
 import warnings
 import weakref
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -367,18 +365,10 @@ def _stage_name(stage: Any) -> str:
 
 
 def _log_trained_model(client: Client, run_id: str, module: Any, name: str, example: Any) -> None:
-    """``cairn.lightning.log_model`` into ``run_id`` of ``client`` (the flavor's ``log_model`` takes no client:
-    with another one, the model is saved here and its directory uploaded)."""
+    """``cairn.lightning.log_model`` into ``run_id`` of ``client`` (recorded and uploaded through it)."""
     import cairn.flavors.lightning as lightning_flavor
-    from cairn.tracking import fluent
 
-    if client is fluent._get_client():
-        lightning_flavor.log_model(module, name, run_id=run_id, input_example=example)
-        return
-    with tempfile.TemporaryDirectory(prefix="cairn-model-") as tmp:
-        local = Path(tmp) / "model"
-        lightning_flavor.save_model(module, local, run_id=run_id, artifact_path=name, input_example=example)
-        client.log_artifacts(run_id, local, name)
+    lightning_flavor.log_model(module, name, run_id=run_id, input_example=example, client=client)
 
 
 def _position(trainer: Any) -> dict[str, int]:
