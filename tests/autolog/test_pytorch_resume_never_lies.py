@@ -91,6 +91,20 @@ def test_a_changed_batch_size_still_restores_weights_and_optimizer_and_warns() -
     assert steps == list(range(1, 12))
 
 
+def test_a_changed_sampler_still_restores_weights_and_optimizer_and_warns() -> None:
+    run_id = _died_after_12_steps(loader=True)
+    autolog_pytorch.autolog(checkpoint_every_n_steps=5, log_models=False, resume=run_id)
+    model = Net()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    shuffled = _loader()
+    loader = torch.utils.data.DataLoader(shuffled.dataset, batch_size=8, shuffle=False)  # same size, in order
+    with pytest.warns(runs.ResumeWarning, match=r"sampler '.*RandomSampler' -> '.*SequentialSampler'.*restarts"):
+        x, y = next(iter(loader))
+        _step(model, optimizer, x, y)
+    assert _adam_step(optimizer) == 11
+    cairn.end_run()
+
+
 def test_a_loop_without_a_dataloader_is_restored_at_its_first_training_forward() -> None:
     run_id = _died_after_12_steps(loader=False)
     saved = runs.checkpoint_path(run_id, 10)

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from cairn.checkpoint.dataloader import EpochStart, LoaderState, capture_epoch_start, resumable_position
 
-__all__ = ["DataTracking", "LoaderTrack", "PositionView", "fingerprint", "fits"]
+__all__ = ["DataTracking", "LoaderTrack", "PositionView", "fingerprint", "fingerprint_changes", "fits"]
 
 ArmedPosition = tuple[dict[str, Any] | None, int | None]
 """A checkpoint's loader position tree and the epoch it belongs to."""
@@ -60,14 +60,33 @@ def fingerprint(loader: DataLoader[Any]) -> dict[str, Any]:
         size: int | None = len(dataset)  # type: ignore[arg-type]
     except TypeError:
         size = None
-    kind = type(dataset)
-    return {"dataset": f"{kind.__module__}.{kind.__qualname__}", "size": size, "batch_size": loader.batch_size}
+    return {
+        "dataset": _qualname(dataset),
+        "size": size,
+        "batch_size": loader.batch_size,
+        "sampler": _qualname(loader.sampler),
+        "drop_last": loader.drop_last,
+    }
+
+
+def _qualname(obj: object) -> str:
+    kind = type(obj)
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def fingerprint_changes(recorded: Any, loader: DataLoader[Any] | None) -> list[str]:
+    """What differs between a checkpoint's recorded fingerprint and ``loader``'s, as ``key old -> new``
+    (keys an older checkpoint did not record are not compared)."""
+    if not isinstance(recorded, dict) or loader is None:
+        return []
+    now = fingerprint(loader)
+    return [f"{key} {recorded[key]!r} -> {now[key]!r}" for key in now if key in recorded and recorded[key] != now[key]]
 
 
 def fits(tree: dict[str, Any] | None, loader: DataLoader[Any]) -> bool:
     """Whether ``loader`` looks like the loader whose position ``tree`` holds (True when unknown)."""
     recorded = tree.get("fingerprint") if isinstance(tree, dict) else None
-    return recorded is None or recorded == fingerprint(loader)
+    return recorded is None or not fingerprint_changes(recorded, loader)
 
 
 class PositionView:

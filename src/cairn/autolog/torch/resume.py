@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from cairn.autolog.torch.checkpoints import one_or_list, optimizer_signature
 from cairn.autolog.torch.config import Report
 from cairn.autolog.torch.discovery import Constructed, optimizers_built_before, param_ids, unwrap
-from cairn.autolog.torch.loaders import DataTracking, LoaderTrack, fingerprint, fits
+from cairn.autolog.torch.loaders import DataTracking, LoaderTrack, fingerprint_changes, fits
 from cairn.autolog.torch.losses import LossRecorder
 from cairn.errors import RunLeased
 from cairn.tracking.client import Client
@@ -300,13 +300,7 @@ class Restorer:
         from cairn.checkpoint import runs
 
         loader = track.loader()
-        recorded = (pending.dataloader_state or {}).get("fingerprint")
-        now = fingerprint(loader) if loader is not None else None
-        changed = ", ".join(
-            f"{k} {recorded.get(k)!r} -> {now.get(k)!r}"
-            for k in ("dataset", "size", "batch_size")
-            if isinstance(recorded, dict) and now is not None and recorded.get(k) != now.get(k)
-        )
+        changed = ", ".join(fingerprint_changes((pending.dataloader_state or {}).get("fingerprint"), loader))
         track.epoch = pending.epoch if pending.epoch is not None else track.epoch
         self.data.mark_training(track)
         warnings.warn(
