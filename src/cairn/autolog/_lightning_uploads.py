@@ -4,13 +4,11 @@ see :data:`cairn.checkpoint.formats.LIGHTNING`) and the jobs run on the shared u
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import hashlib
 import json
 import os
 import tempfile
-import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -94,7 +92,6 @@ class _Uploader:
         self._store = self.checkpoints.store
         self._index = _read_index(self._store) or _CheckpointIndex()
         self.errors: list[BaseException] = []
-        _live_uploaders.add(self)
 
     @property
     def uploaded(self) -> dict[str, dict[str, Any]]:
@@ -129,7 +126,6 @@ class _Uploader:
     def close(self, timeout: float | None = None) -> None:
         self.drain(timeout)
         self.checkpoints.close(0 if timeout is not None else None)
-        _live_uploaders.discard(self)
 
     def _submit(self, job: _Job) -> None:
         handle = job.handle
@@ -182,17 +178,6 @@ class _Uploader:
     def _fail(self, what: str, exc: BaseException) -> None:
         self.errors.append(exc)
         report_failure(INTEGRATION, what, exc, silent=self._silent)
-
-
-_live_uploaders: weakref.WeakSet[_Uploader] = weakref.WeakSet()
-
-
-def _drain_all_at_exit() -> None:
-    for uploader in list(_live_uploaders):
-        uploader.drain(timeout=120)
-
-
-atexit.register(_drain_all_at_exit)
 
 
 # ------------------------------------------------------------------------------------------------ remote names
