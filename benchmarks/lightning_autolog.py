@@ -431,8 +431,8 @@ def _report(results: list[dict[str, Any]], args: argparse.Namespace, load: tuple
             f"- Any Lightning callback costs the training thread {callback_us:,.1f} µs per step even when all its "
             "hooks are empty (Lightning calls every hook of every callback, each inside a profiler context): "
             "measured with 10 empty callbacks against none. CairnCheckpointCallback does nothing per step besides "
-            "that and one generator step of the tracked DataLoader (its work happens at checkpoints and at the start "
-            "and end of `fit`), so autolog's expected cost is CairnLogger's plus this."
+            "that (its work happens at epoch starts, at checkpoints and at the start and end of `fit`), so "
+            "autolog's expected cost is CairnLogger's plus this."
         )
     points = by_config.get("cairn_logger", {}).get("points_per_run")
     if points:
