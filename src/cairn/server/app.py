@@ -1,0 +1,105 @@
+"""The ``cairn server`` ASGI application: MLflow's REST API, the artifact proxy and the cairn UI.
+
+The API modules (``tracking_api``, ``registry_api``, ``artifacts_api``) each contribute
+``routes(ctx)``; any other ``/api/2.0/mlflow...`` or ``/ajax-api/...`` path answers MLflow's
+``ENDPOINT_NOT_FOUND``. Everything else goes to the cairn UI, mounted with its own Host and CSRF
+checks (which apply to the browser pages only, not to API clients).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import BaseRoute, Mount, Route
+
+from cairn.server.protocol import ServerContext, endpoint_not_found
+
+if TYPE_CHECKING:
+    from cairn.tracking.client import Client
+
+__all__ = ["API_MODULES", "create_server_app"]
+
+API_MODULES = ("cairn.server.tracking_api", "cairn.server.registry_api", "cairn.server.artifacts_api")
+_ANY = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+
+def _api_module(name: str) -> ModuleType | None:
+    """The API module ``name``, or None when it is not part of this build (only that module's absence)."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name == name:
+            return None
+        raise
+
+
+def _health(request: Request) -> PlainTextResponse:
+    return PlainTextResponse("OK")
+
+
+def _version(request: Request) -> PlainTextResponse:
+    from cairn import __version__
+
+    return PlainTextResponse(__version__)
+
+
+def api_routes(ctx: ServerContext) -> list[BaseRoute]:
+    """Every MLflow API route the installed API modules provide."""
+    routes: list[BaseRoute] = []
+    for name in API_MODULES:
+        module = _api_module(name)
+        if module is not None:
+            routes.extend(module.routes(ctx))
+    return routes
+
+
+def create_server_app(
+    client: Client,
+    *,
+    serve_artifacts: bool = True,
+    artifact_root: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 5000,
+    allowed_hosts: Iterable[str] | None = None,
+) -> Starlette:
+    """Build the server application over ``client``'s store.
+
+    Args:
+        client: the cairn client whose store the server fronts.
+        serve_artifacts: proxy artifacts through ``/api/2.0/mlflow-artifacts/`` and give new
+            experiments ``mlflow-artifacts:/<experiment_id>`` locations (as ``mlflow server`` does).
+        artifact_root: where proxied artifacts live; defaults to the store's artifact root.
+        host, port: the bound address (the UI's Host check derives its allowed names from them).
+        allowed_hosts: the Host header values the UI accepts, replacing those derived from host/port.
+    """
+    from cairn.ui.app import create_app
+
+    root = artifact_root if artifact_root is not None else _store_artifact_root(client)
+    ctx = ServerContext(client=client, serve_artifacts=serve_artifacts, artifact_root=root)
+    ui = create_app(client, host=host, port=port, allowed_hosts=allowed_hosts)
+    app = Starlette(
+        routes=[
+            Route("/health", _health, methods=["GET"]),
+            Route("/version", _version, methods=["GET"]),
+            *api_routes(ctx),
+            Route("/api/2.0/mlflow{rest:path}", endpoint_not_found, methods=_ANY),
+            Route("/api/2.0/mlflow-artifacts{rest:path}", endpoint_not_found, methods=_ANY),
+            Route("/ajax-api/{rest:path}", endpoint_not_found, methods=_ANY),
+            Mount("/", app=ui),
+        ],
+    )
+    app.state.ctx = ctx
+    app.state.client = client
+    app.state.store_label = ui.state.store_label
+    return app
+
+
+def _store_artifact_root(client: Client) -> str:
+    root = getattr(client.store, "default_artifact_root", None)
+    return str(root) if root is not None else ""

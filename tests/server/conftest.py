@@ -1,0 +1,108 @@
+"""Fixtures for ``cairn server`` tests: a real uvicorn server on a free loopback port, in a thread.
+
+``server`` serves a fresh SQLite store; ``db_server`` the suite's ``db_url`` backends (SQLite and
+PostgreSQL). ``mlflow_tracking`` points the real mlflow client at ``server`` and leaves no global
+tracking URI, active run or env var behind.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+
+from cairn.server.app import create_server_app
+from cairn.tracking.client import Client
+
+
+@dataclass
+class RunningServer:
+    """A live server: ``url`` (``http://127.0.0.1:PORT``), the cairn ``client`` of its store, its ``artifact_root``."""
+
+    url: str
+    client: Client
+    artifact_root: str
+    app: Any
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def serve(client: Client, artifact_root: str, *, serve_artifacts: bool = True) -> Iterator[RunningServer]:
+    """Run the server app over ``client`` in a uvicorn thread until the block ends."""
+    port = _free_port()
+    app = create_server_app(client, serve_artifacts=serve_artifacts, artifact_root=artifact_root, port=port)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name=f"cairn-test-server-{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            thread.join(5)
+            raise RuntimeError("test server did not start")
+        time.sleep(0.01)
+    try:
+        yield RunningServer(f"http://127.0.0.1:{port}", client, artifact_root, app)
+    finally:
+        server.should_exit = True
+        thread.join(20)
+        client.flush()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RunningServer]:
+    """A server over a fresh SQLite store under ``tmp_path/server``."""
+    root = tmp_path / "server"
+    artifact_root = str(root / "artifacts")
+    client = Client(f"sqlite:///{root}/cairn.db", artifact_root)
+    with serve(client, artifact_root) as running:
+        yield running
+
+
+@pytest.fixture
+def db_server(db_url: str, tmp_path: Path) -> Iterator[RunningServer]:
+    """A server over the suite's ``db_url`` store (SQLite and PostgreSQL)."""
+    artifact_root = str(tmp_path / "server-artifacts")
+    client = Client(db_url, artifact_root)
+    with serve(client, artifact_root) as running:
+        yield running
+
+
+@pytest.fixture
+def mlflow_tracking(server: RunningServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[RunningServer]:
+    """The real mlflow client (fluent and MlflowClient) pointed at ``server``; reset afterwards."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    mlflow.set_tracking_uri(server.url)
+    try:
+        yield server
+    finally:
+        while mlflow.active_run() is not None:
+            mlflow.end_run()
+        _reset_mlflow()
+
+
+def _reset_mlflow() -> None:
+    import mlflow
+    import mlflow.tracking.fluent as fluent
+
+    fluent._active_experiment_id = None
+    mlflow.set_tracking_uri(None)  # type: ignore[arg-type]  # None unsets the URI and MLFLOW_TRACKING_URI
