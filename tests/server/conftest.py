@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import uvicorn
 
-from cairn.server.app import create_server_app
+from cairn.server.app import API_MODULES, create_server_app
 from cairn.tracking.client import Client
 
 
@@ -40,10 +40,18 @@ def _free_port() -> int:
 
 
 @contextmanager
-def serve(client: Client, artifact_root: str, *, serve_artifacts: bool = True) -> Iterator[RunningServer]:
+def serve(
+    client: Client,
+    artifact_root: str,
+    *,
+    serve_artifacts: bool = True,
+    api_modules: Sequence[str] = API_MODULES,
+) -> Iterator[RunningServer]:
     """Run the server app over ``client`` in a uvicorn thread until the block ends."""
     port = _free_port()
-    app = create_server_app(client, serve_artifacts=serve_artifacts, artifact_root=artifact_root, port=port)
+    app = create_server_app(
+        client, serve_artifacts=serve_artifacts, artifact_root=artifact_root, port=port, api_modules=api_modules
+    )
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"cairn-test-server-{port}", daemon=True)

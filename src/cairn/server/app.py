@@ -49,10 +49,10 @@ def _version(request: Request) -> PlainTextResponse:
     return PlainTextResponse(__version__)
 
 
-def api_routes(ctx: ServerContext) -> list[BaseRoute]:
-    """Every MLflow API route the installed API modules provide."""
+def api_routes(ctx: ServerContext, modules: Iterable[str] = API_MODULES) -> list[BaseRoute]:
+    """Every MLflow API route the given API modules (those of them present in this build) provide."""
     routes: list[BaseRoute] = []
-    for name in API_MODULES:
+    for name in modules:
         module = _api_module(name)
         if module is not None:
             routes.extend(module.routes(ctx))
@@ -67,6 +67,7 @@ def create_server_app(
     host: str = "127.0.0.1",
     port: int = 5000,
     allowed_hosts: Iterable[str] | None = None,
+    api_modules: Iterable[str] = API_MODULES,
 ) -> Starlette:
     """Build the server application over ``client``'s store.
 
@@ -77,6 +78,7 @@ def create_server_app(
         artifact_root: where proxied artifacts live; defaults to the store's artifact root.
         host, port: the bound address (the UI's Host check derives its allowed names from them).
         allowed_hosts: the Host header values the UI accepts, replacing those derived from host/port.
+        api_modules: the API modules to serve (all of them by default; tests may serve a subset).
     """
     from cairn.ui.app import create_app
 
@@ -87,7 +89,7 @@ def create_server_app(
         routes=[
             Route("/health", _health, methods=["GET"]),
             Route("/version", _version, methods=["GET"]),
-            *api_routes(ctx),
+            *api_routes(ctx, api_modules),
             Route("/api/2.0/mlflow{rest:path}", endpoint_not_found, methods=_ANY),
             Route("/api/2.0/mlflow-artifacts{rest:path}", endpoint_not_found, methods=_ANY),
             Route("/ajax-api/{rest:path}", endpoint_not_found, methods=_ANY),
