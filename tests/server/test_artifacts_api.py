@@ -1,0 +1,371 @@
+"""The artifact proxy (``/api/2.0/mlflow-artifacts/...``) against the real mlflow client and raw HTTP.
+
+Every test runs a real uvicorn server in a thread and checks the bytes in the server's artifact root
+on disk. The server here carries only this module's routes (``proxy_app``), so these tests depend on
+nothing but the artifact proxy and the shared protocol.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import socket
+import threading
+import time
+import tracemalloc
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+
+from cairn.server.artifacts_api import routes
+from cairn.server.protocol import ServerContext
+from cairn.tracking.client import Client
+from tests.server.conftest import RunningServer
+
+PROXY = "/api/2.0/mlflow-artifacts"
+
+
+@contextmanager
+def serve(client: Client, artifact_root: str, *, serve_artifacts: bool = True) -> Iterator[RunningServer]:
+    """Run an app of the artifact proxy's routes in a uvicorn thread until the block ends."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    ctx = ServerContext(client=client, serve_artifacts=serve_artifacts, artifact_root=artifact_root)
+    app = Starlette(routes=routes(ctx))
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name=f"cairn-test-artifacts-{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            thread.join(5)
+            raise RuntimeError("test server did not start")
+        time.sleep(0.01)
+    try:
+        yield RunningServer(f"http://127.0.0.1:{port}", client, artifact_root, app)
+    finally:
+        server.should_exit = True
+        thread.join(20)
+        client.flush()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RunningServer]:
+    """The artifact proxy over a fresh SQLite store and artifact root under ``tmp_path/server``."""
+    root = tmp_path / "server"
+    artifact_root = str(root / "artifacts")
+    with serve(Client(f"sqlite:///{root}/cairn.db", artifact_root), artifact_root) as running:
+        yield running
+
+
+def _run_prefix() -> str:
+    return f"1/{uuid.uuid4().hex}/artifacts"
+
+
+def _repo(server: RunningServer, prefix: str):  # type: ignore[no-untyped-def]
+    from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
+
+    return MlflowArtifactsRepository(f"mlflow-artifacts:/{prefix}", tracking_uri=server.url)
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` (symlinks not followed) with its bytes."""
+    found: dict[str, bytes] = {}
+    for current, dirs, files in os.walk(root):
+        for name in files:
+            path = Path(current, name)
+            if not path.is_symlink():
+                found[str(path.relative_to(root))] = path.read_bytes()
+        dirs[:] = [d for d in dirs if not Path(current, d).is_symlink()]
+    return found
+
+
+def _raw(server: RunningServer, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+    """Send ``path`` byte for byte (httpx would normalise ``..`` away before it left the client)."""
+    netloc = urlparse(server.url).netloc
+    host, port = netloc.split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        conn.request(method, path, body=body)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+# -- the real mlflow client ----------------------------------------------------------------------
+
+
+def test_mlflow_client_uploads_lists_downloads_and_deletes(server: RunningServer, tmp_path: Path) -> None:
+    import mlflow
+
+    prefix = _run_prefix()
+    repo = _repo(server, prefix)
+    single = tmp_path / "in" / "notes.txt"
+    single.parent.mkdir()
+    single.write_text("hello proxy\n")
+    tree = tmp_path / "tree"
+    (tree / "nested").mkdir(parents=True)
+    (tree / "a.json").write_bytes(b'{"a": 1}')
+    (tree / "nested" / "b.bin").write_bytes(bytes(range(256)) * 40)
+
+    repo.log_artifact(str(single))
+    repo.log_artifacts(str(tree), "dir")
+
+    stored = Path(server.artifact_root, *prefix.split("/"))
+    assert (stored / "notes.txt").read_text() == "hello proxy\n"
+    assert (stored / "dir" / "a.json").read_bytes() == b'{"a": 1}'
+    assert (stored / "dir" / "nested" / "b.bin").read_bytes() == bytes(range(256)) * 40
+
+    top = {(f.path, f.is_dir, f.file_size) for f in repo.list_artifacts()}
+    assert top == {("dir", True, None), ("notes.txt", False, len("hello proxy\n"))}
+    assert {f.path for f in repo.list_artifacts("dir")} == {"dir/a.json", "dir/nested"}
+    assert repo.list_artifacts("notes.txt") == []
+
+    dst = tmp_path / "out"
+    got = mlflow.artifacts.download_artifacts(
+        artifact_uri=f"mlflow-artifacts:/{prefix}", dst_path=str(dst), tracking_uri=server.url
+    )
+    assert _tree(Path(got)) == _tree(stored)
+
+    repo.delete_artifacts("dir/nested")
+    assert not (stored / "dir" / "nested").exists()
+    assert (stored / "dir" / "a.json").exists()
+
+
+def test_mlflow_client_multipart_upload(server: RunningServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD", "true")
+    monkeypatch.setenv("MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE", "1")
+    monkeypatch.setenv("MLFLOW_MULTIPART_UPLOAD_CHUNK_SIZE", str(1024 * 1024))
+    prefix = _run_prefix()
+    repo = _repo(server, prefix)
+    completed: list[str] = []
+    original = repo.complete_multipart_upload
+
+    def spy(local_file, upload_id, parts=None, artifact_path=None):  # type: ignore[no-untyped-def]
+        original(local_file, upload_id, parts, artifact_path)
+        completed.append(f"{len(parts)} parts")
+
+    monkeypatch.setattr(repo, "complete_multipart_upload", spy)
+    data = os.urandom(2 * 1024 * 1024 + 12345)
+    local = tmp_path / "weights.bin"
+    local.write_bytes(data)
+
+    repo.log_artifact(str(local), "model")
+
+    assert completed == ["3 parts"]  # the client really went through mpu/create, 3 part PUTs, mpu/complete
+    stored = Path(server.artifact_root, *prefix.split("/"))
+    assert (stored / "model" / "weights.bin").read_bytes() == data
+    leftovers = [p.name for p in Path(server.artifact_root).iterdir() if p.name.startswith(".cairn-tmp")]
+    assert leftovers == []
+
+
+# -- multipart endpoints directly ----------------------------------------------------------------
+
+
+def _create(http: httpx.Client, base: str, name: str, num_parts: int) -> dict:  # type: ignore[type-arg]
+    response = http.post(f"{PROXY}/mpu/create/{base}", json={"path": name, "num_parts": num_parts})
+    assert response.status_code == 200, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+def test_multipart_endpoints_check_parts_and_etags(server: RunningServer) -> None:
+    base = _run_prefix()
+    target = Path(server.artifact_root, *base.split("/"), "big.bin")
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        created = _create(http, base, "/home/someone/big.bin", 2)  # an old client's full local path
+        upload_id = created["upload_id"]
+        urls = [c["url"] for c in created["credentials"]]
+        assert [c["part_number"] for c in created["credentials"]] == [1, 2]
+        etags = [
+            http.put(url, content=body).headers["ETag"] for url, body in zip(urls, [b"a" * 10, b"b" * 5], strict=True)
+        ]
+
+        assert http.put(urls[0].rsplit("/", 1)[0] + "/3", content=b"x").status_code == 400  # no part 3
+        assert http.put(f"{PROXY}/mpu/part/not-an-id/1", content=b"x").status_code == 400
+
+        def complete(parts: list[dict], path: str = "big.bin", where: str = base) -> httpx.Response:  # type: ignore[type-arg]
+            return http.post(
+                f"{PROXY}/mpu/complete/{where}", json={"path": path, "upload_id": upload_id, "parts": parts}
+            )
+
+        wrong_etag = complete([{"part_number": 1, "etag": etags[1]}, {"part_number": 2, "etag": etags[1]}])
+        assert wrong_etag.status_code == 400 and wrong_etag.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+        assert complete([{"part_number": 1, "etag": etags[0]}]).status_code == 400  # part 2 missing
+        other_target = complete([{"part_number": i + 1, "etag": e} for i, e in enumerate(etags)], path="other.bin")
+        assert other_target.status_code == 400
+        assert not target.exists()
+
+        ok = complete([{"part_number": i + 1, "etag": e} for i, e in enumerate(etags)])
+        assert ok.status_code == 200, ok.text
+        assert target.read_bytes() == b"a" * 10 + b"b" * 5
+        again = complete([{"part_number": i + 1, "etag": e} for i, e in enumerate(etags)])
+        assert again.status_code == 404 and again.json()["error_code"] == "RESOURCE_DOES_NOT_EXIST"
+
+        aborted = _create(http, base, "gone.bin", 1)
+        http.put(aborted["credentials"][0]["url"], content=b"zzz")
+        abort = http.post(f"{PROXY}/mpu/abort/{base}", json={"path": "gone.bin", "upload_id": aborted["upload_id"]})
+        assert abort.status_code == 200
+        assert [p for p in Path(server.artifact_root).iterdir() if p.name.startswith(".cairn-tmp")] == []
+        assert http.put(aborted["credentials"][0]["url"], content=b"zzz").status_code == 404
+
+        for bad in ({"path": "x.bin", "num_parts": 0}, {"path": "..", "num_parts": 1}, {"num_parts": 1}):
+            response = http.post(f"{PROXY}/mpu/create/{base}", json=bad)
+            assert response.status_code == 400, bad
+            assert response.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+
+
+# -- hostile paths -------------------------------------------------------------------------------
+
+HOSTILE = [
+    "../../evil.txt",
+    "a/../../../evil.txt",
+    "%2e%2e/%2e%2e/evil.txt",
+    "..%2F..%2Fevil.txt",
+    "%252e%252e/%252e%252e/evil.txt",
+    "a/evil%00.txt",
+    "/tmp/evil.txt",
+    "..%5c..%5cevil.txt",
+    "C:/evil.txt",
+]
+
+
+@pytest.mark.parametrize("path", HOSTILE)
+def test_hostile_paths_are_refused_and_nothing_is_written(server: RunningServer, tmp_path: Path, path: str) -> None:
+    before = _tree(tmp_path)
+    for method, url, body in (
+        ("PUT", f"{PROXY}/artifacts/{path}", b"pwned"),
+        ("GET", f"{PROXY}/artifacts/{path}", None),
+        ("DELETE", f"{PROXY}/artifacts/{path}", None),
+        ("GET", f"{PROXY}/artifacts?path={path}", None),
+        ("POST", f"{PROXY}/mpu/create/{path}", b'{"path": "x.bin", "num_parts": 1}'),
+    ):
+        status, raw = _raw(server, method, url, body)
+        assert status == 400, (method, url, raw)
+        assert b'"INVALID_PARAMETER_VALUE"' in raw
+    assert _tree(tmp_path) == before
+    assert not Path(server.artifact_root).exists() or list(Path(server.artifact_root).iterdir()) == []
+
+
+def test_symlink_out_of_the_root_is_neither_followed_for_writes_nor_reads(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("do not serve me")
+    root = Path(server.artifact_root)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "link").symlink_to(outside, target_is_directory=True)
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        put = http.put(f"{PROXY}/artifacts/link/evil.txt", content=b"pwned")
+        get = http.get(f"{PROXY}/artifacts/link/secret.txt")
+        listing = http.get(f"{PROXY}/artifacts", params={"path": "link"})
+        mpu = http.post(f"{PROXY}/mpu/create/link", json={"path": "evil.bin", "num_parts": 1})
+    for response in (put, get, listing, mpu):
+        assert response.status_code == 400, response.text
+        assert response.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+    assert sorted(p.name for p in outside.iterdir()) == ["secret.txt"]
+
+
+# -- streaming -----------------------------------------------------------------------------------
+
+
+def test_upload_and_download_stream_in_chunks(server: RunningServer, tmp_path: Path) -> None:
+    size = 50 * 1024 * 1024
+    source = tmp_path / "big.bin"
+    with open(source, "wb") as out:
+        for _ in range(50):
+            out.write(os.urandom(1024 * 1024))
+    back = tmp_path / "back.bin"
+    tracemalloc.start()  # the server runs in a thread of this process: its allocations are traced too
+    try:
+        with httpx.Client(base_url=server.url, timeout=120) as http, open(source, "rb") as body:
+            response = http.put(f"{PROXY}/artifacts/1/run/artifacts/big.bin", content=body)
+            assert response.status_code == 200, response.text
+            _, upload_peak = tracemalloc.get_traced_memory()
+            tracemalloc.reset_peak()
+            with http.stream("GET", f"{PROXY}/artifacts/1/run/artifacts/big.bin") as stream, open(back, "wb") as out:
+                assert stream.status_code == 200
+                assert stream.headers["content-length"] == str(size)
+                for chunk in stream.iter_bytes():
+                    out.write(chunk)
+            _, download_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert upload_peak < 12 * 1024 * 1024, upload_peak
+    assert download_peak < 12 * 1024 * 1024, download_peak
+    stored = Path(server.artifact_root, "1", "run", "artifacts", "big.bin")
+    assert stored.stat().st_size == size
+    assert stored.read_bytes() == source.read_bytes() == back.read_bytes()
+
+
+# -- download headers, errors, disabled proxy, tracking-side listing -----------------------------
+
+
+def test_download_is_an_attachment_with_an_allow_listed_type(server: RunningServer) -> None:
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        assert http.put(f"{PROXY}/artifacts/1/r/artifacts/page.html", content=b"<script>x</script>").status_code == 200
+        assert http.put(f"{PROXY}/artifacts/1/r/artifacts/m.json", content=b"{}").status_code == 200
+        html = http.get(f"{PROXY}/artifacts/1/r/artifacts/page.html")
+        as_json = http.get(f"{PROXY}/artifacts/1/r/artifacts/m.json")
+        missing = http.get(f"{PROXY}/artifacts/1/r/artifacts/nope.txt")
+        directory = http.get(f"{PROXY}/artifacts/1/r/artifacts")
+        root_delete = http.delete(f"{PROXY}/artifacts/")
+    assert html.content == b"<script>x</script>"
+    assert html.headers["content-type"] == "application/octet-stream"
+    assert html.headers["x-content-type-options"] == "nosniff"
+    assert html.headers["content-disposition"].startswith("attachment;")
+    assert as_json.headers["content-type"] == "application/json"
+    assert missing.status_code == 404 and missing.json()["error_code"] == "RESOURCE_DOES_NOT_EXIST"
+    assert directory.status_code == 400 and directory.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+    assert root_delete.status_code == 400
+    assert Path(server.artifact_root, "1", "r", "artifacts", "m.json").exists()
+
+
+def test_disabled_proxy_answers_in_mlflow_shape(tmp_path: Path) -> None:
+    root = tmp_path / "server"
+    client = Client(f"sqlite:///{root}/cairn.db", str(root / "artifacts"))
+    with (
+        serve(client, str(root / "artifacts"), serve_artifacts=False) as running,
+        httpx.Client(base_url=running.url, timeout=30) as http,
+    ):
+        responses = [
+            http.put(f"{PROXY}/artifacts/1/r/artifacts/x.txt", content=b"x"),
+            http.get(f"{PROXY}/artifacts", params={"path": "1"}),
+            http.post(f"{PROXY}/mpu/create/1/r/artifacts", json={"path": "x", "num_parts": 1}),
+        ]
+    for response in responses:
+        assert response.status_code == 501
+        assert response.json()["error_code"] == "NOT_IMPLEMENTED"
+        assert "--no-serve-artifacts" in response.json()["message"]
+    assert not (root / "artifacts" / "1").exists()
+
+
+def test_tracking_list_artifacts_endpoint(server: RunningServer, tmp_path: Path) -> None:
+    run = server.client.create_run("0")
+    run_id = run.info.run_id
+    server.client.log_text(run_id, "hi", "sub/a.txt")
+    server.client.log_text(run_id, "top", "b.txt")
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        top = http.get("/api/2.0/mlflow/artifacts/list", params={"run_id": run_id})
+        sub = http.get("/ajax-api/2.0/mlflow/artifacts/list", params={"run_id": run_id, "path": "sub"})
+        unknown = http.get("/api/2.0/mlflow/artifacts/list", params={"run_id": "f" * 32})
+        hostile = http.get("/api/2.0/mlflow/artifacts/list", params={"run_id": run_id, "path": "../../.."})
+        missing_id = http.get("/api/2.0/mlflow/artifacts/list")
+    assert top.status_code == 200, top.text
+    assert top.json()["root_uri"] == f"mlflow-artifacts:/0/{run_id}/artifacts"
+    assert top.json()["files"] == [{"path": "b.txt", "is_dir": False, "file_size": 3}, {"path": "sub", "is_dir": True}]
+    assert sub.json()["files"] == [{"path": "sub/a.txt", "is_dir": False, "file_size": 2}]
+    assert unknown.status_code == 404 and unknown.json()["error_code"] == "RESOURCE_DOES_NOT_EXIST"
+    assert hostile.status_code == 400 and hostile.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+    assert missing_id.status_code == 400
