@@ -23,9 +23,10 @@ from cairn.server.protocol import ServerContext, endpoint_not_found
 if TYPE_CHECKING:
     from cairn.tracking.client import Client
 
-__all__ = ["API_MODULES", "create_server_app"]
+__all__ = ["API_MODULES", "ENV_SERVE_ARTIFACTS", "app_from_environment", "create_server_app"]
 
 API_MODULES = ("cairn.server.tracking_api", "cairn.server.registry_api", "cairn.server.artifacts_api")
+ENV_SERVE_ARTIFACTS = "CAIRN_SERVER_SERVE_ARTIFACTS"
 _ANY = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 
@@ -105,3 +106,23 @@ def create_server_app(
 def _store_artifact_root(client: Client) -> str:
     root = getattr(client.store, "default_artifact_root", None)
     return str(root) if root is not None else ""
+
+
+def app_from_environment() -> Starlette:
+    """The app of one ``cairn server --workers N`` worker process (a uvicorn app factory).
+
+    The parent process passes its settings in the environment: the store and artifact root through
+    ``CAIRN_TRACKING_URI``/``CAIRN_ARTIFACT_ROOT`` as everywhere, ``CAIRN_SERVER_SERVE_ARTIFACTS`` (1/0),
+    ``CAIRN_SERVER_HOST`` and ``CAIRN_SERVER_PORT``.
+    """
+    import os
+
+    from cairn.tracking.client import Client
+
+    client = Client()
+    return create_server_app(
+        client,
+        serve_artifacts=os.environ.get(ENV_SERVE_ARTIFACTS, "1") != "0",
+        host=os.environ.get("CAIRN_SERVER_HOST", "127.0.0.1"),
+        port=int(os.environ.get("CAIRN_SERVER_PORT", "5000")),
+    )

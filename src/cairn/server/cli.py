@@ -1,0 +1,91 @@
+"""``cairn server``: serve MLflow's REST API, the artifact proxy and the UI over the configured store."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import click
+
+__all__ = ["server"]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only (``127.0.0.1``, ``::1``, ``localhost``)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64), help="Server processes.")
+@click.option(
+    "--serve-artifacts/--no-serve-artifacts",
+    default=True,
+    show_default=True,
+    help="Proxy artifacts through the server (clients see mlflow-artifacts:/ locations and need no storage "
+    "credentials); without it clients read and write the artifact root themselves.",
+)
+@click.option(
+    "--insecure-no-auth",
+    is_flag=True,
+    help="Allow a non-loopback --host although the server has no authentication (anyone who reaches the port "
+    "can read, change and delete every run).",
+)
+@click.pass_context
+def server(
+    ctx: click.Context, host: str, port: int, workers: int, serve_artifacts: bool, insecure_no_auth: bool
+) -> None:
+    """Serve MLflow's REST API (/api/2.0/mlflow/...), the artifact proxy and the cairn UI.
+
+    Uses the same store as every other command (--store / CAIRN_TRACKING_URI, --artifact-root /
+    CAIRN_ARTIFACT_ROOT). Point MLflow clients and training machines at http://HOST:PORT. Several
+    workers (or several servers) can share one PostgreSQL store: the server keeps no state of its own.
+    """
+    if not is_loopback(host) and not insecure_no_auth:
+        raise click.UsageError(
+            f"refusing to bind to {host}: cairn server has no authentication yet, so anyone who can reach "
+            "that address could read, change and delete every run and model. Bind to 127.0.0.1 (behind an "
+            "authenticating reverse proxy for remote users), or pass --insecure-no-auth to accept the risk."
+        )
+    try:
+        import uvicorn
+    except ImportError as exc:  # pragma: no cover - depends on the installed extras
+        raise click.ClickException(
+            f"cairn server needs starlette and uvicorn: pip install 'cairn[ui]' ({exc})"
+        ) from exc
+    from cairn.server.app import ENV_SERVE_ARTIFACTS, create_server_app
+    from cairn.tracking.client import Client
+
+    obj = ctx.obj or {}
+    client = Client(obj.get("store"), obj.get("artifact_root"))
+    app = create_server_app(client, serve_artifacts=serve_artifacts, host=host, port=port)
+    artifact_root = app.state.ctx.artifact_root
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else shown}:{port}"
+    proxy = "proxied at /api/2.0/mlflow-artifacts" if serve_artifacts else "not proxied (clients use it directly)"
+    click.echo(
+        f"cairn server: MLflow REST API and UI at {url} | store: {app.state.store_label} | "
+        f"artifact root: {artifact_root} ({proxy}) | workers: {workers} (Ctrl-C to stop)"
+    )
+    if not is_loopback(host):
+        click.secho(f"warning: bound to {host} without authentication (--insecure-no-auth)", fg="yellow", err=True)
+    options = {"host": host, "port": port, "log_level": "warning", "access_log": False, "server_header": False}
+    if workers == 1:
+        uvicorn.run(app, **options)  # type: ignore[arg-type]
+        return
+    # Worker processes build their own app from the environment (uvicorn's app factory).
+    import os
+
+    client.store.close()
+    if obj.get("store"):  # otherwise workers resolve the same default (same environment and directory)
+        os.environ["CAIRN_TRACKING_URI"] = obj["store"]
+    os.environ["CAIRN_ARTIFACT_ROOT"] = artifact_root
+    os.environ[ENV_SERVE_ARTIFACTS] = "1" if serve_artifacts else "0"
+    os.environ["CAIRN_SERVER_HOST"] = host
+    os.environ["CAIRN_SERVER_PORT"] = str(port)
+    uvicorn.run("cairn.server.app:app_from_environment", factory=True, workers=workers, **options)  # type: ignore[arg-type]

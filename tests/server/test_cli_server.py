@@ -1,0 +1,63 @@
+"""``cairn server``: refusing an unauthenticated public bind, and serving a store from a real process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from cairn.cli import main
+from cairn.tracking.client import Client
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.10"])
+def test_refuses_public_host_without_insecure_flag(host: str, tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["--store", str(tmp_path / "store"), "server", "--host", host])
+    assert result.exit_code == 2
+    assert "no authentication" in result.output and "--insecure-no-auth" in result.output
+    assert not (tmp_path / "store").exists()  # refused before opening anything
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_serves_the_configured_store(workers: int, tmp_path: Path) -> None:
+    port = _free_port()
+    store, artifacts = f"sqlite:///{tmp_path}/cairn.db", str(tmp_path / "artifacts")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "CAIRN_TRACKING", "CAIRN_ARTIFACT"))}
+    command = [sys.executable, "-m", "cairn.cli", "--store", store, "--artifact-root", artifacts]
+    command += ["server", "--port", str(port), "--workers", str(workers)]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 40
+        while True:
+            assert process.poll() is None, process.communicate()
+            try:
+                if httpx.get(f"{base}/health", timeout=1).text == "OK":
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server did not come up"
+            time.sleep(0.1)
+        response = httpx.post(f"{base}/api/2.0/mlflow/experiments/create", json={"name": "from-cli"})
+        experiment_id = response.json()["experiment_id"]
+        shown = httpx.get(f"{base}/api/2.0/mlflow/experiments/get", params={"experiment_id": experiment_id}).json()
+        assert shown["experiment"]["artifact_location"] == f"mlflow-artifacts:/{experiment_id}"
+    finally:
+        process.terminate()
+        out, err = process.communicate(timeout=30)
+    assert f"http://127.0.0.1:{port}" in out and "cairn.db" in out and artifacts in out, (out, err)
+    experiment = Client(store, artifacts).get_experiment_by_name("from-cli")
+    assert experiment is not None and experiment.artifact_location == f"{artifacts}/{experiment.experiment_id}"
