@@ -1,8 +1,9 @@
 """The artifact proxy (``/api/2.0/mlflow-artifacts/...``) against the real mlflow client and raw HTTP.
 
 Every test runs a real uvicorn server in a thread and checks the bytes in the server's artifact root
-on disk. The server here carries only this module's routes (``proxy_app``), so these tests depend on
-nothing but the artifact proxy and the shared protocol.
+on disk. The ``proxy`` server carries only this module's routes, so most tests depend on nothing but
+the artifact proxy and the shared protocol; the fluent-API test uses the whole app (``mlflow_tracking``
+of tests/server/conftest.py), where run locations are ``mlflow-artifacts:/...``.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def serve(client: Client, artifact_root: str, *, serve_artifacts: bool = True) -
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[RunningServer]:
+def proxy(tmp_path: Path) -> Iterator[RunningServer]:
     """The artifact proxy over a fresh SQLite store and artifact root under ``tmp_path/server``."""
     root = tmp_path / "server"
     artifact_root = str(root / "artifacts")
@@ -72,10 +73,10 @@ def _run_prefix() -> str:
     return f"1/{uuid.uuid4().hex}/artifacts"
 
 
-def _repo(server: RunningServer, prefix: str):  # type: ignore[no-untyped-def]
+def _repo(proxy: RunningServer, prefix: str):  # type: ignore[no-untyped-def]
     from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
 
-    return MlflowArtifactsRepository(f"mlflow-artifacts:/{prefix}", tracking_uri=server.url)
+    return MlflowArtifactsRepository(f"mlflow-artifacts:/{prefix}", tracking_uri=proxy.url)
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -90,9 +91,9 @@ def _tree(root: Path) -> dict[str, bytes]:
     return found
 
 
-def _raw(server: RunningServer, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+def _raw(proxy: RunningServer, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
     """Send ``path`` byte for byte (httpx would normalise ``..`` away before it left the client)."""
-    netloc = urlparse(server.url).netloc
+    netloc = urlparse(proxy.url).netloc
     host, port = netloc.split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=30)
     try:
@@ -106,11 +107,11 @@ def _raw(server: RunningServer, method: str, path: str, body: bytes | None = Non
 # -- the real mlflow client ----------------------------------------------------------------------
 
 
-def test_mlflow_client_uploads_lists_downloads_and_deletes(server: RunningServer, tmp_path: Path) -> None:
+def test_mlflow_client_uploads_lists_downloads_and_deletes(proxy: RunningServer, tmp_path: Path) -> None:
     import mlflow
 
     prefix = _run_prefix()
-    repo = _repo(server, prefix)
+    repo = _repo(proxy, prefix)
     single = tmp_path / "in" / "notes.txt"
     single.parent.mkdir()
     single.write_text("hello proxy\n")
@@ -122,7 +123,7 @@ def test_mlflow_client_uploads_lists_downloads_and_deletes(server: RunningServer
     repo.log_artifact(str(single))
     repo.log_artifacts(str(tree), "dir")
 
-    stored = Path(server.artifact_root, *prefix.split("/"))
+    stored = Path(proxy.artifact_root, *prefix.split("/"))
     assert (stored / "notes.txt").read_text() == "hello proxy\n"
     assert (stored / "dir" / "a.json").read_bytes() == b'{"a": 1}'
     assert (stored / "dir" / "nested" / "b.bin").read_bytes() == bytes(range(256)) * 40
@@ -134,7 +135,7 @@ def test_mlflow_client_uploads_lists_downloads_and_deletes(server: RunningServer
 
     dst = tmp_path / "out"
     got = mlflow.artifacts.download_artifacts(
-        artifact_uri=f"mlflow-artifacts:/{prefix}", dst_path=str(dst), tracking_uri=server.url
+        artifact_uri=f"mlflow-artifacts:/{prefix}", dst_path=str(dst), tracking_uri=proxy.url
     )
     assert _tree(Path(got)) == _tree(stored)
 
@@ -143,12 +144,46 @@ def test_mlflow_client_uploads_lists_downloads_and_deletes(server: RunningServer
     assert (stored / "dir" / "a.json").exists()
 
 
-def test_mlflow_client_multipart_upload(server: RunningServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fluent_mlflow_artifacts_through_the_whole_server(mlflow_tracking: RunningServer, tmp_path: Path) -> None:
+    import mlflow
+
+    local = tmp_path / "metrics.csv"
+    local.write_text("step,loss\n1,0.5\n")
+    tree = tmp_path / "plots"
+    tree.mkdir()
+    (tree / "a.png").write_bytes(b"\x89PNG fake")
+    with mlflow.start_run() as run:
+        mlflow.log_artifact(str(local))
+        mlflow.log_artifacts(str(tree), "plots")
+        mlflow.log_text("hello", "notes/readme.txt")
+        assert mlflow.get_artifact_uri().startswith("mlflow-artifacts:/")
+    run_id = run.info.run_id
+
+    stored = Path(mlflow_tracking.client.get_run(run_id).info.artifact_uri)
+    assert stored.is_relative_to(mlflow_tracking.artifact_root)
+    assert (stored / "metrics.csv").read_text() == "step,loss\n1,0.5\n"
+    assert (stored / "plots" / "a.png").read_bytes() == b"\x89PNG fake"
+    assert (stored / "notes" / "readme.txt").read_text() == "hello"
+    assert [info.path for info in mlflow_tracking.client.list_artifacts(run_id)] == ["metrics.csv", "notes", "plots"]
+
+    client = mlflow.MlflowClient()
+    assert [(f.path, f.is_dir) for f in client.list_artifacts(run_id)] == [
+        ("metrics.csv", False),
+        ("notes", True),
+        ("plots", True),
+    ]
+    assert [f.path for f in client.list_artifacts(run_id, "plots")] == ["plots/a.png"]
+    got = client.download_artifacts(run_id, "", str(tmp_path / "down"))
+    assert _tree(Path(got)) == _tree(stored)
+    assert mlflow.artifacts.load_text(f"runs:/{run_id}/notes/readme.txt") == "hello"
+
+
+def test_mlflow_client_multipart_upload(proxy: RunningServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD", "true")
     monkeypatch.setenv("MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE", "1")
     monkeypatch.setenv("MLFLOW_MULTIPART_UPLOAD_CHUNK_SIZE", str(1024 * 1024))
     prefix = _run_prefix()
-    repo = _repo(server, prefix)
+    repo = _repo(proxy, prefix)
     completed: list[str] = []
     original = repo.complete_multipart_upload
 
@@ -164,9 +199,9 @@ def test_mlflow_client_multipart_upload(server: RunningServer, tmp_path: Path, m
     repo.log_artifact(str(local), "model")
 
     assert completed == ["3 parts"]  # the client really went through mpu/create, 3 part PUTs, mpu/complete
-    stored = Path(server.artifact_root, *prefix.split("/"))
+    stored = Path(proxy.artifact_root, *prefix.split("/"))
     assert (stored / "model" / "weights.bin").read_bytes() == data
-    leftovers = [p.name for p in Path(server.artifact_root).iterdir() if p.name.startswith(".cairn-tmp")]
+    leftovers = [p.name for p in Path(proxy.artifact_root).iterdir() if p.name.startswith(".cairn-tmp")]
     assert leftovers == []
 
 
@@ -179,10 +214,10 @@ def _create(http: httpx.Client, base: str, name: str, num_parts: int) -> dict:  
     return response.json()  # type: ignore[no-any-return]
 
 
-def test_multipart_endpoints_check_parts_and_etags(server: RunningServer) -> None:
+def test_multipart_endpoints_check_parts_and_etags(proxy: RunningServer) -> None:
     base = _run_prefix()
-    target = Path(server.artifact_root, *base.split("/"), "big.bin")
-    with httpx.Client(base_url=server.url, timeout=30) as http:
+    target = Path(proxy.artifact_root, *base.split("/"), "big.bin")
+    with httpx.Client(base_url=proxy.url, timeout=30) as http:
         created = _create(http, base, "/home/someone/big.bin", 2)  # an old client's full local path
         upload_id = created["upload_id"]
         urls = [c["url"] for c in created["credentials"]]
@@ -216,7 +251,7 @@ def test_multipart_endpoints_check_parts_and_etags(server: RunningServer) -> Non
         http.put(aborted["credentials"][0]["url"], content=b"zzz")
         abort = http.post(f"{PROXY}/mpu/abort/{base}", json={"path": "gone.bin", "upload_id": aborted["upload_id"]})
         assert abort.status_code == 200
-        assert [p for p in Path(server.artifact_root).iterdir() if p.name.startswith(".cairn-tmp")] == []
+        assert [p for p in Path(proxy.artifact_root).iterdir() if p.name.startswith(".cairn-tmp")] == []
         assert http.put(aborted["credentials"][0]["url"], content=b"zzz").status_code == 404
 
         for bad in ({"path": "x.bin", "num_parts": 0}, {"path": "..", "num_parts": 1}, {"num_parts": 1}):
@@ -241,7 +276,7 @@ HOSTILE = [
 
 
 @pytest.mark.parametrize("path", HOSTILE)
-def test_hostile_paths_are_refused_and_nothing_is_written(server: RunningServer, tmp_path: Path, path: str) -> None:
+def test_hostile_paths_are_refused_and_nothing_is_written(proxy: RunningServer, tmp_path: Path, path: str) -> None:
     before = _tree(tmp_path)
     for method, url, body in (
         ("PUT", f"{PROXY}/artifacts/{path}", b"pwned"),
@@ -250,23 +285,21 @@ def test_hostile_paths_are_refused_and_nothing_is_written(server: RunningServer,
         ("GET", f"{PROXY}/artifacts?path={path}", None),
         ("POST", f"{PROXY}/mpu/create/{path}", b'{"path": "x.bin", "num_parts": 1}'),
     ):
-        status, raw = _raw(server, method, url, body)
+        status, raw = _raw(proxy, method, url, body)
         assert status == 400, (method, url, raw)
         assert b'"INVALID_PARAMETER_VALUE"' in raw
     assert _tree(tmp_path) == before
-    assert not Path(server.artifact_root).exists() or list(Path(server.artifact_root).iterdir()) == []
+    assert not Path(proxy.artifact_root).exists() or list(Path(proxy.artifact_root).iterdir()) == []
 
 
-def test_symlink_out_of_the_root_is_neither_followed_for_writes_nor_reads(
-    server: RunningServer, tmp_path: Path
-) -> None:
+def test_symlink_out_of_the_root_is_neither_followed_for_writes_nor_reads(proxy: RunningServer, tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "secret.txt").write_text("do not serve me")
-    root = Path(server.artifact_root)
+    root = Path(proxy.artifact_root)
     root.mkdir(parents=True, exist_ok=True)
     (root / "link").symlink_to(outside, target_is_directory=True)
-    with httpx.Client(base_url=server.url, timeout=30) as http:
+    with httpx.Client(base_url=proxy.url, timeout=30) as http:
         put = http.put(f"{PROXY}/artifacts/link/evil.txt", content=b"pwned")
         get = http.get(f"{PROXY}/artifacts/link/secret.txt")
         listing = http.get(f"{PROXY}/artifacts", params={"path": "link"})
@@ -280,7 +313,7 @@ def test_symlink_out_of_the_root_is_neither_followed_for_writes_nor_reads(
 # -- streaming -----------------------------------------------------------------------------------
 
 
-def test_upload_and_download_stream_in_chunks(server: RunningServer, tmp_path: Path) -> None:
+def test_upload_and_download_stream_in_chunks(proxy: RunningServer, tmp_path: Path) -> None:
     size = 50 * 1024 * 1024
     source = tmp_path / "big.bin"
     with open(source, "wb") as out:
@@ -289,7 +322,7 @@ def test_upload_and_download_stream_in_chunks(server: RunningServer, tmp_path: P
     back = tmp_path / "back.bin"
     tracemalloc.start()  # the server runs in a thread of this process: its allocations are traced too
     try:
-        with httpx.Client(base_url=server.url, timeout=120) as http, open(source, "rb") as body:
+        with httpx.Client(base_url=proxy.url, timeout=120) as http, open(source, "rb") as body:
             response = http.put(f"{PROXY}/artifacts/1/run/artifacts/big.bin", content=body)
             assert response.status_code == 200, response.text
             _, upload_peak = tracemalloc.get_traced_memory()
@@ -304,7 +337,7 @@ def test_upload_and_download_stream_in_chunks(server: RunningServer, tmp_path: P
         tracemalloc.stop()
     assert upload_peak < 12 * 1024 * 1024, upload_peak
     assert download_peak < 12 * 1024 * 1024, download_peak
-    stored = Path(server.artifact_root, "1", "run", "artifacts", "big.bin")
+    stored = Path(proxy.artifact_root, "1", "run", "artifacts", "big.bin")
     assert stored.stat().st_size == size
     assert stored.read_bytes() == source.read_bytes() == back.read_bytes()
 
@@ -312,8 +345,62 @@ def test_upload_and_download_stream_in_chunks(server: RunningServer, tmp_path: P
 # -- download headers, errors, disabled proxy, tracking-side listing -----------------------------
 
 
-def test_download_is_an_attachment_with_an_allow_listed_type(server: RunningServer) -> None:
-    with httpx.Client(base_url=server.url, timeout=30) as http:
+def test_fsspec_root_upload_list_download_and_multipart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow
+
+    root = f"memory://cairn-proxy-{uuid.uuid4().hex}"
+    client = Client(f"sqlite:///{tmp_path}/cairn.db", str(tmp_path / "unused"))
+    with serve(client, root) as running:
+        repo = _repo(running, "1/r/artifacts")
+        (tmp_path / "a.txt").write_text("over fsspec")
+        repo.log_artifact(str(tmp_path / "a.txt"), "sub")
+        monkeypatch.setenv("MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD", "true")
+        monkeypatch.setenv("MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE", "1")
+        monkeypatch.setenv("MLFLOW_MULTIPART_UPLOAD_CHUNK_SIZE", str(1024 * 1024))
+        data = os.urandom(1024 * 1024 + 7)
+        (tmp_path / "b.bin").write_bytes(data)
+        repo.log_artifact(str(tmp_path / "b.bin"))
+        assert [(f.path, f.file_size) for f in repo.list_artifacts()] == [("b.bin", len(data)), ("sub", None)]
+        got = mlflow.artifacts.download_artifacts(
+            artifact_uri="mlflow-artifacts:/1/r/artifacts", dst_path=str(tmp_path / "out"), tracking_uri=running.url
+        )
+    from cairn.artifacts import get_artifact_store
+
+    store = get_artifact_store(root)
+    with store.open("1/r/artifacts/sub/a.txt") as handle:
+        assert handle.read() == b"over fsspec"
+    assert (Path(got) / "b.bin").read_bytes() == data
+    assert [info.path for info in store.list()] == ["1"]  # the multipart stage is gone
+    store.delete()
+
+
+def test_a_file_in_the_way_is_a_400_not_a_500(proxy: RunningServer) -> None:
+    with httpx.Client(base_url=proxy.url, timeout=30) as http:
+        assert http.put(f"{PROXY}/artifacts/1/r/artifacts/a.txt", content=b"x").status_code == 200
+        blocked = http.put(f"{PROXY}/artifacts/1/r/artifacts/a.txt/b.txt", content=b"y")
+        into_dir = http.put(f"{PROXY}/artifacts/1/r/artifacts", content=b"y")
+    for response in (blocked, into_dir):
+        assert response.status_code == 400, response.text
+        assert response.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+    assert Path(proxy.artifact_root, "1", "r", "artifacts", "a.txt").read_bytes() == b"x"
+
+
+def test_tracking_list_of_a_run_stored_at_a_mlflow_artifacts_location(proxy: RunningServer) -> None:
+    experiment_id = proxy.client.create_experiment("proxied", artifact_location="mlflow-artifacts:/team/exp")
+    run_id = proxy.client.create_run(experiment_id).info.run_id
+    with httpx.Client(base_url=proxy.url, timeout=30) as http:
+        put = http.put(f"{PROXY}/artifacts/team/exp/{run_id}/artifacts/x.txt", content=b"abc")
+        listing = http.get("/api/2.0/mlflow/artifacts/list", params={"run_id": run_id})
+    assert put.status_code == 200
+    assert listing.json() == {
+        "root_uri": f"mlflow-artifacts:/team/exp/{run_id}/artifacts",
+        "files": [{"path": "x.txt", "is_dir": False, "file_size": 3}],
+    }
+    assert Path(proxy.artifact_root, "team", "exp", run_id, "artifacts", "x.txt").read_bytes() == b"abc"
+
+
+def test_download_is_an_attachment_with_an_allow_listed_type(proxy: RunningServer) -> None:
+    with httpx.Client(base_url=proxy.url, timeout=30) as http:
         assert http.put(f"{PROXY}/artifacts/1/r/artifacts/page.html", content=b"<script>x</script>").status_code == 200
         assert http.put(f"{PROXY}/artifacts/1/r/artifacts/m.json", content=b"{}").status_code == 200
         html = http.get(f"{PROXY}/artifacts/1/r/artifacts/page.html")
@@ -329,7 +416,7 @@ def test_download_is_an_attachment_with_an_allow_listed_type(server: RunningServ
     assert missing.status_code == 404 and missing.json()["error_code"] == "RESOURCE_DOES_NOT_EXIST"
     assert directory.status_code == 400 and directory.json()["error_code"] == "INVALID_PARAMETER_VALUE"
     assert root_delete.status_code == 400
-    assert Path(server.artifact_root, "1", "r", "artifacts", "m.json").exists()
+    assert Path(proxy.artifact_root, "1", "r", "artifacts", "m.json").exists()
 
 
 def test_disabled_proxy_answers_in_mlflow_shape(tmp_path: Path) -> None:
@@ -351,12 +438,12 @@ def test_disabled_proxy_answers_in_mlflow_shape(tmp_path: Path) -> None:
     assert not (root / "artifacts" / "1").exists()
 
 
-def test_tracking_list_artifacts_endpoint(server: RunningServer, tmp_path: Path) -> None:
-    run = server.client.create_run("0")
+def test_tracking_list_artifacts_endpoint(proxy: RunningServer, tmp_path: Path) -> None:
+    run = proxy.client.create_run("0")
     run_id = run.info.run_id
-    server.client.log_text(run_id, "hi", "sub/a.txt")
-    server.client.log_text(run_id, "top", "b.txt")
-    with httpx.Client(base_url=server.url, timeout=30) as http:
+    proxy.client.log_text(run_id, "hi", "sub/a.txt")
+    proxy.client.log_text(run_id, "top", "b.txt")
+    with httpx.Client(base_url=proxy.url, timeout=30) as http:
         top = http.get("/api/2.0/mlflow/artifacts/list", params={"run_id": run_id})
         sub = http.get("/ajax-api/2.0/mlflow/artifacts/list", params={"run_id": run_id, "path": "sub"})
         unknown = http.get("/api/2.0/mlflow/artifacts/list", params={"run_id": "f" * 32})

@@ -30,6 +30,7 @@ import re
 import secrets
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -205,6 +206,17 @@ async def _spool(stream: AsyncIterator[bytes], dest: Path) -> str:
     return digest.hexdigest()
 
 
+@contextmanager
+def _staging(store: LocalArtifactStore, rel: str) -> Iterator[Path]:
+    """``store.staging_dir(rel)``, with a file in the way of ``rel``'s directory refused as a bad path."""
+    with ExitStack() as stack:
+        try:
+            stage = stack.enter_context(store.staging_dir(rel))
+        except (FileExistsError, NotADirectoryError) as exc:
+            raise _invalid(f"cannot write {rel!r}: a file is in the way of its directory") from exc
+        yield stage
+
+
 @dataclass(frozen=True)
 class _Upload:
     """What a multipart upload's ``target.json`` records at create time."""
@@ -242,7 +254,7 @@ class ArtifactProxy:
         parent, _, name = rel.rpartition("/")
         if isinstance(store, LocalArtifactStore):
             store.local_path(rel)  # refuses a path through a symlink out of the root, before any write
-            with store.staging_dir(rel) as stage:
+            with _staging(store, rel) as stage:
                 digest = await _spool(request.stream(), stage / name)
                 await run_in_threadpool(store.move_dir, stage, parent or None)
             return digest
@@ -395,7 +407,7 @@ class ArtifactProxy:
                         raise _invalid(f"part {number}: its ETag does not match the bytes this server received")
 
         if isinstance(store, LocalArtifactStore):
-            with store.staging_dir(target) as near:
+            with _staging(store, target) as near:
                 write(near / name)
                 store.move_dir(near, parent or None)
         else:
