@@ -69,6 +69,7 @@ def serve(
         server.should_exit = True
         thread.join(20)
         client.flush()
+        client.store.close()
 
 
 @pytest.fixture
