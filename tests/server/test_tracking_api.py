@@ -223,6 +223,11 @@ def test_malformed_requests_and_unknown_endpoints(server: RunningServer) -> None
     assert response.status_code == 400 and response.json()["error_code"] == "INVALID_PARAMETER_VALUE"
     response = httpx.post(url, json={"name": 5})
     assert response.status_code == 400 and response.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+    response = httpx.get(
+        f"{server.url}/api/2.0/mlflow/metrics/get-history",
+        params={"run_id": "r", "metric_key": "m", "max_results": "--5"},
+    )
+    assert response.status_code == 400 and response.json()["error_code"] == "INVALID_PARAMETER_VALUE"
     response = httpx.post(url, json={"name": "x", "artifact_location": "/etc"})
     assert response.status_code == 400 and response.json()["error_code"] == "INVALID_PARAMETER_VALUE"
 

@@ -17,6 +17,7 @@ import base64
 import binascii
 import json
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -40,6 +41,8 @@ MAX_RUNS_GET_METRIC_HISTORY_BULK = 100
 MAX_RESULTS_PER_RUN = 2500
 INPUTS_TAG = "cairn.inputs.datasets"
 """Run tag holding the dataset inputs a client logged (JSON list), as cairn has no datasets table."""
+
+_INTEGER = re.compile(r"-?[0-9]{1,19}")
 
 Args = dict[str, Any]
 Operation = Callable[[ServerContext, Args], dict[str, Any]]
@@ -85,7 +88,7 @@ def _int(args: Args, name: str, default: int | None = None, *, low: int | None =
     if isinstance(value, int):
         number = value
     elif (isinstance(value, float) and value.is_integer()) or (
-        isinstance(value, str) and value.strip().lstrip("-").isdigit()
+        isinstance(value, str) and _INTEGER.fullmatch(value.strip()) is not None
     ):
         number = int(value)
     else:
