@@ -374,6 +374,27 @@ def test_fsspec_root_upload_list_download_and_multipart(tmp_path: Path, monkeypa
     store.delete()
 
 
+def test_an_interrupted_upload_leaves_nothing_behind(proxy: RunningServer) -> None:
+    root = Path(proxy.artifact_root)
+    target = root / "1" / "r" / "artifacts" / "cut.bin"
+    host, port = urlparse(proxy.url).netloc.split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        head = (
+            f"PUT {PROXY}/artifacts/1/r/artifacts/cut.bin HTTP/1.1\r\nHost: {host}\r\nContent-Length: 10000000\r\n\r\n"
+        )
+        sock.sendall(head.encode() + b"x" * 100_000)
+        deadline = time.monotonic() + 10
+        while not list(target.parent.glob(".cairn-tmp-*/cut.bin")):  # the upload is being staged
+            assert time.monotonic() < deadline, "the upload never started"
+            time.sleep(0.01)
+    deadline = time.monotonic() + 10
+    while list(target.parent.glob(".cairn-tmp-*")):
+        assert time.monotonic() < deadline, "the staged upload was not removed"
+        time.sleep(0.01)
+    assert not target.exists()
+    assert _tree(root) == {}
+
+
 def test_a_file_in_the_way_is_a_400_not_a_500(proxy: RunningServer) -> None:
     with httpx.Client(base_url=proxy.url, timeout=30) as http:
         assert http.put(f"{PROXY}/artifacts/1/r/artifacts/a.txt", content=b"x").status_code == 200

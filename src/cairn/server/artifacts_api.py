@@ -37,7 +37,7 @@ from typing import Any, BinaryIO
 from urllib.parse import quote, urlparse
 
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
@@ -453,6 +453,8 @@ def _guarded(handler: Any) -> Any:
     async def endpoint(request: Request) -> Response:
         try:
             response: Response = await handler(request)
+        except ClientDisconnect:  # the staged upload was removed; nobody is left to read an answer
+            return error_response(_invalid("the client disconnected before the request body was complete"))
         except Exception as exc:  # every error becomes MLflow's error body; see error_response
             return error_response(exc)
         return response
