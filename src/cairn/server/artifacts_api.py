@@ -187,20 +187,26 @@ def _iter_file(handle: BinaryIO) -> Iterator[bytes]:
 
 
 async def _spool(stream: AsyncIterator[bytes], dest: Path) -> str:
-    """Write a request body to the new local file ``dest`` in :data:`CHUNK_BYTES` pieces; its sha256."""
+    """Write a request body to the new local file ``dest`` in :data:`CHUNK_BYTES` pieces; its sha256.
+
+    Hashing and writing run in a worker thread, one piece at a time; the event loop only gathers pieces.
+    """
     digest = hashlib.sha256()
+
+    def write(handle: BinaryIO, piece: bytearray) -> None:
+        digest.update(piece)
+        handle.write(piece)
+
     handle = await run_in_threadpool(open, dest, "xb")
     try:
         pending = bytearray()
         async for chunk in stream:
             pending += chunk
             if len(pending) >= CHUNK_BYTES:
-                digest.update(pending)
-                await run_in_threadpool(handle.write, pending)
+                await run_in_threadpool(write, handle, pending)
                 pending.clear()
         if pending:
-            digest.update(pending)
-            await run_in_threadpool(handle.write, pending)
+            await run_in_threadpool(write, handle, pending)
     finally:
         await run_in_threadpool(handle.close)
     return digest.hexdigest()
