@@ -406,6 +406,12 @@ class BackgroundService:
                 pass
         os._exit(status)
 
+    def exit_time_left(self) -> float | None:
+        """Seconds left of the exit drain's bound (``None``: not exiting, or no bound), for waits outside the
+        service (a run's end-of-run hook) to share it."""
+        deadline = self._exit_deadline
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
+
     def shutdown(self, timeout: float | None = None) -> None:
         """Drain everything, close every worker and log the failures nobody raised (interpreter exit, SIGTERM).
 
@@ -458,9 +464,10 @@ def _warn_left_behind(left_behind: list[tuple[Worker, str | None]], bound: float
                 lines.append(f"    (native checkpoints are staged in {where})")
             except Exception:  # an odd run id or tracking URI: the generic text above stands
                 pass
+    unfinished = "background work unfinished:\n" + "\n".join(lines) if lines else "no background work unfinished"
     sys.stderr.write(
-        f"cairn: WARNING: the exit drain stopped after {bound or 0:g} s ({EXIT_DRAIN_TIMEOUT_ENV}) with background "
-        "work unfinished:\n" + "\n".join(lines) + "\nRaise " + EXIT_DRAIN_TIMEOUT_ENV + " (or set it to 'none') "
+        f"cairn: WARNING: the exit drain stopped after {bound or 0:g} s ({EXIT_DRAIN_TIMEOUT_ENV}) with {unfinished}"
+        "\nRaise " + EXIT_DRAIN_TIMEOUT_ENV + " (or set it to 'none') "
         "to wait longer; an unreachable artifact store or server is the usual cause.\n"
         + (ending + "\n" if ending else "")
     )
@@ -496,6 +503,11 @@ def unregister(worker: Worker) -> None:
 def submit(task: Callable[[], object], *, what: str) -> None:
     """Run ``task`` on the shared background thread: see :meth:`BackgroundService.submit`."""
     service().submit(task, what=what)
+
+
+def exit_time_left() -> float | None:
+    """See :meth:`BackgroundService.exit_time_left`."""
+    return service().exit_time_left()
 
 
 def drain(run_id: str | None = None, timeout: float | None = None) -> bool:
@@ -554,8 +566,8 @@ def reset() -> None:
 
 
 def _at_exit() -> None:
-    if _service is not None:
-        _service.begin_exit()
+    if _service is not None or _exit_hooks:  # the hooks (ending runs) may wait too: they share the bound
+        service().begin_exit()
     for hook in list(_exit_hooks):
         try:
             hook()

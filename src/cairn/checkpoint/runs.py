@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from cairn import background
 from cairn.checkpoint.capture import RestoredState, capture_training_state, restore_training_state
 from cairn.checkpoint.formats import NATIVE, StoredCheckpoint
 from cairn.checkpoint.local import TEMP_PREFIX, CheckpointInfo, scan_checkpoints, step_dirname
@@ -249,7 +250,7 @@ class _RunCheckpointer:
             CheckpointWriteError: a write or upload failed and could not be made good.
         """
         try:
-            self.writer.wait()
+            self._wait_for_writes()
             if self.writer.failed is not None:  # its error was already raised by a logging call
                 raise CheckpointWriteError(
                     f"the checkpoint of step {self.writer.failed.state.step} could not be written earlier"
@@ -259,7 +260,7 @@ class _RunCheckpointer:
                 raise
             try:
                 self.writer.retry_failed()
-                self.writer.wait()
+                self._wait_for_writes()
             except CheckpointWriteError as second:
                 raise CheckpointWriteError(f"{first}; writing it again at run end failed too: {second}") from first
             warnings.warn(
@@ -268,8 +269,23 @@ class _RunCheckpointer:
                 stacklevel=2,
             )
         finally:
-            with contextlib.suppress(CheckpointError):
-                self.writer.close()
+            if not self.writer.pending:  # else closing would wait again for what outlived the exit bound
+                with contextlib.suppress(CheckpointError):
+                    self.writer.close()
+
+    def _wait_for_writes(self) -> None:
+        """Wait for the writer (and its uploads), within the exit drain's bound when the process is exiting."""
+        left = background.exit_time_left()
+        if left is None:
+            self.writer.wait()
+            return
+        if not self.writer.drain(left):
+            raise CheckpointWriteError(
+                f"run {self.run_id}: {self.writer.pending} checkpoint(s) still being written or uploaded when the "
+                f"exit drain's bound ran out ({background.EXIT_DRAIN_TIMEOUT_ENV}); what was written is in "
+                f"{staging_dir(self.run_id)}"
+            )
+        self.writer.raise_errors()
 
 
 _checkpointers: dict[str, _RunCheckpointer] = {}
