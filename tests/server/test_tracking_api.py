@@ -199,9 +199,14 @@ def test_oversized_log_batch_is_refused_and_writes_nothing(server: RunningServer
     assert response.status_code == 400 and response.json()["error_code"] == "INVALID_PARAMETER_VALUE"
     assert "1000 metrics" in response.json()["message"]
 
-    too_big = {"run_id": run.info.run_id, "params": [{"key": f"p{i}", "value": "x" * 5000} for i in range(100)] * 3}
+    too_big = {  # every count and value within its limit, the whole request over 1 MB
+        "run_id": run.info.run_id,
+        "params": [{"key": f"p{i}", "value": "x" * 6000} for i in range(100)],
+        "tags": [{"key": f"t{i}", "value": "y" * 8000} for i in range(100)],
+    }
     response = httpx.post(url, content=json.dumps(too_big))
     assert response.status_code == 400 and response.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+    assert "1000000 bytes" in response.json()["message"]
 
     one_bad = {
         "run_id": run.info.run_id,
@@ -213,6 +218,7 @@ def test_oversized_log_batch_is_refused_and_writes_nothing(server: RunningServer
 
     stored = server.client.get_run(run.info.run_id)
     assert stored.data.params == {} and stored.data.metrics == {}
+    assert not any(key.startswith("t") for key in stored.data.tags)
 
 
 def test_malformed_requests_and_unknown_endpoints(server: RunningServer) -> None:
