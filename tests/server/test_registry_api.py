@@ -170,3 +170,38 @@ def test_raw_requests_shapes(server: RunningServer) -> None:
     assert unknown.status_code == 404 and unknown.json()["error_code"] == "RESOURCE_DOES_NOT_EXIST"
     wrong_method = httpx.get(f"{base}/registered-models/create")
     assert wrong_method.status_code in (404, 405)
+
+
+def test_two_servers_number_versions_without_races(db_url: str, tmp_path: Path) -> None:
+    """Two server processes' worth of apps on one database: concurrent registrations get 1..N once each."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cairn.tracking.client import Client
+    from tests.server.conftest import serve
+
+    artifact_root = str(tmp_path / "artifacts")
+    first_store, second_store = Client(db_url, artifact_root), Client(db_url, artifact_root)
+    with serve(first_store, artifact_root) as one, serve(second_store, artifact_root) as two:
+        run_id, _ = _run_with_model(one)
+        clients = [MlflowClient(tracking_uri=one.url), MlflowClient(tracking_uri=two.url)]
+
+        def create_model(index: int) -> str:
+            try:
+                clients[index % 2].create_registered_model("shared")
+                return "created"
+            except MlflowException as exc:
+                return str(exc.error_code)
+
+        def register(index: int) -> str:
+            return str(
+                clients[index % 2].create_model_version("shared", f"runs:/{run_id}/model", run_id=run_id).version
+            )
+
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            outcomes = sorted(pool.map(create_model, range(6)))
+            versions = sorted(pool.map(register, range(12)), key=int)
+    assert outcomes == ["RESOURCE_ALREADY_EXISTS"] * 5 + ["created"]
+    assert versions == [str(n) for n in range(1, 13)]
+    assert [v.version for v in first_store.search_model_versions("name = 'shared'")] == [
+        str(n) for n in range(12, 0, -1)
+    ]

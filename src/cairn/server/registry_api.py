@@ -29,6 +29,7 @@ from starlette.routing import BaseRoute
 
 from cairn.registry.entities import ModelVersion, RegisteredModel
 from cairn.server.protocol import ServerContext, invalid, json_route, request_args
+from cairn.server.tracking_api import public_location as client_location
 
 __all__ = ["client_location", "routes", "stored_location"]
 
@@ -46,15 +47,6 @@ Body = dict[str, Any]
 # -- locations -------------------------------------------------------------------------------------
 
 
-def client_location(ctx: ServerContext, location: str) -> str:
-    """``location`` as a client should see it: ``mlflow-artifacts:/<rel>`` for a path under the artifact
-    root when the server proxies artifacts, else unchanged."""
-    root = ctx.artifact_root.rstrip("/")
-    if ctx.serve_artifacts and root and (location == root or location.startswith(root + "/")):
-        return f"{PROXY_SCHEME}/{location[len(root) :].lstrip('/')}"
-    return location
-
-
 def stored_location(ctx: ServerContext, location: str) -> str:
     """The store's form of a location a client sent: ``mlflow-artifacts:/<rel>`` becomes
     ``<artifact root>/<rel>`` (confined to the root); a local path must lie inside the artifact root.
@@ -66,6 +58,8 @@ def stored_location(ctx: ServerContext, location: str) -> str:
     from cairn.registry import uris
 
     if location.startswith(PROXY_SCHEME):
+        if not ctx.serve_artifacts:
+            raise invalid("mlflow-artifacts: locations need a server started with --serve-artifacts.")
         rest = location[len(PROXY_SCHEME) :]
         if rest.startswith("//"):  # mlflow-artifacts://host:port/path: only this server's own
             rest = "/" + rest[2:].partition("/")[2]
