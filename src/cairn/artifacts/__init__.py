@@ -45,7 +45,8 @@ def _s3_options(storage_options: dict[str, Any]) -> dict[str, Any]:
 
 
 def get_artifact_store(root_uri: str | os.PathLike[str], **storage_options: Any) -> ArtifactStore:
-    """Return the store for ``root_uri``: a local path or ``file://`` URI, or any fsspec URL.
+    """Return the store for ``root_uri``: a local path or ``file://`` URI, a tracking server's artifact proxy
+    (``mlflow-artifacts:/...``, resolved against ``tracking_uri=`` or the current tracking URI), or any fsspec URL.
 
     For ``s3://`` roots the endpoint comes, unless ``storage_options`` already set one, from
     ``CAIRN_S3_ENDPOINT_URL`` or else the standard ``AWS_ENDPOINT_URL`` (passed to s3fs as
@@ -55,6 +56,12 @@ def get_artifact_store(root_uri: str | os.PathLike[str], **storage_options: Any)
         InvalidArgument: the URL's scheme is unknown to fsspec or needs a package that is missing.
     """
     root = os.fspath(root_uri)
+    from cairn.artifacts.mlflow_artifacts import is_proxy_uri
+
+    if is_proxy_uri(root):  # a tracking server's artifact proxy: mlflow-artifacts:/... or its http(s) URL
+        from cairn.artifacts.mlflow_artifacts import MlflowArtifactsStore
+
+        return MlflowArtifactsStore(root, tracking_uri=storage_options.pop("tracking_uri", None))
     scheme = _scheme_of(root)
     if scheme is None or scheme == "file":
         if storage_options:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 DEFAULT_HOME = "cairn-runs"
 DATABASE_FILE = "cairn.db"
 _DB_SCHEMES = ("sqlite", "postgresql", "postgres", "postgresql+psycopg")
+_HTTP_SCHEMES = ("http", "https")
 
 _tracking_uri: str | None = None
 _artifact_root: str | None = None
@@ -77,11 +78,14 @@ def resolve_tracking_uri(uri: str) -> str:
         return f"sqlite:///{Path(path).expanduser().resolve()}"
     if scheme in _DB_SCHEMES:
         return uri
+    if scheme in _HTTP_SCHEMES:  # a tracking server: cairn.store.rest
+        return uri.rstrip("/")
     if scheme == "file":
         uri = unquote(urlparse(uri).path)
     elif scheme:
         raise InvalidArgument(
-            f"tracking URI scheme {scheme!r} is not supported; use a directory, sqlite:///file.db or postgresql://..."
+            f"tracking URI scheme {scheme!r} is not supported; use a directory, sqlite:///file.db, postgresql://... or "
+            "http(s)://host:port (a tracking server)"
         )
     location = Path(uri).expanduser().resolve()
     if location.suffix == ".db":
@@ -107,9 +111,14 @@ def get_store(tracking_uri: str | None = None, artifact_root: str | None = None)
         with _lock:
             store = _stores.get(key)
             if store is None:
-                from cairn.store._sql.store import SqlTrackingStore
+                if uri.split(":", 1)[0].lower() in _HTTP_SCHEMES:
+                    from cairn.store.rest import RestTrackingStore
 
-                store = SqlTrackingStore(uri, root)
+                    store = RestTrackingStore(uri)
+                else:
+                    from cairn.store._sql.store import SqlTrackingStore
+
+                    store = SqlTrackingStore(uri, root)
                 _stores[key] = store
     return store
 

@@ -1,0 +1,462 @@
+"""``RestTrackingStore``: the :class:`~cairn.store.base.TrackingStore` contract over MLflow's REST API.
+
+Both ``mlflow server`` and ``cairn server`` speak it, so ``CAIRN_TRACKING_URI=http(s)://host:port`` works
+against either. What MLflow's API cannot express (superseding points, forking, purging, resume leases,
+choosing a run id) raises :class:`~cairn.store.rest.errors.UnsupportedByServer` naming the method.
+
+Differences from the SQL store, all forced by the API:
+
+- A write larger than one request (log-batch: 1,000 metrics, 100 params, 100 tags, 1,000 entities, 1 MB)
+  is split: params first, then tags, then metrics. Each request is atomic on the server, the whole call is
+  not. :meth:`log_metric_points` (the metric writer's path) sends each run's points in such requests.
+- Points are never superseded (``include_superseded`` changes nothing).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from cairn.errors import ExperimentNotFound, FilterSyntaxError, InvalidArgument, NotFound, RunNotFound
+from cairn.store.base import MetricPoint, RunLease, StoredMetricPoint, TrackingStore
+from cairn.store.rest.errors import UnsupportedByServer
+from cairn.store.rest.http import HttpSession, encode_json
+from cairn.tracking.entities import (
+    Experiment,
+    LifecycleStage,
+    Metric,
+    PagedList,
+    Param,
+    Run,
+    RunData,
+    RunInfo,
+    RunStatus,
+    RunTag,
+    ViewType,
+)
+
+__all__ = ["MAX_ENTITIES", "MAX_METRICS", "MAX_PARAMS", "MAX_REQUEST_BYTES", "MAX_TAGS", "RestTrackingStore"]
+
+MAX_METRICS = 1000
+MAX_PARAMS = 100
+MAX_TAGS = 100
+MAX_ENTITIES = 1000
+MAX_REQUEST_BYTES = 1_000_000
+"""MLflow's log-batch limits (``mlflow/utils/validation.py``)."""
+_BYTES_MARGIN = 4096  # the envelope of a request: run id, braces, field names
+HISTORY_PAGE = 25_000
+SEARCH_PAGE = 1000
+
+
+def _encode_value(value: float) -> float | str:
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    return float(value)
+
+
+def _decode_value(value: Any) -> float:
+    if isinstance(value, str):
+        return float({"NaN": "nan", "Infinity": "inf", "-Infinity": "-inf"}.get(value, value))
+    return float(value)
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None or value == "" else int(value)
+
+
+def _experiment(js: dict[str, Any]) -> Experiment:
+    return Experiment(
+        experiment_id=str(js["experiment_id"]),
+        name=str(js.get("name", "")),
+        artifact_location=str(js.get("artifact_location", "")),
+        lifecycle_stage=LifecycleStage(js.get("lifecycle_stage", "active")),
+        tags={t["key"]: t.get("value", "") for t in js.get("tags", [])},
+        creation_time=_opt_int(js.get("creation_time")),
+        last_update_time=_opt_int(js.get("last_update_time")),
+    )
+
+
+def _run_info(js: dict[str, Any], tags: dict[str, str] | None = None) -> RunInfo:
+    run_id = str(js.get("run_id") or js["run_uuid"])
+    return RunInfo(
+        run_id=run_id,
+        experiment_id=str(js["experiment_id"]),
+        run_name=str(js.get("run_name") or (tags or {}).get("mlflow.runName", "")),
+        user_id=str(js.get("user_id", "")),
+        status=RunStatus.parse(js.get("status", "RUNNING")),
+        start_time=int(js.get("start_time") or 0),
+        end_time=_opt_int(js.get("end_time")),
+        artifact_uri=str(js.get("artifact_uri", "")),
+        lifecycle_stage=LifecycleStage(js.get("lifecycle_stage", "active")),
+    )
+
+
+def _run(js: dict[str, Any]) -> Run:
+    data = js.get("data") or {}
+    tags = {t["key"]: t.get("value", "") for t in data.get("tags", [])}
+    return Run(
+        info=_run_info(js["info"], tags),
+        data=RunData(
+            metrics={m["key"]: _decode_value(m["value"]) for m in data.get("metrics", [])},
+            params={p["key"]: p.get("value", "") for p in data.get("params", [])},
+            tags=tags,
+        ),
+    )
+
+
+def _metric(js: dict[str, Any]) -> Metric:
+    return Metric(js["key"], _decode_value(js["value"]), int(js.get("timestamp") or 0), int(js.get("step") or 0))
+
+
+def _metric_js(key: str, value: float, timestamp: int, step: int) -> dict[str, Any]:
+    return {"key": key, "value": _encode_value(value), "timestamp": int(timestamp), "step": int(step)}
+
+
+def _chunks(items: list[dict[str, Any]], count: int) -> Iterator[list[dict[str, Any]]]:
+    """Pieces of at most ``count`` items and at most ~1 MB of JSON each."""
+    piece: list[dict[str, Any]] = []
+    size = 0
+    budget = MAX_REQUEST_BYTES - _BYTES_MARGIN
+    for item in items:
+        item_size = len(encode_json(item)) + 1
+        if piece and (len(piece) >= count or size + item_size > budget):
+            yield piece
+            piece, size = [], 0
+        piece.append(item)
+        size += item_size
+    if piece:
+        yield piece
+
+
+class RestTrackingStore(TrackingStore):
+    """A tracking store served by an MLflow-compatible tracking server.
+
+    Args:
+        uri: ``http(s)://host[:port][/prefix]``.
+        **session_options: passed to :class:`~cairn.store.rest.http.HttpSession` (timeouts, retries, transport).
+    """
+
+    def __init__(self, uri: str, **session_options: Any) -> None:
+        self.http = HttpSession(uri, **session_options)
+        self.uri = self.http.base_url
+
+    def __repr__(self) -> str:
+        return f"RestTrackingStore({self.uri!r})"
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _unsupported(self, method: str, why: str) -> UnsupportedByServer:
+        return UnsupportedByServer(
+            f"{method} is not supported by the tracking server at {self.uri}: MLflow's REST API {why}"
+        )
+
+    # -- experiments -------------------------------------------------------------------------
+
+    def create_experiment(
+        self, name: str, artifact_location: str | None = None, tags: dict[str, str] | None = None
+    ) -> str:
+        if not name or not name.strip():
+            raise InvalidArgument("experiment name must not be empty")
+        payload: dict[str, Any] = {"name": name, "tags": [{"key": k, "value": v} for k, v in (tags or {}).items()]}
+        if artifact_location:
+            payload["artifact_location"] = artifact_location
+        return str(self.http.call("POST", "experiments/create", payload)["experiment_id"])
+
+    def get_experiment(self, experiment_id: str) -> Experiment:
+        js = self.http.call(
+            "GET", "experiments/get", {"experiment_id": str(experiment_id)}, not_found=ExperimentNotFound
+        )
+        return _experiment(js["experiment"])
+
+    def get_experiment_by_name(self, name: str) -> Experiment | None:
+        try:
+            js = self.http.call(
+                "GET", "experiments/get-by-name", {"experiment_name": name}, not_found=ExperimentNotFound
+            )
+        except NotFound:
+            return None
+        return _experiment(js["experiment"])
+
+    def search_experiments(
+        self,
+        view_type: ViewType = ViewType.ACTIVE_ONLY,
+        max_results: int = 1000,
+        name_like: str | None = None,
+    ) -> list[Experiment]:
+        found: list[Experiment] = []
+        token: str | None = None
+        while len(found) < max_results:
+            payload: dict[str, Any] = {
+                "view_type": view_type.name,
+                "max_results": min(SEARCH_PAGE, max_results - len(found)),
+                "order_by": ["experiment_id ASC"],
+            }
+            if name_like is not None:
+                payload["filter"] = "name LIKE '{}'".format(name_like.replace("'", "\\'"))
+            if token:
+                payload["page_token"] = token
+            js = self.http.call("POST", "experiments/search", payload, idempotent=True)
+            found += [_experiment(e) for e in js.get("experiments", [])]
+            token = js.get("next_page_token") or None
+            if not token:
+                break
+        found.sort(key=lambda e: int(e.experiment_id) if e.experiment_id.isdigit() else 0)
+        return found[:max_results]
+
+    def delete_experiment(self, experiment_id: str) -> None:
+        self._experiment_call("experiments/delete", {"experiment_id": str(experiment_id)})
+
+    def restore_experiment(self, experiment_id: str) -> None:
+        self._experiment_call("experiments/restore", {"experiment_id": str(experiment_id)})
+
+    def rename_experiment(self, experiment_id: str, new_name: str) -> None:
+        self._experiment_call("experiments/update", {"experiment_id": str(experiment_id), "new_name": new_name})
+
+    def set_experiment_tag(self, experiment_id: str, key: str, value: str) -> None:
+        payload = {"experiment_id": str(experiment_id), "key": key, "value": value}
+        self._experiment_call("experiments/set-experiment-tag", payload)
+
+    def _experiment_call(self, endpoint: str, payload: dict[str, Any]) -> None:
+        self.http.call("POST", endpoint, payload, idempotent=True, not_found=ExperimentNotFound)
+
+    # -- runs ----------------------------------------------------------------------------------
+
+    def create_run(
+        self,
+        experiment_id: str,
+        *,
+        user_id: str,
+        start_time: int,
+        run_name: str,
+        tags: Sequence[RunTag] = (),
+        run_id: str | None = None,
+    ) -> Run:
+        if run_id is not None:
+            raise self._unsupported("create_run(run_id=...)", "cannot choose a run's id")
+        payload = {
+            "experiment_id": str(experiment_id),
+            "user_id": user_id,
+            "start_time": int(start_time),
+            "run_name": run_name,
+            "tags": [{"key": t.key, "value": t.value} for t in tags],
+        }
+        js = self.http.call("POST", "runs/create", payload, not_found=ExperimentNotFound)
+        return _run(js["run"])
+
+    def get_run(self, run_id: str) -> Run:
+        js = self.http.call("GET", "runs/get", {"run_id": run_id}, not_found=RunNotFound)
+        return _run(js["run"])
+
+    def update_run_info(
+        self,
+        run_id: str,
+        *,
+        status: RunStatus | None = None,
+        end_time: int | None = None,
+        run_name: str | None = None,
+    ) -> RunInfo:
+        payload: dict[str, Any] = {"run_id": run_id}
+        if status is not None:
+            payload["status"] = RunStatus.parse(status).value
+        if end_time is not None:
+            payload["end_time"] = int(end_time)
+        if run_name is not None:
+            payload["run_name"] = run_name
+        js = self.http.call("POST", "runs/update", payload, idempotent=True, not_found=RunNotFound)
+        info = _run_info(js["run_info"])
+        if status is not None and RunStatus.parse(status) is RunStatus.RUNNING:
+            info.end_time = None
+        return info
+
+    def delete_run(self, run_id: str) -> None:
+        self.http.call("POST", "runs/delete", {"run_id": run_id}, idempotent=True, not_found=RunNotFound)
+
+    def restore_run(self, run_id: str) -> None:
+        self.http.call("POST", "runs/restore", {"run_id": run_id}, idempotent=True, not_found=RunNotFound)
+
+    def purge_run(self, run_id: str) -> None:
+        raise self._unsupported("purge_run", "has no endpoint to purge a run (run `mlflow gc` on the server)")
+
+    def deleted_run_ids(self, older_than: int | None = None) -> list[str]:
+        if older_than is not None:
+            raise self._unsupported("deleted_run_ids(older_than=...)", "does not say when a run was deleted")
+        ids = [e.experiment_id for e in self.search_experiments(ViewType.ALL, 50_000)]
+        found: list[str] = []
+        for start in range(0, len(ids), 100):
+            token: str | None = None
+            while True:
+                page = self.search_runs(ids[start : start + 100], "", ViewType.DELETED_ONLY, SEARCH_PAGE, None, token)
+                found += [run.info.run_id for run in page.items]
+                token = page.next_page_token
+                if not token:
+                    break
+        return found
+
+    # -- run data ------------------------------------------------------------------------------
+
+    def log_batch(
+        self,
+        run_id: str,
+        metrics: Sequence[Metric] = (),
+        params: Sequence[Param] = (),
+        tags: Sequence[RunTag] = (),
+    ) -> None:
+        self._send_batch(
+            run_id,
+            [_metric_js(m.key, m.value, m.timestamp, m.step) for m in metrics],
+            [{"key": p.key, "value": p.value} for p in params],
+            [{"key": t.key, "value": t.value} for t in tags],
+        )
+
+    def log_metric_points(self, points: Sequence[MetricPoint]) -> None:
+        by_run: dict[str, list[dict[str, Any]]] = {}
+        for run_id, key, value, timestamp, step in points:
+            by_run.setdefault(run_id, []).append(_metric_js(key, value, timestamp, step))
+        for run_id, metrics in by_run.items():
+            self._send_batch(run_id, metrics, [], [])
+
+    def _send_batch(
+        self, run_id: str, metrics: list[dict[str, Any]], params: list[dict[str, Any]], tags: list[dict[str, Any]]
+    ) -> None:
+        """One log-batch request when everything fits, else params, tags, then metrics in as few as fit."""
+        whole = {"run_id": run_id, "metrics": metrics, "params": params, "tags": tags}
+        if (
+            len(metrics) <= MAX_METRICS
+            and len(params) <= MAX_PARAMS
+            and len(tags) <= MAX_TAGS
+            and len(metrics) + len(params) + len(tags) <= MAX_ENTITIES
+            and len(encode_json(whole)) <= MAX_REQUEST_BYTES
+        ):
+            if metrics or params or tags:
+                self._post_batch(whole)
+            return
+        for piece in _chunks(params, MAX_PARAMS):
+            self._post_batch({"run_id": run_id, "params": piece})
+        for piece in _chunks(tags, MAX_TAGS):
+            self._post_batch({"run_id": run_id, "tags": piece})
+        for piece in _chunks(metrics, MAX_METRICS):
+            self._post_batch({"run_id": run_id, "metrics": piece})
+
+    def _post_batch(self, payload: dict[str, Any]) -> None:
+        """One log-batch request; retried even when it may have arrived (see :mod:`cairn.store.rest.http`)."""
+        key = hashlib.sha256(encode_json(payload)).hexdigest()
+        self.http.call(
+            "POST",
+            "runs/log-batch",
+            payload,
+            idempotent=True,
+            not_found=RunNotFound,
+            headers={"Idempotency-Key": key},
+        )
+
+    def delete_tag(self, run_id: str, key: str) -> None:
+        self.http.call("POST", "runs/delete-tag", {"run_id": run_id, "key": key}, idempotent=True)
+
+    def get_metric_history(self, run_id: str, key: str, *, include_superseded: bool = False) -> list[Metric]:
+        del include_superseded  # MLflow's API has no superseded points
+        points: list[Metric] = []
+        token: str | None = None
+        while True:
+            payload = {"run_id": run_id, "metric_key": key, "max_results": HISTORY_PAGE, "page_token": token}
+            js = self.http.call("GET", "metrics/get-history", payload, not_found=RunNotFound)
+            points += [_metric(m) for m in js.get("metrics", [])]
+            token = js.get("next_page_token") or None
+            if not token:
+                break
+        points.sort(key=lambda m: (m.step, m.timestamp))
+        return points
+
+    def supersede_metrics_after(self, run_id: str, step: int) -> int:
+        raise self._unsupported("supersede_metrics_after", "cannot hide metric points (no superseded flag)")
+
+    def fork_run(self, run_id: str, up_to_step: int, *, run_name: str | None = None, start_time: int) -> Run:
+        raise self._unsupported("fork_run", "cannot fork a run")
+
+    def search_runs(
+        self,
+        experiment_ids: Sequence[str],
+        filter_string: str = "",
+        run_view_type: ViewType = ViewType.ACTIVE_ONLY,
+        max_results: int = 1000,
+        order_by: Sequence[str] | None = None,
+        page_token: str | None = None,
+    ) -> PagedList[Run]:
+        payload: dict[str, Any] = {
+            "experiment_ids": [str(e) for e in experiment_ids],
+            "filter": filter_string or "",
+            "run_view_type": run_view_type.name,
+            "max_results": int(max_results),
+        }
+        if order_by:
+            payload["order_by"] = list(order_by)
+        if page_token:
+            payload["page_token"] = page_token
+        try:
+            js = self.http.call("POST", "runs/search", payload, idempotent=True, not_found=ExperimentNotFound)
+        except InvalidArgument as exc:
+            if isinstance(exc, FilterSyntaxError):
+                raise
+            raise FilterSyntaxError(str(exc), text=filter_string) from exc
+        return PagedList([_run(r) for r in js.get("runs", [])], js.get("next_page_token") or None)
+
+    # -- copying runs between stores -----------------------------------------------------------
+
+    def metric_point_counts(self, run_ids: Sequence[str]) -> dict[str, dict[str, tuple[int, int]]]:
+        """One get-run plus one get-history per metric of each run (the API has no aggregate)."""
+        counts: dict[str, dict[str, tuple[int, int]]] = {}
+        for run_id in run_ids:
+            try:
+                keys = sorted(self.get_run(run_id).data.metrics)
+            except RunNotFound:
+                continue
+            per_key = {key: (len(self.get_metric_history(run_id, key)), 0) for key in keys}
+            if per_key:
+                counts[run_id] = per_key
+        return counts
+
+    def get_metric_points(self, run_id: str, keys: Sequence[str] | None = None) -> list[StoredMetricPoint]:
+        wanted = sorted(keys) if keys is not None else sorted(self.get_run(run_id).data.metrics)
+        points: list[StoredMetricPoint] = []
+        for key in wanted:
+            points += [
+                StoredMetricPoint(m.key, m.value, m.timestamp, m.step) for m in self.get_metric_history(run_id, key)
+            ]
+        return points
+
+    def import_run_data(
+        self,
+        run_id: str,
+        *,
+        params: Sequence[Param] = (),
+        tags: Sequence[RunTag] = (),
+        points: Sequence[StoredMetricPoint] = (),
+        supersede: Sequence[tuple[StoredMetricPoint, int]] = (),
+    ) -> None:
+        """Written as log-batch requests (not one transaction); superseded points cannot be expressed."""
+        if supersede or any(point.superseded for point in points):
+            raise self._unsupported("import_run_data (superseded points)", "has no superseded flag")
+        self._send_batch(
+            run_id,
+            [_metric_js(p.key, p.value, p.timestamp, p.step) for p in points],
+            [{"key": p.key, "value": p.value} for p in params],
+            [{"key": t.key, "value": t.value} for t in tags],
+        )
+
+    # -- resume leases -------------------------------------------------------------------------
+
+    def acquire_run_lease(self, run_id: str, owner: str, ttl_seconds: float) -> bool:
+        raise self._unsupported("acquire_run_lease", "has no run leases")
+
+    def renew_run_lease(self, run_id: str, owner: str, ttl_seconds: float) -> bool:
+        raise self._unsupported("renew_run_lease", "has no run leases")
+
+    def release_run_lease(self, run_id: str, owner: str) -> None:
+        raise self._unsupported("release_run_lease", "has no run leases")
+
+    def get_run_lease(self, run_id: str) -> RunLease | None:
+        raise self._unsupported("get_run_lease", "has no run leases")
