@@ -107,7 +107,30 @@ def test_logged_model_endpoints(mlflow_tracking: RunningServer) -> None:
     assert _error_code(client.get_logged_model, second.model_id) == "RESOURCE_DOES_NOT_EXIST"
     assert _error_code(client.get_logged_model, "m-" + "0" * 40) == "RESOURCE_DOES_NOT_EXIST"
     assert _error_code(client.get_logged_model, "no-such-id") == "RESOURCE_DOES_NOT_EXIST"
-    # cairn records a logged model on its run: without one the request is refused, saying why
-    with pytest.raises(MlflowException, match="source_run_id is required") as caught:
-        client.create_logged_model(experiment_id, name="orphan")
-    assert caught.value.error_code == "INVALID_PARAMETER_VALUE"
+    assert _error_code(client.create_logged_model, "12345", name="x") == "RESOURCE_DOES_NOT_EXIST"
+
+
+def test_model_logged_outside_a_run(mlflow_tracking: RunningServer) -> None:
+    """MLflow 3 logs models without a run too: the record then lives on the experiment."""
+    client = MlflowClient(tracking_uri=mlflow_tracking.url)
+    experiment_id = client.create_experiment("runless")
+    orphan = client.create_logged_model(experiment_id, name="orphan", params={"p": "1"})
+    assert not orphan.source_run_id and orphan.params == {"p": "1"}
+    client.set_logged_model_tags(orphan.model_id, {"t": "x"})
+    assert client.get_logged_model(orphan.model_id).tags == {"t": "x"}
+    assert str(client.finalize_logged_model(orphan.model_id, "READY").status) == "READY"
+    assert [m.model_id for m in client.search_logged_models([experiment_id])] == [orphan.model_id]
+    client.delete_logged_model(orphan.model_id)
+    assert _error_code(client.get_logged_model, orphan.model_id) == "RESOURCE_DOES_NOT_EXIST"
+    assert client.search_logged_models([experiment_id]) == []
+
+    import mlflow
+    import numpy as np
+    from sklearn.linear_model import LinearRegression
+
+    X = np.array([[0.0], [1.0], [2.0]])
+    model = LinearRegression().fit(X, np.array([1.0, 3.0, 5.0]))
+    mlflow.set_experiment(experiment_id=experiment_id)
+    info = mlflow.sklearn.log_model(model, name="free", registered_model_name="free", pip_requirements=["scikit-learn"])
+    assert mlflow.active_run() is None and info.model_id.startswith(f"m-e{experiment_id}-")
+    assert mlflow.pyfunc.load_model("models:/free/1").predict(X).tolist() == model.predict(X).tolist()

@@ -1,4 +1,4 @@
-"""MLflow 3's logged models (``/api/2.0/mlflow/logged-models...``), recorded on their source run.
+"""MLflow 3's logged models (``/api/2.0/mlflow/logged-models...``), recorded on their source run (or experiment).
 
 ``mlflow.<flavor>.log_model`` first creates a logged model, links it to the run (``runs/outputs``),
 uploads the model directory to the logged model's ``artifact_uri``, finalizes it and registers
@@ -6,13 +6,14 @@ uploads the model directory to the logged model's ``artifact_uri``, finalizes it
 made it (as cairn's own ``log_model`` records its models in the run's ``mlflow.log-model.history``
 tag), so its record is one run tag, ``cairn.logged-model.<model_id>``, holding JSON (name, type,
 status, tags, params, times, location). The model id embeds the run id (``m-<run id><8 hex>``), so a
-lookup by id is one ``get_run`` on any server process. The files live where MLflow puts them,
-``<experiment artifact location>/models/<model_id>/artifacts``.
+lookup by id is one ``get_run`` on any server process. A model logged outside any run (MLflow 3 allows
+it) is recorded the same way as an experiment tag, with the id ``m-e<experiment id>-<16 hex>``. The
+files live where MLflow puts them, ``<experiment artifact location>/models/<model_id>/artifacts``.
 
-Limits of this choice: a logged model needs a source run (INVALID_PARAMETER_VALUE otherwise); its
-params are the run's params plus its own, stored in the tag (8,000 characters); two clients changing
-the same model's tags at the same instant may lose one change (each write replaces the record).
-Deleting a logged model removes its record; its files stay, as in MLflow.
+Limits of this choice: a model's params are its run's params plus its own, stored in the tag (8,000
+characters); two clients changing the same model's tags at the same instant may lose one change (each
+write replaces the record). Deleting a logged model removes its run tag (an experiment keeps a
+``{"deleted": true}`` record, as experiment tags cannot be removed); its files stay, as in MLflow.
 """
 
 from __future__ import annotations
@@ -47,8 +48,10 @@ __all__ = ["RECORD_TAG_PREFIX", "LoggedModel", "LoggedModels", "logged_model_rou
 RECORD_TAG_PREFIX = "cairn.logged-model."
 STATUSES = {1: "LOGGED_MODEL_PENDING", 2: "LOGGED_MODEL_READY", 3: "LOGGED_MODEL_UPLOAD_FAILED"}
 MAX_SEARCH = 1000
-_MODEL_ID = re.compile(r"^m-([0-9a-f]{32})([0-9a-f]{8})$")
-_LOCATION = re.compile(r"/models/(m-[0-9a-f]{40})/artifacts/?$")
+_RUN_MODEL_ID = re.compile(r"^m-([0-9a-f]{32})[0-9a-f]{8}$")
+_EXPERIMENT_MODEL_ID = re.compile(r"^m-e([0-9]{1,19})-[0-9a-f]{16}$")
+_LOCATION = re.compile(r"/models/(m-(?:[0-9a-f]{40}|e[0-9]{1,19}-[0-9a-f]{16}))/artifacts/?$")
+_DELETED = json.dumps({"deleted": True})
 _FILTER_CLAUSE = re.compile(
     r"\s*(?P<key>name|source_run_id|status|model_type)\s*=\s*(?P<q>['\"])(?P<value>.*?)(?P=q)\s*", re.IGNORECASE
 )
@@ -107,8 +110,9 @@ class LoggedModel:
             "last_updated_timestamp_ms": self.last_updated_timestamp,
             "artifact_uri": client_location(ctx, self.artifact_location),
             "status": self.status,
-            "source_run_id": self.source_run_id,
         }
+        if self.source_run_id:
+            info["source_run_id"] = self.source_run_id
         if self.model_type:
             info["model_type"] = self.model_type
         if self.status_message:
@@ -143,22 +147,29 @@ class LoggedModels:
 
     # -- records -----------------------------------------------------------------------------------
 
-    def _run_of(self, model_id: str) -> str:
-        match = _MODEL_ID.match(model_id)
-        if match is None:
-            raise NotFound(f"Logged model with ID '{model_id}' not found.")
-        return match.group(1)
-
     def _load(self, model_id: str) -> tuple[LoggedModel, dict[str, str]]:
         """The model and its run's params. Raises NotFound."""
+        missing = NotFound(f"Logged model with ID '{model_id}' not found.")
+        key = RECORD_TAG_PREFIX + model_id
         try:
-            run = self.client.get_run(self._run_of(model_id))
+            if match := _RUN_MODEL_ID.match(model_id):
+                run = self.client.get_run(match.group(1))
+                raw, experiment_id, run_id, params = (
+                    run.data.tags.get(key),
+                    run.info.experiment_id,
+                    run.info.run_id,
+                    dict(run.data.params),
+                )
+            elif match := _EXPERIMENT_MODEL_ID.match(model_id):
+                experiment = self.client.get_experiment(match.group(1))
+                raw, experiment_id, run_id, params = experiment.tags.get(key), experiment.experiment_id, "", {}
+            else:
+                raise missing
         except NotFound:
-            raise NotFound(f"Logged model with ID '{model_id}' not found.") from None
-        raw = run.data.tags.get(RECORD_TAG_PREFIX + model_id)
-        if raw is None:
-            raise NotFound(f"Logged model with ID '{model_id}' not found.")
-        return self._parse(model_id, run.info.experiment_id, run.info.run_id, raw), dict(run.data.params)
+            raise missing from None
+        if raw is None or raw == _DELETED:
+            raise missing
+        return self._parse(model_id, experiment_id, run_id, raw), params
 
     @staticmethod
     def _parse(model_id: str, experiment_id: str, run_id: str, raw: str) -> LoggedModel:
@@ -179,12 +190,16 @@ class LoggedModels:
         )
 
     def _save(self, model: LoggedModel) -> None:
+        key = RECORD_TAG_PREFIX + model.model_id
         try:
-            self.client.set_tag(model.source_run_id, RECORD_TAG_PREFIX + model.model_id, model.record())
+            if model.source_run_id:
+                self.client.set_tag(model.source_run_id, key, model.record())
+            else:
+                self.client.set_experiment_tag(model.experiment_id, key, model.record())
         except InvalidArgument as exc:
+            owner = f"run {model.source_run_id}" if model.source_run_id else f"experiment {model.experiment_id}"
             raise invalid(
-                f"logged model {model.model_id}: its tags and params do not fit in its record on run "
-                f"{model.source_run_id} ({exc})"
+                f"logged model {model.model_id}: its tags and params do not fit in its record on {owner} ({exc})"
             ) from None
 
     def get(self, model_id: str) -> LoggedModel:
@@ -194,21 +209,21 @@ class LoggedModels:
 
     def create(self, args: Args) -> Body:
         experiment_id = text(args, "experiment_id", required=True)
-        run_id = text(args, "source_run_id")
-        if run_id is None:
-            raise invalid(
-                "cairn records a logged model on the run that made it: source_run_id is required "
-                "(log the model inside a run, e.g. `with mlflow.start_run(): mlflow.sklearn.log_model(...)`)"
-            )
-        run = self.client.get_run(run_id)
-        if str(run.info.experiment_id) != experiment_id:
-            raise invalid(f"run {run_id} belongs to experiment {run.info.experiment_id}, not {experiment_id}")
+        assert experiment_id is not None
+        run_id = text(args, "source_run_id") or ""
         experiment = self.client.get_experiment(experiment_id)
+        run_params: dict[str, str] = {}
+        if run_id:
+            run = self.client.get_run(run_id)
+            if str(run.info.experiment_id) != experiment_id:
+                raise invalid(f"run {run_id} belongs to experiment {run.info.experiment_id}, not {experiment_id}")
+            run_params, taken = dict(run.data.params), run.data.tags
+        else:
+            taken = experiment.tags
         while True:
-            model_id = f"m-{run_id}{secrets.token_hex(4)}"
-            if RECORD_TAG_PREFIX + model_id not in run.data.tags:
+            model_id = f"m-{run_id}{secrets.token_hex(4)}" if run_id else f"m-e{experiment_id}-{secrets.token_hex(8)}"
+            if RECORD_TAG_PREFIX + model_id not in taken:
                 break
-        run_params = dict(run.data.params)
         params = {k: v for k, v in tag_list(args, "params").items() if run_params.get(k) != v}
         now = _now()
         model = LoggedModel(
@@ -274,7 +289,10 @@ class LoggedModels:
 
     def delete(self, args: Args) -> Body:
         model = self.get(str(args["model_id"]))
-        self.client.delete_tag(model.source_run_id, RECORD_TAG_PREFIX + model.model_id)
+        if model.source_run_id:
+            self.client.delete_tag(model.source_run_id, RECORD_TAG_PREFIX + model.model_id)
+        else:
+            self.client.set_experiment_tag(model.experiment_id, RECORD_TAG_PREFIX + model.model_id, _DELETED)
         return {}
 
     def log_outputs(self, args: Args) -> Body:
@@ -323,7 +341,17 @@ class LoggedModels:
                 token = paged.next_page_token
                 if not token:
                     break
-        result = []
+        result: list[tuple[LoggedModel, dict[str, str]]] = []
+        if run_id is None:  # models logged outside any run
+            for experiment_id in experiment_ids:
+                try:
+                    experiment = self.client.get_experiment(experiment_id)
+                except NotFound:
+                    continue
+                for key, raw in experiment.tags.items():
+                    if key.startswith(RECORD_TAG_PREFIX) and raw != _DELETED:
+                        model = self._parse(key[len(RECORD_TAG_PREFIX) :], experiment.experiment_id, "", raw)
+                        result.append((model, {}))
         for run in runs:
             if str(run.info.experiment_id) not in experiment_ids:
                 continue
