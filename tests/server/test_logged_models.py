@@ -62,6 +62,9 @@ def test_sklearn_log_model_registers_and_loads(mlflow_tracking: RunningServer) -
     assert (Path(location) / "MLmodel").is_file()
     assert Path(location).resolve().is_relative_to(Path(mlflow_tracking.artifact_root).resolve())
     assert RECORD_TAG_PREFIX + info.model_id in cairn.get_run(run_id).data.tags
+    from cairn.flavors import sklearn as cairn_sklearn
+
+    assert (cairn_sklearn.load_model(location, allow_pickle=True).predict(X) == expected).all()  # MLflow's model
 
 
 def test_logged_model_endpoints(mlflow_tracking: RunningServer) -> None:
