@@ -30,14 +30,22 @@ from cairn.errors import (
     ExperimentNotFound,
     FilterSyntaxError,
     InvalidArgument,
+    NotFound,
     ParamConflict,
     ResourceAlreadyExists,
     RunNotActive,
     RunNotFound,
     UnsafePath,
 )
+from cairn.registry.entities import Stage
 from cairn.store.base import MetricPoint
-from cairn.store.rest import AccessDenied, RestTrackingStore, ServerUnavailable, UnsupportedByServer
+from cairn.store.rest import (
+    AccessDenied,
+    RestRegistryStore,
+    RestTrackingStore,
+    ServerUnavailable,
+    UnsupportedByServer,
+)
 from cairn.tracking import config
 from cairn.tracking.client import Client
 from cairn.tracking.entities import Metric, Param, RunStatus, RunTag
@@ -486,3 +494,55 @@ def test_client_with_explicit_uri(mlflow_url: str) -> None:
     assert client.get_run(run.info.run_id).data.metrics == {"m": 1.0}
     client.set_terminated(run.info.run_id)
     assert client.get_run(run.info.run_id).info.status is RunStatus.FINISHED
+
+
+# -- model registry -----------------------------------------------------------------------------
+
+
+def test_registry_store_against_mlflow(mlflow_url: str, mlflow_client: Any) -> None:
+    tracking = _store(mlflow_url)
+    registry = RestRegistryStore(tracking.http)
+    run_id = _new_run(tracking)
+    source = f"mlflow-artifacts:/0/{run_id}/artifacts/model"
+    first = registry.create_model_version("rest-churn", source, run_id=run_id, tags={"k": "v"}, description="one")
+    second = registry.create_model_version("rest-churn", source, run_id=run_id)
+    assert (first.version, second.version) == ("1", "2")
+    assert first.tags == {"k": "v"} and first.description == "one" and first.run_id == run_id
+    with pytest.raises(ResourceAlreadyExists):
+        registry.create_registered_model("rest-churn")
+    registry.set_registered_model_alias("rest-churn", "champion", 2)
+    assert registry.get_model_version_by_alias("rest-churn", "champion").version == "2"
+    assert mlflow_client.get_model_version_by_alias("rest-churn", "champion").version == "2"
+    registry.transition_model_version_stage("rest-churn", 1, "production")
+    registry.transition_model_version_stage("rest-churn", 2, Stage.PRODUCTION, archive_existing_versions=True)
+    assert registry.get_model_version("rest-churn", 1).current_stage == "Archived"
+    assert [v.version for v in registry.get_latest_versions("rest-churn", ["Production", "Archived"])] == ["2", "1"]
+    registry.set_registered_model_tag("rest-churn", "team", "ml")
+    registry.set_model_version_tag("rest-churn", "1", "good", "yes")
+    registry.update_registered_model("rest-churn", "churn model")
+    model = registry.get_registered_model("rest-churn")
+    assert model.tags == {"team": "ml"} and model.aliases == {"champion": "2"}
+    assert model.description == "churn model"
+    assert registry.get_model_version("rest-churn", 1).tags == {"k": "v", "good": "yes"}
+    assert [v.version for v in registry.search_model_versions("rest-churn")] == ["2", "1"]
+    assert [v.version for v in registry.search_model_versions(run_id=[run_id])] == ["2", "1"]
+    assert [m.name for m in registry.search_registered_models("rest-ch%")] == ["rest-churn"]
+    registry.delete_registered_model_tag("rest-churn", "team")
+    registry.delete_model_version_tag("rest-churn", 1, "good")
+    assert registry.get_registered_model("rest-churn").tags == {}
+    assert registry.get_model_version("rest-churn", 1).tags == {"k": "v"}
+    registry.delete_registered_model_alias("rest-churn", "champion")
+    with pytest.raises(NotFound):
+        registry.get_model_version_by_alias("rest-churn", "champion")
+    registry.delete_model_version("rest-churn", 2)
+    assert registry.create_model_version("rest-churn", source, run_id=run_id).version == "3"  # never reused
+    renamed = registry.rename_registered_model("rest-churn", "rest-churn-2")
+    assert renamed.name == "rest-churn-2"
+    with pytest.raises(NotFound):
+        registry.get_model_version("rest-churn-2", 99)
+    with pytest.raises(UnsupportedByServer, match="import_model_version"):
+        registry.import_model_version(first)
+    registry.delete_registered_model("rest-churn-2")
+    with pytest.raises(NotFound):
+        registry.get_registered_model("rest-churn-2")
+    tracking.close()

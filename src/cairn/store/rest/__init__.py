@@ -3,6 +3,14 @@ server (``cairn server`` or ``mlflow server``). Importing this package imports h
 
 from cairn.store.rest.errors import AccessDenied, ServerUnavailable, UnsupportedByServer
 from cairn.store.rest.http import HttpSession
+from cairn.store.rest.registry import RestRegistryStore
 from cairn.store.rest.store import RestTrackingStore
 
-__all__ = ["AccessDenied", "HttpSession", "RestTrackingStore", "ServerUnavailable", "UnsupportedByServer"]
+__all__ = [
+    "AccessDenied",
+    "HttpSession",
+    "RestRegistryStore",
+    "RestTrackingStore",
+    "ServerUnavailable",
+    "UnsupportedByServer",
+]
