@@ -4,6 +4,7 @@ model, registry), then loading the model back with mlflow and finding it in cair
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,17 @@ from mlflow.exceptions import MlflowException
 from cairn.registry.uris import resolve_model_uri
 from cairn.server.logged_models import RECORD_TAG_PREFIX
 from tests.server.conftest import RunningServer
+
+
+@pytest.fixture(autouse=True)
+def _no_mlflow_model_state() -> Iterator[None]:
+    """mlflow keeps the last logged and the active model id per thread; leave none behind for other tests."""
+    yield
+    import mlflow
+    from mlflow.tracking import fluent
+
+    mlflow.clear_active_model()
+    fluent._reset_last_logged_model_id()
 
 
 def _error_code(call: Any, *args: Any, **kwargs: Any) -> str:
