@@ -546,3 +546,21 @@ def test_registry_store_against_mlflow(mlflow_url: str, mlflow_client: Any) -> N
     with pytest.raises(NotFound):
         registry.get_registered_model("rest-churn-2")
     tracking.close()
+
+
+def test_429_is_retried_honouring_retry_after() -> None:
+    answers = [
+        httpx.Response(429, headers={"Retry-After": "0"}),
+        httpx.Response(429, headers={"Retry-After": "not a date"}),
+        httpx.Response(200, json={"experiment": {"experiment_id": "0", "name": "Default"}}),
+    ]
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return answers[len(seen) - 1]
+
+    store = _store("http://cairn.invalid", httpx.MockTransport(answer))
+    assert store.get_experiment("0").name == "Default"
+    assert len(seen) == 3
+    store.close()

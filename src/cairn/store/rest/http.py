@@ -22,6 +22,7 @@ import base64
 import email.utils
 import json
 import os
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -57,10 +58,11 @@ def _auth_headers(userinfo: tuple[str, str] | None) -> dict[str, str]:
     return {}
 
 
-def _verify() -> bool | str:
+def _verify() -> bool | ssl.SSLContext:
     if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() in ("1", "true"):
         return False
-    return os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or True
+    bundle = os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH")
+    return ssl.create_default_context(cafile=bundle) if bundle else True
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -69,8 +71,11 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None
     if value.strip().isdigit():
         return float(value)
-    parsed = email.utils.parsedate_to_datetime(value) if value else None
-    return max(0.0, parsed.timestamp() - time.time()) if parsed is not None else None
+    try:
+        parsed = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, parsed.timestamp() - time.time())
 
 
 class HttpSession:
