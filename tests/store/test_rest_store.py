@@ -564,3 +564,27 @@ def test_429_is_retried_honouring_retry_after() -> None:
     assert store.get_experiment("0").name == "Default"
     assert len(seen) == 3
     store.close()
+
+
+# -- the same client against cairn server --------------------------------------------------------
+
+
+def test_fluent_api_against_cairn_server(tmp_path: Path) -> None:
+    from tests.server.conftest import serve
+
+    server_root = tmp_path / "server"
+    backend = Client(f"sqlite:///{server_root}/cairn.db", str(server_root / "artifacts"))
+    with serve(backend, str(server_root / "artifacts")) as server:
+        cairn.set_tracking_uri(server.url)
+        with cairn.start_run(run_name="to-cairn") as run:
+            cairn.log_param("lr", 0.1)
+            for step in range(10):
+                cairn.log_metric("loss", 1.0 - step / 10, step=step)
+            cairn.log_text("hi", "notes/readme.txt")
+        run_id = run.info.run_id
+        assert [f.path for f in cairn.list_artifacts("notes", run_id=run_id)] == ["notes/readme.txt"]
+        with pytest.raises(RunNotFound):
+            cairn.get_run("0" * 32)
+    stored = backend.get_run(run_id)
+    assert stored.info.status is RunStatus.FINISHED and stored.data.params == {"lr": "0.1"}
+    assert [m.step for m in backend.get_metric_history(run_id, "loss")] == list(range(10))
