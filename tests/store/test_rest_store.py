@@ -310,6 +310,20 @@ def test_1500_metrics_are_sent_in_two_requests(mlflow_url: str, mlflow_client) -
     store.close()
 
 
+def test_a_batch_over_one_megabyte_is_split(mlflow_url: str, mlflow_client: Any) -> None:
+    transport = Recording()
+    store = _store(mlflow_url, transport)
+    run_id = _new_run(store)
+    tags = [RunTag(f"t{i}", "雪" * 8000) for i in range(100)]  # 2.4 MB of UTF-8 in 100 tags
+    store.log_batch(run_id, tags=tags)
+    batches = transport.paths("/runs/log-batch")
+    assert len(batches) == 4
+    assert all(len(r.content) <= 1_000_000 for r in batches)
+    got = mlflow_client.get_run(run_id).data.tags
+    assert all(got[f"t{i}"] == "雪" * 8000 for i in range(100))
+    store.close()
+
+
 def test_retry_after_503_and_504_does_not_duplicate_points(mlflow_url: str, mlflow_client) -> None:
     attempts: dict[str, int] = {}
 

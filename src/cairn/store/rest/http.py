@@ -210,10 +210,12 @@ class HttpSession:
         idempotent: bool | None = None,
         not_found: type[NotFound] = NotFound,
         headers: Mapping[str, str] | None = None,
+        encoded: bytes | None = None,
     ) -> dict[str, Any]:
         """Call ``/api/2.0/mlflow/<endpoint>``: a query string for GET, a JSON body otherwise.
 
-        ``idempotent`` defaults to True for GET and False otherwise. Returns the decoded JSON object.
+        ``idempotent`` defaults to True for GET and False otherwise; ``encoded`` is the JSON body when the
+        caller has encoded ``payload`` already. Returns the decoded JSON object.
 
         Raises:
             CairnError: the mapped error of an error response (see :mod:`cairn.store.rest.errors`).
@@ -225,7 +227,7 @@ class HttpSession:
             params = {k: v for k, v in (payload or {}).items() if v is not None}
             response = self.request(method, path, params=params, idempotent=idempotent, headers=headers)
         else:
-            data = encode_json(payload or {})
+            data = encoded if encoded is not None else encode_json(payload or {})
             all_headers = {"Content-Type": "application/json", **(headers or {})}
             response = self.request(method, path, body=data, headers=all_headers, idempotent=idempotent)
         self.raise_for_error(response, not_found=not_found)
@@ -243,4 +245,4 @@ class HttpSession:
 
 def encode_json(payload: Mapping[str, Any]) -> bytes:
     """Compact JSON; NaN and infinities must already be strings (protobuf's JSON form)."""
-    return json.dumps(payload, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    return json.dumps(payload, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode("utf-8")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from cairn.errors import ExperimentNotFound, FilterSyntaxError, InvalidArgument, NotFound, RunNotFound
@@ -45,7 +45,6 @@ MAX_TAGS = 100
 MAX_ENTITIES = 1000
 MAX_REQUEST_BYTES = 1_000_000
 """MLflow's log-batch limits (``mlflow/utils/validation.py``)."""
-_BYTES_MARGIN = 4096  # the envelope of a request: run id, braces, field names
 HISTORY_PAGE = 25_000
 SEARCH_PAGE = 1000
 
@@ -114,22 +113,6 @@ def _metric(js: dict[str, Any]) -> Metric:
 
 def _metric_js(key: str, value: float, timestamp: int, step: int) -> dict[str, Any]:
     return {"key": key, "value": _encode_value(value), "timestamp": int(timestamp), "step": int(step)}
-
-
-def _chunks(items: list[dict[str, Any]], count: int) -> Iterator[list[dict[str, Any]]]:
-    """Pieces of at most ``count`` items and at most ~1 MB of JSON each."""
-    piece: list[dict[str, Any]] = []
-    size = 0
-    budget = MAX_REQUEST_BYTES - _BYTES_MARGIN
-    for item in items:
-        item_size = len(encode_json(item)) + 1
-        if piece and (len(piece) >= count or size + item_size > budget):
-            yield piece
-            piece, size = [], 0
-        piece.append(item)
-        size += item_size
-    if piece:
-        yield piece
 
 
 class RestTrackingStore(TrackingStore):
@@ -324,34 +307,47 @@ class RestTrackingStore(TrackingStore):
         self, run_id: str, metrics: list[dict[str, Any]], params: list[dict[str, Any]], tags: list[dict[str, Any]]
     ) -> None:
         """One log-batch request when everything fits, else params, tags, then metrics in as few as fit."""
-        whole = {"run_id": run_id, "metrics": metrics, "params": params, "tags": tags}
         if (
             len(metrics) <= MAX_METRICS
             and len(params) <= MAX_PARAMS
             and len(tags) <= MAX_TAGS
             and len(metrics) + len(params) + len(tags) <= MAX_ENTITIES
-            and len(encode_json(whole)) <= MAX_REQUEST_BYTES
         ):
-            if metrics or params or tags:
-                self._post_batch(whole)
-            return
-        for piece in _chunks(params, MAX_PARAMS):
-            self._post_batch({"run_id": run_id, "params": piece})
-        for piece in _chunks(tags, MAX_TAGS):
-            self._post_batch({"run_id": run_id, "tags": piece})
-        for piece in _chunks(metrics, MAX_METRICS):
-            self._post_batch({"run_id": run_id, "metrics": piece})
+            payload = {"run_id": run_id, "metrics": metrics, "params": params, "tags": tags}
+            body = encode_json(payload)
+            if len(body) <= MAX_REQUEST_BYTES:
+                if metrics or params or tags:
+                    self._post_batch(payload, body)
+                return
+        for field, items, count in (
+            ("params", params, MAX_PARAMS),
+            ("tags", tags, MAX_TAGS),
+            ("metrics", metrics, MAX_METRICS),
+        ):
+            for start in range(0, len(items), count):
+                self._post_piece(run_id, field, items[start : start + count])
 
-    def _post_batch(self, payload: dict[str, Any]) -> None:
+    def _post_piece(self, run_id: str, field: str, items: list[dict[str, Any]]) -> None:
+        """Send ``items`` of one field, halving the piece while its JSON is over the request size limit."""
+        payload = {"run_id": run_id, field: items}
+        body = encode_json(payload)
+        if len(body) <= MAX_REQUEST_BYTES or len(items) == 1:  # one oversized item: the server says why
+            self._post_batch(payload, body)
+            return
+        middle = len(items) // 2
+        self._post_piece(run_id, field, items[:middle])
+        self._post_piece(run_id, field, items[middle:])
+
+    def _post_batch(self, payload: dict[str, Any], body: bytes) -> None:
         """One log-batch request; retried even when it may have arrived (see :mod:`cairn.store.rest.http`)."""
-        key = hashlib.sha256(encode_json(payload)).hexdigest()
         self.http.call(
             "POST",
             "runs/log-batch",
             payload,
             idempotent=True,
             not_found=RunNotFound,
-            headers={"Idempotency-Key": key},
+            headers={"Idempotency-Key": hashlib.sha256(body).hexdigest()},
+            encoded=body,
         )
 
     def delete_tag(self, run_id: str, key: str) -> None:
