@@ -602,3 +602,26 @@ def test_fluent_api_against_cairn_server(tmp_path: Path) -> None:
     stored = backend.get_run(run_id)
     assert stored.info.status is RunStatus.FINISHED and stored.data.params == {"lr": "0.1"}
     assert [m.step for m in backend.get_metric_history(run_id, "loss")] == list(range(10))
+
+
+def test_model_workflow_against_cairn_server(tmp_path: Path) -> None:
+    """log_model, register_model, an alias and pyfunc loading from models:/ by cairn's own client over http."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    from tests.server.conftest import serve
+
+    server_root = tmp_path / "server"
+    backend = Client(f"sqlite:///{server_root}/cairn.db", str(server_root / "artifacts"))
+    x = np.random.default_rng(0).normal(size=(40, 3))
+    model = LogisticRegression().fit(x, (x[:, 0] > 0).astype(int))
+    with serve(backend, str(server_root / "artifacts")) as server:
+        cairn.set_tracking_uri(server.url)
+        with cairn.start_run(run_name="model"):
+            info = cairn.sklearn.log_model(model, "model", input_example=x[:2])
+        version = cairn.register_model(info.model_uri, "churn")
+        cairn.Client().set_registered_model_alias("churn", "champion", version.version)
+        loaded = cairn.pyfunc.load_model("models:/churn@champion")
+        assert list(loaded.predict(x[:5])) == list(model.predict(x[:5]))
+        assert Client(server.url).get_model_version_by_alias("churn", "champion").version == version.version
+    assert backend.get_registered_model("churn").name == "churn"  # landed in the server's own store

@@ -7,6 +7,7 @@ no database code; that happens on first use.
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING
 
 from cairn.registry.entities import ModelVersion, ModelVersionStatus, RegisteredModel, Stage
@@ -30,13 +31,18 @@ def get_registry_store(tracking_store: TrackingStore) -> RegistryStore:
     """The registry store on the same database (and engine) as ``tracking_store``.
 
     Raises:
-        InvalidArgument: the tracking store is not one of cairn's SQL stores.
+        InvalidArgument: the tracking store is neither one of cairn's SQL stores nor a tracking server's.
     """
     from cairn.store._sql.registry import SqlRegistryStore
     from cairn.store._sql.store import SqlTrackingStore
 
     if isinstance(tracking_store, SqlTrackingStore):
         return SqlRegistryStore.from_tracking_store(tracking_store)
+    rest = sys.modules.get("cairn.store.rest.store")  # imported (with httpx) only for http(s) tracking URIs
+    if rest is not None and isinstance(tracking_store, rest.RestTrackingStore):
+        from cairn.store.rest.registry import RestRegistryStore
+
+        return RestRegistryStore(tracking_store.http)
     from cairn.errors import InvalidArgument
 
     raise InvalidArgument(

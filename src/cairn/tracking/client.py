@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -287,7 +288,11 @@ class Client(RegistryMethods):
     def artifact_store(self, run_id: str) -> ArtifactStore:
         from cairn.artifacts import get_artifact_store
 
-        return get_artifact_store(self._store.get_run(run_id).info.artifact_uri)
+        root = self._store.get_run(run_id).info.artifact_uri
+        rest = sys.modules.get("cairn.store.rest.store")  # imported (with httpx) only for http(s) tracking URIs
+        if rest is not None and isinstance(self._store, rest.RestTrackingStore):
+            return get_artifact_store(root, tracking_uri=self._store.uri)  # mlflow-artifacts:/ on this server
+        return get_artifact_store(root)
 
     def log_artifact(self, run_id: str, local_path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
         path = Path(local_path)
