@@ -33,7 +33,8 @@ class RunningServer:
     app: Any
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -48,10 +49,21 @@ def serve(
     api_modules: Sequence[str] = API_MODULES,
 ) -> Iterator[RunningServer]:
     """Run the server app over ``client`` in a uvicorn thread until the block ends."""
-    port = _free_port()
+    port = free_port()
     app = create_server_app(
         client, serve_artifacts=serve_artifacts, artifact_root=artifact_root, port=port, api_modules=api_modules
     )
+    try:
+        with run_app(app, port):
+            yield RunningServer(f"http://127.0.0.1:{port}", client, artifact_root, app)
+    finally:
+        client.flush()
+        client.store.close()
+
+
+@contextmanager
+def run_app(app: Any, port: int) -> Iterator[None]:
+    """Serve the ASGI ``app`` on 127.0.0.1:``port`` in a uvicorn thread until the block ends."""
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"cairn-test-server-{port}", daemon=True)
@@ -64,12 +76,10 @@ def serve(
             raise RuntimeError("test server did not start")
         time.sleep(0.01)
     try:
-        yield RunningServer(f"http://127.0.0.1:{port}", client, artifact_root, app)
+        yield
     finally:
         server.should_exit = True
         thread.join(20)
-        client.flush()
-        client.store.close()
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from __future__ import annotations
 import http.client
 import os
 import socket
-import threading
 import time
 import tracemalloc
 import uuid
@@ -22,13 +21,12 @@ from urllib.parse import urlparse
 
 import httpx
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 
 from cairn.server.artifacts_api import routes
 from cairn.server.protocol import ServerContext
 from cairn.tracking.client import Client
-from tests.server.conftest import RunningServer
+from tests.server.conftest import RunningServer, free_port, run_app
 
 PROXY = "/api/2.0/mlflow-artifacts"
 
@@ -36,27 +34,13 @@ PROXY = "/api/2.0/mlflow-artifacts"
 @contextmanager
 def serve(client: Client, artifact_root: str, *, serve_artifacts: bool = True) -> Iterator[RunningServer]:
     """Run an app of the artifact proxy's routes in a uvicorn thread until the block ends."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
+    port = free_port()
     ctx = ServerContext(client=client, serve_artifacts=serve_artifacts, artifact_root=artifact_root)
     app = Starlette(routes=routes(ctx))
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name=f"cairn-test-artifacts-{port}", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            server.should_exit = True
-            thread.join(5)
-            raise RuntimeError("test server did not start")
-        time.sleep(0.01)
     try:
-        yield RunningServer(f"http://127.0.0.1:{port}", client, artifact_root, app)
+        with run_app(app, port):
+            yield RunningServer(f"http://127.0.0.1:{port}", client, artifact_root, app)
     finally:
-        server.should_exit = True
-        thread.join(20)
         client.flush()
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from click.testing import CliRunner
 
 from cairn.cli import main
 from cairn.tracking.client import Client
+from tests.server.conftest import free_port
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.10"])
@@ -25,15 +25,9 @@ def test_refuses_public_host_without_insecure_flag(host: str, tmp_path: Path) ->
     assert not (tmp_path / "store").exists()  # refused before opening anything
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.mark.parametrize("workers", [1, 2])
 def test_serves_the_configured_store(workers: int, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     store, artifacts = f"sqlite:///{tmp_path}/cairn.db", str(tmp_path / "artifacts")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "CAIRN_TRACKING", "CAIRN_ARTIFACT"))}
     command = [sys.executable, "-m", "cairn.cli", "--store", store, "--artifact-root", artifacts]

@@ -11,7 +11,6 @@ import base64
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -49,21 +48,16 @@ from cairn.store.rest import (
 from cairn.tracking import config
 from cairn.tracking.client import Client
 from cairn.tracking.entities import Metric, Param, RunStatus, RunTag
+from tests.server.conftest import free_port
 
 MLFLOW = Path(sys.executable).with_name("mlflow")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
 def mlflow_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real ``mlflow server`` (one worker, SQLite, artifacts proxied into a local directory)."""
     home = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "CAIRN_"))}
     log = open(home / "server.log", "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
@@ -269,7 +263,7 @@ def test_server_errors_map_to_cairn_errors(mlflow_url: str) -> None:
 
 
 def test_unreachable_server_raises_after_retries() -> None:
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     store = _store(f"http://127.0.0.1:{port}", max_retries=3)
     started = time.monotonic()
     with pytest.raises(ServerUnavailable, match="after 4 attempts"):
