@@ -1,7 +1,7 @@
 """The ``cairn server`` ASGI application: MLflow's REST API, the artifact proxy and the cairn UI.
 
-The API modules (``tracking_api``, ``registry_api``, ``artifacts_api``) each contribute
-``routes(ctx)``; any other ``/api/2.0/mlflow...`` or ``/ajax-api/...`` path answers MLflow's
+The API modules (``tracking_api``, ``registry_api``, ``artifacts_api``, ``misc_api``) each contribute
+``routes(ctx)``; any other ``/api/2.0/mlflow...``, ``/api/3.0/mlflow...`` or ``/ajax-api/...`` path answers MLflow's
 ``ENDPOINT_NOT_FOUND``. Everything else goes to the cairn UI, mounted with its own Host and CSRF
 checks (which apply to the browser pages only, not to API clients).
 """
@@ -25,7 +25,12 @@ if TYPE_CHECKING:
 
 __all__ = ["API_MODULES", "ENV_SERVE_ARTIFACTS", "app_from_environment", "create_server_app"]
 
-API_MODULES = ("cairn.server.tracking_api", "cairn.server.registry_api", "cairn.server.artifacts_api")
+API_MODULES = (
+    "cairn.server.tracking_api",
+    "cairn.server.registry_api",
+    "cairn.server.artifacts_api",
+    "cairn.server.misc_api",
+)
 ENV_SERVE_ARTIFACTS = "CAIRN_SERVER_SERVE_ARTIFACTS"
 _ANY = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
@@ -93,6 +98,7 @@ def create_server_app(
             *api_routes(ctx, api_modules),
             Route("/api/2.0/mlflow{rest:path}", endpoint_not_found, methods=_ANY),
             Route("/api/2.0/mlflow-artifacts{rest:path}", endpoint_not_found, methods=_ANY),
+            Route("/api/3.0/mlflow{rest:path}", endpoint_not_found, methods=_ANY),
             Route("/ajax-api/{rest:path}", endpoint_not_found, methods=_ANY),
             Mount("/", app=ui),
         ],
