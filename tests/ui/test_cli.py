@@ -1,5 +1,5 @@
-"""The `ui` click command: binds loopback by default, derives the accepted Host names, warns on
-a public bind. uvicorn.run is replaced, so nothing listens."""
+"""The `ui` click command: binds loopback by default, refuses a public bind without --insecure-no-auth,
+derives the accepted Host names, warns on a public bind. uvicorn.run is replaced, so nothing listens."""
 
 from __future__ import annotations
 
@@ -49,11 +49,27 @@ def test_defaults_bind_loopback_port_5000(served: dict[str, Any], tmp_path: Path
 
 def test_public_bind_warns_and_accepts_extra_host_names(served: dict[str, Any], tmp_path: Path) -> None:
     args = ["--store", str(tmp_path / "runs"), "ui", "--host", "0.0.0.0", "--port", "8123", "--allow-host", "ml-box"]
-    result = CliRunner().invoke(_root, args)
+    result = CliRunner().invoke(_root, [*args, "--insecure-no-auth"])
     assert result.exit_code == 0, result.output
     assert "no authentication" in result.output
     hosts = served["app"].state.allowed_hosts
     assert {"ml-box:8123", "localhost:8123", "127.0.0.1:8123"} <= hosts and "0.0.0.0:8123" not in hosts
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.10", "ml-box.example.org"])
+def test_refuses_public_host_without_insecure_flag(host: str, served: dict[str, Any], tmp_path: Path) -> None:
+    result = CliRunner().invoke(_root, ["--store", str(tmp_path / "runs"), "ui", "--host", host])
+    assert result.exit_code == 2, result.output
+    assert f"refusing to bind to {host}" in result.output and "--insecure-no-auth" in result.output
+    assert not served  # nothing served
+    assert not (tmp_path / "runs").exists()  # refused before the store was opened
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "127.0.0.2"])
+def test_loopback_hosts_need_no_flag(host: str, served: dict[str, Any], tmp_path: Path) -> None:
+    result = CliRunner().invoke(_root, ["--store", str(tmp_path / "runs"), "ui", "--host", host, "--port", "8124"])
+    assert result.exit_code == 0, result.output
+    assert served["host"] == host and "warning" not in result.output
 
 
 def test_port_zero_picks_a_free_port(served: dict[str, Any], tmp_path: Path) -> None:
@@ -66,5 +82,5 @@ def test_port_zero_picks_a_free_port(served: dict[str, Any], tmp_path: Path) -> 
 def test_help_names_the_options() -> None:
     result = CliRunner().invoke(_root, ["ui", "--help"])
     assert result.exit_code == 0
-    for option in ("--host", "--port", "--allow-host", "--open"):
+    for option in ("--host", "--port", "--allow-host", "--open", "--insecure-no-auth"):
         assert option in result.output

@@ -19,14 +19,36 @@ __all__ = ["ui"]
     help="Extra host name the browser may use to reach the server (repeatable), e.g. behind an SSH tunnel alias.",
 )
 @click.option("--open", "open_browser", is_flag=True, help="Open the UI in the default browser.")
+@click.option(
+    "--insecure-no-auth",
+    is_flag=True,
+    help="Allow a non-loopback --host although the UI has no authentication (anyone who reaches the port can "
+    "read, change and delete every run).",
+)
 @click.pass_context
-def ui(ctx: click.Context, host: str, port: int, allow_hosts: tuple[str, ...], open_browser: bool) -> None:
+def ui(
+    ctx: click.Context,
+    host: str,
+    port: int,
+    allow_hosts: tuple[str, ...],
+    open_browser: bool,
+    insecure_no_auth: bool,
+) -> None:
     """Browse, chart and compare runs and models in a local web app.
 
     Uses the same store as every other command (--store / CAIRN_TRACKING_URI, default ./cairn-runs).
     The UI has no login: anyone who can reach the port can read and delete runs, so it binds to
-    127.0.0.1 unless told otherwise, and answers only requests addressed to that host name.
+    127.0.0.1 and refuses any other address unless --insecure-no-auth is given, and answers only
+    requests addressed to the allowed host names.
     """
+    from cairn.server.cli import is_loopback
+
+    if not is_loopback(host) and not insecure_no_auth:
+        raise click.UsageError(
+            f"refusing to bind to {host}: cairn ui has no authentication, so anyone who can reach that address "
+            "could read, change and delete every run and model. Bind to 127.0.0.1 (reach it through an SSH tunnel "
+            "or an authenticating reverse proxy), or pass --insecure-no-auth to accept the risk."
+        )
     try:
         import uvicorn
 
@@ -48,9 +70,10 @@ def ui(ctx: click.Context, host: str, port: int, allow_hosts: tuple[str, ...], o
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else shown}:{port}/"
     click.echo(f"cairn ui: serving {app.state.store_label} at {url} (Ctrl-C to stop)")
-    if host not in ("127.0.0.1", "localhost", "::1"):
+    if not is_loopback(host):
         click.secho(
-            f"warning: bound to {host}; the UI has no authentication, anyone reaching this port can delete runs",
+            f"warning: bound to {host} with no authentication (--insecure-no-auth): anyone reaching this port can "
+            "delete runs",
             fg="yellow",
             err=True,
         )
