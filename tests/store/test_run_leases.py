@@ -152,8 +152,8 @@ def test_a_0002_store_with_runs_upgrades_to_leases(empty_db_url: str, artifact_r
         engine.dispose()
     with pytest.raises(SchemaOutOfDate, match="cairn db upgrade"):
         SqlTrackingStore(empty_db_url, artifact_root)
-    assert upgrade_schema(empty_db_url) == ("0002", "0003")
-    assert current_revision(empty_db_url) == "0003"
+    assert upgrade_schema(empty_db_url) == ("0002", migrate_module.HEAD_REVISION)  # through 0003
+    assert current_revision(empty_db_url) == migrate_module.HEAD_REVISION
     store = SqlTrackingStore(empty_db_url, artifact_root)
     try:
         assert store.get_run("a" * 32).info.run_name == "old"  # the run survived the migration

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import math
 import re
@@ -484,7 +485,15 @@ def _metric(item: dict[str, Any], default_time: int) -> Metric:
     )
 
 
-def log_batch(ctx: ServerContext, args: Args) -> dict[str, Any]:
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+MAX_IDEMPOTENCY_KEY = 256
+
+
+def log_batch(ctx: ServerContext, args: Args, idempotency_key: str | None = None) -> dict[str, Any]:
+    """MLflow's log-batch; with an ``Idempotency-Key`` header the batch is written at most once per key
+    (the key is recorded in the batch's transaction, so a client's retry after a lost response, sent to
+    this or another server process on the same database, succeeds without writing again). A key reused
+    with a different body is INVALID_PARAMETER_VALUE."""
     run_id = _run_id(args)
     metric_items = _objects(args, "metrics")
     param_items = _objects(args, "params")
@@ -500,9 +509,37 @@ def log_batch(ctx: ServerContext, args: Args) -> dict[str, Any]:
     metrics = [_metric(item, now) for item in metric_items]
     params = [Param(k, v) for k, v in _key_values(param_items, "param")]
     tags = [RunTag(k, v) for k, v in _key_values(tag_items, "tag")]
-    ctx.client.log_batch(run_id, metrics, params, tags, synchronous=True)
+    if idempotency_key is None:
+        ctx.client.log_batch(run_id, metrics, params, tags, synchronous=True)
+    else:
+        # The client's checks, then the store's keyed write (the client has no key parameter).
+        params = [
+            Param(validation.validate_key(p.key, "param"), validation.param_value(p.value, p.key)) for p in params
+        ]
+        tags = [RunTag(validation.validate_key(t.key, "tag"), validation.tag_value(t.value, t.key)) for t in tags]
+        ctx.client.store.log_batch(
+            run_id, metrics, params, tags, idempotency_key=idempotency_key, fingerprint=_fingerprint(args)
+        )
     _follow_run_name(ctx, run_id, tags)
     return {}
+
+
+def _fingerprint(args: Args) -> str:
+    """A hash of the request's JSON (key order and spacing aside): what a replayed key must match."""
+    canonical = json.dumps(args, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _log_batch_endpoint(ctx: ServerContext) -> Callable[[Request], Any]:
+    async def handler(request: Request) -> Response:
+        key = request.headers.get(IDEMPOTENCY_HEADER)
+        if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
+            raise invalid(f"{IDEMPOTENCY_HEADER} must have 1 to {MAX_IDEMPOTENCY_KEY} characters")
+        args = await request_args(request, max_bytes=MAX_BATCH_LOG_REQUEST_SIZE)
+        body = await run_in_threadpool(log_batch, ctx, args, key)
+        return JSONResponse(body)
+
+    return handler
 
 
 def _follow_run_name(ctx: ServerContext, run_id: str, tags: list[RunTag]) -> None:
@@ -681,5 +718,5 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
     result: list[BaseRoute] = []
     for path, operation, methods in _ENDPOINTS:
         result += json_route(path, _endpoint(ctx, operation), methods)
-    result += json_route("runs/log-batch", _endpoint(ctx, log_batch, max_bytes=MAX_BATCH_LOG_REQUEST_SIZE), ["POST"])
+    result += json_route("runs/log-batch", _log_batch_endpoint(ctx), ["POST"])
     return result

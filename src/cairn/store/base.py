@@ -194,17 +194,28 @@ class TrackingStore(ABC):
         metrics: Sequence[Metric] = (),
         params: Sequence[Param] = (),
         tags: Sequence[RunTag] = (),
+        *,
+        idempotency_key: str | None = None,
+        fingerprint: str = "",
     ) -> None:
         """Write params, tags and metric points of one run atomically.
 
         Re-logging a param with the same value is a no-op. NaN and +/-inf values are stored
         faithfully.
 
+        Exactly once: with ``idempotency_key`` (1 to 256 characters, unique per logical batch; a
+        client repeats it only when retrying that batch), the key and ``fingerprint`` (up to 128
+        characters identifying the request, e.g. a hash of its body) are recorded in the batch's own
+        transaction. A later call with the same key writes nothing and returns normally, also from
+        another process on the same database; keys are remembered at least 24 hours. Stores that
+        cannot record keys atomically must refuse a key (InvalidArgument) rather than ignore it.
+
         Raises:
             RunNotFound: unknown run.
             RunNotActive: the run is deleted.
             ParamConflict: a param already has a different value (names both values).
-            InvalidArgument: a key or value breaks the rules of :mod:`cairn.tracking.validation`.
+            InvalidArgument: a key or value breaks the rules of :mod:`cairn.tracking.validation`; or
+                ``idempotency_key`` was already used with a different ``fingerprint``.
         """
 
     @abstractmethod

@@ -239,6 +239,21 @@ run_leases = sa.Table(
     sa.Column("expires_time", sa.BigInteger, nullable=False),
 )
 
+# -- idempotency keys (revision 0004) -------------------------------------------------------------
+#
+# One row per log-batch written with an ``Idempotency-Key``, inserted in the batch's own transaction:
+# a replay of the key finds it and writes nothing. ``fingerprint`` identifies the request the key
+# was first used for; rows older than ``IDEMPOTENCY_KEY_TTL_MS`` are pruned by later keyed writes.
+
+idempotency_keys = sa.Table(
+    "idempotency_keys",
+    metadata,
+    sa.Column("key", sa.String(256), primary_key=True),
+    sa.Column("fingerprint", sa.String(128), nullable=False),
+    sa.Column("created_time", sa.BigInteger, nullable=False),
+    sa.Index("ix_idempotency_keys_created_time", "created_time"),
+)
+
 #: Every table this schema owns (the alembic version table aside).
 TABLE_NAMES = frozenset(metadata.tables)
 #: Columns of MLflow's ``runs`` table that cairn's ``runs`` never had: they mark an MLflow tracking database.

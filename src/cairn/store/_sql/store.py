@@ -16,6 +16,7 @@ from cairn.errors import (
     InvalidArgument,
     NotFound,
     ParamConflict,
+    ResourceAlreadyExists,
     RunNotActive,
     RunNotFound,
 )
@@ -48,6 +49,10 @@ _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 _MAX_INT32 = 2**31 - 1
 #: Ids per ``IN (...)`` list; stays below SQLite's and PostgreSQL's bound-parameter limits.
 _CHUNK = 5000
+#: How long an idempotency key is remembered (ms); later keyed writes prune older keys.
+IDEMPOTENCY_KEY_TTL_MS = 24 * 3600 * 1000
+_MAX_IDEMPOTENCY_KEY = 256
+_MAX_FINGERPRINT = 128
 _RUN_COLUMNS = (
     runs.c.run_uuid,
     runs.c.name,
@@ -448,7 +453,15 @@ class SqlTrackingStore(TrackingStore):
         metrics: Sequence[Metric] = (),
         params: Sequence[Param] = (),
         tags: Sequence[RunTag] = (),
+        *,
+        idempotency_key: str | None = None,
+        fingerprint: str = "",
     ) -> None:
+        if idempotency_key is not None:
+            if not 0 < len(idempotency_key) <= _MAX_IDEMPOTENCY_KEY:
+                raise InvalidArgument(f"an idempotency key must have 1 to {_MAX_IDEMPOTENCY_KEY} characters")
+            if len(fingerprint) > _MAX_FINGERPRINT:
+                raise InvalidArgument(f"a request fingerprint must have at most {_MAX_FINGERPRINT} characters")
         points = [
             MetricPoint(
                 run_id,
@@ -472,17 +485,44 @@ class SqlTrackingStore(TrackingStore):
         if run_name is not None:
             self._check_run_name(run_name)
         conflict = f"a param of run {run_id} was logged at the same moment by another writer; log the batch again"
-        with self._db.transaction(write=True, conflict=conflict) as conn:
-            self._require_run(conn, run_id, active=True)
-            if new_params:
-                self._insert_params(conn, run_id, new_params)
-            if tag_list:
-                rows = {t.key: {"run_uuid": run_id, "key": t.key, "value": t.value} for t in tag_list}
-                self._upsert(conn, schema.tags, ("run_uuid", "key"), list(rows.values()))
-                if run_name is not None:
-                    conn.execute(runs.update().where(runs.c.run_uuid == run_id).values(name=run_name))
-            if points:
-                points_sql.write_points(conn, self.dialect, self._latest_upsert, points)
+        for attempt in range(2):
+            try:
+                with self._db.transaction(write=True, conflict=conflict) as conn:
+                    if idempotency_key is not None and self._replayed(conn, idempotency_key, fingerprint):
+                        return
+                    self._require_run(conn, run_id, active=True)
+                    if new_params:
+                        self._insert_params(conn, run_id, new_params)
+                    if tag_list:
+                        rows = {t.key: {"run_uuid": run_id, "key": t.key, "value": t.value} for t in tag_list}
+                        self._upsert(conn, schema.tags, ("run_uuid", "key"), list(rows.values()))
+                        if run_name is not None:
+                            conn.execute(runs.update().where(runs.c.run_uuid == run_id).values(name=run_name))
+                    if points:
+                        points_sql.write_points(conn, self.dialect, self._latest_upsert, points)
+                return
+            except ResourceAlreadyExists:
+                # With a key: another process may have inserted the same key concurrently and committed
+                # (PostgreSQL makes this transaction wait for it, then fails it); looking again finds it.
+                if idempotency_key is None or attempt:
+                    raise
+
+    def _replayed(self, conn: sa.Connection, key: str, fingerprint: str) -> bool:
+        """Whether ``key`` was already used (its batch is stored); records it otherwise, in ``conn``'s
+        transaction, so the key and the batch commit together. Keys past the TTL are pruned first."""
+        keys = schema.idempotency_keys
+        now = now_ms()
+        conn.execute(keys.delete().where(keys.c.created_time < now - IDEMPOTENCY_KEY_TTL_MS))
+        found = conn.execute(sa.select(keys.c.fingerprint).where(keys.c.key == key)).scalar_one_or_none()
+        if found is not None:
+            if found != fingerprint:
+                raise InvalidArgument(
+                    f"idempotency key {key!r} was already used for a different request; "
+                    "a retry must repeat the request unchanged, a new request needs a new key"
+                )
+            return True
+        conn.execute(keys.insert().values(key=key, fingerprint=fingerprint, created_time=now))
+        return False
 
     def _insert_params(self, conn: sa.Connection, run_id: str, new_params: dict[str, str]) -> None:
         existing: dict[str, str] = {}

@@ -14,9 +14,10 @@ Differences from the SQL store, all forced by the API:
 
 from __future__ import annotations
 
-import hashlib
+import itertools
 import math
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from cairn.errors import ExperimentNotFound, FilterSyntaxError, InvalidArgument, NotFound, RunNotFound
@@ -288,12 +289,17 @@ class RestTrackingStore(TrackingStore):
         metrics: Sequence[Metric] = (),
         params: Sequence[Param] = (),
         tags: Sequence[RunTag] = (),
+        *,
+        idempotency_key: str | None = None,
+        fingerprint: str = "",
     ) -> None:
+        # A caller's key is passed on per request (a batch may take several): "<key>/<n>".
         self._send_batch(
             run_id,
             [_metric_js(m.key, m.value, m.timestamp, m.step) for m in metrics],
             [{"key": p.key, "value": p.value} for p in params],
             [{"key": t.key, "value": t.value} for t in tags],
+            key_prefix=idempotency_key,
         )
 
     def log_metric_points(self, points: Sequence[MetricPoint]) -> None:
@@ -304,9 +310,20 @@ class RestTrackingStore(TrackingStore):
             self._send_batch(run_id, metrics, [], [])
 
     def _send_batch(
-        self, run_id: str, metrics: list[dict[str, Any]], params: list[dict[str, Any]], tags: list[dict[str, Any]]
+        self,
+        run_id: str,
+        metrics: list[dict[str, Any]],
+        params: list[dict[str, Any]],
+        tags: list[dict[str, Any]],
+        *,
+        key_prefix: str | None = None,
     ) -> None:
         """One log-batch request when everything fits, else params, tags, then metrics in as few as fit."""
+        pieces = itertools.count()
+
+        def key() -> str:
+            return uuid.uuid4().hex if key_prefix is None else f"{key_prefix}/{next(pieces)}"
+
         if (
             len(metrics) <= MAX_METRICS
             and len(params) <= MAX_PARAMS
@@ -317,7 +334,7 @@ class RestTrackingStore(TrackingStore):
             body = encode_json(payload)
             if len(body) <= MAX_REQUEST_BYTES:
                 if metrics or params or tags:
-                    self._post_batch(payload, body)
+                    self._post_batch(payload, body, key())
                 return
         for field, items, count in (
             ("params", params, MAX_PARAMS),
@@ -325,28 +342,32 @@ class RestTrackingStore(TrackingStore):
             ("metrics", metrics, MAX_METRICS),
         ):
             for start in range(0, len(items), count):
-                self._post_piece(run_id, field, items[start : start + count])
+                self._post_piece(run_id, field, items[start : start + count], key)
 
-    def _post_piece(self, run_id: str, field: str, items: list[dict[str, Any]]) -> None:
+    def _post_piece(self, run_id: str, field: str, items: list[dict[str, Any]], key: Callable[[], str]) -> None:
         """Send ``items`` of one field, halving the piece while its JSON is over the request size limit."""
         payload = {"run_id": run_id, field: items}
         body = encode_json(payload)
         if len(body) <= MAX_REQUEST_BYTES or len(items) == 1:  # one oversized item: the server says why
-            self._post_batch(payload, body)
+            self._post_batch(payload, body, key())
             return
         middle = len(items) // 2
-        self._post_piece(run_id, field, items[:middle])
-        self._post_piece(run_id, field, items[middle:])
+        self._post_piece(run_id, field, items[:middle], key)
+        self._post_piece(run_id, field, items[middle:], key)
 
-    def _post_batch(self, payload: dict[str, Any], body: bytes) -> None:
-        """One log-batch request; retried even when it may have arrived (see :mod:`cairn.store.rest.http`)."""
+    def _post_batch(self, payload: dict[str, Any], body: bytes, key: str) -> None:
+        """One log-batch request; retried even when it may have arrived (see :mod:`cairn.store.rest.http`).
+
+        ``key`` is unique per request, not a hash of the body: two equal batches (the same tag set again
+        after another value, a point logged twice on purpose) are two writes; only retries of one request
+        share its key, which the cairn server records with the batch to write it once."""
         self.http.call(
             "POST",
             "runs/log-batch",
             payload,
             idempotent=True,
             not_found=RunNotFound,
-            headers={"Idempotency-Key": hashlib.sha256(body).hexdigest()},
+            headers={"Idempotency-Key": key},
             encoded=body,
         )
 
