@@ -714,23 +714,28 @@ def main() -> None:
             text = table(backend, out, sizes, args.workers)
             print(text, flush=True)
             sections.append(text)
+            if not args.quick:  # after each backend, so a run stopped during PostgreSQL keeps SQLite's table
+                write_section(
+                    RESULTS, SECTION, _header(stamp, load_start, sizes, args.workers) + "\n" + "\n".join(sections)
+                )
+                _log(f"wrote the {SECTION} section of {RESULTS}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    load_end = os.getloadavg()
+
+
+def _header(stamp: str, load_start: tuple[float, float, float], sizes: Sizes, workers: int) -> str:
     from importlib.metadata import version
 
-    header = (
+    load_end = os.getloadavg()
+
+    return (
         f"## `cairn server` vs `mlflow server` (`benchmarks/server.py`)\n\n"
         f"Run of {stamp} on {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
         f"mlflow {version('mlflow')}; load average {load_start[0]:.2f} at the start, {load_end[0]:.2f} at "
-        f"the end. Both servers: {args.workers} worker(s) (uvicorn), loopback, started as subprocesses; the "
-        f"{sizes.clients} client threads (httpx, keep-alive) run in the benchmark's process on the same 2 cores. "
+        f"the end. Both servers: {workers} worker(s) (uvicorn), loopback, started as subprocesses; the "
+        f"{sizes.clients} client threads (httpx, keep-alive) run in the benchmark's process on the same cores. "
         "Ratios are within this run.\n"
     )
-    if args.quick:
-        return
-    write_section(RESULTS, SECTION, header + "\n" + "\n".join(sections))
-    _log(f"wrote the {SECTION} section of {RESULTS}")
 
 
 if __name__ == "__main__":
