@@ -20,7 +20,7 @@ ROWS = (
     "log-batch of 500: points/s",
     "create-run: runs/s",
     "search-runs, 200 runs, 1 client: p50 ms",
-    "get-history, 2,000 points, 1 client: p50 / p99 ms",
+    "get-history, 2,000 points, 1 client: p50 / p99 ms (of 2 calls)",
     "one cairn process via HTTP, 2,000 `log_metric` calls: points/s",
     "one cairn process: caller p50 / p99 µs per call",
 )
