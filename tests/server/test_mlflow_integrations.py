@@ -184,3 +184,70 @@ def test_lightning_mlflow_logger_logs_into_cairn_server(mlflow_tracking: Running
     assert {f"{best.stem}/{best.name}", f"{best.stem}/metadata.yaml", f"{best.stem}/aliases.txt"} <= files
     downloaded = client.download_artifacts(run.info.run_id, f"{best.stem}/{best.name}", str(tmp_path / "back"))
     assert Path(downloaded).read_bytes() == best.read_bytes()
+
+
+def test_lightning_mlflow_logger_continues_a_run_cairn_started_and_marks_a_failed_fit(
+    mlflow_tracking: RunningServer, tmp_path: Path
+) -> None:
+    pytest.importorskip("lightning")
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    from tests.autolog.test_lightning import TinyModule, _loaders, _trainer
+
+    remote = Client(mlflow_tracking.url)  # cairn's HTTP client store, talking to the same server
+    try:
+        experiment_id = remote.create_experiment("shared")
+        started = remote.create_run(experiment_id, run_name="from-cairn", tags={"owner": "cairn"})
+        remote.log_param(started.info.run_id, "dataset", "v3")
+        remote.flush()
+    finally:
+        remote.store.close()
+    logger = MLFlowLogger(tracking_uri=mlflow_tracking.url, run_id=started.info.run_id, synchronous=False)
+    trainer = _trainer(tmp_path, logger=logger, max_epochs=2, enable_checkpointing=False)
+    train, val = _loaders(n=16, batch=4)
+    with warnings.catch_warnings(), pytest.raises(RuntimeError, match="boom"):
+        warnings.filterwarnings("ignore", module="lightning")
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+        trainer.fit(TinyModule(hidden=8, fail_at=3), train, val)
+
+    client = mlflow_tracking.client
+    run = client.get_run(started.info.run_id)
+    assert run.info.status == RunStatus.FAILED and run.info.experiment_id == experiment_id
+    assert run.data.tags["owner"] == "cairn" and run.data.params["dataset"] == "v3" and run.data.params["hidden"] == "8"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss_step")] == [0, 1, 2]
+
+
+def test_transformers_mlflow_callback_continues_a_run_by_mlflow_run_id(
+    mlflow_tracking: RunningServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("transformers")
+    from tests.autolog.test_transformers_autolog import make_trainer
+    from tests.flavors.test_transformers import SENTENCES, make_tokenizer
+
+    client = mlflow_tracking.client
+    started = client.create_run(client.create_experiment("nlp"), run_name="prepared-by-cairn")
+    client.log_metric(started.info.run_id, "data_rows", 8, step=0)
+    client.flush()
+    monkeypatch.setenv("MLFLOW_RUN_ID", started.info.run_id)
+    for name in ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_TAGS", "HF_MLFLOW_LOG_ARTIFACTS", "MLFLOW_NESTED_RUN"):
+        monkeypatch.delenv(name, raising=False)
+    tokenizer = make_tokenizer()
+    encoded = tokenizer(SENTENCES[:8], padding="max_length", max_length=10, truncation=True)
+    rows = [
+        {
+            "input_ids": torch.tensor(encoded["input_ids"][i]),
+            "attention_mask": torch.tensor(encoded["attention_mask"][i]),
+            "labels": torch.tensor(i % 2),
+        }
+        for i in range(len(encoded["input_ids"]))
+    ]
+    trainer = make_trainer(tokenizer, rows, tmp_path / "out", report_to="mlflow", max_steps=2, save_steps=10)
+    trainer.train()
+
+    run = client.get_run(started.info.run_id)
+    assert run.info.status == RunStatus.FINISHED and run.info.run_name == "prepared-by-cairn"
+    assert run.data.params["max_steps"] == "2"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2]
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "data_rows")] == [8]
+    assert len(client.search_runs([run.info.experiment_id]).items) == 1  # continued, not a second run
