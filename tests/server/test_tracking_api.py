@@ -259,3 +259,170 @@ def test_postgres_and_sqlite_serve_the_same_api(db_server: RunningServer) -> Non
     assert math.isinf(db_server.client.get_run(run["info"]["run_id"]).data.metrics["m"])
     found = httpx.post(f"{base}/runs/search", json={"experiment_ids": [experiment_id]}).json()["runs"]
     assert [r["info"]["run_id"] for r in found] == [run["info"]["run_id"]]
+
+
+# -- latest metrics, model outputs, experiment search -------------------------------------------
+
+
+def _api(server: RunningServer, path: str) -> str:
+    return f"{server.url}/api/2.0/mlflow/{path}"
+
+
+def test_runs_get_and_search_give_latest_step_and_timestamp_without_reading_histories(
+    db_server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cairn.store.rest import RestTrackingStore
+
+    server = db_server
+    client = mlflow.MlflowClient(tracking_uri=server.url)
+    run_id = client.create_run("0", run_name="latest").info.run_id
+    points = [MlflowMetric("loss", 0.5, 3000, 5), MlflowMetric("loss", 0.9, 4000, 3), MlflowMetric("acc", 0.7, 10, 0)]
+    client.log_batch(run_id, metrics=points)
+    client.log_metric(run_id, "nan", float("nan"), timestamp=77, step=2)
+
+    # the TrackingStore default (reading histories), here over HTTP, agrees with the SQL store's table
+    rest = RestTrackingStore(server.url)
+    try:
+        assert rest.latest_metrics([run_id, "f" * 32]) == server.client.store.latest_metrics([run_id, "f" * 32])
+    finally:
+        rest.close()
+    assert server.client.store.latest_metrics(["f" * 32]) == {"f" * 32: {}}
+
+    def no_history(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the server read a metric history")
+
+    monkeypatch.setattr(server.client.store, "get_metric_history", no_history)
+    expected = {
+        "loss": {"key": "loss", "value": 0.5, "timestamp": 3000, "step": 5},  # highest step, not last written
+        "acc": {"key": "acc", "value": 0.7, "timestamp": 10, "step": 0},
+        "nan": {"key": "nan", "value": "NaN", "timestamp": 77, "step": 2},
+    }
+    got = httpx.get(_api(server, "runs/get"), params={"run_id": run_id}).json()["run"]["data"]["metrics"]
+    assert {m["key"]: m for m in got} == expected
+    found = httpx.post(_api(server, "runs/search"), json={"experiment_ids": ["0"]}).json()["runs"]
+    assert [{m["key"]: m for m in r["data"]["metrics"]} for r in found] == [expected]
+    # what the mlflow client makes of it
+    metric_objects = {m.key: m for m in client.get_run(run_id).data._metric_objs}
+    assert (metric_objects["loss"].step, metric_objects["loss"].timestamp) == (5, 3000)
+    searched = client.search_runs(["0"])[0].data._metric_objs
+    assert {(m.key, m.step, m.timestamp) for m in searched} == {("loss", 5, 3000), ("acc", 0, 10), ("nan", 2, 77)}
+
+
+def test_runs_get_returns_the_runs_logged_models_as_outputs(tmp_path: Path) -> None:
+    root = tmp_path / "full"
+    cairn_client = Client(f"sqlite:///{root}/cairn.db", str(root / "artifacts"))
+    with serve(cairn_client, str(root / "artifacts")) as running:  # with the logged-model endpoints
+        client = mlflow.MlflowClient(tracking_uri=running.url)
+        run_id = client.create_run("0").info.run_id
+        assert client.get_run(run_id).outputs.model_outputs == []
+        first = client.create_logged_model("0", name="a", source_run_id=run_id)
+        second = client.create_logged_model("0", name="b", source_run_id=run_id)
+        client.create_logged_model("0", name="elsewhere")  # no run: not an output of this one
+        outputs = client.get_run(run_id).outputs.model_outputs
+        assert sorted(o.model_id for o in outputs) == sorted([first.model_id, second.model_id])
+        assert {o.step for o in outputs} == {0}
+        client.delete_logged_model(first.model_id)
+        assert [o.model_id for o in client.get_run(run_id).outputs.model_outputs] == [second.model_id]
+        raw = httpx.get(_api(running, "runs/get"), params={"run_id": run_id}).json()["run"]
+        assert raw["outputs"] == {"model_outputs": [{"model_id": second.model_id, "step": 0}]}
+
+
+def _experiments(server: RunningServer, **body: object) -> httpx.Response:
+    return httpx.post(_api(server, "experiments/search"), json=body)
+
+
+def test_experiment_search_filters_like_mlflow(server: RunningServer) -> None:
+    from mlflow.entities import Experiment as MlflowExperiment
+    from mlflow.utils.search_utils import SearchExperimentsUtils
+
+    client = mlflow.MlflowClient(tracking_uri=server.url)
+    specs = [
+        ("churn-model", {"team": "growth", "owner": "Ana"}),
+        ("Churn-Baseline", {"team": "growth"}),
+        ("vision_resnet", {"team": "vision", "owner": "bo"}),
+        ("vision-vit", {}),
+        ("it's quoted", {"team": "Vision"}),
+    ]
+    for name, tags in specs:
+        client.create_experiment(name, tags=tags)
+    everything = client.search_experiments()
+    assert len(everything) == 6  # and Default
+    filters = [
+        "name = 'churn-model'",
+        "name != 'churn-model'",
+        "name LIKE 'churn%'",
+        "name ILIKE 'churn%'",
+        "name LIKE 'vision_%'",
+        "name ILIKE '%S QUOTED'",
+        "tags.team = 'growth'",
+        "tags.team != 'growth'",
+        "tags.team LIKE 'vis%'",
+        "tags.team ILIKE 'vis%'",
+        "tags.`owner` = 'Ana' and name LIKE '%model'",
+        "tags.owner IS NULL",
+        "tags.owner IS NOT NULL AND tags.team = 'vision'",
+        "attributes.name LIKE '%-%' AND tags.team ILIKE 'GROWTH'",
+        "experiment_id IN ('1', '3')",
+        "creation_time > 0 and name != 'Default'",
+    ]
+    for text in filters:
+        response = client.search_experiments(filter_string=text)
+        expected = SearchExperimentsUtils.filter([MlflowExperiment.from_proto(e.to_proto()) for e in everything], text)
+        assert sorted(e.name for e in response) == sorted(e.name for e in expected), text
+    # a few by hand, so the oracle is not the only judge; a doubled quote is a quote (MLflow's parser keeps both)
+    assert [e.name for e in client.search_experiments(filter_string="name = 'it''s quoted'")] == ["it's quoted"]
+    assert [e.name for e in client.search_experiments(filter_string="name ILIKE 'churn%'", order_by=["name"])] == [
+        "Churn-Baseline",
+        "churn-model",
+    ]
+    assert [e.name for e in client.search_experiments(filter_string="name LIKE 'churn%'")] == ["churn-model"]
+    assert {e.name for e in client.search_experiments(filter_string="tags.team ILIKE 'vision'")} == {
+        "vision_resnet",
+        "it's quoted",
+    }
+
+
+def test_experiment_search_orders_and_pages_like_mlflow(server: RunningServer) -> None:
+    client = mlflow.MlflowClient(tracking_uri=server.url)
+    for name in ("delta", "alpha", "charlie", "bravo", "echo"):
+        client.create_experiment(name, tags={"kind": "x"})
+    everything = client.search_experiments()
+    # default: creation_time DESC, then experiment_id ASC
+    expected = sorted(everything, key=lambda e: (-e.creation_time, int(e.experiment_id)))
+    assert [e.experiment_id for e in everything] == [e.experiment_id for e in expected]
+    by_name = client.search_experiments(filter_string="tags.kind = 'x'", order_by=["name DESC"])
+    assert [e.name for e in by_name] == ["echo", "delta", "charlie", "bravo", "alpha"]
+    first = client.search_experiments(max_results=2, order_by=["name ASC"], filter_string="tags.kind = 'x'")
+    rest = client.search_experiments(
+        max_results=2, order_by=["name ASC"], filter_string="tags.kind = 'x'", page_token=first.token
+    )
+    last = client.search_experiments(
+        max_results=2, order_by=["name ASC"], filter_string="tags.kind = 'x'", page_token=rest.token
+    )
+    assert [e.name for e in [*first, *rest, *last]] == ["alpha", "bravo", "charlie", "delta", "echo"]
+    assert last.token is None
+    by_id = client.search_experiments(order_by=["experiment_id DESC"])
+    assert [int(e.experiment_id) for e in by_id] == [5, 4, 3, 2, 1, 0]
+    by_update = client.search_experiments(order_by=["`last_update_time` ASC", "attributes.name"])
+    assert [e.name for e in by_update] == [
+        e.name for e in sorted(everything, key=lambda e: (e.last_update_time, e.name))
+    ]
+
+
+def test_experiment_search_rejects_what_mlflow_rejects(server: RunningServer) -> None:
+    for body in (
+        {"filter": "name > 'a'"},
+        {"filter": "tags.team > 'a'"},
+        {"filter": "owner = 'x'"},
+        {"filter": "params.lr = '1'"},
+        {"filter": "name = 'a' OR name = 'b'"},
+        {"filter": "name IS NULL"},
+        {"filter": "creation_time > 'yesterday'"},
+        {"filter": "name = 'unterminated"},
+        {"order_by": ["tags.team"]},
+        {"order_by": ["owner DESC"]},
+        {"order_by": ["name sideways"]},
+    ):
+        response = _experiments(server, **body)
+        assert response.status_code == 400, body
+        assert response.json()["error_code"] == "INVALID_PARAMETER_VALUE", body

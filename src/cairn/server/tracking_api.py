@@ -283,7 +283,30 @@ def run_json(ctx: ServerContext, run: Run, latest: dict[str, Metric] | None = No
             "tags": _tags(tags),
         },
         "inputs": {"dataset_inputs": _stored_inputs(inputs_text)},
+        "outputs": {"model_outputs": _model_outputs(tags)},
     }
+
+
+LOGGED_MODEL_TAG_PREFIX = "cairn.logged-model."
+"""Run tags recording MLflow 3 logged models (``server/logged_models.py``: ``RECORD_TAG_PREFIX``)."""
+
+
+def _model_outputs(tags: dict[str, str]) -> list[dict[str, Any]]:
+    """The run's logged models as MLflow's ``RunOutputs.model_outputs`` (``{"model_id", "step"}``); the
+    step is the record's ``step`` when it has one, else 0."""
+    outputs = []
+    for key, value in tags.items():
+        if not key.startswith(LOGGED_MODEL_TAG_PREFIX):
+            continue
+        try:
+            record = json.loads(value)
+        except ValueError:
+            continue
+        if not isinstance(record, dict) or record.get("deleted"):
+            continue
+        step = record.get("step", 0)
+        outputs.append({"model_id": key[len(LOGGED_MODEL_TAG_PREFIX) :], "step": step if isinstance(step, int) else 0})
+    return outputs
 
 
 def _stored_inputs(text: str | None) -> list[dict[str, Any]]:
@@ -321,27 +344,199 @@ def get_experiment_by_name(ctx: ServerContext, args: Args) -> dict[str, Any]:
     return {"experiment": experiment_json(ctx, experiment)}
 
 
-_EXPERIMENT_ORDER = {"name", "experiment_id", "creation_time", "last_update_time"}
+_EXPERIMENT_ATTRIBUTES = ("name", "experiment_id", "creation_time", "last_update_time")
+_EXPERIMENT_NUMERIC = ("creation_time", "last_update_time")
+_EXPERIMENT_DEFAULT_ORDER = ["creation_time DESC", "experiment_id ASC"]
+_CLAUSE = re.compile(
+    r"\s*(?:(?P<entity>attributes?|tags?)\.)?(?P<key>`[^`]+`|\"[^\"]+\"|[\w][\w.:/-]*)"
+    r"\s*(?P<op>is\s+not\s+null\b|is\s+null\b|not\s+in\b|in\b|ilike\b|like\b|!=|<=|>=|=|<|>)",
+    re.IGNORECASE,
+)
+_VALUE = re.compile(
+    r"\s*(?:'(?P<single>(?:[^'\\]|\\.|'')*)'|\"(?P<double>(?:[^\"\\]|\\.|\"\")*)\""
+    r"|(?P<number>[+-]?\d+(?:\.\d*)?(?:[eE][+-]?\d+)?)|\((?P<list>[^)]*)\))"
+)
+_AND = re.compile(r"\s+and\s+", re.IGNORECASE)
+_LIST_ITEM = re.compile(r"\s*(?:'((?:[^'\\]|\\.|'')*)'|\"((?:[^\"\\]|\\.|\"\")*)\")\s*(,|$)")
+_ORDER = re.compile(
+    r"\s*(?:(?P<entity>attributes?|tags?)\.)?(?P<key>`[^`]+`|\"[^\"]+\"|[\w][\w.:/-]*)\s*(?P<dir>asc|desc)?\s*$",
+    re.IGNORECASE,
+)
+
+
+def _unquote(text: str, quote: str) -> str:
+    return text.replace(quote * 2, quote).replace("\\" + quote, quote).replace("\\\\", "\\")
+
+
+def _identifier(entity: str | None, key: str, valid: tuple[str, ...]) -> tuple[str, str]:
+    key = key[1:-1] if key[:1] in '`"' else key
+    kind = "tag" if entity and entity.lower().startswith("tag") else "attribute"
+    if kind == "attribute" and key not in valid:
+        raise invalid(f"Invalid attribute key '{key}' specified. Valid keys are '{set(valid)}'")
+    return kind, key
+
+
+def _experiment_filter(text: str | None) -> list[tuple[str, str, str, Any]]:
+    """MLflow's experiment filter: ``name``, ``experiment_id``, ``creation_time``, ``last_update_time`` and
+    ``tags.<key>`` comparisons joined by AND (``SearchExperimentsUtils``)."""
+    clauses: list[tuple[str, str, str, Any]] = []
+    if not text or not text.strip():
+        return clauses
+    pos = 0
+    while True:
+        found = _CLAUSE.match(text, pos)
+        if found is None:
+            raise invalid(f"Invalid clause(s) in filter string: {text[pos:].strip()!r}")
+        kind, key = _identifier(found["entity"], found["key"], _EXPERIMENT_ATTRIBUTES)
+        op = " ".join(found["op"].upper().split())
+        pos = found.end()
+        value: Any = None
+        is_number = False
+        if op not in ("IS NULL", "IS NOT NULL"):
+            literal = _VALUE.match(text, pos)
+            if literal is None:
+                raise invalid(f"Invalid value in filter string {text!r} at {text[pos:].strip()!r}")
+            pos = literal.end()
+            if literal["list"] is not None:
+                value = tuple(
+                    _unquote(m[1], "'") if m[1] is not None else _unquote(m[2], '"')
+                    for m in _LIST_ITEM.finditer(literal["list"])
+                )
+            elif literal["number"] is not None:
+                value, is_number = literal["number"], True
+            elif literal["single"] is not None:
+                value = _unquote(literal["single"], "'")
+            else:
+                value = _unquote(literal["double"], '"')
+        clauses.append(_checked_clause(kind, key, op, value, literal_is_number=is_number))
+        if text[pos:].strip() == "":
+            return clauses
+        joined = _AND.match(text, pos)
+        if joined is None:
+            raise invalid(f"Invalid clause(s) in filter string: {text[pos:].strip()!r} (join comparisons with AND)")
+        pos = joined.end()
+
+
+def _checked_clause(kind: str, key: str, op: str, value: Any, *, literal_is_number: bool) -> tuple[str, str, str, Any]:
+    if kind == "tag":
+        if op not in ("=", "!=", "LIKE", "ILIKE", "IS NULL", "IS NOT NULL"):
+            raise invalid(f"Invalid comparator for tag: {op}")
+        if op not in ("IS NULL", "IS NOT NULL") and (not isinstance(value, str) or literal_is_number):
+            raise invalid(f"Expected a quoted string value for tag '{key}'")
+        return kind, key, op, value
+    if op in ("IS NULL", "IS NOT NULL"):
+        raise invalid(f"IS NULL / IS NOT NULL is only supported for tags, not for attribute '{key}'")
+    if key == "experiment_id":
+        if op not in ("=", "!=", "IN", "NOT IN"):
+            raise invalid(f"Invalid comparator for experiment_id: {op}")
+        return kind, key, op, value
+    if key in _EXPERIMENT_NUMERIC:
+        if op not in ("=", "!=", "<", "<=", ">", ">="):
+            raise invalid(f"Invalid comparator for numeric attribute: {op}")
+        if not literal_is_number or _INTEGER.fullmatch(str(value)) is None:
+            raise invalid(f"Invalid value for numeric attribute '{key}': {value!r}")
+        return kind, key, op, int(value)
+    if op not in ("=", "!=", "LIKE", "ILIKE") or not isinstance(value, str) or literal_is_number:
+        raise invalid(f"Invalid comparator or value for string attribute '{key}': {op} {value!r}")
+    return kind, key, op, value
+
+
+def _like(pattern: str, case_sensitive: bool) -> re.Pattern[str]:
+    parts = []
+    escaped = False
+    for char in pattern:
+        if escaped:
+            parts.append(re.escape(char))
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == "%":
+            parts.append(".*")
+        elif char == "_":
+            parts.append(".")
+        else:
+            parts.append(re.escape(char))
+    return re.compile("".join(parts), re.DOTALL | (0 if case_sensitive else re.IGNORECASE))
+
+
+def _compare(lhs: Any, op: str, rhs: Any) -> bool:
+    if lhs is None:
+        return False
+    if op in ("LIKE", "ILIKE"):
+        return _like(rhs, op == "LIKE").fullmatch(lhs) is not None
+    if op in ("IN", "NOT IN"):
+        return (lhs in rhs) == (op == "IN")
+    if op == "=":
+        return bool(lhs == rhs)
+    if op == "!=":
+        return bool(lhs != rhs)
+    if op == "<":
+        return bool(lhs < rhs)
+    if op == "<=":
+        return bool(lhs <= rhs)
+    if op == ">":
+        return bool(lhs > rhs)
+    return bool(lhs >= rhs)
+
+
+def _experiment_matches(experiment: Experiment, clauses: list[tuple[str, str, str, Any]]) -> bool:
+    for kind, key, op, value in clauses:
+        if kind == "tag":
+            if op in ("IS NULL", "IS NOT NULL"):
+                if (key in experiment.tags) != (op == "IS NOT NULL"):
+                    return False
+            elif key not in experiment.tags or not _compare(experiment.tags[key], op, value):
+                return False
+        elif not _compare(getattr(experiment, key), op, value):
+            return False
+    return True
+
+
+def _experiment_order(clauses: list[str]) -> list[tuple[str, bool]]:
+    order: list[tuple[str, bool]] = []
+    for clause in clauses or _EXPERIMENT_DEFAULT_ORDER:
+        found = _ORDER.match(clause)
+        if found is None:
+            raise invalid(f"Invalid order_by clause '{clause}'.")
+        kind, key = _identifier(found["entity"], found["key"], _EXPERIMENT_ATTRIBUTES)
+        if kind != "attribute":
+            raise invalid(f"Invalid order_by entity: {kind}")
+        order.append((key, (found["dir"] or "ASC").upper() == "ASC"))
+    if not any(key == "experiment_id" for key, _ in order):
+        order.append(("experiment_id", False))  # MLflow's tie-breaker
+    return order
+
+
+def _sorted_experiments(found: list[Experiment], order: list[tuple[str, bool]]) -> list[Experiment]:
+    """Stable sorts from the last key to the first; missing values last in either direction."""
+    result = list(found)
+    for key, ascending in reversed(order):
+
+        def value(e: Experiment, key: str = key) -> Any:
+            raw = getattr(e, key)
+            return int(raw) if key == "experiment_id" and str(raw).isdigit() else raw
+
+        present = [e for e in result if value(e) is not None]
+        missing = [e for e in result if value(e) is None]
+        result = sorted(present, key=value, reverse=not ascending) + missing
+    return result
 
 
 def search_experiments(ctx: ServerContext, args: Args) -> dict[str, Any]:
+    """MLflow's experiment search: filter on name, id, times and tags; order_by attributes (default
+    ``creation_time DESC, experiment_id ASC``); offset page tokens."""
     max_results = _int(args, "max_results", 1000, low=1, high=SEARCH_MAX_RESULTS)
     offset = _offset_token(_str(args, "page_token"))
     view = _view_type(args, "view_type")
-    order_by = [str(o) for o in _list(args, "order_by")]
-    found = ctx.client.search_experiments(view, offset + max_results + 1, _str(args, "filter"))
-    for clause in reversed(order_by):
-        field, _, direction = clause.strip().partition(" ")
-        field = field.strip("`")
-        if field not in _EXPERIMENT_ORDER or direction.strip().upper() not in ("", "ASC", "DESC"):
-            raise invalid(f"Invalid order_by clause {clause!r}.")
-        numeric = field != "name"
-
-        def sort_key(e: Experiment, field: str = field, numeric: bool = numeric) -> Any:
-            value = getattr(e, field)
-            return (int(value) if str(value).isdigit() else 0) if numeric else value
-
-        found.sort(key=sort_key, reverse=direction.strip().upper() == "DESC")
+    order_by = _list(args, "order_by")
+    if not all(isinstance(o, str) for o in order_by):
+        raise invalid("order_by must be a list of strings.")
+    clauses = _experiment_filter(_str(args, "filter"))
+    order = _experiment_order(order_by)
+    # The store filters by view (and by a case-sensitive name LIKE); the rest is done here.
+    name_like = next((v for kind, key, op, v in clauses if (kind, key, op) == ("attribute", "name", "LIKE")), None)
+    candidates = ctx.client.store.search_experiments(view, SEARCH_MAX_RESULTS, name_like=name_like)
+    found = _sorted_experiments([e for e in candidates if _experiment_matches(e, clauses)], order)
     page = found[offset : offset + max_results]
     body: dict[str, Any] = {"experiments": [experiment_json(ctx, e) for e in page]}
     if len(found) > offset + max_results:
@@ -406,18 +601,10 @@ def _now() -> int:
     return now_ms()
 
 
-def _latest_points(ctx: ServerContext, run: Run) -> dict[str, Metric]:
-    latest: dict[str, Metric] = {}
-    for key in run.data.metrics:
-        history = ctx.client.get_metric_history(run.info.run_id, key)
-        if history:
-            latest[key] = max(history, key=lambda m: (m.step, m.timestamp))
-    return latest
-
-
 def get_run(ctx: ServerContext, args: Args) -> dict[str, Any]:
     run = ctx.client.get_run(_run_id(args))
-    return {"run": run_json(ctx, run, _latest_points(ctx, run))}
+    latest = ctx.client.store.latest_metrics([run.info.run_id])
+    return {"run": run_json(ctx, run, latest.get(run.info.run_id))}
 
 
 def update_run(ctx: ServerContext, args: Args) -> dict[str, Any]:
@@ -459,7 +646,8 @@ def search_runs(ctx: ServerContext, args: Args) -> dict[str, Any]:
         order_by or None,
         _str(args, "page_token"),
     )
-    body: dict[str, Any] = {"runs": [run_json(ctx, run) for run in page.items]}
+    latest = ctx.client.store.latest_metrics([run.info.run_id for run in page.items]) if page.items else {}
+    body: dict[str, Any] = {"runs": [run_json(ctx, run, latest.get(run.info.run_id)) for run in page.items]}
     if page.next_page_token:
         body["next_page_token"] = page.next_page_token
     return body

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from cairn.errors import NotFound
 from cairn.tracking.entities import (
     Experiment,
     Metric,
@@ -217,6 +218,27 @@ class TrackingStore(ABC):
             InvalidArgument: a key or value breaks the rules of :mod:`cairn.tracking.validation`; or
                 ``idempotency_key`` was already used with a different ``fingerprint``.
         """
+
+    def latest_metrics(self, run_ids: Sequence[str]) -> dict[str, dict[str, Metric]]:
+        """Each run's latest point per metric key, with its step and timestamp: the points behind
+        ``RunData.metrics`` (latest = highest step, then latest timestamp). Unknown ids map to ``{}``.
+
+        This default reads each metric's history; stores that keep latest values override it.
+        """
+        found: dict[str, dict[str, Metric]] = {}
+        for run_id in run_ids:
+            try:
+                keys = list(self.get_run(run_id).data.metrics)
+            except NotFound:
+                found[run_id] = {}
+                continue
+            latest: dict[str, Metric] = {}
+            for key in keys:
+                history = self.get_metric_history(run_id, key)
+                if history:
+                    latest[key] = max(history, key=lambda m: (m.step, m.timestamp))
+            found[run_id] = latest
+        return found
 
     @abstractmethod
     def log_metric_points(self, points: Sequence[MetricPoint]) -> None:

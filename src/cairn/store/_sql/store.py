@@ -371,6 +371,16 @@ class SqlTrackingStore(TrackingStore):
                     getattr(data[run_id], attribute)[key] = value
         return data
 
+    def latest_metrics(self, run_ids: Sequence[str]) -> dict[str, dict[str, Metric]]:
+        found: dict[str, dict[str, Metric]] = {run_id: {} for run_id in run_ids}
+        columns = [latest_metrics.c[name] for name in ("run_uuid", "key", "value", "is_nan", "timestamp", "step")]
+        with self._db.transaction() as conn:
+            for chunk in _chunks(list(found)):
+                query = sa.select(*columns).where(latest_metrics.c.run_uuid.in_(chunk))
+                for run_id, key, value, is_nan, timestamp, step in conn.execute(query):
+                    found[run_id][key] = Metric(key, points_sql.loaded_value(value, is_nan), timestamp, step)
+        return found
+
     def _require_run(self, conn: sa.Connection, run_id: str, *, active: bool) -> Any:
         row = conn.execute(sa.select(*_RUN_COLUMNS).where(runs.c.run_uuid == run_id)).first()
         if row is None:
