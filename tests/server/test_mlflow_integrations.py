@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,14 +28,20 @@ from tests.server.conftest import RunningServer
 
 @pytest.fixture(autouse=True)
 def _one_thread_offline(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Offline, one torch thread, and the ``MLFLOW_*`` environment as it was: ``mlflow.set_experiment``
+    (called by transformers' callback) writes ``MLFLOW_EXPERIMENT_ID`` into ``os.environ``."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    before = {key: value for key, value in os.environ.items() if key.startswith("MLFLOW_")}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         yield
     finally:
         torch.set_num_threads(threads)
+        for key in [key for key in os.environ if key.startswith("MLFLOW_") and key not in before]:
+            del os.environ[key]
+        os.environ.update(before)
         gc.collect()
 
 

@@ -76,10 +76,27 @@ def test_mlflow_client_uploads_a_large_artifact_in_parts_through_the_proxy(
         return real_upload_part(**kwargs)
 
     monkeypatch.setattr(HttpArtifactRepository, "_upload_part", staticmethod(counting_upload_part))
+    repositories: list[HttpArtifactRepository] = []
+    real_try = HttpArtifactRepository._try_multipart_upload
+
+    def recording_try(self: HttpArtifactRepository, *args: object, **kwargs: object) -> object:
+        repositories.append(self)
+        return real_try(self, *args, **kwargs)
+
+    monkeypatch.setattr(HttpArtifactRepository, "_try_multipart_upload", recording_try)
     payload = os.urandom(300_000)
     (tmp_path / "weights.bin").write_bytes(payload)
-    with mlflow.start_run() as run:
-        mlflow.log_artifact(str(tmp_path / "weights.bin"), artifact_path="big")
+    try:
+        with mlflow.start_run() as run:
+            mlflow.log_artifact(str(tmp_path / "weights.bin"), artifact_path="big")
+    finally:
+        from mlflow.tracking._tracking_service import utils as tracking_utils
+
+        for repository in repositories:  # the part uploads ran on the repository's own thread pool
+            repository.thread_pool.shutdown(wait=True)
+        cache = tracking_utils._artifact_repos_cache
+        for key in [key for key, cached in cache.items() if any(cached is r for r in repositories)]:
+            del cache[key]  # a repository with a closed pool is never handed out again
     assert sorted(parts) == [1, 2, 3]
     assert not [r for r in caplog.records if "multipart" in r.getMessage()]  # no fallback to a plain PUT
     client = mlflow_tracking.client
