@@ -14,6 +14,7 @@ Differences from the SQL store, all forced by the API:
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 import uuid
@@ -321,8 +322,16 @@ class RestTrackingStore(TrackingStore):
         """One log-batch request when everything fits, else params, tags, then metrics in as few as fit."""
         pieces = itertools.count()
 
-        def key() -> str:
-            return uuid.uuid4().hex if key_prefix is None else f"{key_prefix}/{next(pieces)}"
+        def key(payload: dict[str, Any], body: bytes) -> str:
+            """The request's ``Idempotency-Key``. Requests that set tags get a random key: the same tag
+            set again after another value must be written again. Metrics and params get a hash of the
+            body: re-sending equal points or params changes nothing (MLflow's store drops a point equal
+            to a stored one; params are immutable), and the same key lets the cairn server drop the
+            re-send when the metric writer resends a batch after a failure (the split is deterministic).
+            A caller's key is used per request as ``<key>/<n>``."""
+            if key_prefix is not None:
+                return f"{key_prefix}/{next(pieces)}"
+            return uuid.uuid4().hex if payload.get("tags") else hashlib.sha256(body).hexdigest()
 
         if (
             len(metrics) <= MAX_METRICS
@@ -334,7 +343,7 @@ class RestTrackingStore(TrackingStore):
             body = encode_json(payload)
             if len(body) <= MAX_REQUEST_BYTES:
                 if metrics or params or tags:
-                    self._post_batch(payload, body, key())
+                    self._post_batch(payload, body, key(payload, body))
                 return
         for field, items, count in (
             ("params", params, MAX_PARAMS),
@@ -344,12 +353,14 @@ class RestTrackingStore(TrackingStore):
             for start in range(0, len(items), count):
                 self._post_piece(run_id, field, items[start : start + count], key)
 
-    def _post_piece(self, run_id: str, field: str, items: list[dict[str, Any]], key: Callable[[], str]) -> None:
+    def _post_piece(
+        self, run_id: str, field: str, items: list[dict[str, Any]], key: Callable[[dict[str, Any], bytes], str]
+    ) -> None:
         """Send ``items`` of one field, halving the piece while its JSON is over the request size limit."""
         payload = {"run_id": run_id, field: items}
         body = encode_json(payload)
         if len(body) <= MAX_REQUEST_BYTES or len(items) == 1:  # one oversized item: the server says why
-            self._post_batch(payload, body, key())
+            self._post_batch(payload, body, key(payload, body))
             return
         middle = len(items) // 2
         self._post_piece(run_id, field, items[:middle], key)
@@ -358,9 +369,8 @@ class RestTrackingStore(TrackingStore):
     def _post_batch(self, payload: dict[str, Any], body: bytes, key: str) -> None:
         """One log-batch request; retried even when it may have arrived (see :mod:`cairn.store.rest.http`).
 
-        ``key`` is unique per request, not a hash of the body: two equal batches (the same tag set again
-        after another value, a point logged twice on purpose) are two writes; only retries of one request
-        share its key, which the cairn server records with the batch to write it once."""
+        Every retry of the request carries the same ``key``, which the cairn server records with the batch
+        to write it once (see ``key`` in :meth:`_send_batch`)."""
         self.http.call(
             "POST",
             "runs/log-batch",
