@@ -7,6 +7,7 @@ tracking URI, active run or env var behind.
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -106,10 +107,10 @@ def mlflow_tracking(server: RunningServer, monkeypatch: pytest.MonkeyPatch) -> I
     """The real mlflow client (fluent and MlflowClient) pointed at ``server``; reset afterwards."""
     import mlflow
 
+    before = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
+    for key in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        os.environ.pop(key, None)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
     mlflow.set_tracking_uri(server.url)
     try:
         yield server
@@ -117,6 +118,10 @@ def mlflow_tracking(server: RunningServer, monkeypatch: pytest.MonkeyPatch) -> I
         while mlflow.active_run() is not None:
             mlflow.end_run()
         _reset_mlflow()
+        for key in [k for k in os.environ if k.startswith("MLFLOW_")]:  # mlflow.set_experiment sets some itself
+            if key not in before:
+                del os.environ[key]
+        os.environ.update(before)
 
 
 def _reset_mlflow() -> None:
