@@ -325,6 +325,9 @@ def test_runs_get_returns_the_runs_logged_models_as_outputs(tmp_path: Path) -> N
         assert [o.model_id for o in client.get_run(run_id).outputs.model_outputs] == [second.model_id]
         raw = httpx.get(_api(running, "runs/get"), params={"run_id": run_id}).json()["run"]
         assert raw["outputs"] == {"model_outputs": [{"model_id": second.model_id, "step": 0}]}
+    from mlflow.tracking import fluent
+
+    fluent._reset_last_logged_model_id()  # mlflow keeps it per thread; leave none behind
 
 
 def _experiments(server: RunningServer, **body: object) -> httpx.Response:
