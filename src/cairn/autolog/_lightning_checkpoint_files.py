@@ -75,8 +75,9 @@ class CheckpointFiles:
     def baseline(self, checkpoint_callback: Any, *, older_than_ns: int | None = None) -> None:
         """Take the files present now (or only those last modified before ``older_than_ns``) as seen: e.g.
         restored from a checkpoint, written by an earlier fit."""
-        for path in candidate_paths(checkpoint_callback):
-            stamp = _Stamp.of(path)
+        present = {path: _Stamp.of(path) for path in candidate_paths(checkpoint_callback)}
+        present.update(_files_in_dir(checkpoint_callback))  # in dirpath, not this fit's (unless rewritten)
+        for path, stamp in present.items():
             if stamp is not None and (older_than_ns is None or stamp.mtime_ns < older_than_ns):
                 self._seen[path] = stamp
         self._looked_ns = time.time_ns()
@@ -109,23 +110,10 @@ class CheckpointFiles:
         return changes
 
     def _new_in_dir(self, checkpoint_callback: Any) -> dict[str, _Stamp]:
-        """Checkpoint files in ``dirpath`` (public attributes ``dirpath``, ``FILE_EXTENSION``) modified since the
-        last look (less a margin for the file system's coarser clock; files seen unchanged are not new)."""
-        dirpath = getattr(checkpoint_callback, "dirpath", None)
-        extension = getattr(checkpoint_callback, "FILE_EXTENSION", ".ckpt")
-        if not dirpath or not os.path.isdir(dirpath):
-            return {}
+        """Checkpoint files in ``dirpath`` modified since the last look (less a margin for the file system's
+        coarser clock; files seen unchanged are not new)."""
         since = self._looked_ns - _CLOCK_MARGIN_NS
-        found: dict[str, _Stamp] = {}
-        with os.scandir(dirpath) as entries:
-            for entry in entries:
-                if not entry.name.endswith(extension) or not entry.is_file():
-                    continue
-                path = os.path.join(os.fspath(dirpath), entry.name)
-                stamp = _Stamp.of(path)
-                if stamp is not None and stamp.mtime_ns >= since:
-                    found[path] = stamp
-        return found
+        return {path: stamp for path, stamp in _files_in_dir(checkpoint_callback).items() if stamp.mtime_ns >= since}
 
     def removed(self, keep: dict[str, _Stamp] | None = None) -> list[str]:
         """Forget and return the files seen before that are gone from disk (those in ``keep`` are not)."""
@@ -133,3 +121,20 @@ class CheckpointFiles:
         for path in gone:
             del self._seen[path]
         return gone
+
+
+def _files_in_dir(checkpoint_callback: Any) -> dict[str, _Stamp]:
+    """The checkpoint files in ``dirpath`` (public attributes ``dirpath``, ``FILE_EXTENSION``) with their stamps."""
+    dirpath = getattr(checkpoint_callback, "dirpath", None)
+    extension = getattr(checkpoint_callback, "FILE_EXTENSION", ".ckpt")
+    if not dirpath or not os.path.isdir(dirpath):
+        return {}
+    found: dict[str, _Stamp] = {}
+    with os.scandir(dirpath) as entries:
+        for entry in entries:
+            if entry.name.endswith(extension) and entry.is_file():
+                path = os.path.join(os.fspath(dirpath), entry.name)
+                stamp = _Stamp.of(path)
+                if stamp is not None:
+                    found[path] = stamp
+    return found
