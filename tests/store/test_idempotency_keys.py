@@ -6,19 +6,16 @@ key, old keys are pruned; the 0003 -> 0004 upgrade."""
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from alembic import command
 
 from cairn.errors import InvalidArgument, RunNotFound
 from cairn.store._sql import SqlTrackingStore, current_revision, upgrade_schema
-from cairn.store._sql import migrate as migrate_module
 from cairn.store._sql.store import IDEMPOTENCY_KEY_TTL_MS
 from cairn.store._sql.util import now_ms
 from cairn.tracking.entities import Metric, Param, RunTag
-from tests.conftest import driver_url
+from tests.store.old_revisions import database_at
 
 
 def _run(store: SqlTrackingStore) -> str:
@@ -120,30 +117,7 @@ def test_keys_older_than_the_ttl_are_pruned(store: SqlTrackingStore) -> None:
 
 
 def test_upgrade_from_0003_adds_the_key_table(empty_db_url: str, artifact_root: str) -> None:
-    parsed = sa.make_url(driver_url(empty_db_url))
-    if parsed.get_backend_name() == "sqlite":
-        Path(str(parsed.database)).parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(parsed)
-    try:
-        with engine.begin() as connection:
-            command.upgrade(migrate_module.alembic_config(connection), "0003")
-            connection.execute(
-                sa.text(
-                    "INSERT INTO experiments (experiment_id, name, artifact_location, lifecycle_stage) "
-                    "VALUES (0, 'Default', :root, 'active')"
-                ),
-                {"root": f"{artifact_root}/0"},
-            )
-            connection.execute(
-                sa.text(
-                    "INSERT INTO runs (run_uuid, name, experiment_id, user_id, status, start_time, "
-                    "lifecycle_stage, artifact_uri) VALUES (:r, 'old', 0, 'alice', 'RUNNING', 1, 'active', 'x')"
-                ),
-                {"r": "a" * 32},
-            )
-            assert "idempotency_keys" not in sa.inspect(connection).get_table_names()
-    finally:
-        engine.dispose()
+    database_at(empty_db_url, artifact_root, "0003", check_absent="idempotency_keys")
     assert upgrade_schema(empty_db_url) == ("0003", "0004")
     assert current_revision(empty_db_url) == "0004"
     store = SqlTrackingStore(empty_db_url, artifact_root)

@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
-from alembic import command
 
 from cairn.errors import InvalidArgument, RunNotActive, RunNotFound, SchemaOutOfDate
 from cairn.store._sql import SqlTrackingStore, current_revision, upgrade_schema
 from cairn.store._sql import migrate as migrate_module
 from cairn.store._sql.util import now_ms
-from tests.conftest import driver_url
+from tests.store.old_revisions import database_at
 
 TTL = 30.0
 
@@ -127,29 +124,7 @@ def test_bad_owner_or_ttl_is_refused(store: SqlTrackingStore, owner: str, ttl: f
 
 
 def test_a_0002_store_with_runs_upgrades_to_leases(empty_db_url: str, artifact_root: str) -> None:
-    parsed = sa.make_url(driver_url(empty_db_url))
-    if parsed.get_backend_name() == "sqlite":
-        Path(str(parsed.database)).parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(parsed)
-    try:
-        with engine.begin() as connection:
-            command.upgrade(migrate_module.alembic_config(connection), "0002")
-            connection.execute(
-                sa.text(
-                    "INSERT INTO experiments (experiment_id, name, artifact_location, lifecycle_stage) "
-                    "VALUES (0, 'Default', :root, 'active')"
-                ),
-                {"root": f"{artifact_root}/0"},
-            )
-            connection.execute(
-                sa.text(
-                    "INSERT INTO runs (run_uuid, name, experiment_id, user_id, status, start_time, "
-                    "lifecycle_stage, artifact_uri) VALUES (:r, 'old', 0, 'alice', 'RUNNING', 1, 'active', 'x')"
-                ),
-                {"r": "a" * 32},
-            )
-    finally:
-        engine.dispose()
+    database_at(empty_db_url, artifact_root, "0002")
     with pytest.raises(SchemaOutOfDate, match="cairn db upgrade"):
         SqlTrackingStore(empty_db_url, artifact_root)
     assert upgrade_schema(empty_db_url) == ("0002", migrate_module.HEAD_REVISION)  # through 0003
