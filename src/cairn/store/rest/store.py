@@ -22,9 +22,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from cairn.errors import ExperimentNotFound, FilterSyntaxError, InvalidArgument, NotFound, RunNotFound
-from cairn.store.base import MetricPoint, RunLease, StoredMetricPoint, TrackingStore
-from cairn.store.rest.errors import UnsupportedByServer
+from cairn.store.base import MetricPoint, StoredMetricPoint, TrackingStore
 from cairn.store.rest.http import HttpSession, encode_json
+from cairn.store.rest.resume_ops import ResumeOperations
 from cairn.tracking.entities import (
     Experiment,
     LifecycleStage,
@@ -117,7 +117,7 @@ def _metric_js(key: str, value: float, timestamp: int, step: int) -> dict[str, A
     return {"key": key, "value": _encode_value(value), "timestamp": int(timestamp), "step": int(step)}
 
 
-class RestTrackingStore(TrackingStore):
+class RestTrackingStore(ResumeOperations, TrackingStore):
     """A tracking store served by an MLflow-compatible tracking server.
 
     Args:
@@ -134,11 +134,6 @@ class RestTrackingStore(TrackingStore):
 
     def close(self) -> None:
         self.http.close()
-
-    def _unsupported(self, method: str, why: str) -> UnsupportedByServer:
-        return UnsupportedByServer(
-            f"{method} is not supported by the tracking server at {self.uri}: MLflow's REST API {why}"
-        )
 
     # -- experiments -------------------------------------------------------------------------
 
@@ -398,12 +393,6 @@ class RestTrackingStore(TrackingStore):
         points.sort(key=lambda m: (m.step, m.timestamp))
         return points
 
-    def supersede_metrics_after(self, run_id: str, step: int) -> int:
-        raise self._unsupported("supersede_metrics_after", "cannot hide metric points (no superseded flag)")
-
-    def fork_run(self, run_id: str, up_to_step: int, *, run_name: str | None = None, start_time: int) -> Run:
-        raise self._unsupported("fork_run", "cannot fork a run")
-
     def search_runs(
         self,
         experiment_ids: Sequence[str],
@@ -473,17 +462,3 @@ class RestTrackingStore(TrackingStore):
             [{"key": p.key, "value": p.value} for p in params],
             [{"key": t.key, "value": t.value} for t in tags],
         )
-
-    # -- resume leases -------------------------------------------------------------------------
-
-    def acquire_run_lease(self, run_id: str, owner: str, ttl_seconds: float) -> bool:
-        raise self._unsupported("acquire_run_lease", "has no run leases")
-
-    def renew_run_lease(self, run_id: str, owner: str, ttl_seconds: float) -> bool:
-        raise self._unsupported("renew_run_lease", "has no run leases")
-
-    def release_run_lease(self, run_id: str, owner: str) -> None:
-        raise self._unsupported("release_run_lease", "has no run leases")
-
-    def get_run_lease(self, run_id: str) -> RunLease | None:
-        raise self._unsupported("get_run_lease", "has no run leases")
