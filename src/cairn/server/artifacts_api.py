@@ -44,6 +44,7 @@ from starlette.routing import BaseRoute, Route
 from cairn.artifacts import ArtifactStore, LocalArtifactStore, get_artifact_store
 from cairn.artifacts.paths import join, safe_relpath
 from cairn.errors import ArtifactNotFound
+from cairn.server.locations import SCHEME, public_location
 from cairn.server.protocol import (
     MlflowApiError,
     ServerContext,
@@ -58,7 +59,6 @@ __all__ = [
     "CHUNK_BYTES",
     "MAX_PARTS",
     "ArtifactProxy",
-    "proxied_artifact_uri",
     "routes",
     "store_for_artifact_uri",
 ]
@@ -70,7 +70,6 @@ MAX_PARTS = 10_000
 MPU_PREFIX = ".cairn-tmp-mpu-"
 """Staging directory of a multipart upload, at the artifact root; hidden from listings, swept by ``cairn gc``."""
 ARTIFACTS_PREFIXES = ("/api/2.0/mlflow-artifacts", "/ajax-api/2.0/mlflow-artifacts")
-SCHEME = "mlflow-artifacts"
 
 _UPLOAD_ID = re.compile(r"^[A-Za-z0-9_-]{43}$")
 _INLINE_TYPES = frozenset(
@@ -119,11 +118,6 @@ def _file_name(value: Any) -> str:
     return rel
 
 
-def _is_local(uri: str) -> bool:
-    scheme = urlparse(uri).scheme
-    return scheme in ("", "file") or len(scheme) == 1
-
-
 def store_for_artifact_uri(ctx: ServerContext, uri: str) -> ArtifactStore:
     """The store behind a run's or experiment's artifact URI, ``mlflow-artifacts:/...`` included.
 
@@ -142,26 +136,6 @@ def store_for_artifact_uri(ctx: ServerContext, uri: str) -> ArtifactStore:
         rel = safe_relpath(urlparse(uri).path.lstrip("/"))
         return get_artifact_store(f"{ctx.artifact_root.rstrip('/')}/{rel}" if rel else ctx.artifact_root)
     return get_artifact_store(uri)
-
-
-def proxied_artifact_uri(ctx: ServerContext, uri: str) -> str:
-    """The URI an MLflow client should see for a stored artifact URI.
-
-    With ``ctx.serve_artifacts``, a location under ``ctx.artifact_root`` becomes
-    ``mlflow-artifacts:/<path below the root>`` (what ``mlflow server --serve-artifacts`` hands out,
-    so clients upload through this proxy); anything else is returned unchanged.
-    """
-    if not ctx.serve_artifacts or not ctx.artifact_root or urlparse(uri).scheme == SCHEME:
-        return uri
-    root = ctx.artifact_root
-    if _is_local(root) and _is_local(uri):
-        root, uri = LocalArtifactStore(root).root, LocalArtifactStore(uri).root
-    root = root.rstrip("/")
-    if uri == root:
-        return f"{SCHEME}:/"
-    if uri.startswith(root + "/"):
-        return f"{SCHEME}:/{uri[len(root) + 1 :]}"
-    return uri
 
 
 def _file_info_json(info: FileInfo, path: str) -> dict[str, Any]:
@@ -449,7 +423,7 @@ class ArtifactProxy:
             infos = []
         return JSONResponse(
             {
-                "root_uri": proxied_artifact_uri(self._ctx, uri),
+                "root_uri": public_location(self._ctx, uri),
                 "files": [_file_info_json(info, info.path) for info in infos],
             }
         )

@@ -147,8 +147,15 @@ class SqlRegistryStore(RegistryStore):
     # -- lookups -----------------------------------------------------------------------------------
 
     @staticmethod
-    def _require_model(conn: sa.Connection, name: str) -> Any:
-        row = conn.execute(sa.select(registered_models).where(registered_models.c.name == name)).first()
+    def _require_model(conn: sa.Connection, name: str, *, lock: bool = False) -> Any:
+        """The model's row; with ``lock``, its row lock is held to the end of the transaction (PostgreSQL).
+
+        Writes whose outcome depends on other versions' rows (archiving the versions in a stage) lock
+        the model first, so that concurrent writes to one model run one after the other: under READ
+        COMMITTED each then sees what the previous one committed. SQLite's write lock does the same.
+        """
+        query = sa.select(registered_models).where(registered_models.c.name == name)
+        row = conn.execute(query.with_for_update() if lock else query).first()
         if row is None:
             raise NotFound(f"registered model {name!r} does not exist")
         return row
@@ -565,7 +572,7 @@ class SqlRegistryStore(RegistryStore):
                 f"archive_existing_versions only applies to transitions to Staging or Production, not {target.value}"
             )
         with self._db.transaction(write=True) as conn:
-            model = self._require_model(conn, _lookup_name(name))
+            model = self._require_model(conn, _lookup_name(name), lock=True)
             number = self._require_version(conn, model, version)
             now = now_ms()
             conn.execute(
