@@ -56,6 +56,10 @@ class ExperimentNotFound(NotFound):
     """No experiment has this id or name."""
 
 
+class UserNotFound(NotFound):
+    """No user of ``cairn server --auth`` has this name."""
+
+
 class RunNotActive(CairnError, RuntimeError):
     """The run is deleted (or otherwise not writable) and cannot take new data."""
 

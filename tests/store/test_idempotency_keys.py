@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from cairn.errors import InvalidArgument, RunNotFound
 from cairn.store._sql import SqlTrackingStore, current_revision, upgrade_schema
+from cairn.store._sql import migrate as migrate_module
 from cairn.store._sql.store import IDEMPOTENCY_KEY_TTL_MS
 from cairn.store._sql.util import now_ms
 from cairn.tracking.entities import Metric, Param, RunTag
@@ -118,8 +119,8 @@ def test_keys_older_than_the_ttl_are_pruned(store: SqlTrackingStore) -> None:
 
 def test_upgrade_from_0003_adds_the_key_table(empty_db_url: str, artifact_root: str) -> None:
     database_at(empty_db_url, artifact_root, "0003", check_absent="idempotency_keys")
-    assert upgrade_schema(empty_db_url) == ("0003", "0004")
-    assert current_revision(empty_db_url) == "0004"
+    assert upgrade_schema(empty_db_url) == ("0003", migrate_module.HEAD_REVISION)  # through 0004
+    assert current_revision(empty_db_url) == migrate_module.HEAD_REVISION
     store = SqlTrackingStore(empty_db_url, artifact_root)
     try:
         store.log_batch("a" * 32, _batch(), idempotency_key="k", fingerprint="f")

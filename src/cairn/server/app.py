@@ -14,10 +14,13 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import BaseRoute, Mount, Route
 
+from cairn.server.auth.middleware import AuthMiddleware
+from cairn.server.auth.users import user_store_for
 from cairn.server.protocol import ServerContext, endpoint_not_found
 
 if TYPE_CHECKING:
@@ -75,6 +78,7 @@ def create_server_app(
     port: int = 5000,
     allowed_hosts: Iterable[str] | None = None,
     api_modules: Iterable[str] = API_MODULES,
+    auth: bool = False,
 ) -> Starlette:
     """Build the server application over ``client``'s store.
 
@@ -86,11 +90,14 @@ def create_server_app(
         host, port: the bound address (the UI's Host check derives its allowed names from them).
         allowed_hosts: the Host header values the UI accepts, replacing those derived from host/port.
         api_modules: the API modules to serve (all of them by default; tests may serve a subset).
+        auth: require credentials and check permissions on every request (users and grants in the
+            store's database; see :mod:`cairn.server.auth`). Needs a SQLite or PostgreSQL store.
     """
     from cairn.ui.app import create_app
 
     root = artifact_root if artifact_root is not None else _store_artifact_root(client)
-    ctx = ServerContext(client=client, serve_artifacts=serve_artifacts, artifact_root=root)
+    users = user_store_for(client) if auth else None
+    ctx = ServerContext(client=client, serve_artifacts=serve_artifacts, artifact_root=root, users=users)
     ui = create_app(client, host=host, port=port, allowed_hosts=allowed_hosts)
     app = Starlette(
         routes=[
@@ -103,6 +110,7 @@ def create_server_app(
             Route("/ajax-api/{rest:path}", endpoint_not_found, methods=_ANY),
             Mount("/", app=ui),
         ],
+        middleware=[Middleware(AuthMiddleware, users=users)] if users is not None else [],
     )
     app.state.ctx = ctx
     app.state.client = client

@@ -43,7 +43,14 @@ from cairn.server.registry_api import (
     text,
 )
 
-__all__ = ["RECORD_TAG_PREFIX", "LoggedModel", "LoggedModels", "logged_model_routes", "model_id_of_location"]
+__all__ = [
+    "RECORD_TAG_PREFIX",
+    "LoggedModel",
+    "LoggedModels",
+    "logged_model_routes",
+    "model_id_of_location",
+    "owner_of_model_id",
+]
 
 RECORD_TAG_PREFIX = "cairn.logged-model."
 STATUSES = {1: "LOGGED_MODEL_PENDING", 2: "LOGGED_MODEL_READY", 3: "LOGGED_MODEL_UPLOAD_FAILED"}
@@ -63,6 +70,16 @@ def model_id_of_location(location: str | None) -> str | None:
     """The logged model whose files are at ``location`` (``.../models/<model_id>/artifacts``), if any."""
     match = _LOCATION.search(location or "")
     return match.group(1) if match else None
+
+
+def owner_of_model_id(model_id: str) -> tuple[str, str] | None:
+    """Where a logged model's record lives, read from its id: ``("run", run_id)`` or
+    ``("experiment", experiment_id)``; None for an id this server never hands out."""
+    if match := _RUN_MODEL_ID.match(model_id):
+        return "run", match.group(1)
+    if match := _EXPERIMENT_MODEL_ID.match(model_id):
+        return "experiment", match.group(1)
+    return None
 
 
 @dataclass

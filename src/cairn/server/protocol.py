@@ -30,6 +30,7 @@ from cairn.errors import (
 )
 
 if TYPE_CHECKING:
+    from cairn.server.auth.users import UserStore
     from cairn.tracking.client import Client
 
 __all__ = [
@@ -73,11 +74,13 @@ class ServerContext:
         client: the cairn client over the server's store.
         serve_artifacts: whether the server proxies artifacts (``mlflow-artifacts:/`` locations).
         artifact_root: the artifact root new experiments' artifacts go under.
+        users: the users and their grants (``cairn server --auth``); None when auth is off.
     """
 
     client: Client
     serve_artifacts: bool
     artifact_root: str
+    users: UserStore | None = None
 
 
 def _classify(exc: BaseException) -> tuple[str, int]:
