@@ -20,6 +20,7 @@ from rich.table import Table
 
 from cairn.errors import CairnError
 from cairn.registry.cli import models
+from cairn.server.auth.cli import users
 from cairn.server.cli import server
 from cairn.sync.cli import import_mlflow_command, sync_command
 from cairn.ui.cli import ui
@@ -500,6 +501,7 @@ def _run_teed(command: list[str], env: dict[str, str], directory: Path) -> int:
 main.add_command(models)
 main.add_command(ui)
 main.add_command(server)
+main.add_command(users)
 main.add_command(sync_command)
 main.add_command(import_mlflow_command)
 

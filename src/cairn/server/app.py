@@ -26,7 +26,7 @@ from cairn.server.protocol import ServerContext, endpoint_not_found
 if TYPE_CHECKING:
     from cairn.tracking.client import Client
 
-__all__ = ["API_MODULES", "ENV_SERVE_ARTIFACTS", "app_from_environment", "create_server_app"]
+__all__ = ["API_MODULES", "ENV_AUTH", "ENV_SERVE_ARTIFACTS", "app_from_environment", "create_server_app"]
 
 API_MODULES = (
     "cairn.server.tracking_api",
@@ -36,6 +36,7 @@ API_MODULES = (
     "cairn.server.cairn_api",
 )
 ENV_SERVE_ARTIFACTS = "CAIRN_SERVER_SERVE_ARTIFACTS"
+ENV_AUTH = "CAIRN_SERVER_AUTH"
 _ANY = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 
@@ -98,7 +99,7 @@ def create_server_app(
     root = artifact_root if artifact_root is not None else _store_artifact_root(client)
     users = user_store_for(client) if auth else None
     ctx = ServerContext(client=client, serve_artifacts=serve_artifacts, artifact_root=root, users=users)
-    ui = create_app(client, host=host, port=port, allowed_hosts=allowed_hosts)
+    ui = create_app(client, host=host, port=port, allowed_hosts=allowed_hosts, users=users)
     app = Starlette(
         routes=[
             Route("/health", _health, methods=["GET"]),
@@ -128,7 +129,7 @@ def app_from_environment() -> Starlette:
 
     The parent process passes its settings in the environment: the store and artifact root through
     ``CAIRN_TRACKING_URI``/``CAIRN_ARTIFACT_ROOT`` as everywhere, ``CAIRN_SERVER_SERVE_ARTIFACTS`` (1/0),
-    ``CAIRN_SERVER_HOST`` and ``CAIRN_SERVER_PORT``.
+    ``CAIRN_SERVER_HOST``, ``CAIRN_SERVER_PORT`` and ``CAIRN_SERVER_AUTH`` (1/0).
     """
     import os
 
@@ -140,4 +141,5 @@ def app_from_environment() -> Starlette:
         serve_artifacts=os.environ.get(ENV_SERVE_ARTIFACTS, "1") != "0",
         host=os.environ.get("CAIRN_SERVER_HOST", "127.0.0.1"),
         port=int(os.environ.get("CAIRN_SERVER_PORT", "5000")),
+        auth=os.environ.get(ENV_AUTH, "0") == "1",
     )

@@ -31,14 +31,26 @@ def is_loopback(host: str) -> bool:
     "credentials); without it clients read and write the artifact root themselves.",
 )
 @click.option(
+    "--auth",
+    is_flag=True,
+    help="Require a token or password on every request and check each user's permissions (users and grants: "
+    "`cairn users ...`, kept in the store's database).",
+)
+@click.option(
     "--insecure-no-auth",
     is_flag=True,
-    help="Allow a non-loopback --host although the server has no authentication (anyone who reaches the port "
-    "can read, change and delete every run).",
+    help="Allow a non-loopback --host without --auth (anyone who reaches the port can read, change and delete "
+    "every run).",
 )
 @click.pass_context
 def server(
-    ctx: click.Context, host: str, port: int, workers: int, serve_artifacts: bool, insecure_no_auth: bool
+    ctx: click.Context,
+    host: str,
+    port: int,
+    workers: int,
+    serve_artifacts: bool,
+    auth: bool,
+    insecure_no_auth: bool,
 ) -> None:
     """Serve MLflow's REST API (/api/2.0/mlflow/...), the artifact proxy and the cairn UI.
 
@@ -46,11 +58,11 @@ def server(
     CAIRN_ARTIFACT_ROOT). Point MLflow clients and training machines at http://HOST:PORT. Several
     workers (or several servers) can share one PostgreSQL store: the server keeps no state of its own.
     """
-    if not is_loopback(host) and not insecure_no_auth:
+    if not is_loopback(host) and not auth and not insecure_no_auth:
         raise click.UsageError(
-            f"refusing to bind to {host}: cairn server has no authentication yet, so anyone who can reach "
-            "that address could read, change and delete every run and model. Bind to 127.0.0.1 (behind an "
-            "authenticating reverse proxy for remote users), or pass --insecure-no-auth to accept the risk."
+            f"refusing to bind to {host} with no authentication (no --auth): anyone who can reach that address could read, change "
+            "and delete every run and model. Pass --auth (create users with `cairn users add NAME --admin`), "
+            "bind to 127.0.0.1, or pass --insecure-no-auth to accept the risk."
         )
     try:
         import uvicorn
@@ -58,12 +70,19 @@ def server(
         raise click.ClickException(
             f"cairn server needs starlette and uvicorn: pip install 'cairn[ui]' ({exc})"
         ) from exc
-    from cairn.server.app import ENV_SERVE_ARTIFACTS, create_server_app
+    from cairn.server.app import ENV_AUTH, ENV_SERVE_ARTIFACTS, create_server_app
     from cairn.tracking.client import Client
 
     obj = ctx.obj or {}
     client = Client(obj.get("store"), obj.get("artifact_root"))
-    app = create_server_app(client, serve_artifacts=serve_artifacts, host=host, port=port)
+    app = create_server_app(client, serve_artifacts=serve_artifacts, host=host, port=port, auth=auth)
+    if auth and app.state.ctx.users.count() == 0:
+        click.secho(
+            "no users yet: every request will be refused until you create one, e.g. "
+            "`cairn users add admin --admin` (it prints the admin's token), with the same --store",
+            fg="yellow",
+            err=True,
+        )
     artifact_root = app.state.ctx.artifact_root
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else shown}:{port}"
@@ -72,8 +91,14 @@ def server(
         f"cairn server: MLflow REST API and UI at {url} | store: {app.state.store_label} | "
         f"artifact root: {artifact_root} ({proxy}) | workers: {workers} (Ctrl-C to stop)"
     )
-    if not is_loopback(host):
+    if not is_loopback(host) and not auth:
         click.secho(f"warning: bound to {host} without authentication (--insecure-no-auth)", fg="yellow", err=True)
+    if auth:
+        click.echo(
+            "authentication on: clients send CAIRN_TRACKING_TOKEN / MLFLOW_TRACKING_TOKEN or "
+            "MLFLOW_TRACKING_USERNAME+PASSWORD; put TLS in front (see SECURITY.md) so tokens never cross a network "
+            "in clear text"
+        )
     options = {"host": host, "port": port, "log_level": "warning", "access_log": False, "server_header": False}
     if workers == 1:
         uvicorn.run(app, **options)  # type: ignore[arg-type]
@@ -88,4 +113,5 @@ def server(
     os.environ[ENV_SERVE_ARTIFACTS] = "1" if serve_artifacts else "0"
     os.environ["CAIRN_SERVER_HOST"] = host
     os.environ["CAIRN_SERVER_PORT"] = str(port)
+    os.environ[ENV_AUTH] = "1" if auth else "0"
     uvicorn.run("cairn.server.app:app_from_environment", factory=True, workers=workers, **options)  # type: ignore[arg-type]

@@ -29,6 +29,7 @@ from typing import Any
 from starlette.routing import BaseRoute
 
 from cairn.errors import InvalidArgument, NotFound
+from cairn.server.auth.permissions import Principal, readable_experiments
 from cairn.server.protocol import ServerContext, invalid, json_route
 from cairn.server.registry_api import (
     Args,
@@ -41,6 +42,7 @@ from cairn.server.registry_api import (
     strings,
     tag_list,
     text,
+    viewer_endpoint,
 )
 
 __all__ = [
@@ -326,10 +328,17 @@ class LoggedModels:
             self.get(item["model_id"])
         return {}
 
-    def search(self, args: Args) -> Body:
+    def search(self, args: Args, principal: Principal | None = None) -> Body:
+        """With ``principal`` (auth on): only in the requested experiments it may read (as MLflow's auth
+        does, the others are left out rather than refused)."""
         experiment_ids = strings(args, "experiment_ids")
         if not experiment_ids:
             raise invalid("Missing value for required parameter 'experiment_ids'.")
+        visible = readable_experiments(principal)
+        if visible is not None:
+            experiment_ids = [e for e in experiment_ids if e in visible]
+            if not experiment_ids:
+                return {"models": []}
         max_results = integer(args, "max_results", 100, maximum=MAX_SEARCH)
         conditions = _parse_filter(text(args, "filter"))
         found = [m for m in self._candidates(experiment_ids, conditions) if _matches(m, conditions)]
@@ -451,7 +460,6 @@ def logged_model_routes(ctx: ServerContext) -> list[BaseRoute]:
     models = LoggedModels(ctx)
     table: list[tuple[str, Callable[[Args], Body], str]] = [
         ("logged-models", models.create, "POST"),
-        ("logged-models/search", models.search, "POST"),
         ("runs/outputs", models.log_outputs, "POST"),
         ("logged-models/{model_id}", models.fetch, "GET"),
         ("logged-models/{model_id}", models.finalize, "PATCH"),
@@ -460,11 +468,18 @@ def logged_model_routes(ctx: ServerContext) -> list[BaseRoute]:
         ("logged-models/{model_id}/tags/{tag_key:path}", models.delete_tag, "DELETE"),
         ("logged-models/{model_id}/params", models.log_params, "POST"),
     ]
-    routes: list[BaseRoute] = []
+    routes = json_route("logged-models/search", viewer_endpoint(ctx, _viewer_search(models)), ["POST"])
     for path, operation, method in table:
         path_args = {name: name for name in ("model_id", "tag_key") if "{" + name in path}
         routes += json_route(path, endpoint(ctx, _ignoring_ctx(operation), **path_args), [method])
     return routes
+
+
+def _viewer_search(models: LoggedModels) -> Callable[[ServerContext, Args, Principal | None], Body]:
+    def handler(ctx: ServerContext, args: Args, principal: Principal | None) -> Body:
+        return models.search(args, principal)
+
+    return handler
 
 
 def _ignoring_ctx(operation: Callable[[Args], Body]) -> Callable[[ServerContext, Args], Body]:

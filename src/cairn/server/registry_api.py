@@ -28,6 +28,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
 from cairn.registry.entities import ModelVersion, RegisteredModel
+from cairn.server.auth.middleware import principal_of
+from cairn.server.auth.permissions import Principal, readable_models
 from cairn.server.protocol import ServerContext, invalid, json_route, request_args
 from cairn.server.tracking_api import public_location as client_location
 
@@ -35,6 +37,8 @@ __all__ = ["client_location", "routes", "stored_location"]
 
 MAX_REGISTERED_MODELS = 1000  # MLflow's SEARCH_REGISTERED_MODEL_MAX_RESULTS_THRESHOLD
 MAX_MODEL_VERSIONS = 200_000  # MLflow's SEARCH_MODEL_VERSION_MAX_RESULTS_THRESHOLD
+MAX_FILTERED_SEARCH = 50_000
+"""How many models (versions) a search reads before keeping those a non-admin user may read."""
 PROXY_SCHEME = "mlflow-artifacts:"
 _PROMPT_CLAUSE = re.compile(
     r"(?:^|\s+AND\s+)tags?\.`?mlflow\.prompt\.is_prompt`?\s*(?P<op>!=|=)\s*'true'\s*(?:AND\s+)?", re.IGNORECASE
@@ -274,13 +278,17 @@ def _prompt_clause(filter_string: str | None) -> tuple[str | None, bool]:
     return " AND ".join(part for part in parts if part) or None, match.group("op") == "="
 
 
-def _search_registered_models(ctx: ServerContext, args: Args) -> Body:
+def _search_registered_models(ctx: ServerContext, args: Args, principal: Principal | None = None) -> Body:
+    """With ``principal`` (auth on): only the models it may read, filtered before paging."""
     max_results = integer(args, "max_results", 100, maximum=MAX_REGISTERED_MODELS)
     filter_string, prompts = _prompt_clause(text(args, "filter"))
     if prompts:
         return {"registered_models": []}
-    wanted = page_offset(args) + max_results + 1
+    visible = readable_models(principal)
+    wanted = page_offset(args) + max_results + 1 if visible is None else MAX_FILTERED_SEARCH
     found = ctx.client.search_registered_models(filter_string, wanted, strings(args, "order_by") or None)
+    if visible is not None:
+        found = [m for m in found if m.name in visible]
     chunk, token = page(found, args, max_results)
     body: Body = {"registered_models": [model_json(ctx, m) for m in chunk]}
     if token:
@@ -375,12 +383,16 @@ def _delete_model_version(ctx: ServerContext, args: Args) -> Body:
     return {}
 
 
-def _search_model_versions(ctx: ServerContext, args: Args) -> Body:
+def _search_model_versions(ctx: ServerContext, args: Args, principal: Principal | None = None) -> Body:
+    """With ``principal`` (auth on): only versions of the models it may read, filtered before paging."""
     max_results = integer(args, "max_results", 10_000, maximum=MAX_MODEL_VERSIONS)
     if strings(args, "order_by"):
         raise invalid("search_model_versions orders by name, then newest version first; order_by is not supported")
-    wanted = min(page_offset(args) + max_results + 1, MAX_MODEL_VERSIONS + 1)
-    found = ctx.client.search_model_versions(text(args, "filter"), wanted)
+    visible = readable_models(principal)
+    wanted = min(page_offset(args) + max_results + 1, MAX_MODEL_VERSIONS + 1) if visible is None else None
+    found = ctx.client.search_model_versions(text(args, "filter"), wanted or MAX_FILTERED_SEARCH)
+    if visible is not None:
+        found = [v for v in found if v.name in visible]
     chunk, token = page(found, args, max_results)
     body: Body = {"model_versions": [version_json(ctx, v) for v in chunk]}
     if token:
@@ -431,6 +443,17 @@ def _tag_value(args: Args) -> str:
 
 
 Handler = Callable[[ServerContext, Args], Body]
+ViewerHandler = Callable[[ServerContext, Args, "Principal | None"], Body]
+
+
+def viewer_endpoint(ctx: ServerContext, handler: ViewerHandler) -> Callable[[Request], Any]:
+    """An endpoint whose answer depends on who asks (searches: only what the user may read)."""
+
+    async def run(request: Request) -> Response:
+        args = await request_args(request)
+        return JSONResponse(await run_in_threadpool(handler, ctx, args, principal_of(request)))
+
+    return run
 
 
 def endpoint(ctx: ServerContext, handler: Handler, **path_args: str) -> Callable[[Request], Any]:
@@ -451,7 +474,6 @@ _ROUTES: list[tuple[str, Handler, list[str]]] = [
     ("registered-models/update", _update_registered_model, ["PATCH"]),
     ("registered-models/delete", _delete_registered_model, ["DELETE"]),
     ("registered-models/get", _get_registered_model, ["GET"]),
-    ("registered-models/search", _search_registered_models, ["GET"]),
     ("registered-models/get-latest-versions", _get_latest_versions, ["POST", "GET"]),
     ("registered-models/set-tag", _set_registered_model_tag, ["POST"]),
     ("registered-models/delete-tag", _delete_registered_model_tag, ["DELETE"]),
@@ -460,7 +482,6 @@ _ROUTES: list[tuple[str, Handler, list[str]]] = [
     ("model-versions/transition-stage", _transition_stage, ["POST"]),
     ("model-versions/delete", _delete_model_version, ["DELETE"]),
     ("model-versions/get", _get_model_version, ["GET"]),
-    ("model-versions/search", _search_model_versions, ["GET"]),
     ("model-versions/get-download-uri", _download_uri, ["GET"]),
     ("model-versions/set-tag", _set_model_version_tag, ["POST"]),
     ("model-versions/delete-tag", _delete_model_version_tag, ["DELETE"]),
@@ -476,6 +497,8 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         result.extend(json_route(path, endpoint(ctx, handler), methods))
     alias: dict[str, Handler] = {"POST": _set_alias, "DELETE": _delete_alias, "GET": _get_by_alias}
     result.extend(json_route("registered-models/alias", _by_method(ctx, alias), list(alias)))
+    result.extend(json_route("registered-models/search", viewer_endpoint(ctx, _search_registered_models), ["GET"]))
+    result.extend(json_route("model-versions/search", viewer_endpoint(ctx, _search_model_versions), ["GET"]))
     result.extend(logged_model_routes(ctx))
     return result
 

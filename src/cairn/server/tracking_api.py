@@ -28,6 +28,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
 from cairn.errors import NotFound, ResourceAlreadyExists
+from cairn.server.auth.middleware import principal_of
+from cairn.server.auth.permissions import Principal, readable_experiments
 from cairn.server.protocol import ServerContext, invalid, json_route, request_args
 from cairn.tracking import context, system_tags, validation
 from cairn.tracking.entities import Experiment, Metric, Param, Run, RunInfo, RunStatus, RunTag, ViewType
@@ -47,6 +49,7 @@ _INTEGER = re.compile(r"-?[0-9]{1,19}")
 
 Args = dict[str, Any]
 Operation = Callable[[ServerContext, Args], dict[str, Any]]
+FilteredOperation = Callable[[ServerContext, Args, "Principal | None"], dict[str, Any]]
 
 
 # -- argument checking ---------------------------------------------------------------------------
@@ -522,9 +525,10 @@ def _sorted_experiments(found: list[Experiment], order: list[tuple[str, bool]]) 
     return result
 
 
-def search_experiments(ctx: ServerContext, args: Args) -> dict[str, Any]:
+def search_experiments(ctx: ServerContext, args: Args, principal: Principal | None = None) -> dict[str, Any]:
     """MLflow's experiment search: filter on name, id, times and tags; order_by attributes (default
-    ``creation_time DESC, experiment_id ASC``); offset page tokens."""
+    ``creation_time DESC, experiment_id ASC``); offset page tokens. With ``principal`` (auth on), only the
+    experiments it may read, filtered before paging."""
     max_results = _int(args, "max_results", 1000, low=1, high=SEARCH_MAX_RESULTS)
     offset = _offset_token(_str(args, "page_token"))
     view = _view_type(args, "view_type")
@@ -536,6 +540,9 @@ def search_experiments(ctx: ServerContext, args: Args) -> dict[str, Any]:
     # The store filters by view (and by a case-sensitive name LIKE); the rest is done here.
     name_like = next((v for kind, key, op, v in clauses if (kind, key, op) == ("attribute", "name", "LIKE")), None)
     candidates = ctx.client.store.search_experiments(view, SEARCH_MAX_RESULTS, name_like=name_like)
+    visible = readable_experiments(principal)
+    if visible is not None:
+        candidates = [e for e in candidates if str(e.experiment_id) in visible]
     found = _sorted_experiments([e for e in candidates if _experiment_matches(e, clauses)], order)
     page = found[offset : offset + max_results]
     body: dict[str, Any] = {"experiments": [experiment_json(ctx, e) for e in page]}
@@ -632,8 +639,15 @@ def restore_run(ctx: ServerContext, args: Args) -> dict[str, Any]:
     return {}
 
 
-def search_runs(ctx: ServerContext, args: Args) -> dict[str, Any]:
+def search_runs(ctx: ServerContext, args: Args, principal: Principal | None = None) -> dict[str, Any]:
+    """MLflow's run search; with ``principal`` (auth on), only in the requested experiments it may read
+    (as MLflow's auth does, the others are left out rather than refused)."""
     experiment_ids = [str(e) for e in _list(args, "experiment_ids")]
+    visible = readable_experiments(principal)
+    if visible is not None:
+        experiment_ids = [e for e in experiment_ids if e in visible]
+        if not experiment_ids:
+            return {"runs": []}
     max_results = _int(args, "max_results", 1000, low=1, high=SEARCH_MAX_RESULTS)
     order_by = _list(args, "order_by")
     if not all(isinstance(o, str) for o in order_by):
@@ -864,6 +878,17 @@ def get_metric_history_bulk_interval(ctx: ServerContext, args: Args) -> dict[str
 # -- routes --------------------------------------------------------------------------------------
 
 
+def _filtered_endpoint(ctx: ServerContext, operation: FilteredOperation) -> Callable[[Request], Any]:
+    """An endpoint whose answer depends on who asks (searches: only what the user may read)."""
+
+    async def handler(request: Request) -> Response:
+        args = await request_args(request)
+        body = await run_in_threadpool(operation, ctx, args, principal_of(request))
+        return JSONResponse(body)
+
+    return handler
+
+
 def _endpoint(ctx: ServerContext, operation: Operation, *, max_bytes: int | None = None) -> Callable[[Request], Any]:
     async def handler(request: Request) -> Response:
         if max_bytes is not None:
@@ -880,7 +905,6 @@ _ENDPOINTS: list[tuple[str, Operation, list[str]]] = [
     ("experiments/create", create_experiment, ["POST"]),
     ("experiments/get", get_experiment, ["GET"]),
     ("experiments/get-by-name", get_experiment_by_name, ["GET"]),
-    ("experiments/search", search_experiments, ["GET", "POST"]),
     ("experiments/update", update_experiment, ["POST"]),
     ("experiments/delete", delete_experiment, ["POST"]),
     ("experiments/restore", restore_experiment, ["POST"]),
@@ -890,7 +914,6 @@ _ENDPOINTS: list[tuple[str, Operation, list[str]]] = [
     ("runs/update", update_run, ["POST"]),
     ("runs/delete", delete_run, ["POST"]),
     ("runs/restore", restore_run, ["POST"]),
-    ("runs/search", search_runs, ["POST"]),
     ("runs/log-metric", log_metric, ["POST"]),
     ("runs/log-parameter", log_param, ["POST"]),
     ("runs/set-tag", set_tag, ["POST"]),
@@ -907,4 +930,6 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
     for path, operation, methods in _ENDPOINTS:
         result += json_route(path, _endpoint(ctx, operation), methods)
     result += json_route("runs/log-batch", _log_batch_endpoint(ctx), ["POST"])
+    result += json_route("experiments/search", _filtered_endpoint(ctx, search_experiments), ["GET", "POST"])
+    result += json_route("runs/search", _filtered_endpoint(ctx, search_runs), ["POST"])
     return result

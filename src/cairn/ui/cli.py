@@ -20,10 +20,16 @@ __all__ = ["ui"]
 )
 @click.option("--open", "open_browser", is_flag=True, help="Open the UI in the default browser.")
 @click.option(
+    "--auth",
+    is_flag=True,
+    help="Require a login (users of `cairn users ...`, kept in the store's database) and show each user only "
+    "what it may read.",
+)
+@click.option(
     "--insecure-no-auth",
     is_flag=True,
-    help="Allow a non-loopback --host although the UI has no authentication (anyone who reaches the port can "
-    "read, change and delete every run).",
+    help="Allow a non-loopback --host without --auth (anyone who reaches the port can read, change and delete "
+    "every run).",
 )
 @click.pass_context
 def ui(
@@ -32,6 +38,7 @@ def ui(
     port: int,
     allow_hosts: tuple[str, ...],
     open_browser: bool,
+    auth: bool,
     insecure_no_auth: bool,
 ) -> None:
     """Browse, chart and compare runs and models in a local web app.
@@ -43,11 +50,11 @@ def ui(
     """
     from cairn.server.cli import is_loopback
 
-    if not is_loopback(host) and not insecure_no_auth:
+    if not is_loopback(host) and not auth and not insecure_no_auth:
         raise click.UsageError(
-            f"refusing to bind to {host}: cairn ui has no authentication, so anyone who can reach that address "
-            "could read, change and delete every run and model. Bind to 127.0.0.1 (reach it through an SSH tunnel "
-            "or an authenticating reverse proxy), or pass --insecure-no-auth to accept the risk."
+            f"refusing to bind to {host} with no authentication (no --auth): anyone who can reach that address could read, change and "
+            "delete every run and model. Pass --auth (create users with `cairn users add NAME --admin --password`), "
+            "bind to 127.0.0.1 (reach it through an SSH tunnel), or pass --insecure-no-auth to accept the risk."
         )
     try:
         import uvicorn
@@ -66,11 +73,27 @@ def ui(
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
             probe.bind((host, 0))
             port = int(probe.getsockname()[1])
-    app = create_app(client, host=host, port=port, allowed_hosts=allowed_hosts_for(host, port, allow_hosts))
+    users = None
+    if auth:
+        from cairn.server.auth.users import user_store_for
+
+        users = user_store_for(client)
+    app = create_app(
+        client, host=host, port=port, allowed_hosts=allowed_hosts_for(host, port, allow_hosts), users=users
+    )
+    served: object = app
+    if users is not None:
+        from cairn.server.auth.middleware import AuthMiddleware
+
+        served = AuthMiddleware(app, users)
+        if users.count() == 0:
+            click.secho(
+                "no users yet: create one with `cairn users add NAME --admin --password`", fg="yellow", err=True
+            )
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else shown}:{port}/"
     click.echo(f"cairn ui: serving {app.state.store_label} at {url} (Ctrl-C to stop)")
-    if not is_loopback(host):
+    if not is_loopback(host) and not auth:
         click.secho(
             f"warning: bound to {host} with no authentication (--insecure-no-auth): anyone reaching this port can "
             "delete runs",
@@ -82,4 +105,4 @@ def ui(
         import webbrowser
 
         threading.Timer(1.0, webbrowser.open, args=(url,)).start()
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, server_header=False)
+    uvicorn.run(served, host=host, port=port, log_level="warning", access_log=False, server_header=False)  # type: ignore[arg-type]

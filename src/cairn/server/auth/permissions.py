@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from cairn.errors import InvalidArgument
 
-__all__ = ["Permission", "Principal", "ResourceKind"]
+__all__ = ["Permission", "Principal", "ResourceKind", "readable_experiments", "readable_models"]
 
 
 class Permission(enum.IntEnum):
@@ -90,3 +90,13 @@ class Principal:
         if self.is_admin:
             return None
         return frozenset(m for m, p in self.models.items() if p >= Permission.READ)
+
+
+def readable_experiments(principal: Principal | None) -> frozenset[str] | None:
+    """The experiment ids a request may see: None when it may see all (auth off, or an admin)."""
+    return None if principal is None else principal.readable_experiments()
+
+
+def readable_models(principal: Principal | None) -> frozenset[str] | None:
+    """The registered model names a request may see: None when it may see all (auth off, or an admin)."""
+    return None if principal is None else principal.readable_models()

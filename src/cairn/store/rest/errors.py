@@ -23,7 +23,7 @@ from cairn.errors import (
     StoreLocked,
 )
 
-__all__ = ["AccessDenied", "ServerUnavailable", "UnsupportedByServer", "error_from_response"]
+__all__ = ["AccessDenied", "AuthenticationFailed", "ServerUnavailable", "UnsupportedByServer", "error_from_response"]
 
 
 class ServerUnavailable(StoreLocked):
@@ -36,6 +36,35 @@ class ServerUnavailable(StoreLocked):
 
 class AccessDenied(CairnError, PermissionError):
     """The server refused the credentials (HTTP 401) or the permission (HTTP 403)."""
+
+
+class AuthenticationFailed(AccessDenied):
+    """The server wants credentials (HTTP 401): none were sent, or it does not know them."""
+
+
+_CREDENTIALS_HINT = (
+    "set CAIRN_TRACKING_TOKEN (or MLFLOW_TRACKING_TOKEN) to your token, or MLFLOW_TRACKING_USERNAME and "
+    "MLFLOW_TRACKING_PASSWORD; an admin of the server creates users and tokens with `cairn users add`"
+)
+
+
+def _access_error(status: int, code: str, message: str, where: str, server: str) -> AccessDenied:
+    if code == "UNAUTHENTICATED" or status == 401:
+        return AuthenticationFailed(
+            f"the tracking server {server} refused the request's credentials: {message} ({where}). To authenticate, "
+            f"{_CREDENTIALS_HINT}"
+        )
+    return AccessDenied(
+        f"the tracking server {server} denied the request: {message} ({where}). Ask an admin of the server for "
+        "the permission (`cairn users grant`)"
+    )
+
+
+def _server(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else url
 
 
 class UnsupportedByServer(CairnError, NotImplementedError):
@@ -92,7 +121,7 @@ def error_from_response(
     if code == "RESOURCE_ALREADY_EXISTS":
         return ResourceAlreadyExists(full)
     if code in ("UNAUTHENTICATED", "PERMISSION_DENIED") or status in (401, 403):
-        return AccessDenied(full)
+        return _access_error(status, code, message, where, _server(url))
     if code in ("TEMPORARILY_UNAVAILABLE", "RESOURCE_EXHAUSTED") or status in (429, 502, 503, 504):
         return ServerUnavailable(full)
     if code in _INVALID_CODES or 400 <= status < 500:
