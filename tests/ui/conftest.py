@@ -21,7 +21,8 @@ from tests.ui._data import Populated, populate
 HOST = "127.0.0.1"
 PORT = 5000
 ORIGIN = f"http://{HOST}:{PORT}"
-TOKEN = "test-token-123"
+TOKEN = "test-csrf-token-0123456789abcdefghij"
+CSRF_COOKIE = f"cairn_csrf={TOKEN}"
 
 
 class StoreClient(Client):
@@ -41,8 +42,9 @@ class UiEnv:
     http: TestClient
 
     def write_headers(self, **extra: str) -> dict[str, str]:
-        """Headers of a legitimate state-changing request from the UI page."""
-        return {"Origin": ORIGIN, "X-Cairn-Token": TOKEN, **extra}
+        """Headers of a legitimate state-changing request from the UI page (the CSRF token twice:
+        the cookie /api/session set and the header the page sends)."""
+        return {"Origin": ORIGIN, "X-Cairn-Token": TOKEN, "Cookie": CSRF_COOKIE, **extra}
 
 
 def make_store(root: Path, db_url: str | None = None) -> SqlTrackingStore:
@@ -55,7 +57,7 @@ def ui_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UiEnv]:
     store = make_store(root)
     client = StoreClient(store)
     data = populate(client, root / "scratch")
-    app = create_app(client, host=HOST, port=PORT, token=TOKEN)
+    app = create_app(client, host=HOST, port=PORT)
     with TestClient(app, base_url=ORIGIN) as http:
         yield UiEnv(client, data, root, http)
     store.close()
@@ -72,7 +74,7 @@ def pg_ui_env(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureR
         store = make_store(root, url)
         client = StoreClient(store)
         data = populate(client, root / "scratch")
-        app = create_app(client, host=HOST, port=PORT, token=TOKEN)
+        app = create_app(client, host=HOST, port=PORT)
         with TestClient(app, base_url=ORIGIN) as http:
             yield UiEnv(client, data, root, http)
         store.close()

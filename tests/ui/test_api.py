@@ -12,8 +12,10 @@ from tests.ui.conftest import UiEnv
 
 
 def test_session_gives_the_write_token_and_server_facts(ui_env: UiEnv) -> None:
-    body = ui_env.http.get("/api/session").json()
-    assert body["token"] == "test-token-123"
+    response = ui_env.http.get("/api/session")
+    body = response.json()
+    assert body["csrf"] == response.cookies["cairn_csrf"] and len(body["csrf"]) >= 32
+    assert body["auth"] is False and body["user"] is None
     assert body["store"].endswith("cairn.db")
     assert body["version"]
 

@@ -1,5 +1,6 @@
-"""DNS-rebinding Host checks, same-origin + token checks on writes, security headers, and a guard
-that the front end never turns data into HTML."""
+"""DNS-rebinding Host checks, same-origin + double-submit CSRF token checks on writes, the API-client
+exemption (Authorization header, no cookie), security headers, and a guard that the front end never
+turns data into HTML."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import socket
 from pathlib import Path
 
 import pytest
+from starlette.testclient import TestClient
 
-from cairn.ui.app import STATIC_DIR
+from cairn.ui.app import STATIC_DIR, create_app
 from cairn.ui.security import APP_CSP, allowed_hosts_for
-from tests.ui.conftest import ORIGIN, TOKEN, UiEnv
+from tests.ui.conftest import CSRF_COOKIE, ORIGIN, TOKEN, UiEnv
 
 
 @pytest.mark.parametrize(
@@ -45,21 +47,31 @@ def _delete(ui_env: UiEnv, headers: dict[str, str]) -> int:
     return ui_env.http.delete(f"/api/runs/{ui_env.data.hostile}", headers=headers).status_code
 
 
+TOKENS = {"X-Cairn-Token": TOKEN, "Cookie": CSRF_COOKIE}
+
+
 @pytest.mark.parametrize(
     "headers",
     [
         {},
-        {"X-Cairn-Token": TOKEN},  # no Origin, no Referer
-        {"Origin": "http://evil.example", "X-Cairn-Token": TOKEN},
-        {"Origin": "null", "X-Cairn-Token": TOKEN},
-        {"Origin": "http://127.0.0.1:5001", "X-Cairn-Token": TOKEN},
-        {"Origin": "https://127.0.0.1:5000", "X-Cairn-Token": TOKEN},
-        {"Referer": "http://evil.example/page", "X-Cairn-Token": TOKEN},
-        {"Origin": ORIGIN},  # right origin, no token
-        {"Origin": ORIGIN, "X-Cairn-Token": "guess"},
-        {"Referer": f"{ORIGIN}/", "X-Cairn-Token": "guess"},
-        {"Origin": ORIGIN, "X-Cairn-Token": TOKEN, "Sec-Fetch-Site": "cross-site"},
-        {"Origin": ORIGIN, "X-Cairn-Token": TOKEN, "Sec-Fetch-Site": "same-site"},
+        TOKENS,  # no Origin, no Referer
+        {"Origin": "http://evil.example", **TOKENS},
+        {"Origin": "null", **TOKENS},
+        {"Origin": "http://127.0.0.1:5001", **TOKENS},
+        {"Origin": "https://127.0.0.1:5000", **TOKENS},
+        {"Referer": "http://evil.example/page", **TOKENS},
+        {"Origin": ORIGIN, "Cookie": CSRF_COOKIE},  # right origin, no token header
+        {"Origin": ORIGIN, "X-Cairn-Token": TOKEN},  # right origin, header without its cookie
+        {"Origin": ORIGIN, "X-Cairn-Token": "guess", "Cookie": CSRF_COOKIE},
+        {"Origin": ORIGIN, "X-Cairn-Token": "guess", "Cookie": "cairn_csrf=other"},
+        {"Referer": f"{ORIGIN}/", "X-Cairn-Token": "guess", "Cookie": CSRF_COOKIE},
+        {"Origin": ORIGIN, **TOKENS, "Sec-Fetch-Site": "cross-site"},
+        {"Origin": ORIGIN, **TOKENS, "Sec-Fetch-Site": "same-site"},
+        # credentials in a header do not excuse a write that also carries cookies (a browser's) ...
+        {"Authorization": "Bearer t", "Cookie": CSRF_COOKIE},
+        # ... nor one a browser marks as cross-site (HTTP basic credentials it cached are sent by itself)
+        {"Authorization": "Basic dTpw", "Sec-Fetch-Site": "cross-site"},
+        {"Authorization": "Basic dTpw", "Origin": "http://evil.example"},
     ],
 )
 def test_state_changing_requests_need_same_origin_and_the_token(ui_env: UiEnv, headers: dict[str, str]) -> None:
@@ -71,18 +83,45 @@ def test_state_changing_requests_need_same_origin_and_the_token(ui_env: UiEnv, h
 
 
 def test_same_origin_referer_with_token_is_accepted(ui_env: UiEnv) -> None:
-    headers = {"Referer": f"{ORIGIN}/#/runs/{ui_env.data.hostile}", "X-Cairn-Token": TOKEN}
+    headers = {"Referer": f"{ORIGIN}/#/runs/{ui_env.data.hostile}", **TOKENS}
     assert _delete(ui_env, headers) == 200
     assert ui_env.http.post(f"/api/runs/{ui_env.data.hostile}/restore", headers=headers).status_code == 200
 
 
 def test_a_localhost_page_may_write_through_its_own_origin(ui_env: UiEnv) -> None:
-    headers = {"Host": "localhost:5000", "Origin": "http://localhost:5000", "X-Cairn-Token": TOKEN}
+    headers = {"Host": "localhost:5000", "Origin": "http://localhost:5000", **TOKENS}
     assert _delete(ui_env, headers) == 200
     headers["Origin"] = ORIGIN  # the page is on localhost: a 127.0.0.1 origin is another site
     assert ui_env.http.post(f"/api/runs/{ui_env.data.hostile}/restore", headers=headers).status_code == 403
     headers["Origin"] = "http://localhost:5000"
     assert ui_env.http.post(f"/api/runs/{ui_env.data.hostile}/restore", headers=headers).status_code == 200
+
+
+def test_an_api_client_with_credentials_in_a_header_and_no_cookie_needs_no_origin_or_token(ui_env: UiEnv) -> None:
+    """No cookie, credentials in Authorization: no browser sent this cross-site, so no CSRF check
+    (without --auth the UI ignores the header itself: this is only the CSRF layer)."""
+    headers = {"Authorization": "Bearer some-token"}
+    assert _delete(ui_env, headers) == 200
+    assert ui_env.http.post(f"/api/runs/{ui_env.data.hostile}/restore", headers=headers).status_code == 200
+    headers["Sec-Fetch-Site"] = "same-origin"
+    assert _delete(ui_env, headers) == 200
+    assert ui_env.http.post(f"/api/runs/{ui_env.data.hostile}/restore", headers=headers).status_code == 200
+
+
+def test_the_csrf_token_is_stateless(ui_env: UiEnv) -> None:
+    """Any app instance (worker) accepts a token another one handed out: the cookie is the reference."""
+    session = ui_env.http.get("/api/session")
+    token = session.json()["csrf"]
+    assert len(token) >= 32 and session.cookies["cairn_csrf"] == token
+    cookie = session.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie and "path=/" in cookie
+    again = ui_env.http.get("/api/session", headers={"Cookie": f"cairn_csrf={token}"})
+    assert again.json()["csrf"] == token and "set-cookie" not in again.headers
+    other = create_app(ui_env.client, host="127.0.0.1", port=5000)
+    with TestClient(other, base_url=ORIGIN) as second:
+        headers = {"Origin": ORIGIN, "X-Cairn-Token": token, "Cookie": f"cairn_csrf={token}"}
+        assert second.delete(f"/api/runs/{ui_env.data.hostile}", headers=headers).status_code == 200
+        assert second.post(f"/api/runs/{ui_env.data.hostile}/restore", headers=headers).status_code == 200
 
 
 def test_get_cannot_change_state(ui_env: UiEnv) -> None:

@@ -3,6 +3,12 @@ thread pool, so blocking store calls never stall the event loop.
 
 Errors come back as ``{"error": {"type", "message", ...}}`` with a status from :func:`error_status`;
 a filter syntax error adds ``position`` (offset of the offending token) and ``text``.
+
+With ``cairn server --auth`` every handler asks :mod:`cairn.ui.access` what the user may do: lists
+(experiments, models) hold only what the user may read, a single resource the user may not read is
+refused with 403 (as MLflow's own API answers; a run is readable through its experiment), and
+experiments, runs and models carry ``"permission"`` (``READ``/``EDIT``/``MANAGE``) so the page
+shows only the controls the user may use. Without ``--auth`` the permission is always ``MANAGE``.
 """
 
 from __future__ import annotations
@@ -27,8 +33,10 @@ from cairn.errors import (
     RunNotActive,
     UnsafePath,
 )
+from cairn.server.auth.permissions import Permission
 from cairn.tracking.entities import ViewType
 from cairn.ui import artifacts, serialize, sql
+from cairn.ui.access import Access, AccessDenied, NotLoggedIn, access_of
 from cairn.ui.security import ARTIFACT_CSP
 from cairn.ui.series import DEFAULT_MAX_POINTS, MAX_POINTS_LIMIT, XAxis, metric_series
 
@@ -72,6 +80,10 @@ def _json(content: Any, status: int = 200) -> JSONResponse:
 
 
 def error_status(exc: Exception) -> int:
+    if isinstance(exc, NotLoggedIn):
+        return 401
+    if isinstance(exc, AccessDenied):
+        return 403
     if isinstance(exc, NotFound):
         return 404
     if isinstance(exc, (RunNotActive, ResourceAlreadyExists)):
@@ -117,47 +129,60 @@ def _list_arg(request: Request, name: str) -> list[str]:
     return [item for item in request.query_params.getlist(name) if item]
 
 
+def _run_experiment(client: Client, run_id: str) -> str:
+    return client.store.get_run_info(run_id).experiment_id
+
+
+def _require_run(request: Request, needed: Permission, what: str) -> tuple[Access, Permission]:
+    """The request's access and its permission on the run of the path's ``run_id`` (AccessDenied when
+    below ``needed``; without --auth no lookup is made)."""
+    access = access_of(request)
+    if access.principal is None:
+        return access, Permission.MANAGE
+    run_id = request.path_params["run_id"]
+    return access, access.require_experiment(_run_experiment(_client(request), run_id), needed, f"{what} run {run_id}")
+
+
 # -- session, experiments --------------------------------------------------------------------------
 
 
-def session(request: Request) -> JSONResponse:
-    """The token writes must carry (readable by the UI's own origin only) and server facts."""
-    import importlib.metadata
-
-    try:
-        version = importlib.metadata.version("cairn")
-    except importlib.metadata.PackageNotFoundError:
-        version = "unknown"
-    return _json({"token": request.app.state.token, "version": version, "store": request.app.state.store_label})
-
-
 def list_experiments(request: Request) -> JSONResponse:
+    """The experiments the user may read, each with its ``permission``."""
     client = _client(request)
+    access = access_of(request)
     view = _view(request)
     counts = sql.run_counts(client.store)
     counts_known = sql.database_of(client.store) is not None
-    experiments = client.search_experiments(view, 50_000)
-    return _json(
-        {
-            "experiments": [
-                serialize.experiment_json(e, counts.get(e.experiment_id, {}) if counts_known else None)
-                for e in experiments
-            ]
-        }
-    )
+    listed = []
+    for experiment in client.search_experiments(view, 50_000):
+        permission = access.experiment(experiment.experiment_id)
+        if permission < Permission.READ:
+            continue
+        item = serialize.experiment_json(experiment, counts.get(experiment.experiment_id, {}) if counts_known else None)
+        item["permission"] = permission.name
+        listed.append(item)
+    return _json({"experiments": listed})
+
+
+def _readable_experiment_id(request: Request, what: str) -> tuple[str, Permission]:
+    experiment_id = request.path_params["experiment_id"]
+    permission = access_of(request).require_experiment(experiment_id, Permission.READ, what)
+    return experiment_id, permission
 
 
 def get_experiment(request: Request) -> JSONResponse:
     client = _client(request)
-    experiment = client.get_experiment(request.path_params["experiment_id"])
+    experiment_id, permission = _readable_experiment_id(request, "reading")
+    experiment = client.get_experiment(experiment_id)
     counts = sql.run_counts(client.store).get(experiment.experiment_id, {})
-    return _json({"experiment": serialize.experiment_json(experiment, counts)})
+    return _json({"experiment": {**serialize.experiment_json(experiment, counts), "permission": permission.name}})
 
 
 def experiment_keys(request: Request) -> JSONResponse:
     """Distinct param and metric keys over the experiment's runs (for the column picker)."""
     client = _client(request)
-    experiment = client.get_experiment(request.path_params["experiment_id"])
+    experiment_id, _ = _readable_experiment_id(request, "reading")
+    experiment = client.get_experiment(experiment_id)
     return _json({"keys": sql.experiment_keys(client.store, experiment.experiment_id, _view(request))})
 
 
@@ -165,7 +190,8 @@ def list_runs(request: Request) -> JSONResponse:
     """One page of an experiment's runs: ``filter``, ``order_by`` (repeatable), ``page_token``,
     ``max_results``, ``view`` (active, deleted, all). ``total`` counts every matching run."""
     client = _client(request)
-    experiment_id = client.get_experiment(request.path_params["experiment_id"]).experiment_id
+    readable_id, permission = _readable_experiment_id(request, "listing the runs of")
+    experiment_id = client.get_experiment(readable_id).experiment_id
     filter_string = request.query_params.get("filter", "")
     order_by = _list_arg(request, "order_by") or None
     view = _view(request)
@@ -184,6 +210,7 @@ def list_runs(request: Request) -> JSONResponse:
             "runs": [serialize.run_json(run, all_tags=False) for run in page.items],
             "next_page_token": page.next_page_token,
             "total": total,
+            "permission": permission.name,
         }
     )
 
@@ -192,7 +219,10 @@ def list_runs(request: Request) -> JSONResponse:
 
 
 def get_run(request: Request) -> JSONResponse:
+    """The run with every tag, its experiment, its metric keys and the model versions made from it
+    (those of models the user may read); ``permission`` is the user's on the run's experiment."""
     client = _client(request)
+    access, permission = _require_run(request, Permission.READ, "reading")
     run = client.get_run(request.path_params["run_id"])
     experiment = client.get_experiment(run.info.experiment_id)
     try:
@@ -204,7 +234,8 @@ def get_run(request: Request) -> JSONResponse:
             "run": serialize.run_json(run),
             "experiment": {"experiment_id": experiment.experiment_id, "name": experiment.name},
             "metric_keys": sorted(run.data.metrics),
-            "model_versions": [serialize.version_json(v) for v in versions],
+            "model_versions": [serialize.version_json(v) for v in versions if access.model(v.name) >= Permission.READ],
+            "permission": permission.name,
         }
     )
 
@@ -220,12 +251,14 @@ def metric(request: Request) -> JSONResponse:
         raise InvalidArgument(f"x must be step or time, got {raw_x!r}")
     x: XAxis = "time" if raw_x == "time" else "step"
     max_points = _int_arg(request, "max_points", DEFAULT_MAX_POINTS, 10, MAX_POINTS_LIMIT)
+    _require_run(request, Permission.READ, "reading")
     series = metric_series(client.store, request.path_params["run_id"], key, max_points=max_points, x=x)
     return _json(series.to_json())
 
 
 def delete_run(request: Request) -> JSONResponse:
     client = _client(request)
+    _require_run(request, Permission.MANAGE, "deleting")
     run_id = request.path_params["run_id"]
     client.delete_run(run_id)
     return _json({"run_id": run_id, "lifecycle_stage": "deleted"})
@@ -233,6 +266,7 @@ def delete_run(request: Request) -> JSONResponse:
 
 def restore_run(request: Request) -> JSONResponse:
     client = _client(request)
+    _require_run(request, Permission.MANAGE, "restoring")
     run_id = request.path_params["run_id"]
     client.restore_run(run_id)
     return _json({"run_id": run_id, "lifecycle_stage": "active"})
@@ -245,6 +279,9 @@ def compare(request: Request) -> JSONResponse:
     if len(ids) < 1 or len(ids) > MAX_COMPARE:
         raise InvalidArgument(f"compare takes 1 to {MAX_COMPARE} runs, got {len(ids)}")
     found = [client.get_run(run_id) for run_id in ids]
+    access = access_of(request)
+    for run in found:
+        access.require_experiment(run.info.experiment_id, Permission.READ, f"comparing run {run.info.run_id}")
     rows: dict[str, list[dict[str, Any]]] = {"params": [], "metrics": []}
     for kind in ("params", "metrics"):
         keys = sorted({k for run in found for k in getattr(run.data, kind)})
@@ -260,6 +297,7 @@ def compare(request: Request) -> JSONResponse:
 
 
 def list_artifacts(request: Request) -> JSONResponse:
+    _require_run(request, Permission.READ, "reading the artifacts of")
     client = _client(request)
     path = safe_relpath(request.query_params.get("path") or None)
     store = client.artifact_store(request.path_params["run_id"])
@@ -276,6 +314,7 @@ def list_artifacts(request: Request) -> JSONResponse:
 
 
 def preview_artifact(request: Request) -> JSONResponse:
+    _require_run(request, Permission.READ, "reading the artifacts of")
     client = _client(request)
     store = client.artifact_store(request.path_params["run_id"])
     return _json(artifacts.preview(store, request.query_params.get("path", "")))
@@ -286,6 +325,7 @@ def raw_artifact(request: Request) -> Response:
 
     ``?download=1`` asks the browser to save it instead of showing it.
     """
+    _require_run(request, Permission.READ, "reading the artifacts of")
     client = _client(request)
     path = safe_relpath(request.query_params.get("path", ""))
     if not path:
@@ -313,6 +353,7 @@ def raw_artifact(request: Request) -> Response:
 
 
 def list_checkpoints(request: Request) -> JSONResponse:
+    _require_run(request, Permission.READ, "reading the artifacts of")
     client = _client(request)
     run_id = request.path_params["run_id"]
     store = client.artifact_store(run_id)
@@ -323,14 +364,21 @@ def list_checkpoints(request: Request) -> JSONResponse:
 
 
 def list_models(request: Request) -> JSONResponse:
+    """The registered models the user may read, each with its ``permission``."""
     client = _client(request)
-    models = client.registry_store.search_registered_models(None, 50_000)
-    return _json({"models": [serialize.model_json(m) for m in models]})
+    access = access_of(request)
+    listed = []
+    for model in client.registry_store.search_registered_models(None, 50_000):
+        permission = access.model(model.name)
+        if permission >= Permission.READ:
+            listed.append({**serialize.model_json(model), "permission": permission.name})
+    return _json({"models": listed})
 
 
 def get_model(request: Request) -> JSONResponse:
     client = _client(request)
     name = request.query_params.get("name", "")
+    permission = access_of(request).require_model(name, Permission.READ, "reading")
     model = client.get_registered_model(name)
     versions = client.registry_store.search_model_versions(name=name, max_results=10_000)
     run_ids = [v.run_id for v in versions if v.run_id]
@@ -340,7 +388,7 @@ def get_model(request: Request) -> JSONResponse:
         item = serialize.version_json(version)
         item["run_exists"] = version.run_id in present if version.run_id else None
         items.append(item)
-    return _json({"model": serialize.model_json(model), "versions": items})
+    return _json({"model": {**serialize.model_json(model), "permission": permission.name}, "versions": items})
 
 
 def _existing_runs(client: Client, run_ids: list[str]) -> set[str]:
@@ -355,27 +403,36 @@ def _existing_runs(client: Client, run_ids: list[str]) -> set[str]:
 
 
 def model_version(request: Request) -> JSONResponse:
-    """``?name=...&version=N``: the version and its lineage (run, params, metrics, git, source)."""
+    """``?name=...&version=N``: the version and its lineage (run, params, metrics, git, source).
+
+    When the user may read the model but not the experiment of its source run, the run's details
+    (params, metrics, git, code) are left out and ``run_hidden`` is true.
+    """
     client = _client(request)
-    lineage = client.get_model_version_lineage(
-        request.query_params.get("name", ""), request.query_params.get("version", "")
-    )
+    name = request.query_params.get("name", "")
+    access = access_of(request)
+    permission = access.require_model(name, Permission.READ, "reading")
+    lineage = client.get_model_version_lineage(name, request.query_params.get("version", ""))
     run = lineage.run
+    hidden = run is not None and access.experiment(run.info.experiment_id) < Permission.READ
+    shown = None if hidden else lineage
     return _json(
         {
             "version": serialize.version_json(lineage.model_version),
+            "permission": permission.name,
             "lineage": {
                 "source": lineage.source,
                 "run_id": lineage.run_id,
-                "run": serialize.run_json(run, all_tags=False) if run is not None else None,
+                "run_hidden": hidden,
+                "run": serialize.run_json(run, all_tags=False) if run is not None and not hidden else None,
                 "run_missing": lineage.run_id is not None and run is None,
-                "params": lineage.params,
-                "metrics": {k: serialize.finite(v) for k, v in lineage.metrics.items()},
-                "git_commit": lineage.git_commit,
-                "git_branch": lineage.git_branch,
-                "git_repo_url": lineage.git_repo_url,
-                "git_dirty": lineage.git_dirty,
-                "code_source": lineage.code_source,
+                "params": shown.params if shown else {},
+                "metrics": {k: serialize.finite(v) for k, v in shown.metrics.items()} if shown else {},
+                "git_commit": shown.git_commit if shown else None,
+                "git_branch": shown.git_branch if shown else None,
+                "git_repo_url": shown.git_repo_url if shown else None,
+                "git_dirty": shown.git_dirty if shown else None,
+                "code_source": shown.code_source if shown else None,
             },
         }
     )
@@ -388,7 +445,6 @@ def not_found(request: Request) -> JSONResponse:
 def routes() -> list[Route]:
     """The API routes, all under ``/api/``."""
     return [
-        Route("/api/session", session),
         Route("/api/experiments", list_experiments),
         Route("/api/experiments/{experiment_id}", get_experiment),
         Route("/api/experiments/{experiment_id}/keys", experiment_keys),

@@ -2,7 +2,7 @@
 
 Everything the browser loads ships in ``cairn/ui/static`` (the chart libraries are vendored), so
 the UI works with no network. Pages are routed in the browser (``/#/runs/<id>``), so the server
-only serves ``/``, ``/static/...`` and ``/api/...``.
+only serves ``/``, ``/static/...``, ``/api/...`` and, for ``cairn server --auth``, ``/login`` and ``/logout``.
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from cairn.errors import CairnError
-from cairn.ui import api
-from cairn.ui.security import SecurityMiddleware, allowed_hosts_for, new_token
+from cairn.ui import api, login
+from cairn.ui.security import SecurityMiddleware, allowed_hosts_for
 
 if TYPE_CHECKING:
+    from cairn.server.auth.users import UserStore
     from cairn.tracking.client import Client
 
 __all__ = ["STATIC_DIR", "create_app"]
@@ -60,7 +61,7 @@ def create_app(
     host: str = "127.0.0.1",
     port: int = 5000,
     allowed_hosts: Iterable[str] | None = None,
-    token: str | None = None,
+    users: UserStore | None = None,
 ) -> Starlette:
     """Build the UI application over ``client``.
 
@@ -68,25 +69,29 @@ def create_app(
         client: the tracking client whose store and artifacts the UI shows.
         host, port: the address the server is bound to; requests must name it in their Host header.
         allowed_hosts: the accepted Host header values, replacing those derived from ``host``/``port``.
-        token: the token state-changing requests must carry (a random one by default).
+        users: the user store when ``cairn server --auth`` runs the UI: pages then need a login, and
+            lists show only what the user may read. ``None``: no login, everyone may do everything.
     """
     hosts = frozenset(allowed_hosts) if allowed_hosts is not None else allowed_hosts_for(host, port)
-    secret = token or new_token()
     app = Starlette(
         routes=[
             Route("/", _index),
+            Route("/login", _index, methods=["GET"]),
+            Route("/login", login.login, methods=["POST"]),
+            Route("/logout", login.logout, methods=["POST"]),
+            Route("/api/session", login.session, methods=["GET"]),
             *api.routes(),
             Route("/api/{rest:path}", api.not_found, methods=["GET", "POST", "DELETE", "PUT", "PATCH"]),
             Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
         ],
         middleware=[
-            Middleware(SecurityMiddleware, allowed_hosts=hosts, token=secret),
+            Middleware(SecurityMiddleware, allowed_hosts=hosts),
             Middleware(GZipMiddleware, minimum_size=1024),
         ],
         exception_handlers={CairnError: _cairn_error, HTTPException: _http_error},
     )
     app.state.client = client
-    app.state.token = secret
+    app.state.users = users
     app.state.store_label = _store_label(client)
     app.state.allowed_hosts = hosts
     return app

@@ -1,16 +1,32 @@
-"""Request checks and response headers that keep a local UI safe from other web pages.
+"""Request checks and response headers that keep the UI safe from other web pages.
 
-The UI has no login: it trusts whoever can reach its port, which by default is only this machine.
-Other web pages open in the user's browser can still send it requests, so:
+Without ``--auth`` the UI trusts whoever can reach its port, which by default is only this machine;
+with ``cairn server --auth`` a browser proves who it is with a ``cairn_session`` cookie
+(:mod:`cairn.server.auth.session`). Either way other web pages open in the user's browser can send
+the UI requests, so:
 
 * **DNS rebinding**: a request whose ``Host`` header is not one of the names the server was bound
   under (``localhost``/``127.0.0.1``/``[::1]`` with the bound port for a loopback bind) is refused
   with 400, so a hostile domain re-pointed at 127.0.0.1 cannot read anything.
-* **Cross-site requests**: a state-changing request (anything but GET/HEAD/OPTIONS) must come
-  from the UI's own origin (``Origin``, or ``Referer`` when a browser sends no ``Origin``; a
-  ``Sec-Fetch-Site`` header, when sent, must say ``same-origin``) and
-  carry the per-process token the UI reads from ``/api/session`` in an ``X-Cairn-Token`` header.
-  A custom header also forces a CORS preflight, which this server never grants.
+* **Cross-site requests (CSRF)**: a state-changing request (anything but GET/HEAD/OPTIONS) from a
+  browser must come from the UI's own origin (``Origin``, or ``Referer`` when a browser sends no
+  ``Origin``; a ``Sec-Fetch-Site`` header, when sent, must say ``same-origin``) and carry the CSRF
+  token in an ``X-Cairn-Token`` header. The token is a double-submit one: ``GET /api/session`` sets
+  a random ``cairn_csrf`` cookie (``HttpOnly``, ``SameSite=Strict``) and returns the same value in
+  its body; a write must send the cookie and the header, equal. The server keeps no token, so every
+  worker of ``cairn server --workers N`` (and every restart) accepts it. Another site can neither
+  read the value nor make the browser send the custom header (that needs a CORS preflight, which
+  this server never grants); the origin check stays the primary defence, the token a second one
+  (a sibling subdomain that plants a ``cairn_csrf`` cookie still fails the origin check).
+* **API clients**: a write that carries credentials in an ``Authorization`` header and no
+  ``Cookie`` header at all skips the origin and token checks. CSRF rides on credentials the browser
+  attaches by itself (cookies); a page on another site cannot add an ``Authorization`` header
+  (not CORS-safelisted: preflight, refused), and such a request has no cookie to ride on. One
+  browser case remains: HTTP Basic credentials a browser cached after a ``WWW-Authenticate``
+  prompt are attached by the browser itself, so an explicit cross-site signal (``Sec-Fetch-Site``
+  other than ``same-origin``/``none``, or a foreign ``Origin``) is still refused on that path.
+  Cookie-authenticated writes and cookie-less unauthenticated ones (``cairn ui`` without login)
+  keep every check.
 * **Headers**: every response gets ``X-Content-Type-Options: nosniff`` and frame/referrer/
   cross-origin policies; app pages get a strict Content-Security-Policy (scripts and styles from
   the app itself only, no inline script, no ``eval``) unless the route set its own (artifacts
@@ -24,16 +40,25 @@ import ipaddress
 import secrets
 import socket
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
+
+from starlette.requests import cookie_parser
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+    from starlette.responses import Response
 
 __all__ = [
     "APP_CSP",
     "ARTIFACT_CSP",
+    "CSRF_COOKIE",
     "TOKEN_HEADER",
     "SecurityMiddleware",
     "allowed_hosts_for",
+    "csrf_token_of",
     "new_token",
+    "set_csrf_cookie",
 ]
 
 Scope = MutableMapping[str, Any]
@@ -43,6 +68,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 TOKEN_HEADER = "x-cairn-token"
+CSRF_COOKIE = "cairn_csrf"
 APP_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
     "connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
@@ -63,6 +89,19 @@ _COMMON_HEADERS = (
 
 def new_token() -> str:
     return secrets.token_urlsafe(32)
+
+
+def csrf_token_of(request: Request) -> str | None:
+    """The request's ``cairn_csrf`` cookie, when it has a usable one."""
+    value = request.cookies.get(CSRF_COOKIE, "")
+    return value if len(value) >= 32 else None
+
+
+def set_csrf_cookie(response: Response, request: Request, token: str) -> None:
+    """Give the browser the double-submit token (the page gets the same value in a JSON body)."""
+    response.set_cookie(
+        CSRF_COOKIE, token, path="/", httponly=True, samesite="strict", secure=request.url.scheme == "https"
+    )
 
 
 def _host_literal(host: str) -> str:
@@ -129,19 +168,17 @@ async def _refuse(send: Send, status: int, message: str) -> None:
 
 
 class SecurityMiddleware:
-    """ASGI middleware: Host check, same-origin + token check for writes, security headers.
+    """ASGI middleware: Host check, same-origin + CSRF token check for writes, security headers.
 
     Args:
         app: the wrapped application.
         allowed_hosts: accepted ``Host`` header values (see :func:`allowed_hosts_for`), compared
             case-insensitively.
-        token: the value state-changing requests must send in ``X-Cairn-Token``.
     """
 
-    def __init__(self, app: ASGIApp, *, allowed_hosts: Iterable[str], token: str) -> None:
+    def __init__(self, app: ASGIApp, *, allowed_hosts: Iterable[str]) -> None:
         self.app = app
         self.allowed_hosts = frozenset(h.lower() for h in allowed_hosts)
-        self.token = token
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -172,16 +209,19 @@ class SecurityMiddleware:
         await self.app(scope, receive, send_with_headers)
 
     def _cross_site_problem(self, scope: Scope, host: str) -> str | None:
-        """Why a state-changing request is refused, or ``None`` when it is same-origin with the token."""
-        expected = f"http://{host}"
+        """Why a state-changing request is refused, or ``None`` when it is same-origin with the token
+        (or an API client's: credentials in ``Authorization``, no cookie; see the module docstring)."""
+        expected = f"{scope.get('scheme', 'http')}://{host}"
         fetch_site = _header(scope, b"sec-fetch-site")
         if fetch_site is not None and fetch_site not in ("same-origin", "none"):
             return f"cross-site request refused: the browser reports Sec-Fetch-Site {fetch_site!r}"
         origin = _header(scope, b"origin")
-        if origin is not None:
-            if origin.lower() != expected:
-                return f"cross-origin request refused: Origin {origin!r} is not {expected!r}"
-        else:
+        if origin is not None and origin.lower() != expected:
+            return f"cross-origin request refused: Origin {origin!r} is not {expected!r}"
+        cookie = _header(scope, b"cookie")
+        if _header(scope, b"authorization") and cookie is None:
+            return None
+        if origin is None:
             referer = _header(scope, b"referer")
             if referer is None:
                 return "request refused: a state-changing request needs an Origin or Referer header"
@@ -189,6 +229,9 @@ class SecurityMiddleware:
             if f"{parts.scheme}://{parts.netloc}".lower() != expected:
                 return f"cross-origin request refused: Referer {referer!r} is not from {expected!r}"
         sent = _header(scope, TOKEN_HEADER.encode()) or ""
-        if not hmac.compare_digest(sent.encode(), self.token.encode()):
+        expected_token = cookie_parser(cookie or "").get(CSRF_COOKIE, "")
+        if not expected_token:
+            return f"request refused: no {CSRF_COOKIE} cookie (reload the page: GET /api/session sets it)"
+        if not hmac.compare_digest(sent.encode(), expected_token.encode()):
             return f"request refused: missing or wrong {TOKEN_HEADER} header (reload the page)"
         return None

@@ -73,6 +73,7 @@ export async function versionPage(root, ctx, [name, version]) {
   const lineage = data.lineage;
   let runCell;
   if (lineage.run) runCell = h('a', { href: `#/runs/${enc(lineage.run.run_id)}`, class: 'lineage-run' }, `${lineage.run.run_name} (${lineage.run.run_id})`);
+  else if (lineage.run_hidden) runCell = h('span', { class: 'muted run-hidden' }, `run ${lineage.run_id} (you have no permission to read its experiment)`);
   else if (lineage.run_missing) runCell = h('span', { class: 'warning' }, `run ${lineage.run_id} no longer exists in this store`);
   else runCell = h('span', { class: 'muted' }, 'not logged from a run');
   replace(root,

@@ -5,6 +5,7 @@ import { del, enc, get, post, url } from '../api.js';
 import { chartControls, defaultChartState, lineChart, PALETTE, pointsNote } from '../charts.js';
 import { clear, errorBox, h, keyValueTable, replace, toast } from '../dom.js';
 import { fmtBytes, fmtDuration, fmtNumber, fmtTime } from '../format.js';
+import { mayDelete } from '../perm.js';
 
 const REFRESH_MS = 5000;
 const MAX_INITIAL_CHARTS = 24;
@@ -17,6 +18,7 @@ export async function runPage(root, ctx, [runId]) {
   const data = await get(`/api/runs/${enc(runId)}`, {}, ctx.signal);
   if (!ctx.alive) return;
   const { run, experiment } = data;
+  const canDelete = mayDelete(data.permission);
 
   const header = h('div', { class: 'page-head' });
   const overview = h('div');
@@ -29,7 +31,7 @@ export async function runPage(root, ctx, [runId]) {
 
   function renderHeader(current) {
     const deleted = current.lifecycle_stage === 'deleted';
-    const action = deleted
+    const action = !canDelete ? null : deleted
       ? h('button', { type: 'button', class: 'restore-run', onclick: () => lifecycle('restore') }, 'Restore run')
       : h('button', { type: 'button', class: 'delete-run danger', onclick: () => lifecycle('delete') }, 'Delete run');
     replace(header,
@@ -63,7 +65,7 @@ export async function runPage(root, ctx, [runId]) {
       if (action === 'delete') await del(`/api/runs/${enc(runId)}`);
       else await post(`/api/runs/${enc(runId)}/restore`);
     } catch (err) {
-      toast(`${action} failed: ${err.message}`);
+      toast(`${action} failed: ${err.message}`, { timeout: 12000 });
       return;
     }
     toast(action === 'delete' ? 'Run deleted (restore it from this page or the Deleted runs view)' : 'Run restored');

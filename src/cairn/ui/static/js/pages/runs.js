@@ -6,6 +6,7 @@ import { ApiError, del, get, post } from '../api.js';
 import { clear, errorBox, h, replace, toast } from '../dom.js';
 import { fmtCount, fmtDuration, fmtNumber, fmtTime, quoteKey } from '../format.js';
 import { setQuery } from '../nav.js';
+import { mayDelete } from '../perm.js';
 
 const REFRESH_MS = 3000;
 const PAGE_SIZES = [25, 50, 100, 200];
@@ -54,6 +55,7 @@ export async function runsPage(root, ctx, [experimentId], query) {
   const meta = await get(`/api/experiments/${encodeURIComponent(experimentId)}`, {}, ctx.signal);
   if (!ctx.alive) return;
   const { experiment } = meta;
+  const canDelete = mayDelete(experiment.permission);
   // Every key of the experiment, for the column picker; the table does not wait for it.
   let keys = null;
   let columns = storedColumns(experimentId);
@@ -117,28 +119,31 @@ export async function runsPage(root, ctx, [experimentId], query) {
     selectionInfo.textContent = state.selected.size ? `${state.selected.size} selected` : '';
   }
 
+  async function apply(action, ids) {
+    const done = [];
+    try {
+      for (const id of ids) {
+        if (action === 'delete') await del(`/api/runs/${encodeURIComponent(id)}`);
+        else await post(`/api/runs/${encodeURIComponent(id)}/restore`);
+        done.push(id);
+      }
+    } catch (err) {
+      toast(`${action} failed: ${err.message}`, { timeout: 12000 });
+    }
+    return done;
+  }
+
   async function lifecycle(action) {
     const targets = state.runs.filter((r) => state.selected.has(r.run_id)
       && r.lifecycle_stage === (action === 'delete' ? 'active' : 'deleted'));
-    try {
-      for (const run of targets) {
-        if (action === 'delete') await del(`/api/runs/${encodeURIComponent(run.run_id)}`);
-        else await post(`/api/runs/${encodeURIComponent(run.run_id)}/restore`);
-      }
-    } catch (err) {
-      toast(`${action} failed: ${err.message}`);
-    }
-    const ids = targets.map((r) => r.run_id);
+    const ids = await apply(action, targets.map((r) => r.run_id));
     state.selected.clear();
     await load();
     if (ids.length) {
       toast(`${action === 'delete' ? 'Deleted' : 'Restored'} ${ids.length} run(s)`, {
         action: 'Undo',
         onAction: async () => {
-          for (const id of ids) {
-            if (action === 'delete') await post(`/api/runs/${encodeURIComponent(id)}/restore`);
-            else await del(`/api/runs/${encodeURIComponent(id)}`);
-          }
+          await apply(action === 'delete' ? 'restore' : 'delete', ids);
           load();
         },
       });
@@ -304,7 +309,8 @@ export async function runsPage(root, ctx, [experimentId], query) {
       h('button', { type: 'button', class: 'apply-filter', onclick: applyFilter }, 'Filter'),
       h('button', { type: 'button', class: 'clear-filter', onclick: () => { filterInput.value = ''; applyFilter(); } }, 'Clear')),
     filterError,
-    h('div', { class: 'toolbar' }, viewSelect, columnPicker, compareButton, deleteButton, restoreButton, selectionInfo, h('span', { class: 'spacer' }), sizeSelect),
+    h('div', { class: 'toolbar' }, viewSelect, columnPicker, compareButton,
+      canDelete ? deleteButton : null, canDelete ? restoreButton : null, selectionInfo, h('span', { class: 'spacer' }), sizeSelect),
     tableBox,
     pager);
   if (columns) renderPicker();
@@ -312,6 +318,6 @@ export async function runsPage(root, ctx, [experimentId], query) {
     if (!ctx.alive) return;
     keys = found.keys;
     renderPicker();
-  }).catch(() => {});
+  }).catch((err) => { if (ctx.alive) toast(`the column picker could not load every key: ${err.message}`); });
   await load();
 }
