@@ -64,14 +64,23 @@ def _print(report: SyncReport) -> None:
 
 
 @click.command("sync")
+@click.option("--from", "source", help="Source cairn store: directory, sqlite:///file.db, postgresql://...")
 @click.option(
-    "--from", "source", required=True, help="Source cairn store: directory, sqlite:///file.db, postgresql://..."
+    "--spool",
+    "spool",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[DIR]",
+    help="Send what was spooled while a tracking server was unreachable (default: every spool under "
+    "CAIRN_SPOOL_DIR / ~/.cache/cairn/spool) to the server it was written for, or to --to.",
 )
 @_common_options
 @click.pass_context
 def sync_command(
     ctx: click.Context,
-    source: str,
+    source: str | None,
+    spool: str | None,
     destination: str | None,
     artifact_root: str | None,
     experiments: tuple[str, ...],
@@ -86,7 +95,15 @@ def sync_command(
     Idempotent: running it again copies only what is new (runs still RUNNING at the source are
     completed by a later sync; an interrupted sync resumes without duplicates). Run ids and model
     version numbers are kept, so runs:/ and models:/ URIs resolve at the destination.
+
+    With --spool, send instead what training processes spooled while their tracking server was unreachable
+    (metric points, checkpoints, the runs' final status), each exactly once.
     """
+    if spool is not None:
+        _sync_spool(spool, destination)
+        return
+    if source is None:
+        raise click.UsageError("give --from STORE (copy runs) or --spool [DIR] (send spooled records)")
     from cairn.sync.api import sync
 
     report = sync(
@@ -101,6 +118,41 @@ def sync_command(
         dry_run=dry_run,
     )
     _print(report)
+    sys.stdout.flush()
+
+
+def _sync_spool(directory: str, destination: str | None) -> None:
+    from pathlib import Path
+
+    from rich.markup import escape
+
+    from cairn.sync.spool_replay import replay_spools
+
+    report = replay_spools(Path(directory).expanduser() if directory else None, to=destination)
+    if not report.runs:
+        _console.print(f"nothing spooled under {report.root}", highlight=False)
+        return
+    for run in report.runs:
+        sent = run.sent.describe()
+        if run.problem:
+            line = f"[red]run {run.run_id} ({run.server}): {escape(run.problem)}; sent so far: {sent}[/red]"
+        else:
+            line = f"[green]run {run.run_id} ({run.server}): sent {sent}; removed from the spool[/green]"
+        _console.print(line, highlight=False, soft_wrap=True)
+    for run in report.runs:
+        if run.torn:
+            _err_console.print(f"[yellow]cairn: {escape(run.torn)}[/yellow]", highlight=False, soft_wrap=True)
+    if not report.ok:
+        left = [run for run in report.runs if run.problem]
+        _err_console.print(
+            f"[red]cairn: {len(left)} run(s) are still spooled under {report.root}; run `cairn sync --spool` again "
+            "once the server answers (or send them elsewhere with --to URI).[/red]",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.stdout.flush()
+        raise SystemExit(1)
+    _console.print(f"[green]sent {report.points:,} spooled points of {len(report.runs)} run(s)[/green]")
     sys.stdout.flush()
 
 

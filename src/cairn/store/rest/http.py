@@ -6,14 +6,21 @@ Retries are split by what a failure says about the request:
   free), or the server answered 429 / 503. Every request is retried.
 - *maybe processed*: the request was sent and then the connection broke or timed out, or a gateway
   answered 502 / 504 (the server behind it may have done the work). Only idempotent requests are retried:
-  reads, and writes that give the same result when repeated (log-batch: MLflow's store drops a metric
-  point identical to a stored one, and every log-batch carries an ``Idempotency-Key`` derived from its
-  body for a server that remembers keys, such as cairn's).
+  reads, and writes that give the same result when repeated. Log-batch is one of them: every request
+  carries an ``Idempotency-Key`` given when its batch was formed (by the metric writer, or per call) and
+  kept through every retry, resend and spool replay, so a server that remembers keys (cairn's) stores it
+  once; MLflow's server ignores the key, and its SQL store drops a metric point identical to a stored one,
+  so a resend of what may have arrived adds nothing there either. What surely arrived (a 2xx) is never
+  sent again: the metric writer sends a batch as separate requests and resends only those not answered.
+
+When every retry failed, :class:`~cairn.store.rest.errors.ServerUnavailable` is raised; the metric writer then
+spools what it could not send (:mod:`cairn.store.rest.spool`) and sends it when the server is back.
 
 Credentials, sent when set: ``CAIRN_TRACKING_TOKEN`` or ``MLFLOW_TRACKING_TOKEN`` (Bearer), else
 ``MLFLOW_TRACKING_USERNAME`` + ``MLFLOW_TRACKING_PASSWORD`` (basic), else user:password in the URI.
 ``MLFLOW_TRACKING_INSECURE_TLS=true`` skips certificate checks, ``MLFLOW_TRACKING_SERVER_CERT_PATH`` names a
-CA bundle.
+CA bundle. ``CAIRN_HTTP_MAX_RETRIES``, ``CAIRN_HTTP_BACKOFF`` and ``CAIRN_HTTP_MAX_BACKOFF`` change the retry
+window's defaults (7 retries, 0.25 s doubled up to 8 s: about 24 s before a server is taken for unreachable).
 """
 
 from __future__ import annotations
@@ -65,6 +72,19 @@ def _verify() -> bool | ssl.SSLContext:
     return ssl.create_default_context(cafile=bundle) if bundle else True
 
 
+def _env_number(name: str, default: float) -> float:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise CairnError(f"{name}={text!r} is not a number >= 0; unset it or give a number")
+    return value
+
+
 def _retry_after(response: httpx.Response) -> float | None:
     value = response.headers.get("Retry-After")
     if not value:
@@ -84,9 +104,11 @@ class HttpSession:
     Args:
         base_url: ``http(s)://host[:port][/prefix]``; ``user:password@`` in it is used for basic auth.
         timeout: seconds per connect / read / write.
-        max_retries: retries after the first attempt.
-        backoff: first delay in seconds; doubled after each retry, capped at ``max_backoff``.
-        max_backoff: longest delay between two attempts (a server's ``Retry-After`` is capped by it too).
+        max_retries: retries after the first attempt (default ``CAIRN_HTTP_MAX_RETRIES``, else 7).
+        backoff: first delay in seconds; doubled after each retry, capped at ``max_backoff`` (default
+            ``CAIRN_HTTP_BACKOFF``, else 0.25).
+        max_backoff: longest delay between two attempts (a server's ``Retry-After`` is capped by it too; default
+            ``CAIRN_HTTP_MAX_BACKOFF``, else 8).
         transport: an ``httpx`` transport to use instead of the network (tests, proxies).
     """
 
@@ -95,9 +117,9 @@ class HttpSession:
         base_url: str,
         *,
         timeout: float = 60.0,
-        max_retries: int = 7,
-        backoff: float = 0.25,
-        max_backoff: float = 8.0,
+        max_retries: int | None = None,
+        backoff: float | None = None,
+        max_backoff: float | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         parts = urlsplit(base_url)
@@ -108,9 +130,9 @@ class HttpSession:
         if parts.port is not None:
             netloc = f"{netloc}:{parts.port}"
         self.base_url = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
-        self.max_retries = max_retries
-        self.backoff = backoff
-        self.max_backoff = max_backoff
+        self.max_retries = int(_env_number("CAIRN_HTTP_MAX_RETRIES", 7)) if max_retries is None else max_retries
+        self.backoff = _env_number("CAIRN_HTTP_BACKOFF", 0.25) if backoff is None else backoff
+        self.max_backoff = _env_number("CAIRN_HTTP_MAX_BACKOFF", 8.0) if max_backoff is None else max_backoff
         self._client = httpx.Client(
             base_url=self.base_url + "/",
             headers={"User-Agent": "cairn", **_auth_headers(userinfo)},
@@ -137,6 +159,7 @@ class HttpSession:
         headers: Mapping[str, str] | None = None,
         idempotent: bool,
         stream: bool = False,
+        retries: int | None = None,
     ) -> httpx.Response:
         """Send a request (retrying as the module says) and return the last response, whatever its status.
 
@@ -145,14 +168,16 @@ class HttpSession:
             body: bytes, or a function returning a fresh byte iterator per attempt (a file being uploaded).
             idempotent: whether repeating the request after it may have been processed is harmless.
             stream: leave the body unread (the caller reads and closes the response).
+            retries: retries after the first attempt (default: the session's ``max_retries``).
 
         Raises:
             ServerUnavailable: the server stayed unreachable or busy through every retry.
         """
         delay = self.backoff
         url = f"{self.base_url}/{path}"
-        for attempt in range(self.max_retries + 1):
-            last = attempt == self.max_retries
+        most = self.max_retries if retries is None else retries
+        for attempt in range(most + 1):
+            last = attempt == most
             content = body() if callable(body) else body
             request = self._client.build_request(method, path, params=params, content=content, headers=headers)
             try:
@@ -211,11 +236,13 @@ class HttpSession:
         not_found: type[NotFound] = NotFound,
         headers: Mapping[str, str] | None = None,
         encoded: bytes | None = None,
+        retries: int | None = None,
     ) -> dict[str, Any]:
         """Call ``/api/2.0/mlflow/<endpoint>``: a query string for GET, a JSON body otherwise.
 
         ``idempotent`` defaults to True for GET and False otherwise; ``encoded`` is the JSON body when the
-        caller has encoded ``payload`` already. Returns the decoded JSON object.
+        caller has encoded ``payload`` already; ``retries`` overrides the session's ``max_retries``. Returns the
+        decoded JSON object.
 
         Raises:
             CairnError: the mapped error of an error response (see :mod:`cairn.store.rest.errors`).
@@ -225,11 +252,15 @@ class HttpSession:
             idempotent = method == "GET"
         if method == "GET":
             params = {k: v for k, v in (payload or {}).items() if v is not None}
-            response = self.request(method, path, params=params, idempotent=idempotent, headers=headers)
+            response = self.request(
+                method, path, params=params, idempotent=idempotent, headers=headers, retries=retries
+            )
         else:
             data = encoded if encoded is not None else encode_json(payload or {})
             all_headers = {"Content-Type": "application/json", **(headers or {})}
-            response = self.request(method, path, body=data, headers=all_headers, idempotent=idempotent)
+            response = self.request(
+                method, path, body=data, headers=all_headers, idempotent=idempotent, retries=retries
+            )
         self.raise_for_error(response, not_found=not_found)
         if not response.content.strip():
             return {}

@@ -10,19 +10,31 @@ Differences from the SQL store, all forced by the API:
   is split: params first, then tags, then metrics. Each request is atomic on the server, the whole call is
   not. :meth:`log_metric_points` (the metric writer's path) sends each run's points in such requests.
 - Points are never superseded (``include_superseded`` changes nothing).
+
+Exactly once: every log-batch request carries an ``Idempotency-Key``, kept through every retry and resend (see
+:mod:`cairn.store.rest.http`). The metric writer forms its batches with :meth:`RestTrackingStore.split_points`
+(one request each) and gives each its key once (:meth:`RestTrackingStore.log_keyed_points`); a direct call
+(``log_batch``, ``log_metric_points``) gets a fresh key per call, ``<key>/<n>`` per request. When the server
+stays unreachable, the writer moves what it cannot send to :attr:`RestTrackingStore.spool` (a bounded local
+directory, :mod:`cairn.store.rest.spool`) and replays it, with the same keys, when the server is back; a
+terminal status set while records of the run wait there is spooled after them (``cairn sync --spool`` sends
+what a process left behind).
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
+import logging
 import math
+import sys
+import threading
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cairn.errors import ExperimentNotFound, FilterSyntaxError, InvalidArgument, NotFound, RunNotFound
 from cairn.store.base import MetricPoint, StoredMetricPoint, TrackingStore
+from cairn.store.rest.errors import ServerUnavailable
 from cairn.store.rest.http import HttpSession, encode_json
 from cairn.store.rest.resume_ops import ResumeOperations
 from cairn.tracking.entities import (
@@ -38,6 +50,11 @@ from cairn.tracking.entities import (
     RunTag,
     ViewType,
 )
+
+if TYPE_CHECKING:
+    from cairn.store.rest.spool import Spool, SpoolRecord
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["MAX_ENTITIES", "MAX_METRICS", "MAX_PARAMS", "MAX_REQUEST_BYTES", "MAX_TAGS", "RestTrackingStore"]
 
@@ -128,6 +145,23 @@ class RestTrackingStore(ResumeOperations, TrackingStore):
     def __init__(self, uri: str, **session_options: Any) -> None:
         self.http = HttpSession(uri, **session_options)
         self.uri = self.http.base_url
+        self._spool: Spool | None = None
+        self._spool_lock = threading.Lock()
+
+    @property
+    def spool(self) -> Spool:
+        """This server's local spool (:mod:`cairn.store.rest.spool`), opened on first use."""
+        with self._spool_lock:
+            if self._spool is None:
+                from cairn.store.rest.spool import Spool
+
+                self._spool = Spool(self.uri)
+            return self._spool
+
+    @property
+    def spool_if_open(self) -> Spool | None:
+        """The spool if this process has used it (no directory is looked at otherwise)."""
+        return self._spool
 
     def __repr__(self) -> str:
         return f"RestTrackingStore({self.uri!r})"
@@ -240,6 +274,47 @@ class RestTrackingStore(ResumeOperations, TrackingStore):
         end_time: int | None = None,
         run_name: str | None = None,
     ) -> RunInfo:
+        """A terminal status is spooled, after the run's spooled records, when records of the run wait in the
+        spool, or when the server stays unreachable; the returned info then holds only what was asked."""
+        parsed = RunStatus.parse(status) if status is not None else None
+        terminal = parsed if parsed is not None and parsed.is_terminated and run_name is None else None
+        spool = self._spool
+        if terminal is not None and spool is not None and spool.pending(run_id):
+            return self._spool_status(run_id, terminal, end_time, because="records of the run wait there")
+        try:
+            return self.update_run_info_now(run_id, status=parsed, end_time=end_time, run_name=run_name)
+        except ServerUnavailable as exc:
+            if terminal is None:
+                raise
+            return self._spool_status(run_id, terminal, end_time, because=str(exc))
+
+    def _spool_status(self, run_id: str, status: RunStatus, end_time: int | None, *, because: str) -> RunInfo:
+        spool = self.spool
+        spool.append_status(run_id, status.value, end_time)
+        logger.warning("cairn: the status %s of run %s is spooled (%s)", status.value, run_id, because)
+        announce_spool(spool, run_id)
+        return RunInfo(
+            run_id=run_id,
+            experiment_id="",
+            run_name="",
+            user_id="",
+            status=status,
+            start_time=0,
+            end_time=end_time,
+            artifact_uri="",
+            lifecycle_stage=LifecycleStage.ACTIVE,
+        )
+
+    def update_run_info_now(
+        self,
+        run_id: str,
+        *,
+        status: RunStatus | None = None,
+        end_time: int | None = None,
+        run_name: str | None = None,
+        retries: int | None = None,
+    ) -> RunInfo:
+        """:meth:`update_run_info` sent to the server now, never spooled."""
         payload: dict[str, Any] = {"run_id": run_id}
         if status is not None:
             payload["status"] = RunStatus.parse(status).value
@@ -247,7 +322,7 @@ class RestTrackingStore(ResumeOperations, TrackingStore):
             payload["end_time"] = int(end_time)
         if run_name is not None:
             payload["run_name"] = run_name
-        js = self.http.call("POST", "runs/update", payload, idempotent=True, not_found=RunNotFound)
+        js = self.http.call("POST", "runs/update", payload, idempotent=True, not_found=RunNotFound, retries=retries)
         info = _run_info(js["run_info"])
         if status is not None and RunStatus.parse(status) is RunStatus.RUNNING:
             info.end_time = None
@@ -298,12 +373,82 @@ class RestTrackingStore(ResumeOperations, TrackingStore):
             key_prefix=idempotency_key,
         )
 
-    def log_metric_points(self, points: Sequence[MetricPoint]) -> None:
+    def log_metric_points(self, points: Sequence[MetricPoint], *, idempotency_key: str | None = None) -> None:
+        """Each run's points in as few log-batch requests as fit; ``<key>/<run>/<n>`` keys them (a fresh key
+        per call unless given)."""
+        key = idempotency_key or uuid.uuid4().hex
         by_run: dict[str, list[dict[str, Any]]] = {}
-        for run_id, key, value, timestamp, step in points:
-            by_run.setdefault(run_id, []).append(_metric_js(key, value, timestamp, step))
-        for run_id, metrics in by_run.items():
-            self._send_batch(run_id, metrics, [], [])
+        for run_id, name, value, timestamp, step in points:
+            by_run.setdefault(run_id, []).append(_metric_js(name, value, timestamp, step))
+        for number, (run_id, metrics) in enumerate(by_run.items()):
+            self._send_batch(run_id, metrics, [], [], key_prefix=f"{key}/{number}")
+
+    @staticmethod
+    def split_points(points: Sequence[MetricPoint]) -> list[list[MetricPoint]]:
+        """``points`` as the log-batch requests they take: one run each, at most ``MAX_METRICS`` points, in order
+        of each run's first point (a key longer than the API allows makes a request too large: the server
+        says so)."""
+        by_run: dict[str, list[MetricPoint]] = {}
+        for point in points:
+            by_run.setdefault(point.run_id, []).append(point)
+        return [
+            run_points[start : start + MAX_METRICS]
+            for run_points in by_run.values()
+            for start in range(0, len(run_points), MAX_METRICS)
+        ]
+
+    def log_keyed_points(self, points: Sequence[MetricPoint], key: str, *, retries: int | None = None) -> None:
+        """Send the points of one request of :meth:`split_points` with its ``Idempotency-Key``.
+
+        The same ``key`` with the same points is stored once by the cairn server, however often it is sent.
+        Points of one run only; more than one request holds (over a limit) are sent as ``<key>/<n>``.
+        """
+        run_ids = {point.run_id for point in points}
+        if len(run_ids) != 1:
+            raise InvalidArgument(f"log_keyed_points takes the points of one run, got {len(run_ids)} runs")
+        metrics = [_metric_js(p.key, p.value, p.timestamp, p.step) for p in points]
+        payload: dict[str, Any] = {"run_id": points[0].run_id, "metrics": metrics, "params": [], "tags": []}
+        body = encode_json(payload)
+        if len(metrics) <= MAX_METRICS and len(body) <= MAX_REQUEST_BYTES:
+            self._post_batch(payload, body, key, retries=retries)
+        else:
+            self._send_batch(points[0].run_id, metrics, [], [], key_prefix=key)
+
+    def send_spooled(self, record: SpoolRecord, *, spool: Spool | None = None, retries: int | None = None) -> None:
+        """Deliver one record of a spool (default: this server's) to this server: points with their key, a
+        checkpoint (its files from ``spool``), the run's status.
+
+        Raises:
+            ServerUnavailable: the server is still unreachable (the record stays in the spool).
+        """
+        from cairn.store.rest.spool import record_points
+
+        if record.kind == "points":
+            self.log_keyed_points(record_points(record), str(record.data["key"]), retries=retries)
+        elif record.kind == "status":
+            status = RunStatus.parse(str(record.data["status"]))
+            end = record.data.get("end_time")
+            self.update_run_info_now(
+                str(record.data["run_id"]), status=status, end_time=None if end is None else int(end), retries=retries
+            )
+        elif record.kind == "checkpoint":
+            self._send_spooled_checkpoint(record, spool or self.spool)
+        else:
+            raise InvalidArgument(f"unknown spool record kind {record.kind!r} (written by a newer cairn?)")
+
+    def _send_spooled_checkpoint(self, record: SpoolRecord, spool: Spool) -> None:
+        from cairn.artifacts import get_artifact_store
+        from cairn.artifacts.mlflow_artifacts import is_proxy_uri
+        from cairn.checkpoint.manifest import MANIFEST_NAME
+
+        directory, files = spool.checkpoint_files(record)
+        root = str(record.data["artifact_root"])
+        store = get_artifact_store(root, tracking_uri=self.uri) if is_proxy_uri(root) else get_artifact_store(root)
+        base = str(record.data["base"])
+        for relpath in files:
+            parent = relpath.rsplit("/", 1)[0] if "/" in relpath else ""
+            store.put_file(directory / relpath, f"{base}/{parent}" if parent else base)
+        store.put_bytes((directory / MANIFEST_NAME).read_bytes(), f"{base}/{MANIFEST_NAME}")
 
     def _send_batch(
         self,
@@ -316,17 +461,14 @@ class RestTrackingStore(ResumeOperations, TrackingStore):
     ) -> None:
         """One log-batch request when everything fits, else params, tags, then metrics in as few as fit."""
         pieces = itertools.count()
+        prefix = key_prefix or uuid.uuid4().hex
 
         def key(payload: dict[str, Any], body: bytes) -> str:
-            """The request's ``Idempotency-Key``. Requests that set tags get a random key: the same tag
-            set again after another value must be written again. Metrics and params get a hash of the
-            body: re-sending equal points or params changes nothing (MLflow's store drops a point equal
-            to a stored one; params are immutable), and the same key lets the cairn server drop the
-            re-send when the metric writer resends a batch after a failure (the split is deterministic).
-            A caller's key is used per request as ``<key>/<n>``."""
-            if key_prefix is not None:
-                return f"{key_prefix}/{next(pieces)}"
-            return uuid.uuid4().hex if payload.get("tags") else hashlib.sha256(body).hexdigest()
+            """The request's ``Idempotency-Key``: ``<prefix>/<n>``, the same for every retry of the request and
+            for every resend of the call with the same prefix (the split is deterministic); a call without a
+            prefix gets a fresh one, so equal points or tags logged twice on purpose are written twice."""
+            del payload, body
+            return f"{prefix}/{next(pieces)}"
 
         if (
             len(metrics) <= MAX_METRICS
@@ -361,11 +503,11 @@ class RestTrackingStore(ResumeOperations, TrackingStore):
         self._post_piece(run_id, field, items[:middle], key)
         self._post_piece(run_id, field, items[middle:], key)
 
-    def _post_batch(self, payload: dict[str, Any], body: bytes, key: str) -> None:
+    def _post_batch(self, payload: dict[str, Any], body: bytes, key: str, *, retries: int | None = None) -> None:
         """One log-batch request; retried even when it may have arrived (see :mod:`cairn.store.rest.http`).
 
         Every retry of the request carries the same ``key``, which the cairn server records with the batch
-        to write it once (see ``key`` in :meth:`_send_batch`)."""
+        to write it once."""
         self.http.call(
             "POST",
             "runs/log-batch",
@@ -374,6 +516,7 @@ class RestTrackingStore(ResumeOperations, TrackingStore):
             not_found=RunNotFound,
             headers={"Idempotency-Key": key},
             encoded=body,
+            retries=retries,
         )
 
     def delete_tag(self, run_id: str, key: str) -> None:
@@ -462,3 +605,18 @@ class RestTrackingStore(ResumeOperations, TrackingStore):
             [{"key": p.key, "value": p.value} for p in params],
             [{"key": t.key, "value": t.value} for t in tags],
         )
+
+
+def announce_spool(spool: Spool, run_id: str) -> None:
+    """Say on stderr what of ``run_id`` waits in the spool and how to send it (once per distinct content)."""
+    summary = spool.summary(run_id)
+    if summary.empty:
+        return
+    text = summary.describe()
+    if spool.announced.get(run_id) == text:
+        return
+    spool.announced[run_id] = text
+    sys.stderr.write(
+        f"cairn: {text} of run {run_id} are spooled at {spool.run(run_id).path}; send them with: cairn sync --spool\n"
+    )
+    sys.stderr.flush()

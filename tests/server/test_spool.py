@@ -1,0 +1,341 @@
+"""Never lose a point when the tracking server is down: idempotency keys kept per batch, the local spool,
+``end_run`` with the server still down, ``cairn sync --spool``.
+
+Real HTTP throughout: ``cairn server`` in a subprocess killed with SIGKILL and restarted on the same port and
+store, or in a uvicorn thread stopped and started again on the same port. Short retry settings keep each test
+a few seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+import cairn
+from cairn.cli import main as cli_main
+from cairn.server.app import create_server_app
+from cairn.store.base import MetricPoint
+from cairn.store.rest import RestTrackingStore
+from cairn.store.rest.spool import RECORDS_FILE, Spool, SpoolFull
+from cairn.tracking import config
+from cairn.tracking.batcher import MetricBatcher
+from cairn.tracking.client import Client
+from cairn.tracking.entities import RunStatus
+from tests.server.conftest import free_port, run_app
+
+CAIRN = Path(sys.executable).with_name("cairn")
+
+
+@pytest.fixture(autouse=True)
+def _short_windows(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CAIRN_SPOOL_DIR", str(tmp_path / "spool"))
+    monkeypatch.setenv("CAIRN_HTTP_MAX_RETRIES", "2")
+    monkeypatch.setenv("CAIRN_HTTP_BACKOFF", "0.05")
+    monkeypatch.setenv("CAIRN_HTTP_MAX_BACKOFF", "0.2")
+    monkeypatch.setenv("CAIRN_EXIT_DRAIN_TIMEOUT", "1")
+
+
+class ServerProcess:
+    """``cairn server`` in a subprocess over one SQLite store, on one port, that can be killed and restarted."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.store_url = f"sqlite:///{home}/cairn.db"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "CAIRN_"))}
+        log = open(self.home / "server.log", "ab")  # noqa: SIM115 - the child holds it
+        self.process = subprocess.Popen(
+            [
+                *(str(CAIRN), "--store", self.store_url, "--artifact-root", str(self.home / "artifacts")),
+                *("server", "--port", str(self.port)),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"cairn server did not start: {(self.home / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.1)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+        self.process = None
+
+
+@pytest.fixture
+def server_process(tmp_path: Path) -> Iterator[ServerProcess]:
+    home = tmp_path / "server"
+    home.mkdir()
+    server = ServerProcess(home)
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.process is not None:
+            server.kill()
+
+
+class ThreadServer:
+    """``cairn server``'s app in a uvicorn thread on a fixed port: stopped and started again at will."""
+
+    def __init__(self, home: Path) -> None:
+        self.client = Client(f"sqlite:///{home}/cairn.db", str(home / "artifacts"))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.app = create_server_app(
+            self.client, serve_artifacts=True, artifact_root=str(home / "artifacts"), port=self.port
+        )
+        self._running: AbstractContextManager[None] | None = None
+
+    def start(self) -> None:
+        self._running = run_app(self.app, self.port)
+        self._running.__enter__()
+
+    def stop(self) -> None:
+        if self._running is not None:
+            self._running.__exit__(None, None, None)
+            self._running = None
+
+
+@pytest.fixture
+def thread_server(tmp_path: Path) -> Iterator[ThreadServer]:
+    server = ThreadServer(tmp_path / "server")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        server.client.store.close()
+
+
+def _steps(client: Client, run_id: str, key: str = "loss") -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+def _store(url: str) -> RestTrackingStore:
+    return RestTrackingStore(url, backoff=0.05, max_backoff=0.2, max_retries=2, timeout=5)
+
+
+def _new_run(store: RestTrackingStore) -> str:
+    return store.create_run("0", user_id="t", start_time=int(time.time() * 1000), run_name="r").info.run_id
+
+
+def _wait(condition: Callable[[], bool], seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def _spooled_files(root: Path) -> list[Path]:
+    return sorted(root.rglob(RECORDS_FILE)) if root.exists() else []
+
+
+# -- (a) the server killed with SIGKILL mid-run, restarted on the same port and store ----------------------
+
+
+def test_a_server_killed_mid_run_ends_with_every_point_once(server_process: ServerProcess, tmp_path: Path) -> None:
+    store = _store(server_process.url)
+    run_id = _new_run(store)
+    batcher = MetricBatcher(store, flush_interval=0.02, wake_at=500)
+    total = 30_000
+    logged = threading.Event()
+
+    def train() -> None:
+        for step in range(total):
+            batcher.add(MetricPoint(run_id, "loss", 1.0 / (step + 1), 1_000 + step, step))
+            if step % 1000 == 999:
+                time.sleep(0.03)  # a training step's worth of work between bursts
+        logged.set()
+
+    trainer = threading.Thread(target=train)
+    trainer.start()
+    time.sleep(0.3)  # log-batch requests are in flight
+    server_process.kill()
+    time.sleep(0.5)
+    assert batcher.offline  # the writer spools instead of waiting: the trainer was never blocked
+    server_process.start()
+    trainer.join(30)
+    assert logged.is_set()
+    assert batcher.drain(20)
+    _wait(lambda: not batcher.offline and not _spooled_files(tmp_path / "spool"))
+    batcher.close()
+    store.close()
+    reader = Client(server_process.store_url)
+    assert _steps(reader, run_id) == list(range(total))  # every point exactly once
+
+
+# -- (b) the server down longer than the retry window, then back ----------------------------------------
+
+
+def test_points_spool_with_one_warning_and_are_sent_once_when_the_server_is_back(
+    thread_server: ThreadServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = _store(thread_server.url)
+    run_id = _new_run(store)
+    batcher = MetricBatcher(store, flush_interval=0.02)
+    try:
+        batcher.add_many([MetricPoint(run_id, "loss", 0.5, 1000 + i, i) for i in range(1500)])
+        batcher.flush()
+        thread_server.stop()
+        with caplog.at_level(logging.INFO, logger="cairn"):
+            for step in range(1500, 6500):
+                batcher.add(MetricPoint(run_id, "loss", 0.5, 1000 + step, step))
+                if step % 500 == 0:
+                    time.sleep(0.05)
+            _wait(lambda: batcher.offline and batcher.pending == 0)
+            spooled = _spooled_files(tmp_path / "spool")
+            assert len(spooled) == 1 and spooled[0].parent.name == run_id
+            assert spooled[0].parent.parent.name == f"127.0.0.1_{thread_server.port}"
+            thread_server.start()
+            _wait(lambda: not batcher.offline)
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1, [r.getMessage() for r in warnings]
+        assert str(tmp_path / "spool") in warnings[0].getMessage()
+        assert "unreachable" in warnings[0].getMessage()
+        assert any("answers again" in r.getMessage() for r in caplog.records if r.levelno == logging.INFO)
+        assert _spooled_files(tmp_path / "spool") == []
+        assert _steps(thread_server.client, run_id) == list(range(6500))
+    finally:
+        batcher.close()
+        store.close()
+
+
+# -- (c) end_run with the server still down; cairn sync --spool later -----------------------------------
+
+
+def test_end_run_leaves_the_spool_and_cairn_sync_sends_it_once(
+    thread_server: ThreadServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cairn.set_tracking_uri(thread_server.url)
+    with cairn.start_run() as run:
+        run_id = run.info.run_id
+        cairn.log_metric("loss", 1.0, step=0)
+        cairn.flush()
+        thread_server.stop()
+        for step in range(1, 2345):
+            cairn.log_metric("loss", 1.0 / step, step=step)
+        started = time.monotonic()
+    assert time.monotonic() - started < 10  # bounded by CAIRN_EXIT_DRAIN_TIMEOUT and the short retries
+    err = capsys.readouterr().err
+    run_dir = tmp_path / "spool" / f"127.0.0.1_{thread_server.port}" / run_id
+    assert f"2,344 points and the run's status FINISHED of run {run_id} are spooled at {run_dir}" in err
+    assert "send them with: cairn sync --spool" in err
+    config.reset()  # the training process is gone
+
+    thread_server.start()
+    result = CliRunner().invoke(cli_main, ["sync", "--spool"])
+    assert result.exit_code == 0, result.output
+    assert "2,344" in result.output and run_id in result.output
+    assert not run_dir.exists()
+    assert _steps(thread_server.client, run_id) == list(range(2345))
+    assert thread_server.client.get_run(run_id).info.status is RunStatus.FINISHED
+    # a second sync finds nothing: the points are not sent twice
+    again = CliRunner().invoke(cli_main, ["sync", "--spool"])
+    assert again.exit_code == 0 and "nothing spooled" in again.output
+    assert _steps(thread_server.client, run_id) == list(range(2345))
+
+
+def test_cairn_sync_reports_a_server_that_still_does_not_answer(thread_server: ThreadServer, tmp_path: Path) -> None:
+    store = _store(thread_server.url)
+    run_id = _new_run(store)
+    thread_server.stop()
+    store.spool.append_points(run_id, "k-1", [MetricPoint(run_id, "loss", 0.5, 1000, 0)])
+    result = CliRunner().invoke(cli_main, ["sync", "--spool", str(tmp_path / "spool")])
+    assert result.exit_code == 1
+    assert "does not answer" in result.output
+    assert "still spooled" in result.output
+    assert _spooled_files(tmp_path / "spool")  # kept for the next try
+    store.close()
+
+
+# -- (d) a full spool -------------------------------------------------------------------------------------
+
+
+def test_a_full_spool_is_said_and_raised_and_nothing_is_dropped(
+    thread_server: ThreadServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("CAIRN_SPOOL_MAX_BYTES", "60000")  # about 2,000 points
+    store = _store(thread_server.url)
+    run_id = _new_run(store)
+    thread_server.stop()
+    batcher = MetricBatcher(store, flush_interval=0.02)
+    try:
+        with caplog.at_level(logging.WARNING, logger="cairn"):
+            batcher.add_many([MetricPoint(run_id, "loss", 0.5, 1000 + i, i) for i in range(5000)])
+            _wait(lambda: any("cannot be spooled" in r.getMessage() for r in caplog.records))
+        with pytest.raises(SpoolFull, match="CAIRN_SPOOL_MAX_BYTES"):
+            batcher.flush()
+        assert 0 < batcher.pending < 5000  # what did not fit is held in memory, not dropped
+        thread_server.start()
+        _wait(lambda: not batcher.offline and batcher.pending == 0)
+        assert _steps(thread_server.client, run_id) == list(range(5000))
+    finally:
+        batcher.close()
+        store.close()
+
+
+# -- (e) a torn last record -------------------------------------------------------------------------------
+
+
+def test_a_torn_last_record_is_reported_and_the_rest_replayed(thread_server: ThreadServer, tmp_path: Path) -> None:
+    store = _store(thread_server.url)
+    run_id = _new_run(store)
+    spool = Spool(store.uri)
+    for first in (0, 100, 200):
+        spool.append_points(
+            run_id, f"key-{first}", [MetricPoint(run_id, "loss", 0.5, 1000 + s, s) for s in range(first, first + 100)]
+        )
+    records = spool.run(run_id).records_file
+    with open(records, "r+b") as file:  # a kill in the middle of writing the last record
+        file.truncate(records.stat().st_size - 700)
+    result = CliRunner().invoke(cli_main, ["sync", "--spool"])
+    assert result.exit_code == 0, result.output
+    assert "ends with a record cut short" in result.output
+    assert "that record is lost" in result.output
+    assert _steps(thread_server.client, run_id) == list(range(200))
+    assert not records.parent.exists()
+    store.close()
+
+
+def test_appending_after_a_torn_record_cuts_it_off_first(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    spool = Spool("http://127.0.0.1:1")
+    run_id = "a" * 32
+    spool.append_points(run_id, "k0", [MetricPoint(run_id, "m", 1.0, 1, 0)])
+    records = spool.run(run_id).records_file
+    with open(records, "ab") as file:
+        file.write(b'CAIRN-SPOOL 999 1\n{"kind"')
+    later = Spool("http://127.0.0.1:1")  # another process
+    with caplog.at_level(logging.WARNING, logger="cairn"):
+        later.append_points(run_id, "k1", [MetricPoint(run_id, "m", 2.0, 2, 1)])
+    assert any("cut off" in r.getMessage() for r in caplog.records)
+    reading = later.run(run_id).read()
+    assert reading.torn is None
+    assert [r.data["key"] for r in reading.records] == ["k0", "k1"]
