@@ -195,9 +195,18 @@ def assert_same_weights(resumed_dir: Path, reference_dir: Path) -> None:
     assert resumed_file.read_bytes() == reference_file.read_bytes()
 
 
-def kill_and_resume(case: KillResumeCase, tmp_path: Path) -> KillResumeResult:
-    """Reference, crash + SIGKILL, resume; assert the shared guarantees (see the module docstring)."""
-    store, reference_store = str(tmp_path / "store"), str(tmp_path / "reference-store")
+def kill_and_resume(
+    case: KillResumeCase, tmp_path: Path, *, store: str | None = None, superseded_view: str | None = None
+) -> KillResumeResult:
+    """Reference, crash + SIGKILL, resume; assert the shared guarantees (see the module docstring).
+
+    Args:
+        store: the tracking URI the crash and resume processes use (default: a new store under ``tmp_path``),
+            e.g. a tracking server's ``http://`` URL.
+        superseded_view: the URI the dead process's superseded points are read through (default: ``store``):
+            a tracking server's own database, since MLflow's REST API does not show superseded points.
+    """
+    store, reference_store = store or str(tmp_path / "store"), str(tmp_path / "reference-store")
     resumed_dir, reference_dir = tmp_path / "resumed", tmp_path / "reference"
     crashing = _launch(case, "crash", resumed_dir, store)
     resuming = _launch(case, "resume", resumed_dir, store)  # imports while the others train
@@ -250,7 +259,8 @@ def kill_and_resume(case: KillResumeCase, tmp_path: Path) -> KillResumeResult:
         assert [s for s, _ in got] == list(case.steps), f"{case.name}/{key}: steps {[s for s, _ in got]}"
         assert got == want[key], f"{case.name}/{key} differs from the uninterrupted run"
     # 4. the dead process's points after the checkpoint are kept, flagged superseded, hidden
-    everything = sorted(s for s, _ in _curve(client, run_id, first_key, include_superseded=True))
+    view = cairn.Client(superseded_view) if superseded_view else client
+    everything = sorted(s for s, _ in _curve(view, run_id, first_key, include_superseded=True))
     assert everything == sorted([*case.steps, *case.superseded_steps])
 
     report_file = resumed_dir / "report.json"

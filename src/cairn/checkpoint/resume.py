@@ -205,20 +205,55 @@ def claim_run(client: Client, run_id: str) -> None:
     """The one place a process takes over ``run_id`` to continue it: take the run's resume lease (kept
     until the run ends in this process; taking it again is a no-op). Call it before restoring anything.
 
+    A store without leases (an MLflow tracking server) cannot guard the run: a run that has logged metrics
+    is refused (resuming it needs a cairn server); one that logged nothing is trained in with a
+    :class:`ResumeWarning`.
+
     Raises:
         RunLeased: another live process is resuming the run (see :mod:`cairn.checkpoint.lease`).
+        NotImplementedError: the store has no leases and the run has logged metrics
+            (:class:`~cairn.store.rest.errors.UnsupportedByServer` for a tracking server).
     """
     from cairn.checkpoint.lease import hold_resume_lease
 
-    hold_resume_lease(client, run_id)
+    try:
+        hold_resume_lease(client, run_id)
+    except NotImplementedError as unsupported:  # a store without leases: an MLflow tracking server
+        _without_leases(client, run_id, unsupported)
+
+
+def _without_leases(client: Client, run_id: str, unsupported: NotImplementedError) -> None:
+    """The store cannot lease ``run_id`` (nor hide points): a run with history is refused; a run that logged
+    nothing may be trained in (nothing to restore or hide), with a warning that nothing guards it."""
+    if client.get_run(run_id).data.metrics:
+        raise unsupported
+    warnings.warn(
+        f"cairn: the tracking store cannot lease run {run_id} to this process ({unsupported}); it has logged "
+        "nothing, so training starts in it, but nothing stops another process from training it at the same "
+        "time, and if this process dies the run can only be resumed through a cairn server",
+        ResumeWarning,
+        stacklevel=4,
+    )
 
 
 def continue_run(client: Client, run_id: str, step: int) -> int:
     """Continue ``run_id`` after ``step`` in this process: claim it, then supersede (keep, hide) the points a
-    dead process logged after ``step``. Returns how many points were superseded."""
+    dead process logged after ``step``. Returns how many points were superseded.
+
+    Raises:
+        RunLeased: another live process is resuming the run.
+        NotImplementedError: the store cannot lease the run or hide its points (an MLflow tracking server:
+            :class:`~cairn.store.rest.errors.UnsupportedByServer`, whose message says what to do instead)
+            and the run has logged metrics.
+    """
     claim_run(client, run_id)
     client.flush()
-    return int(client.store.supersede_metrics_after(run_id, step) or 0)
+    try:
+        return int(client.store.supersede_metrics_after(run_id, step) or 0)
+    except NotImplementedError:
+        if client.get_run(run_id).data.metrics:
+            raise
+        return 0  # nothing logged: nothing to hide (claim_run warned that the run is not leased)
 
 
 def fork_run(client: Client, run_id: str, step: int) -> str:
