@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +27,9 @@ from cairn.server.auth.permissions import Permission, ResourceKind
 from cairn.server.auth.session import COOKIE_NAME, SESSION_LIFETIME, issue_cookie, user_of_cookie
 from cairn.server.auth.users import UserStore, user_store_for
 from cairn.tracking.client import Client
+from tests.server.conftest import free_port
+from tests.ui._data import populate
+from tests.ui.test_e2e import ARTIFACTS, E2E_DIR, browser_ready  # noqa: F401  (browser_ready is a fixture)
 
 HOST = "127.0.0.1"
 PORT = 5000
@@ -303,3 +310,94 @@ def test_permissions_follow_the_grants_admins_see_everything(env: AuthEnv) -> No
         assert names == {"Default": "MANAGE", "open": "MANAGE", "secret": "MANAGE"}
         assert {m["name"] for m in browser.get("/api/models").json()["models"]} == {"open-model", "secret-model"}
         assert browser.get(f"/api/runs/{env.secret_run}").json()["permission"] == "MANAGE"
+
+
+# -- in a browser -------------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("browser_ready")
+def test_login_permissions_and_delete_in_headless_chromium(tmp_path: Path) -> None:
+    """`cairn server --auth --workers 2` (the real command, two processes: every request may reach
+    either) and Chromium: a READ user logs in, sees only its experiment and no delete control, gets
+    a 403 shown for another experiment; a MANAGE user opens MLflow's run URL and deletes the run."""
+    home = tmp_path / "store"
+    client = Client(str(home))
+    data = populate(client, tmp_path / "scratch")
+    users = user_store_for(client)
+    for name in ("reader", "manager"):
+        users.add(name, password=PASSWORD)
+    users.grant("reader", ResourceKind.EXPERIMENT, data.experiment_id, Permission.READ)
+    users.grant("manager", ResourceKind.EXPERIMENT, data.experiment_id, Permission.MANAGE)
+    client.flush()
+    client.store.close()
+    scenario = tmp_path / "scenario.json"
+    scenario.write_text(
+        json.dumps(
+            {
+                "password": PASSWORD,
+                "reader": "reader",
+                "manager": "manager",
+                "experiment_id": data.experiment_id,
+                "hidden_experiment_id": data.empty_experiment_id,
+                "run_id": data.wider,
+                "run_name": "wider",
+            }
+        )
+    )
+    port = free_port()
+    command = [sys.executable, "-m", "cairn.cli", "--store", str(home), "server", "--auth", "--workers", "2"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAIRN_")}
+    server = subprocess.Popen(
+        [*command, "--port", str(port)], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_up(server, f"{url}/health")
+        completed = subprocess.run(
+            ["node", str(E2E_DIR / "run_auth.mjs"), url, str(ARTIFACTS), str(scenario)],
+            cwd=E2E_DIR,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    lines = [line for line in completed.stdout.splitlines() if line.startswith("{")]
+    assert lines, f"no JSON result from run_auth.mjs:\n{completed.stdout[-2000:]}\n{completed.stderr[-2000:]}"
+    result = json.loads(lines[-1])
+    failed = [f"{c['name']}: {c['detail']}" for c in result["checks"] if not c["ok"]]
+    assert failed == [], "\n".join(failed)
+    names = {c["name"] for c in result["checks"]}
+    for expected in (
+        "a READ user sees only the experiments granted to it",
+        "a READ user sees no delete button on the run page",
+        "a 403 is shown as an error",
+        "a MANAGE user deletes a run",
+    ):
+        assert expected in names, f"check {expected!r} did not run"
+    assert result["console_errors"] == [] and result["dialogs"] == []
+    reopened = Client(str(home))
+    try:
+        assert reopened.get_run(data.wider).info.lifecycle_stage.value == "deleted"
+    finally:
+        reopened.store.close()
+
+
+def _wait_until_up(server: subprocess.Popen[bytes], url: str) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                output = server.stdout.read().decode() if server.stdout else ""
+                pytest.fail(f"cairn server --auth did not start: {output}")
+            time.sleep(0.1)

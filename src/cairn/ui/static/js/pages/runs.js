@@ -317,7 +317,7 @@ export async function runsPage(root, ctx, [experimentId], query) {
   get(`/api/experiments/${encodeURIComponent(experimentId)}/keys`, { view: 'all' }, ctx.signal).then((found) => {
     if (!ctx.alive) return;
     keys = found.keys;
-    renderPicker();
-  }).catch((err) => { if (ctx.alive) toast(`the column picker could not load every key: ${err.message}`); });
+    if (columns) renderPicker(); // otherwise the first page of runs sets the columns and draws it
+  }, (err) => { if (ctx.alive) toast(`the column picker could not load every key: ${err.message}`); });
   await load();
 }
