@@ -29,6 +29,7 @@ from cairn.server.auth.users import UserStore, user_store_for
 from cairn.tracking.client import Client
 from tests.server.conftest import free_port
 from tests.ui._data import populate
+from tests.ui.conftest import UiEnv
 from tests.ui.test_e2e import ARTIFACTS, E2E_DIR, browser_ready  # noqa: F401  (browser_ready is a fixture)
 
 HOST = "127.0.0.1"
@@ -222,6 +223,15 @@ def test_cookies_are_secure_over_https(env: AuthEnv) -> None:
         assert "secure" in response.headers["set-cookie"].lower()
 
 
+def test_without_auth_there_is_no_login(ui_env: UiEnv) -> None:
+    session = ui_env.http.get("/api/session").json()
+    assert session["auth"] is False and session["user"] is None
+    response = ui_env.http.post("/login", json={"name": "x", "password": "y"}, headers=ui_env.write_headers())
+    assert response.status_code == 404 and "without --auth" in _error(response)
+    experiments = ui_env.http.get("/api/experiments").json()["experiments"]
+    assert experiments and {e["permission"] for e in experiments} == {"MANAGE"}
+
+
 # -- CSRF ---------------------------------------------------------------------------------------------
 
 
@@ -379,6 +389,7 @@ def test_login_permissions_and_delete_in_headless_chromium(tmp_path: Path) -> No
         "a READ user sees no delete button on the run page",
         "a 403 is shown as an error",
         "a MANAGE user deletes a run",
+        "a 401 from any call brings the login view back and clears the header",
     ):
         assert expected in names, f"check {expected!r} did not run"
     assert result["console_errors"] == [] and result["dialogs"] == []

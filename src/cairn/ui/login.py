@@ -92,6 +92,8 @@ async def login(request: Request) -> JSONResponse:
     from cairn.server.auth.session import issue_cookie, set_session_cookie
 
     users = request.app.state.users
+    if users is None and auth_on(request):
+        return _error(500, "ServerError", "the UI was built without the user store: pass create_app(users=...)")
     if users is None:
         return _error(404, "NotFound", "this server runs without --auth: there is nothing to log in to")
     try:

@@ -121,6 +121,14 @@ try {
     check('a MANAGE user deletes a run', stage === 'deleted', stage);
     await page.screenshot({ path: join(outdir, 'auth-run-deleted.png'), fullPage: true });
   });
+
+  await step('session ends while the page is open', async () => {
+    await context.clearCookies();
+    await page.goto(`${base}/#/experiments/${scenario.experiment_id}`);
+    await page.waitForSelector('form.login-form');
+    await page.waitForFunction(() => !document.querySelector('#user-box .user-name'));
+    check('a 401 from any call brings the login view back and clears the header', page.url().includes('#/login?next='), page.url());
+  });
 } finally {
   await browser.close();
 }

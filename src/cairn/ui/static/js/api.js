@@ -68,6 +68,7 @@ async function answer(response, path) {
   }
   if (response.status === 401 && path !== '/login') {
     resetSession();
+    document.dispatchEvent(new CustomEvent('cairn:session-changed'));
     window.location.hash = loginHash();
   }
   if (!response.ok) throw new ApiError(response.status, body);
