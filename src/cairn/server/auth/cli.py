@@ -126,7 +126,7 @@ def list_command(ctx: click.Context) -> None:
     for column in ("name", "admin", "password", "created", "grants"):
         table.add_column(column)
     for user in found:
-        grants = ", ".join(
+        grants = "\n".join(
             f"{'experiment' if g.kind is ResourceKind.EXPERIMENT else 'model'} {g.resource}: {g.permission.name}"
             for g in user.grants
         )
