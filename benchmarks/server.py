@@ -11,12 +11,21 @@ a fresh PostgreSQL database each (``--pg``). Both stores get the same data befor
   ``latest_metrics``): the same rows its REST handlers would have written, in seconds instead of minutes.
 - a run ``history`` with one key of ``--history`` points (default 100,000), the same way.
 
+On PostgreSQL both databases are then ``ANALYZE``d, as autovacuum would do within a minute on a server
+that runs it (the test server here runs with ``autovacuum = off``, and without statistics the planner
+picks nested loops over all 10,000 runs). Both servers get a connection pool that fits the load:
+``pool_size`` = ``--clients`` plus 10 overflow (MLflow: ``MLFLOW_SQLALCHEMYSTORE_POOL_SIZE`` /
+``MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW``; cairn: ``CAIRN_DB_POOL_SIZE`` / ``CAIRN_DB_MAX_OVERFLOW``). With
+SQLAlchemy's default 5 + 10 and 20 clients, MLflow's requests waited 30 s for a connection and failed.
+
 Then, measured by the same Python code against both servers (httpx, one keep-alive ``httpx.Client`` per
 thread):
 
 1. ``--clients`` threads (default 20), each on its own run, sending ``runs/log-batch`` of 10 and of 500
-   metrics for ``--seconds`` each: points/s, requests/s, p50/p99 latency.
-2. The same threads sending ``runs/create``.
+   metrics for ``--seconds`` each: points/s, requests/s, p50/p99 latency of the requests answered 200;
+   failed requests are counted and shown. The same with ``--low-clients`` threads (default 4), where
+   neither server queues requests.
+2. The ``--clients`` threads sending ``runs/create``.
 3. ``runs/search`` over the 10,000 runs (``metrics.m3 > 0.5``, ``order_by metrics.m7 DESC``, 100 per page)
    by one client, ``--reps`` times: p50/p99 (the issue's target is a single-client latency).
 4. ``metrics/get-history`` of the 100,000-point key by one client (following ``next_page_token``).
@@ -30,7 +39,7 @@ thread):
 The load generator shares the 2 cores with the server it measures: every rate is what this machine
 does with client and server on it, for both servers alike.
 
-    .venv/bin/python benchmarks/server.py [--quick] [--pg] [--workers 1] [--clients 20] [--runs 10000]
+    .venv/bin/python benchmarks/server.py [--quick] [--pg] [--workers 1] [--clients 20] [--low-clients 4]
 
 Writes its section of ``benchmarks/RESULTS.md`` (``--quick`` only prints).
 """
@@ -72,6 +81,7 @@ TARGET_SEARCH_P50_MS = 100.0
 TARGET_ONE_PROCESS_RATE = 50_000.0
 TARGET_ONE_PROCESS_P99_US = 50.0
 API = "/api/2.0/mlflow"
+POOL_OVERFLOW = 10  # connections each server's pool opens beyond ``pool_size`` (= clients) under a burst
 
 
 def _log(message: str) -> None:
@@ -106,6 +116,27 @@ def postgres_database(tag: str) -> Iterator[str]:
         with admin.connect() as conn:
             conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.dispose()
+
+
+def analyze(uri: str) -> None:
+    """``ANALYZE`` a PostgreSQL database: the statistics autovacuum would have gathered by now."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(uri.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.exec_driver_sql("ANALYZE")
+    engine.dispose()
+
+
+def postgres_setting(name: str) -> str:
+    """A setting of the PostgreSQL server (``SHOW name``)."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(PG_ADMIN_URL.replace("postgresql://", "postgresql+psycopg://", 1))
+    with engine.connect() as conn:
+        value = str(conn.exec_driver_sql(f"SHOW {name}").scalar())
+    engine.dispose()
+    return value
 
 
 def populate_cairn(uri: str, artifact_root: str, runs: int, history: int) -> dict[str, Any]:
@@ -250,6 +281,19 @@ def cairn_command(uri: str, artifact_root: str, port: int, workers: int) -> list
     return [*command, "--port", str(port), "--workers", str(workers)]
 
 
+def cairn_env(clients: int) -> dict[str, str]:
+    return {**os.environ, "CAIRN_DB_POOL_SIZE": str(clients), "CAIRN_DB_MAX_OVERFLOW": str(POOL_OVERFLOW)}
+
+
+def mlflow_env(clients: int) -> dict[str, str]:
+    return {
+        **os.environ,
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": str(clients),
+        "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": str(POOL_OVERFLOW),
+    }
+
+
 def mlflow_command(uri: str, artifact_root: str, port: int, workers: int) -> list[str]:
     if uri.startswith("postgresql://"):
         uri = uri.replace("postgresql://", "postgresql+psycopg://", 1)
@@ -262,7 +306,7 @@ def mlflow_command(uri: str, artifact_root: str, port: int, workers: int) -> lis
 
 @dataclass
 class Load:
-    """Requests completed by all clients in ``seconds``, with every request's latency."""
+    """Requests answered 200 by all clients in ``seconds``, with their latencies, and the failed ones."""
 
     requests: int
     seconds: float
@@ -279,6 +323,8 @@ class Load:
         return self.requests * self.units_per_request / self.seconds
 
     def pct_ms(self, q: float) -> float:
+        if not self.latencies_ns:
+            return 0.0
         ordered = sorted(self.latencies_ns)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1e6
 
@@ -302,8 +348,10 @@ def run_load(
             while time.perf_counter() < stop_at[0]:
                 started = time.perf_counter_ns()
                 response = request()
-                mine.append(time.perf_counter_ns() - started)
-                if response.status_code != 200:
+                took = time.perf_counter_ns() - started
+                if response.status_code == 200:
+                    mine.append(took)
+                else:
                     errors[index] += 1
                     if errors[index] == 1:
                         _log(f"error {response.status_code}: {response.text[:300]}")
@@ -319,7 +367,7 @@ def run_load(
         thread.join()
     elapsed = time.perf_counter() - began
     flat = [x for per in latencies for x in per]
-    return Load(len(flat) - sum(errors), elapsed, flat, units, sum(errors))
+    return Load(len(flat), elapsed, flat, units, sum(errors))
 
 
 def log_batch_load(url: str, experiment_id: str, clients: int, seconds: float, size: int) -> Load:
@@ -464,6 +512,7 @@ class Sizes:
     runs: int = 10_000
     history: int = 100_000
     clients: int = 20
+    low_clients: int = 4
     seconds: float = 8.0
     search_reps: int = 20
     history_reps: int = 5
@@ -485,8 +534,10 @@ def measure(side: Side, url: str, sizes: Sizes) -> None:
     _log(f"{side.name}: get-history x{sizes.history_reps}")
     side.loads["history"], side.found["history"] = history_load(url, build["history_run"], sizes.history_reps)
     for size in (10, 500):
-        _log(f"{side.name}: log-batch of {size}, {sizes.clients} clients, {sizes.seconds:g} s")
-        side.loads[f"batch{size}"] = log_batch_load(url, build["load_experiment"], sizes.clients, sizes.seconds, size)
+        for clients, suffix in ((sizes.clients, ""), (sizes.low_clients, "-low")):
+            _log(f"{side.name}: log-batch of {size}, {clients} clients, {sizes.seconds:g} s")
+            load = log_batch_load(url, build["load_experiment"], clients, sizes.seconds, size)
+            side.loads[f"batch{size}{suffix}"] = load
     _log(f"{side.name}: create-run, {sizes.clients} clients")
     side.loads["create"] = create_run_load(url, build["load_experiment"], sizes.clients, sizes.seconds)
 
@@ -498,8 +549,11 @@ def run_backend(backend: str, sizes: Sizes, workers: int, work: Path, skip_mlflo
     with _store(backend, "cairn", work) as (uri, artifacts):
         _log(f"cairn: populating {sizes.runs:,} runs + {sizes.history:,} history points ({backend})")
         cairn_side.build = populate_cairn(uri, artifacts, sizes.runs, sizes.history)
+        if backend == "postgresql":
+            analyze(uri)
         port = _free_port()
-        with running(cairn_command(uri, artifacts, port, workers), port, work / "cairn-server.log") as url:
+        command, env = cairn_command(uri, artifacts, port, workers), cairn_env(sizes.clients)
+        with running(command, port, work / "cairn-server.log", env) as url:
             measure(cairn_side, url, sizes)
             _log(f"cairn: /health floor, {sizes.clients} clients")
             out["health"] = health_load(url, sizes.clients, sizes.seconds)
@@ -509,9 +563,11 @@ def run_backend(backend: str, sizes: Sizes, workers: int, work: Path, skip_mlflo
         with _store(backend, "mlflow", work) as (uri, artifacts):
             _log(f"MLflow: populating {sizes.runs:,} runs + {sizes.history:,} history points ({backend})")
             mlflow_side.build = populate_mlflow(uri, artifacts, sizes.runs, sizes.history)
+            if backend == "postgresql":
+                analyze(uri)
             port = _free_port()
-            env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-            with running(mlflow_command(uri, artifacts, port, workers), port, work / "mlflow-server.log", env) as url:
+            command, env = mlflow_command(uri, artifacts, port, workers), mlflow_env(sizes.clients)
+            with running(command, port, work / "mlflow-server.log", env) as url:
                 measure(mlflow_side, url, sizes)
     return out
 
@@ -547,12 +603,23 @@ def _met(ok: bool) -> str:
     return "met" if ok else "**not met**"
 
 
+def _batch_verdict(ours: Load, theirs: Load | None, is_pg: bool) -> str:
+    """Whether a log-batch row meets the 10x target; a row where either side failed requests is no comparison."""
+    if theirs is None:
+        return "—"
+    if ours.errors or theirs.errors:
+        return f"no comparison: {ours.errors:,} / {theirs.errors:,} requests failed"
+    ratio = ours.units_rate / theirs.units_rate if theirs.units_rate else 0.0
+    return _met(ratio >= TARGET_LOG_BATCH_RATIO) if is_pg else f"({ratio:.1f}x here)"
+
+
 def table(backend: str, out: dict[str, Any], sizes: Sizes, workers: int) -> str:
     ours: Side = out["cairn"]
     theirs: Side | None = out["mlflow"]
     health: Load = out["health"]
     lines = [
-        f"### {backend}: {workers} worker(s) each, {sizes.clients} concurrent clients, {sizes.seconds:g} s per load",
+        f"### {backend}: {workers} worker(s) each, {sizes.clients} and {sizes.low_clients} concurrent clients, "
+        f"{sizes.seconds:g} s per load",
         "",
         "| measure | cairn server | mlflow server | floor (GET /health) | cairn vs MLflow | target | met? |",
         "|---|---:|---:|---:|---:|---|---|",
@@ -564,38 +631,39 @@ def table(backend: str, out: dict[str, Any], sizes: Sizes, workers: int) -> str:
     def get(side: Side | None, key: str) -> Load | None:
         return side.loads.get(key) if side else None
 
+    is_pg = backend == "PostgreSQL"
     for size in (10, 500):
-        a, b = ours.loads[f"batch{size}"], get(theirs, f"batch{size}")
-        ratio = a.units_rate / b.units_rate if b else 0.0
-        is_pg = backend == "PostgreSQL"
-        row(
-            f"log-batch of {size}: points/s",
-            _n(a.units_rate),
-            _n(b.units_rate) if b else "—",
-            "—",
-            _ratio(a.units_rate, b.units_rate) if b else "—",
-            f">= {TARGET_LOG_BATCH_RATIO:.0f}x MLflow" + ("" if is_pg else " (on PostgreSQL)"),
-            _met(ratio >= TARGET_LOG_BATCH_RATIO) if (b and is_pg) else ("—" if not b else f"({ratio:.1f}x here)"),
-        )
-        row(
-            f"log-batch of {size}: requests/s",
-            _n(a.rate),
-            _n(b.rate) if b else "—",
-            _n(health.rate),
-            _ratio(a.rate, b.rate) if b else "—",
-        )
-        row(
-            f"log-batch of {size}: p50 / p99 ms",
-            f"{_ms(a.pct_ms(0.5))} / {_ms(a.pct_ms(0.99))}",
-            f"{_ms(b.pct_ms(0.5))} / {_ms(b.pct_ms(0.99))}" if b else "—",
-            f"{_ms(health.pct_ms(0.5))} / {_ms(health.pct_ms(0.99))}",
-            _ratio(a.pct_ms(0.5), b.pct_ms(0.5), higher_is_better=False) if b else "—",
-        )
+        for clients, suffix in ((sizes.clients, ""), (sizes.low_clients, "-low")):
+            a, b = ours.loads[f"batch{size}{suffix}"], get(theirs, f"batch{size}{suffix}")
+            label = f"log-batch of {size}, {clients} clients"
+            row(
+                f"{label}: points/s",
+                _n(a.units_rate),
+                _n(b.units_rate) if b else "—",
+                "—",
+                _ratio(a.units_rate, b.units_rate) if b else "—",
+                f">= {TARGET_LOG_BATCH_RATIO:.0f}x MLflow" + ("" if is_pg else " (on PostgreSQL)"),
+                _batch_verdict(a, b, is_pg),
+            )
+            row(
+                f"{label}: requests/s (failed)",
+                f"{_n(a.rate)} ({a.errors:,})",
+                f"{_n(b.rate)} ({b.errors:,})" if b else "—",
+                _n(health.rate),
+                _ratio(a.rate, b.rate) if b else "—",
+            )
+            row(
+                f"{label}: p50 / p99 ms",
+                f"{_ms(a.pct_ms(0.5))} / {_ms(a.pct_ms(0.99))}",
+                f"{_ms(b.pct_ms(0.5))} / {_ms(b.pct_ms(0.99))}" if b else "—",
+                f"{_ms(health.pct_ms(0.5))} / {_ms(health.pct_ms(0.99))}",
+                _ratio(a.pct_ms(0.5), b.pct_ms(0.5), higher_is_better=False) if b else "—",
+            )
     a, b = ours.loads["create"], get(theirs, "create")
     row(
-        "create-run: runs/s",
-        _n(a.rate),
-        _n(b.rate) if b else "—",
+        f"create-run, {sizes.clients} clients: runs/s (failed)",
+        f"{_n(a.rate)} ({a.errors:,})",
+        f"{_n(b.rate)} ({b.errors:,})" if b else "—",
         _n(health.rate),
         _ratio(a.rate, b.rate) if b else "—",
     )
@@ -693,16 +761,19 @@ def main() -> None:
     parser.add_argument("--pg-only", action="store_true", help="PostgreSQL only")
     parser.add_argument("--skip-mlflow", action="store_true")
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--clients", type=int)
+    parser.add_argument("--clients", type=int, help="concurrent clients of the main loads (default 20)")
+    parser.add_argument("--low-clients", type=int, help="concurrent clients of the low-concurrency loads (default 4)")
     parser.add_argument("--runs", type=int)
     parser.add_argument("--history", type=int)
     parser.add_argument("--seconds", type=float)
     parser.add_argument("--points", type=int)
     args = parser.parse_args()
-    sizes = Sizes(runs=200, history=2_000, clients=4, seconds=0.5, search_reps=3, history_reps=2, points=2_000)
+    sizes = Sizes(
+        runs=200, history=2_000, clients=4, low_clients=2, seconds=0.5, search_reps=3, history_reps=2, points=2_000
+    )
     if not args.quick:
         sizes = Sizes()
-    for name in ("clients", "runs", "history", "seconds", "points"):
+    for name in ("clients", "low_clients", "runs", "history", "seconds", "points"):
         if getattr(args, name) is not None:
             setattr(sizes, name, getattr(args, name))
     backends = ["PostgreSQL"] if args.pg_only else ["SQLite", *(["PostgreSQL"] if args.pg else [])]
@@ -714,29 +785,40 @@ def main() -> None:
         for backend in backends:
             out = run_backend(backend.lower(), sizes, args.workers, work / backend.lower(), args.skip_mlflow)
             text = table(backend, out, sizes, args.workers)
-            print(text, flush=True)
             sections.append(text)
-            if not args.quick:  # after each backend, so a run stopped during PostgreSQL keeps SQLite's table
-                write_section(
-                    RESULTS, SECTION, _header(stamp, load_start, sizes, args.workers) + "\n" + "\n".join(sections)
-                )
+            header = _header(stamp, load_start, sizes, args.workers, backends)
+            if args.quick:
+                print((header + "\n" if len(sections) == 1 else "") + text, flush=True)
+            else:  # after each backend, so a run stopped during PostgreSQL keeps SQLite's table
+                print(text, flush=True)
+                write_section(RESULTS, SECTION, header + "\n" + "\n".join(sections))
                 _log(f"wrote the {SECTION} section of {RESULTS}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _header(stamp: str, load_start: tuple[float, float, float], sizes: Sizes, workers: int) -> str:
+def _header(stamp: str, load_start: tuple[float, float, float], sizes: Sizes, workers: int, backends: list[str]) -> str:
     from importlib.metadata import version
 
     load_end = os.getloadavg()
-
+    postgres = ""
+    if "PostgreSQL" in backends:
+        postgres = (
+            f" PostgreSQL {postgres_setting('server_version')} with autovacuum {postgres_setting('autovacuum')}: "
+            "each database is `ANALYZE`d once after its build, as autovacuum would have done on a server running it."
+        )
     return (
         f"## `cairn server` vs `mlflow server` (`benchmarks/server.py`)\n\n"
         f"Run of {stamp} on {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
         f"mlflow {version('mlflow')}; load average {load_start[0]:.2f} at the start, {load_end[0]:.2f} at "
-        f"the end. Both servers: {workers} worker(s) (uvicorn), loopback, started as subprocesses; the "
-        f"{sizes.clients} client threads (httpx, keep-alive) run in the benchmark's process on the same cores. "
-        "Ratios are within this run.\n"
+        f"the end. Both servers: {workers} worker(s) (uvicorn), loopback, started as subprocesses; the client "
+        "threads (httpx, keep-alive, one run each) run in the benchmark's process on the same cores. "
+        f"Connection pools sized for the load on both sides: {sizes.clients} + {POOL_OVERFLOW} overflow per worker "
+        f"(MLflow: `MLFLOW_SQLALCHEMYSTORE_POOL_SIZE={sizes.clients}`, `MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW="
+        f"{POOL_OVERFLOW}`, job execution off; cairn: `CAIRN_DB_POOL_SIZE={sizes.clients}`, "
+        f"`CAIRN_DB_MAX_OVERFLOW={POOL_OVERFLOW}`). Loads of {sizes.clients} and of {sizes.low_clients} concurrent "
+        "clients; rates and latencies count the requests answered 200, failed ones are shown beside them."
+        f"{postgres} Ratios are within this run.\n"
     )
 
 

@@ -5,6 +5,10 @@ foreign keys on, a busy timeout (``CAIRN_SQLITE_BUSY_TIMEOUT`` seconds, default 
 ``BEGIN IMMEDIATE`` for write transactions, so a writer takes the write lock up front instead of
 failing when it upgrades a read lock (which SQLite cannot wait for). The pysqlite driver's own
 transaction handling is switched off for that; SQLAlchemy's ``begin`` event emits the BEGIN.
+
+The connection pool keeps SQLAlchemy's defaults (5 connections, 10 more on demand, a caller waits up to
+30 s for one) unless ``CAIRN_DB_POOL_SIZE`` / ``CAIRN_DB_MAX_OVERFLOW`` say otherwise: a ``cairn server``
+serving more concurrent requests than that sets them.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from cairn.store._sql.schema import holds_foreign_tables
 
 DEFAULT_BUSY_TIMEOUT = 30.0
 BUSY_TIMEOUT_ENV = "CAIRN_SQLITE_BUSY_TIMEOUT"
+POOL_SIZE_ENV = "CAIRN_DB_POOL_SIZE"
+MAX_OVERFLOW_ENV = "CAIRN_DB_MAX_OVERFLOW"
 
 _WRITE_OPTION = "cairn_write"
 _PG_UNIQUE_VIOLATION = "23505"
@@ -62,6 +68,20 @@ def busy_timeout_from_env() -> float:
     return value
 
 
+def pool_options_from_env() -> dict[str, int]:
+    """``pool_size`` / ``max_overflow`` for ``create_engine`` from ``CAIRN_DB_POOL_SIZE`` (at least 1) and
+    ``CAIRN_DB_MAX_OVERFLOW`` (at least 0); an unset variable keeps SQLAlchemy's default."""
+    options: dict[str, int] = {}
+    for name, option, least in ((POOL_SIZE_ENV, "pool_size", 1), (MAX_OVERFLOW_ENV, "max_overflow", 0)):
+        raw = os.environ.get(name, "").strip()
+        if not raw:
+            continue
+        if not raw.isdecimal() or int(raw) < least:
+            raise InvalidArgument(f"{name}={raw!r} must be a whole number of connections, at least {least}")
+        options[option] = int(raw)
+    return options
+
+
 def is_missing_table(error: exc.DBAPIError) -> bool:
     """Whether ``error`` says a queried table does not exist."""
     orig = error.orig
@@ -93,7 +113,7 @@ class Database:
                 url = url.set(database=self.sqlite_path)
             self.engine = self._sqlite_engine(url)
         else:
-            self.engine = sa.create_engine(url, pool_pre_ping=True)
+            self.engine = sa.create_engine(url, pool_pre_ping=True, **pool_options_from_env())
         self.description = self.sqlite_path or url.render_as_string(hide_password=True)
         #: The URI as a user would type it (plain ``postgresql://``, password hidden), for hints in messages.
         self.display_uri = url.set(drivername=self.dialect).render_as_string(hide_password=True)
@@ -104,6 +124,8 @@ class Database:
         kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False}}
         if memory:  # one shared connection, else every connection would see its own empty database
             kwargs["poolclass"] = StaticPool
+        else:
+            kwargs.update(pool_options_from_env())
         engine = sa.create_engine(url, **kwargs)
         busy_ms = int(self.busy_timeout * 1000)
 
