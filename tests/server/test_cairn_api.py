@@ -262,3 +262,72 @@ def test_the_rest_store_resume_operations(db_server: RunningServer) -> None:
             store.supersede_metrics_after(run_id, 1)
     finally:
         store.close()
+
+
+class _GatewayTimeoutOnce(httpx.BaseTransport):
+    """The real transport; the first request to a path ending with ``suffix`` reaches the server, then its
+    answer is replaced by a gateway's 504 (the server did the work, the client cannot know)."""
+
+    def __init__(self, suffix: str) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.suffix = suffix
+        self.sent = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if not request.url.path.endswith(self.suffix):
+            return self.inner.handle_request(request)
+        self.sent += 1
+        response = self.inner.handle_request(request)
+        if self.sent > 1:
+            return response
+        response.read()
+        response.close()
+        return httpx.Response(504, text="<html>gateway timeout</html>")
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def _flaky_store(server: RunningServer, suffix: str) -> tuple[RestTrackingStore, _GatewayTimeoutOnce]:
+    transport = _GatewayTimeoutOnce(suffix)
+    return RestTrackingStore(server.url, transport=transport, backoff=0.01, max_backoff=0.05), transport
+
+
+def test_lease_calls_are_retried_after_a_lost_answer(server: RunningServer) -> None:
+    run_id = server.client.create_run("0").info.run_id
+    for suffix, call, expected in [
+        ("lease/acquire", lambda store: store.acquire_run_lease(run_id, "me", 30), True),
+        ("lease/renew", lambda store: store.renew_run_lease(run_id, "me", 30), True),
+        ("lease/get", lambda store: store.get_run_lease(run_id).owner, "me"),
+        ("lease/release", lambda store: store.release_run_lease(run_id, "me"), None),
+    ]:
+        store, transport = _flaky_store(server, suffix)
+        try:
+            assert call(store) == expected, suffix  # the retry answers as the lost first answer would have
+        finally:
+            store.close()
+        assert transport.sent == 2, suffix  # the lost answer, then the retry
+    assert server.client.store.get_run_lease(run_id) is None
+
+
+def test_supersede_and_fork_are_not_resent_after_a_lost_answer(server: RunningServer) -> None:
+    from cairn.store.rest import ServerUnavailable
+
+    run_id = _run_with_points(server)
+    store, transport = _flaky_store(server, "runs/supersede-metrics")
+    try:
+        with pytest.raises(ServerUnavailable, match="504"):
+            store.supersede_metrics_after(run_id, 2)
+    finally:
+        store.close()
+    assert transport.sent == 1
+    assert _steps(server, run_id) == [1, 2]  # done once, on the server
+
+    store, transport = _flaky_store(server, "runs/fork")
+    try:
+        with pytest.raises(ServerUnavailable, match="504"):
+            store.fork_run(run_id, 2, start_time=0)
+    finally:
+        store.close()
+    assert transport.sent == 1
+    assert len(server.client.search_runs(["0"]).items) == 2  # one fork, not two
