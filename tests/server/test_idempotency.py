@@ -142,8 +142,8 @@ class LoseFirstResponse(httpx.BaseTransport):
 
 @pytest.mark.parametrize("how", ["broken", "504"])
 def test_rest_store_against_cairn_server_stores_every_point_once(server: RunningServer, how: str) -> None:
-    """Retries of one request share its key; a request that sets tags has a key of its own, so the same
-    tag value set again after another one is written; a metric request's key is its body's hash."""
+    """Retries of one request share its key; every call without a key gets a fresh one, so the same tag value
+    set again after another one is written; a call resent with its key is stored once."""
     transport = LoseFirstResponse(lose=10, how=how)
     store = RestTrackingStore(server.url, transport=transport, backoff=0.01, max_backoff=0.05)
     try:
@@ -153,10 +153,10 @@ def test_rest_store_against_cairn_server_stores_every_point_once(server: Running
         # the same tag value again after another one: equal requests that must both be written
         for value in ("a", "b", "a"):
             store.log_batch(run_id, tags=[RunTag("t", value)])
-        # the metric writer resending a batch after a failure (every request again): no point twice
+        # a batch resent after a failure under its key (every request again): no point twice
         resent = [MetricPoint(run_id, "resent", 0.25, 8000 + i, i) for i in range(2100)]
-        store.log_metric_points(resent)
-        store.log_metric_points(resent)
+        store.log_metric_points(resent, idempotency_key="batch-1")
+        store.log_metric_points(resent, idempotency_key="batch-1")
     finally:
         store.close()
     client = server.client

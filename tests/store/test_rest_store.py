@@ -46,6 +46,7 @@ from cairn.store.rest import (
     UnsupportedByServer,
 )
 from cairn.tracking import config
+from cairn.tracking.batcher import MetricBatcher
 from cairn.tracking.client import Client
 from cairn.tracking.entities import Metric, Param, RunStatus, RunTag
 from tests.server.conftest import free_port
@@ -374,12 +375,78 @@ def test_metric_writer_keeps_points_while_the_server_is_busy(mlflow_url: str, ml
     for step in range(30):
         batcher.add(MetricPoint(run_id, "busy", float(step), 100 + step, step))
     deadline = time.monotonic() + 20
-    while batcher.pending and time.monotonic() < deadline:
+    while (batcher.pending or batcher.offline) and time.monotonic() < deadline:  # spooled, then sent
         time.sleep(0.05)
     batcher.flush()
     assert sorted(m.step for m in mlflow_client.get_metric_history(run_id, "busy")) == list(range(30))
     batcher.close()
     store.close()
+
+
+class Outage(httpx.BaseTransport):
+    """The real transport in front of the server, with an outage: ``lose_next`` loses the response of the next
+    log-batch after the server processed it, and the server is unreachable (connection refused) from then on
+    until ``down`` is cleared. ``answered`` lists the key of every log-batch the client got a 2xx for."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.down = False
+        self.lose_next = False
+        self.answered: list[str] = []
+        self.lost: list[str] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if self.down:
+            raise httpx.ConnectError("connection refused (outage)", request=request)
+        response = self.inner.handle_request(request)
+        if request.url.path.endswith("/runs/log-batch"):
+            key = request.headers["Idempotency-Key"]
+            if self.lose_next:
+                response.read()
+                response.close()
+                self.lose_next, self.down = False, True
+                self.lost.append(key)
+                raise httpx.ReadError("connection lost before the response", request=request)
+            if response.status_code == 200:
+                self.answered.append(key)
+        return response
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_mlflow_server_outage_spools_and_sends_each_point_once(
+    mlflow_url: str, mlflow_client: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """MLflow's server ignores idempotency keys: what surely arrived (answered 2xx) is never sent again; the
+    one request whose answer was lost is sent again from the spool, and MLflow's store drops its points as
+    equal to stored ones."""
+    monkeypatch.setenv("CAIRN_SPOOL_DIR", str(tmp_path / "spool"))
+    transport = Outage()
+    store = _store(mlflow_url, transport, max_retries=1)
+    run_id = _new_run(store)
+    batcher = MetricBatcher(store, flush_interval=0.02)
+    try:
+        batcher.add_many([MetricPoint(run_id, "m", float(i), 1_000 + i, i) for i in range(2500)])
+        batcher.flush()
+        transport.lose_next = True
+        batcher.add_many([MetricPoint(run_id, "m", float(i), 1_000 + i, i) for i in range(2500, 5000)])
+        deadline = time.monotonic() + 20
+        while not (batcher.offline and batcher.pending == 0) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert batcher.offline and list((tmp_path / "spool").rglob("records.log"))
+        transport.down = False
+        while batcher.offline and time.monotonic() < deadline:
+            time.sleep(0.02)
+        batcher.flush()
+    finally:
+        batcher.close()
+        store.close()
+    steps = sorted(m.step for m in mlflow_client.get_metric_history(run_id, "m"))
+    assert steps == list(range(5000))
+    assert len(transport.answered) == len(set(transport.answered)) == 6  # 5,000 points in 1,000-point requests
+    assert transport.lost[0] in transport.answered  # the lost one, replayed under its key
+    assert not list((tmp_path / "spool").rglob("records.log"))
 
 
 # -- auth ---------------------------------------------------------------------------------------

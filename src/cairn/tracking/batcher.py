@@ -140,8 +140,8 @@ class MetricBatcher:
         return self._offline
 
     def flush(self, *, raise_errors: bool = True) -> None:
-        """Write every point queued before this call (to the spool while the server is unreachable); re-raise
-        the writer's first error."""
+        """Write every point queued before this call (to the spool while the server is unreachable, after one
+        try to send the spool); re-raise the writer's first error."""
         self._drain(None, wait_for_server=False)
         if raise_errors:
             self.raise_errors()
@@ -162,6 +162,8 @@ class MetricBatcher:
             self._drain_and_write(retry_forever=True)
             if wait_for_server and self._offline:
                 self._wait_for_server(deadline)
+            elif self._offline:  # one try, so that a read after a flush sees the spooled points if it can
+                self._replay()
             return not self._retry
         finally:
             self._write_lock.release()
