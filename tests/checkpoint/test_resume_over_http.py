@@ -130,9 +130,17 @@ def test_checkpoints_are_uploaded_listed_downloaded_and_pruned_through_the_proxy
     run = RunCheckpoints(client, run_id, NATIVE)
     assert run.store.root.startswith("mlflow-artifacts:")
     seen: list[str] = []
-    put_file, put_bytes = run.store.put_file, run.store.put_bytes
-    run.store.put_file = lambda path, parent=None: (seen.append(Path(path).name), put_file(path, parent))[-1]  # type: ignore[method-assign]
-    run.store.put_bytes = lambda data, name: (seen.append(name.rsplit("/", 1)[-1]), put_bytes(data, name))[-1]  # type: ignore[method-assign]
+    original_put_file, original_put_bytes = run.store.put_file, run.store.put_bytes
+
+    def put_file(local_path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+        seen.append(Path(local_path).name)
+        original_put_file(local_path, artifact_path)
+
+    def put_bytes(data: bytes, artifact_file: str) -> None:
+        seen.append(artifact_file.rsplit("/", 1)[-1])
+        original_put_bytes(data, artifact_file)
+
+    run.store.put_file, run.store.put_bytes = put_file, put_bytes  # type: ignore[method-assign]
     for step in (1, 2, 3, 4):
         run.upload_dir(_local_checkpoint(tmp_path / "local", step), f"step-{step}")
         assert seen[-1] == MANIFEST_NAME and seen.count(MANIFEST_NAME) == step  # the commit marker last

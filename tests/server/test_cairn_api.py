@@ -106,8 +106,8 @@ def test_of_many_clients_racing_for_a_free_lease_exactly_one_wins(db_server: Run
 
     def contend(owner: str) -> None:
         barrier.wait()
-        answers[owner] = _post(db_server, "runs/lease/acquire", {"run_id": run_id, "owner": owner, "ttl_seconds": 30})
-        answers[owner] = answers[owner].json()["acquired"]  # type: ignore[assignment]
+        answer = _post(db_server, "runs/lease/acquire", {"run_id": run_id, "owner": owner, "ttl_seconds": 30})
+        answers[owner] = answer.json()["acquired"]
 
     threads = [threading.Thread(target=contend, args=(f"owner-{i}",)) for i in range(6)]
     for thread in threads:
@@ -119,7 +119,7 @@ def test_of_many_clients_racing_for_a_free_lease_exactly_one_wins(db_server: Run
     assert db_server.client.store.get_run_lease(run_id).owner == winners[0]  # type: ignore[union-attr]
 
 
-_GOOD = {
+_GOOD: dict[str, dict[str, Any]] = {
     "runs/supersede-metrics": {"step": 3},
     "runs/fork": {"up_to_step": 3, "start_time": 0},
     "runs/lease/acquire": {"owner": "me", "ttl_seconds": 30},
