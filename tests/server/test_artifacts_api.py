@@ -16,7 +16,9 @@ import tracemalloc
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import httpx
@@ -26,6 +28,7 @@ from starlette.applications import Starlette
 from cairn.server.artifacts_api import routes
 from cairn.server.protocol import ServerContext
 from cairn.tracking.client import Client
+from tests.conftest import S3Server
 from tests.server.conftest import RunningServer, free_port, run_app
 
 PROXY = "/api/2.0/mlflow-artifacts"
@@ -461,3 +464,88 @@ def test_tracking_list_artifacts_endpoint(proxy: RunningServer, tmp_path: Path) 
     assert unknown.status_code == 404 and unknown.json()["error_code"] == "RESOURCE_DOES_NOT_EXIST"
     assert hostile.status_code == 400 and hostile.json()["error_code"] == "INVALID_PARAMETER_VALUE"
     assert missing_id.status_code == 400
+
+
+# -- an S3 root (moto server) ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def s3_proxy(s3_server: S3Server, aws_env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[S3Proxy]:
+    """The artifact proxy over a fresh ``s3://`` root on the moto server, and a boto3 client of that server."""
+    import boto3
+
+    monkeypatch.setenv("CAIRN_S3_ENDPOINT_URL", s3_server.endpoint_url)
+    prefix = f"proxy-{uuid.uuid4().hex[:10]}"
+    s3 = boto3.client("s3", endpoint_url=s3_server.endpoint_url)
+    client = Client(f"sqlite:///{tmp_path}/cairn.db", str(tmp_path / "unused"))
+    with serve(client, f"s3://{s3_server.bucket}/{prefix}") as running:
+        yield S3Proxy(running, s3, s3_server.bucket, prefix)
+
+
+@dataclass
+class S3Proxy:
+    server: RunningServer
+    s3: Any
+    bucket: str
+    prefix: str
+
+    def keys(self) -> list[str]:
+        listed = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=f"{self.prefix}/")
+        return sorted(item["Key"][len(self.prefix) + 1 :] for item in listed.get("Contents", []))
+
+    def pending_uploads(self) -> list[str]:
+        listed = self.s3.list_multipart_uploads(Bucket=self.bucket, Prefix=f"{self.prefix}/")
+        return [item["Key"] for item in listed.get("Uploads", [])]
+
+
+def test_upload_to_s3_streams_as_a_multipart_upload_and_an_interrupted_one_is_aborted(s3_proxy: S3Proxy) -> None:
+    from cairn.artifacts.fsspec_store import WRITE_BLOCK_BYTES
+
+    host, port = urlparse(s3_proxy.server.url).netloc.split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        total = 4 * WRITE_BLOCK_BYTES
+        head = (
+            f"PUT {PROXY}/artifacts/1/r/artifacts/cut.bin HTTP/1.1\r\nHost: {host}\r\nContent-Length: {total}\r\n\r\n"
+        )
+        sock.sendall(head.encode() + os.urandom(2 * WRITE_BLOCK_BYTES + 1))
+        deadline = time.monotonic() + 20
+        while not s3_proxy.pending_uploads():  # parts go to S3 while the body is still arriving
+            assert time.monotonic() < deadline, "no S3 multipart upload started before the body was complete"
+            time.sleep(0.05)
+        assert s3_proxy.pending_uploads() == [f"{s3_proxy.prefix}/1/r/artifacts/cut.bin"]
+    deadline = time.monotonic() + 20
+    while s3_proxy.pending_uploads():
+        assert time.monotonic() < deadline, "the multipart upload of the cut request was not aborted"
+        time.sleep(0.05)
+    assert s3_proxy.keys() == []  # nothing was published
+
+    data = os.urandom(WRITE_BLOCK_BYTES * 2 + 12345)
+    with httpx.Client(base_url=s3_proxy.server.url, timeout=60) as http:
+        assert http.put(f"{PROXY}/artifacts/1/r/artifacts/whole.bin", content=data).status_code == 200
+        assert http.put(f"{PROXY}/artifacts/1/r/artifacts/small.txt", content=b"small").status_code == 200
+        assert http.get(f"{PROXY}/artifacts/1/r/artifacts/whole.bin").content == data
+    assert s3_proxy.keys() == ["1/r/artifacts/small.txt", "1/r/artifacts/whole.bin"]
+    stored = s3_proxy.s3.get_object(Bucket=s3_proxy.bucket, Key=f"{s3_proxy.prefix}/1/r/artifacts/whole.bin")
+    assert stored["Body"].read() == data
+    assert s3_proxy.pending_uploads() == []
+
+
+def test_mlflow_multipart_upload_onto_s3_leaves_only_the_file(
+    s3_proxy: S3Proxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD", "true")
+    monkeypatch.setenv("MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE", "1")
+    monkeypatch.setenv("MLFLOW_MULTIPART_UPLOAD_CHUNK_SIZE", str(5 * 1024 * 1024))
+    data = os.urandom(11 * 1024 * 1024)
+    (tmp_path / "weights.bin").write_bytes(data)
+    repo = _repo(s3_proxy.server, "1/r/artifacts")
+
+    repo.log_artifact(str(tmp_path / "weights.bin"), "model")
+
+    assert s3_proxy.keys() == ["1/r/artifacts/model/weights.bin"]  # the parts' stage is gone
+    stored = s3_proxy.s3.get_object(Bucket=s3_proxy.bucket, Key=f"{s3_proxy.prefix}/1/r/artifacts/model/weights.bin")
+    assert stored["Body"].read() == data
+    assert s3_proxy.pending_uploads() == []
+    assert [(f.path, f.file_size) for f in repo.list_artifacts("model")] == [("model/weights.bin", len(data))]
+    repo.delete_artifacts("model")
+    assert s3_proxy.keys() == []

@@ -212,6 +212,40 @@ def test_artifact_deleted_through_one_server_is_gone_on_the_others(cluster: Clus
     assert [f.path for f in Client(cluster.urls[2]).list_artifacts(run_id)] == ["keep.txt"]
 
 
+def _peak_rss_mib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) // 1024
+    raise AssertionError(f"/proc/{pid}/status has no VmHWM line")
+
+
+def _reset_peak_rss(pid: int) -> None:
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # 5: reset the peak resident set size
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="reads a server's peak RSS from Linux's /proc")
+def test_a_large_artifact_passes_through_the_proxies_in_bounded_memory(cluster: Cluster, tmp_path: Path) -> None:
+    size = 96 * MiB  # s3fs's put_file alone would read it whole (files under 100 MiB), and then some
+    a, b = Client(cluster.urls[0]), Client(cluster.urls[1])
+    run_id = a.create_run(a.create_experiment(f"memory-{uuid.uuid4().hex[:8]}")).info.run_id
+    with open(tmp_path / "large.bin", "wb") as out:
+        for _ in range(size // MiB):
+            out.write(os.urandom(MiB))
+    a.log_artifact(run_id, tmp_path / "large.bin")  # both servers' S3 clients warm up on the first transfer
+    b.download_artifacts(run_id, "large.bin", tmp_path / "warm")
+    for pid in cluster.pids[:2]:
+        _reset_peak_rss(pid)
+    before = [_peak_rss_mib(pid) for pid in cluster.pids[:2]]
+
+    a.log_artifact(run_id, tmp_path / "large.bin", "again")
+    got = b.download_artifacts(run_id, "again/large.bin", tmp_path / "down")
+
+    growth = [_peak_rss_mib(pid) - base for pid, base in zip(cluster.pids[:2], before, strict=True)]
+    assert Path(got).read_bytes() == (tmp_path / "large.bin").read_bytes()
+    # a few parts and read-ahead blocks of 8 MiB with their copies; the old whole-file path grew by 215 MiB
+    assert max(growth) < 64, f"peak RSS of servers A, B grew by {growth} MiB for a {size // MiB} MiB file"
+
+
 # -- the real mlflow client ----------------------------------------------------------------------------
 
 

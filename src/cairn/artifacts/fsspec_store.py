@@ -4,20 +4,31 @@ from __future__ import annotations
 
 import builtins
 import os
+import shutil
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 from fsspec.callbacks import Callback
 from fsspec.core import url_to_fs
+from fsspec.spec import AbstractBufferedFile
 
 from cairn.artifacts.base import ArtifactStore, LocalFile, collect_files, commit_last, replace_target, transfer_progress
 from cairn.artifacts.paths import join, safe_relpath
 from cairn.errors import ArtifactNotFound, InvalidArgument, UnsafePath
 from cairn.tracking.entities import FileInfo
 
-__all__ = ["FsspecArtifactStore"]
+__all__ = ["READ_BLOCK_BYTES", "WRITE_BLOCK_BYTES", "FsspecArtifactStore", "PendingUpload"]
 
+READ_BLOCK_BYTES = 8 * 1024 * 1024
+"""Bytes fetched per request by :meth:`FsspecArtifactStore.open` (s3fs alone would buffer 50 MiB per open file)."""
+WRITE_BLOCK_BYTES = 8 * 1024 * 1024
+"""Part size of :meth:`FsspecArtifactStore.open_upload` for files up to 80 GiB (S3 wants 5 MiB or more per part
+but the last, and at most :data:`MAX_PARTS` parts; a larger announced size gets larger parts)."""
+MAX_PARTS = 10_000
+_STAGED_PROTOCOLS = frozenset({"s3", "s3a"})
+"""Filesystems whose files, opened with ``autocommit=False``, publish nothing before ``commit()`` (checked for s3fs)."""
 _TEMP_PREFIX = ".cairn-tmp-"
 _HIDDEN_PREFIXES = (_TEMP_PREFIX, ".cairn-old-")
 
@@ -38,6 +49,85 @@ class _AdvanceCallback(Callback):
         if self.value > self._seen:
             self._advance(self.value - self._seen)
             self._seen = self.value
+
+
+class PendingUpload:
+    """One file on its way into a store: :meth:`write` pieces, then :meth:`commit` or :meth:`discard`.
+
+    The file becomes visible whole when :meth:`commit` returns, and never if :meth:`discard` is called
+    instead. A file smaller than one part (:data:`WRITE_BLOCK_BYTES`) is held in memory and stored in one request.
+    A larger one goes to S3 as the parts of a multipart upload (s3fs's file opened with
+    ``autocommit=False``), each sent as soon as it is complete, so memory stays bounded whatever the
+    file's size; on any other filesystem (whose files may be published at open, as ``memory://``
+    does) it is spooled to a local temporary file uploaded by :meth:`commit`.
+    """
+
+    def __init__(self, fs: Any, full_path: str, *, size_hint: int | None = None) -> None:
+        self._fs = fs
+        self._path = full_path
+        self._block = max(WRITE_BLOCK_BYTES, -(-(size_hint or 0) // MAX_PARTS))
+        self._head = bytearray()
+        self._handle: Any = None
+        self._spool: Path | None = None
+        self._finished = False
+        protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
+        self._staged = bool(protocols & _STAGED_PROTOCOLS)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._handle is not None:
+            self._handle.write(data)
+            return
+        self._head += data
+        if len(self._head) >= self._block:
+            self._handle = self._open()
+            self._handle.write(self._head)
+            self._head = bytearray()
+
+    def _open(self) -> Any:
+        if self._staged:
+            handle = self._fs.open(self._path, "wb", block_size=self._block, autocommit=False)
+            if not isinstance(handle, AbstractBufferedFile):  # pragma: no cover - s3fs's files are
+                raise InvalidArgument(f"{type(self._fs).__name__} opened {type(handle).__name__}, not a staged file")
+            return handle
+        self._spool = Path(tempfile.mkdtemp(prefix="cairn-upload-")) / "body"
+        return open(self._spool, "xb")  # closed by commit or discard
+
+    def commit(self) -> None:
+        """Store the file whole (replacing any file there); if this fails, nothing new is visible."""
+        try:
+            if self._handle is None:
+                self._fs.pipe_file(self._path, bytes(self._head))
+            else:
+                self._handle.close()
+                if self._staged:
+                    self._handle.commit()
+                else:
+                    self._fs.put_file(str(self._spool), self._path)
+        except BaseException:
+            self.discard()
+            raise
+        self._finish()
+        self._fs.invalidate_cache(self._path)
+
+    def discard(self) -> None:
+        """Throw away what was written (an S3 multipart upload is aborted); no effect after :meth:`commit`."""
+        if self._finished:
+            return
+        try:
+            if self._handle is not None and not self._handle.closed:
+                self._handle.close()  # with autocommit=False this stages the rest and publishes nothing
+        finally:
+            try:
+                if self._handle is not None and self._staged:
+                    self._handle.discard()
+            finally:
+                self._finish()
+
+    def _finish(self) -> None:
+        self._finished = True
+        self._head = bytearray()
+        if self._spool is not None:
+            shutil.rmtree(self._spool.parent, ignore_errors=True)
 
 
 class FsspecArtifactStore(ArtifactStore):
@@ -167,6 +257,20 @@ class FsspecArtifactStore(ArtifactStore):
             raise InvalidArgument("put_bytes needs a file name, not the artifact root")
         self._fs.pipe_file(self._full(rel), bytes(data))
 
+    def open_upload(self, artifact_file: str, *, size_hint: int | None = None) -> PendingUpload:
+        """Start writing the file ``artifact_file`` piece by piece, in bounded memory; see :class:`PendingUpload`.
+
+        ``size_hint`` (the announced size, if known) makes the parts of a file over 80 GiB large enough
+        for S3's 10,000-part limit.
+
+        Raises:
+            InvalidArgument: ``artifact_file`` names the root.
+        """
+        rel = safe_relpath(artifact_file)
+        if not rel:
+            raise InvalidArgument("an upload needs a file name, not the artifact root")
+        return PendingUpload(self._fs, self._full(rel), size_hint=size_hint)
+
     # -- reads -----------------------------------------------------------------------------------
 
     def open(self, path: str) -> BinaryIO:
@@ -176,7 +280,7 @@ class FsspecArtifactStore(ArtifactStore):
             raise self._missing(rel)
         if info.get("type") == "directory":
             raise InvalidArgument(f"artifact {rel!r} under {self.root} is a directory; use download() or list()")
-        return cast(BinaryIO, self._fs.open(self._full(rel), "rb"))
+        return cast(BinaryIO, self._fs.open(self._full(rel), "rb", block_size=READ_BLOCK_BYTES))
 
     def list(self, path: str | None = None) -> builtins.list[FileInfo]:
         rel = safe_relpath(path)

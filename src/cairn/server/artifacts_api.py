@@ -29,9 +29,10 @@ import os
 import re
 import secrets
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import quote, urlparse
@@ -42,6 +43,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from cairn.artifacts import ArtifactStore, LocalArtifactStore, get_artifact_store
+from cairn.artifacts.fsspec_store import FsspecArtifactStore, PendingUpload
 from cairn.artifacts.paths import join, safe_relpath
 from cairn.errors import ArtifactNotFound
 from cairn.server.locations import SCHEME, public_location
@@ -160,30 +162,46 @@ def _iter_file(handle: BinaryIO) -> Iterator[bytes]:
         handle.close()
 
 
-async def _spool(stream: AsyncIterator[bytes], dest: Path) -> str:
-    """Write a request body to the new local file ``dest`` in :data:`CHUNK_BYTES` pieces; its sha256.
+async def _pump(stream: AsyncIterator[bytes], write: Callable[[bytearray], object]) -> str:
+    """Pass a request body to ``write`` in :data:`CHUNK_BYTES` pieces; its sha256.
 
     Hashing and writing run in a worker thread, one piece at a time; the event loop only gathers pieces.
     """
     digest = hashlib.sha256()
 
-    def write(handle: BinaryIO, piece: bytearray) -> None:
+    def put(piece: bytearray) -> None:
         digest.update(piece)
-        handle.write(piece)
+        write(piece)
 
+    pending = bytearray()
+    async for chunk in stream:
+        pending += chunk
+        if len(pending) >= CHUNK_BYTES:
+            await run_in_threadpool(put, pending)
+            pending = bytearray()
+    if pending:
+        await run_in_threadpool(put, pending)
+    return digest.hexdigest()
+
+
+async def _spool(stream: AsyncIterator[bytes], dest: Path) -> str:
+    """Write a request body to the new local file ``dest``; its sha256."""
     handle = await run_in_threadpool(open, dest, "xb")
     try:
-        pending = bytearray()
-        async for chunk in stream:
-            pending += chunk
-            if len(pending) >= CHUNK_BYTES:
-                await run_in_threadpool(write, handle, pending)
-                pending.clear()
-        if pending:
-            await run_in_threadpool(write, handle, pending)
+        return await _pump(stream, handle.write)
     finally:
         await run_in_threadpool(handle.close)
-    return digest.hexdigest()
+
+
+async def _stream_upload(stream: AsyncIterator[bytes], upload: PendingUpload) -> str:
+    """Write a request body through ``upload`` and commit it; its sha256. Discarded if anything fails."""
+    try:
+        digest = await _pump(stream, upload.write)
+    except BaseException:
+        await run_in_threadpool(upload.discard)
+        raise
+    await run_in_threadpool(upload.commit)
+    return digest
 
 
 @contextmanager
@@ -238,6 +256,11 @@ class ArtifactProxy:
                 digest = await _spool(request.stream(), stage / name)
                 await run_in_threadpool(store.move_dir, stage, parent or None)
             return digest
+        if isinstance(store, FsspecArtifactStore):  # S3: parts go out as they arrive, in bounded memory
+            length = request.headers.get("content-length", "")
+            size_hint = int(length) if length.isdigit() else None
+            upload = await run_in_threadpool(partial(store.open_upload, rel, size_hint=size_hint))
+            return await _stream_upload(request.stream(), upload)
         with tempfile.TemporaryDirectory(prefix="cairn-upload-") as tmp:
             local = Path(tmp) / name
             digest = await _spool(request.stream(), local)
@@ -371,28 +394,38 @@ class ArtifactProxy:
         """Concatenate the parts (checking each sha256 against its ETag) into ``target``, then drop the stage."""
         parent, _, name = target.rpartition("/")
 
-        def write(dest: Path) -> None:
-            with open(dest, "xb") as out:
-                for number in sorted(etags):
-                    digest = hashlib.sha256()
-                    try:
-                        handle = store.open(f"{stage}/part-{number:05d}")
-                    except ArtifactNotFound:
-                        raise _invalid(f"part {number} was never uploaded") from None
-                    with handle:
-                        while chunk := handle.read(CHUNK_BYTES):
-                            digest.update(chunk)
-                            out.write(chunk)
-                    if digest.hexdigest() != etags[number]:
-                        raise _invalid(f"part {number}: its ETag does not match the bytes this server received")
+        def copy_parts(write: Callable[[bytes], object]) -> None:
+            for number in sorted(etags):
+                digest = hashlib.sha256()
+                try:
+                    handle = store.open(f"{stage}/part-{number:05d}")
+                except ArtifactNotFound:
+                    raise _invalid(f"part {number} was never uploaded") from None
+                with handle:
+                    while chunk := handle.read(CHUNK_BYTES):
+                        digest.update(chunk)
+                        write(chunk)
+                if digest.hexdigest() != etags[number]:
+                    raise _invalid(f"part {number}: its ETag does not match the bytes this server received")
 
         if isinstance(store, LocalArtifactStore):
             with _staging(store, target) as near:
-                write(near / name)
+                with open(near / name, "xb") as out:
+                    copy_parts(out.write)
                 store.move_dir(near, parent or None)
+        elif isinstance(store, FsspecArtifactStore):
+            size = sum(info.file_size or 0 for info in store.list(stage))
+            upload = store.open_upload(target, size_hint=size)
+            try:
+                copy_parts(upload.write)
+            except BaseException:
+                upload.discard()
+                raise
+            upload.commit()
         else:
             with tempfile.TemporaryDirectory(prefix="cairn-upload-") as tmp:
-                write(Path(tmp) / name)
+                with open(Path(tmp) / name, "xb") as out:
+                    copy_parts(out.write)
                 store.put_file(Path(tmp) / name, parent or None)
         store.delete(stage)
 
