@@ -367,3 +367,26 @@ def test_concurrent_stage_transitions_leave_one_version_in_production(cluster: C
             assert all(stage == "Archived" for number, stage in stages.items() if number not in in_production)
             (latest,) = client.get_latest_versions(name, ["Production"])
             assert int(latest.version) == in_production[0]
+
+
+# -- the UI behind several workers ---------------------------------------------------------------------
+
+
+def test_ui_writes_on_a_two_worker_server_accept_the_token_either_worker_handed_out(cluster: Cluster) -> None:
+    from cairn.ui.security import CSRF_COOKIE, TOKEN_HEADER
+
+    url = cluster.urls[2]  # --workers 2: each request below opens a new connection, served by either worker
+    client = Client(url)
+    run_id = client.create_run(client.create_experiment(f"ui-{uuid.uuid4().hex[:8]}")).info.run_id
+    session = httpx.get(f"{url}/api/session", timeout=30)
+    token = session.json()["csrf"]
+    assert session.cookies[CSRF_COOKIE] == token
+    for _ in range(4):
+        for action in ("delete", "restore"):
+            response = httpx.post(
+                f"{url}/api/runs/{run_id}/{action}",
+                headers={"Origin": url, TOKEN_HEADER: token, "Cookie": f"{CSRF_COOKIE}={token}"},
+                timeout=30,
+            )
+            assert response.status_code == 200, response.text
+    assert Client(cluster.urls[0]).get_run(run_id).info.lifecycle_stage == "active"
