@@ -339,3 +339,38 @@ def test_appending_after_a_torn_record_cuts_it_off_first(tmp_path: Path, caplog:
     reading = later.run(run_id).read()
     assert reading.torn is None
     assert [r.data["key"] for r in reading.records] == ["k0", "k1"]
+
+
+# -- (f) a checkpoint upload ------------------------------------------------------------------------------
+
+
+def test_a_checkpoint_upload_is_spooled_and_completed_later(thread_server: ThreadServer, tmp_path: Path) -> None:
+    from cairn.checkpoint.manifest import MANIFEST_NAME, write_manifest
+    from cairn.checkpoint.run_checkpoints import RunCheckpoints
+
+    client = Client(thread_server.url)
+    run_id = client.create_run("0").info.run_id
+    local = tmp_path / "staging" / "step-1"
+    (local / "shards").mkdir(parents=True)
+    (local / "weights.bin").write_bytes(os.urandom(4096))
+    (local / "shards" / "part-0.bin").write_bytes(os.urandom(1024))
+    write_manifest(local, step=1, run_id=run_id, fsync=False)
+    checkpoints = RunCheckpoints(client, run_id)
+    thread_server.stop()
+    checkpoints.submit("uploading step-1", lambda: checkpoints.upload_dir(local, "step-1"))
+    assert checkpoints.drain(20)
+    assert checkpoints.take_error() is None  # spooled, not failed
+    assert sorted(p.name for p in local.rglob("*") if p.is_file()) == [MANIFEST_NAME, "part-0.bin", "weights.bin"]
+    spool = Spool(f"http://127.0.0.1:{thread_server.port}")
+    assert spool.summary(run_id).checkpoints == 1
+    checkpoints.close()
+
+    thread_server.start()
+    result = CliRunner().invoke(cli_main, ["sync", "--spool"])
+    assert result.exit_code == 0, result.output
+    assert "1 checkpoint" in result.output
+    listed = RunCheckpoints(Client(thread_server.url), run_id).list()
+    assert [entry.name for entry in listed] == ["step-1"]  # complete: its manifest was uploaded, last
+    copy = RunCheckpoints(Client(thread_server.url), run_id).materialize(listed[0], tmp_path / "restored")
+    assert (copy / "weights.bin").read_bytes() == (local / "weights.bin").read_bytes()
+    assert not spool.run(run_id).path.exists()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -20,10 +21,12 @@ from cairn.checkpoint.local import CheckpointInfo
 from cairn.checkpoint.manifest import MANIFEST_NAME
 from cairn.checkpoint.retention import RetentionPolicy
 from cairn.checkpoint.uploads import BackgroundUploads, UploadFailure
-from cairn.errors import ArtifactNotFound, CheckpointWriteError, InvalidArgument
+from cairn.errors import ArtifactNotFound, CheckpointWriteError, InvalidArgument, StoreLocked
 from cairn.tracking.client import Client
 
 __all__ = ["RunCheckpoints"]
+
+logger = logging.getLogger(__name__)
 
 
 class RunCheckpoints:
@@ -83,11 +86,33 @@ class RunCheckpoints:
         """Upload a checkpoint directory as ``<artifact_dir>/<name>``, its manifest last.
 
         A previous copy is invalidated first (manifest deleted, then the rest), so a crash in between leaves
-        no valid copy rather than a mixed one.
+        no valid copy rather than a mixed one. When the run's tracking server stays unreachable, the upload is
+        recorded in its spool instead (the files linked there, the local checkpoint untouched) and done, manifest
+        last, when the server is back or by ``cairn sync --spool`` (see :mod:`cairn.store.rest.spool`).
 
         Args:
             manifest: the manifest's bytes when they are not (or must not be uploaded from) ``local``.
         """
+        try:
+            self._upload_dir(local, name, manifest=manifest)
+        except StoreLocked as exc:  # a tracking server's ServerUnavailable, after its retries
+            spool = getattr(self.client.store, "spool", None)
+            if spool is None:
+                raise
+            if manifest is None:
+                manifest = (local / MANIFEST_NAME).read_bytes()
+            spool.append_checkpoint(self.run_id, self.artifact_path(name), local, manifest)
+            logger.warning(
+                "cairn: the tracking server is unreachable (%s): checkpoint %s of run %s stays in %s and its upload is "
+                "spooled at %s, to be done when the server is back (or by `cairn sync --spool`)",
+                exc,
+                name,
+                self.run_id,
+                local,
+                spool.run(self.run_id).path,
+            )
+
+    def _upload_dir(self, local: Path, name: str, *, manifest: bytes | None = None) -> None:
         base = self.artifact_path(name)
         self.delete(name)
         if not (local / MANIFEST_NAME).exists():

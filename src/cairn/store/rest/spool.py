@@ -381,12 +381,11 @@ class Spool:
     def append_status(self, run_id: str, status: str, end_time: int | None) -> None:
         self._append(run_id, {"kind": "status", "run_id": run_id, "status": status, "end_time": end_time})
 
-    def append_checkpoint(self, run_id: str, artifact_root: str, base: str, local: Path, manifest: bytes) -> None:
+    def append_checkpoint(self, run_id: str, base: str, local: Path, manifest: bytes) -> None:
         """Spool a checkpoint directory's upload: its files are linked (or copied) into the spool now.
 
         Args:
-            artifact_root: the run's artifact root URI.
-            base: the checkpoint's path under it (``checkpoints/step-100``).
+            base: the checkpoint's path under the run's artifact root (``checkpoints/step-100``).
             local: the checkpoint directory (its own manifest, if any, is not copied: ``manifest`` is used).
             manifest: the manifest's bytes, uploaded last.
         """
@@ -413,7 +412,6 @@ class Spool:
             record = {
                 "kind": "checkpoint",
                 "run_id": run_id,
-                "artifact_root": artifact_root,
                 "base": base,
                 "dir": target.name,
                 "files": relative,

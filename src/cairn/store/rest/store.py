@@ -23,6 +23,7 @@ what a process left behind).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
@@ -32,7 +33,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from cairn.errors import ExperimentNotFound, FilterSyntaxError, InvalidArgument, NotFound, RunNotFound
+from cairn.errors import ArtifactNotFound, ExperimentNotFound, FilterSyntaxError, InvalidArgument, NotFound, RunNotFound
 from cairn.store.base import MetricPoint, StoredMetricPoint, TrackingStore
 from cairn.store.rest.errors import ServerUnavailable
 from cairn.store.rest.http import HttpSession, encode_json
@@ -442,9 +443,11 @@ class RestTrackingStore(ResumeOperations, TrackingStore):
         from cairn.checkpoint.manifest import MANIFEST_NAME
 
         directory, files = spool.checkpoint_files(record)
-        root = str(record.data["artifact_root"])
+        root = self.get_run(str(record.data["run_id"])).info.artifact_uri
         store = get_artifact_store(root, tracking_uri=self.uri) if is_proxy_uri(root) else get_artifact_store(root)
         base = str(record.data["base"])
+        with contextlib.suppress(ArtifactNotFound):  # an older copy of the same name: invalid from now on
+            store.delete(f"{base}/{MANIFEST_NAME}")
         for relpath in files:
             parent = relpath.rsplit("/", 1)[0] if "/" in relpath else ""
             store.put_file(directory / relpath, f"{base}/{parent}" if parent else base)
