@@ -21,7 +21,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,7 @@ from cairn.checkpoint.run_checkpoints import RunCheckpoints
 from cairn.errors import CheckpointCorrupt
 from cairn.store.rest import UnsupportedByServer
 from tests.checkpoint.kill_resume_harness import KillResumeCase, kill_and_resume
+from tests.conftest import S3Server
 from tests.server.conftest import free_port
 
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
@@ -121,10 +123,10 @@ def _local_checkpoint(root: Path, step: int) -> Path:
 # -- checkpoint files through the artifact proxy ---------------------------------------------------------
 
 
-def test_checkpoints_are_uploaded_listed_downloaded_and_pruned_through_the_proxy(
-    cairn_server: Server, tmp_path: Path
-) -> None:
-    cairn.set_tracking_uri(cairn_server.url)
+def _checkpoint_files_through_the_proxy(url: str, tmp_path: Path, stored: Callable[[], list[str]]) -> None:
+    """Upload (manifest last), list, download, prune and delete a run's checkpoints through the server at
+    ``url``; ``stored()`` lists the ``step-*`` directories in the server's artifact root."""
+    cairn.set_tracking_uri(url)
     client = cairn.Client()
     run_id = client.create_run("0").info.run_id
     run = RunCheckpoints(client, run_id, NATIVE)
@@ -157,15 +159,42 @@ def test_checkpoints_are_uploaded_listed_downloaded_and_pruned_through_the_proxy
     deleted = run.prune(RetentionPolicy(keep_last=2, keep_best=0))
     assert sorted(deleted) == ["step-1", "step-2", "step-9"]
     assert [e.name for e in run.scan()] == ["step-3", "step-4"]
-    served = tmp_path / "server" / "artifacts"
-    assert sorted(p.name for p in served.rglob("step-*")) == ["step-3", "step-4"]  # gone from the server's disk
+    assert stored() == ["step-3", "step-4"]  # gone from the server's artifact root
     run.delete("step-3")
-    assert [e.name for e in run.list()] == ["step-4"]
+    assert [e.name for e in run.list()] == ["step-4"] and stored() == ["step-4"]
 
     run.store.put_bytes(b"y" * 64, "checkpoints/step-4/model.safetensors")  # damaged on the server
     with pytest.raises(CheckpointCorrupt, match=r"model\.safetensors"):
         run.materialize(entry, tmp_path / "elsewhere")
     run.close()
+
+
+def test_checkpoint_files_through_the_proxy_of_a_cairn_server(cairn_server: Server, tmp_path: Path) -> None:
+    served = tmp_path / "server" / "artifacts"
+    _checkpoint_files_through_the_proxy(
+        cairn_server.url, tmp_path, lambda: sorted(p.name for p in served.rglob("step-*"))
+    )
+
+
+def test_checkpoint_files_through_the_proxy_to_an_s3_root(
+    s3_server: S3Server, aws_env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import boto3
+
+    from tests.server.conftest import serve
+
+    monkeypatch.setenv("CAIRN_S3_ENDPOINT_URL", s3_server.endpoint_url)
+    prefix = f"checkpoints-{uuid.uuid4().hex[:10]}"
+    s3 = boto3.client("s3", endpoint_url=s3_server.endpoint_url)
+
+    def stored() -> list[str]:
+        listed = s3.list_objects_v2(Bucket=s3_server.bucket, Prefix=f"{prefix}/")
+        keys = [item["Key"] for item in listed.get("Contents", [])]
+        return sorted({part for key in keys for part in key.split("/") if part.startswith("step-")})
+
+    root = f"s3://{s3_server.bucket}/{prefix}"
+    with serve(cairn.Client(f"sqlite:///{tmp_path}/server.db", root), root) as running:
+        _checkpoint_files_through_the_proxy(running.url, tmp_path, stored)
 
 
 # -- kill and resume over HTTP ---------------------------------------------------------------------------
