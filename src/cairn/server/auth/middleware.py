@@ -33,7 +33,7 @@ from starlette.requests import Request
 from cairn.errors import CairnError, UnsafePath
 from cairn.server.auth.permissions import Permission, Principal, ResourceKind
 from cairn.server.auth.rules import After, Rule, Source, Target, find_rule
-from cairn.server.auth.users import UserStore
+from cairn.server.auth.users import Reads, UserStore
 from cairn.server.protocol import DEFAULT_MAX_BYTES
 
 __all__ = ["SESSION_COOKIE", "AuthMiddleware", "auth_enabled", "auth_via", "principal_of"]
@@ -157,12 +157,12 @@ def _session_principal(value: str, users: UserStore) -> Principal | None:
     return principal
 
 
-def authenticate(credentials: Credentials, users: UserStore) -> Principal | None:
+def authenticate(credentials: Credentials, reads: Reads, users: UserStore) -> Principal | None:
     """The user the credentials belong to, or None when they match no (current) user."""
     if credentials.token is not None:
-        return users.by_token(credentials.token)
+        return reads.by_token(credentials.token)
     if credentials.name is not None and credentials.secret is not None:
-        return users.by_login(credentials.name, credentials.secret)
+        return reads.by_login(credentials.name, credentials.secret)
     if credentials.cookie is not None:
         return _session_principal(credentials.cookie, users)
     return None
@@ -220,8 +220,8 @@ Need = tuple[ResourceKind, str, Permission, str]
 class Resolver:
     """Turns a rule and a request into the resources whose permission is checked (blocking: DB lookups)."""
 
-    def __init__(self, users: UserStore) -> None:
-        self.users = users
+    def __init__(self, reads: Reads) -> None:
+        self.reads = reads
 
     def needs(self, rule: Rule, request: RequestParts) -> list[Need]:
         target, permission = rule.target, rule.permission
@@ -229,7 +229,7 @@ class Resolver:
             return [self._experiment(i, permission) for i in _ids(request, rule)]
         if target is Target.EXPERIMENT_NAME:
             [name] = _ids(request, rule)[:1]
-            found = self.users.experiment_id_by_name(name)
+            found = self.reads.experiment_id_by_name(name)
             return [] if found is None else [self._experiment(found, permission, f"experiment {name!r} ({found})")]
         if target in (Target.RUN, Target.RUNS):
             return [need for run_id in _ids(request, rule) for need in self._run(run_id, permission)]
@@ -252,7 +252,7 @@ class Resolver:
         return ResourceKind.REGISTERED_MODEL, name, permission, f"registered model {name!r}"
 
     def _run(self, run_id: str, permission: Permission) -> list[Need]:
-        experiment_id = self.users.experiment_of_run(run_id)
+        experiment_id = self.reads.experiment_of_run(run_id)
         if experiment_id is None:
             return []  # no such run: the handler answers RESOURCE_DOES_NOT_EXIST
         return [self._experiment(experiment_id, permission, f"experiment {experiment_id} (of run {run_id})")]
@@ -314,14 +314,6 @@ class Resolver:
 # -- the middleware --------------------------------------------------------------------------------
 
 
-@dataclass
-class Decision:
-    principal: Principal | None
-    via: str | None
-    rule: Rule | None
-    pass_through: bool = True
-
-
 class AuthMiddleware:
     """Authenticates every HTTP request and checks its rule; see the module docstring.
 
@@ -334,7 +326,6 @@ class AuthMiddleware:
     def __init__(self, app: ASGIApp, users: UserStore, max_body: int = DEFAULT_MAX_BYTES) -> None:
         self.app = app
         self.users = users
-        self.resolver = Resolver(users)
         self.max_body = max_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -359,27 +350,34 @@ class AuthMiddleware:
         try:
             credentials = _credentials(scope, headers)
         except Refusal:
-            if public:
-                credentials = None
-            else:
+            if not public:
                 raise
-        principal = None
-        if credentials is not None:
-            principal = await to_thread.run_sync(authenticate, credentials, self.users)
-            if principal is None and not public:
-                what = "session" if credentials.via == "cookie" else "credentials"
-                raise _unauthenticated(
-                    f"invalid {what} (unknown token, wrong password, or a user that was removed or whose "
-                    "token was rotated)"
-                )
-        elif not public:
+            credentials = None
+        if credentials is None and not public:
             raise _unauthenticated("authentication required")
+        body: dict[str, Any] | None = None
+        body_error: Refusal | None = None
+        if rule is not None and not public and credentials is not None:
+            try:
+                body, receive = await self._body(scope, receive, headers, rule, method)
+            except Refusal as refusal:  # answered once the credentials are known to be good (401 first)
+                body_error = refusal
+        principal: Principal | None = None
+        needs: list[Need] = []
+        if credentials is not None:
+            request = RequestParts(method, path, path_params, _query(scope), body)
+            decide = self._decide
+            principal, needs = await to_thread.run_sync(decide, credentials, rule, request, body_error is None)
         state["principal"] = principal
         state["auth_via"] = credentials.via if principal is not None and credentials is not None else None
         if public:
             await self.app(scope, receive, send)
             return
-        assert principal is not None
+        if principal is None:
+            what = "session" if credentials is not None and credentials.via == "cookie" else "credentials"
+            raise _unauthenticated(
+                f"invalid {what} (unknown token, wrong password, or a user that was removed or whose token was rotated)"
+            )
         if rule is None:
             if not principal.is_admin:
                 raise _denied(
@@ -392,18 +390,28 @@ class AuthMiddleware:
             raise Refusal(404, "ENDPOINT_NOT_FOUND", f"No endpoint {method} {path}")
         if rule.target is Target.ADMIN and not principal.is_admin:
             raise _denied(f"{method} {path} is for admins only (user {principal.name!r} is not an admin)")
-        body, receive = await self._body(scope, receive, headers, rule, method)
-        if not principal.is_admin and rule.target not in (Target.AUTHENTICATED, Target.NOT_FOUND, Target.ADMIN):
-            request = RequestParts(method, path, path_params, _query(scope), body)
-            needs = await to_thread.run_sync(self.resolver.needs, rule, request)
-            for kind, resource, needed, label in needs:
-                have = principal.permission(kind, resource) if resource else Permission.NONE
-                if have < needed:
-                    raise _denied(_denial(principal, method, path, kind, resource, label, have, needed))
+        if body_error is not None:
+            raise body_error
+        for kind, resource, needed, label in needs:
+            have = principal.permission(kind, resource) if resource else Permission.NONE
+            if have < needed:
+                raise _denied(_denial(principal, method, path, kind, resource, label, have, needed))
         if rule.after is None:
             await self.app(scope, receive, send)
         else:
             await self._with_after(scope, receive, send, rule.after, principal, body or {})
+
+    def _decide(
+        self, credentials: Credentials, rule: Rule | None, request: RequestParts, resolvable: bool
+    ) -> tuple[Principal | None, list[Need]]:
+        """Who the request is and what its rule needs, on one connection (runs in a worker thread)."""
+        with self.users.reads() as reads:
+            principal = authenticate(credentials, reads, self.users)
+            if principal is None or principal.is_admin or rule is None or not resolvable:
+                return principal, []
+            if rule.target in (Target.PUBLIC, Target.AUTHENTICATED, Target.NOT_FOUND, Target.ADMIN):
+                return principal, []
+            return principal, Resolver(reads).needs(rule, request)
 
     async def _body(
         self, scope: Scope, receive: Receive, headers: dict[str, str], rule: Rule, method: str

@@ -13,7 +13,8 @@ import re
 import secrets
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
     from cairn.store._sql.engine import Database
     from cairn.tracking.client import Client
 
-__all__ = ["MIN_PASSWORD_LENGTH", "Grant", "UserInfo", "UserStore", "user_store_for"]
+__all__ = ["MIN_PASSWORD_LENGTH", "Grant", "Reads", "UserInfo", "UserStore", "user_store_for"]
 
 MIN_PASSWORD_LENGTH = 8
 SECRET_BYTES = 32
@@ -150,31 +151,22 @@ def _principal(rows: list[Any]) -> Principal:
     return Principal(name=first.name, is_admin=bool(first.is_admin), experiments=experiments, models=models)
 
 
-class UserStore:
-    """Users, grants and shared secrets in the tracking store's database (the same engine).
+class Reads:
+    """Lookups on one open connection: who a request is, and which experiment its run belongs to."""
 
-    Args:
-        db: the tracking store's database (``SqlTrackingStore._db``), at schema revision 0005 or newer.
-    """
-
-    def __init__(self, db: Database) -> None:
-        self._db = db
-        self._insert = postgresql.insert if db.dialect == "postgresql" else sqlite.insert
-        self._memo = _PasswordMemo()
-
-    def __repr__(self) -> str:
-        return f"UserStore({self._db.description!r})"
-
-    # -- authentication ----------------------------------------------------------------------------
+    def __init__(self, connection: sa.Connection, memo: _PasswordMemo) -> None:
+        self._connection = connection
+        self._memo = memo
 
     def _rows(self, condition: sa.ColumnElement[bool]) -> list[Any]:
-        with self._db.transaction() as connection:
-            return list(connection.execute(sa.select(*_PRINCIPAL_COLUMNS).select_from(_JOINED).where(condition)))
+        query = sa.select(*_PRINCIPAL_COLUMNS).select_from(_JOINED).where(condition)
+        return list(self._connection.execute(query))
 
     def by_token(self, token: str) -> Principal | None:
         """The user holding ``token`` with its grants (one indexed query), or None for an unknown token."""
-        rows = self._rows(users.c.token_hash == token_hash(token))
-        if not rows or not hmac.compare_digest(rows[0].token_hash, token_hash(token)):
+        digest = token_hash(token)
+        rows = self._rows(users.c.token_hash == digest)
+        if not rows or not hmac.compare_digest(rows[0].token_hash, digest):
             return None
         return _principal(rows)
 
@@ -196,9 +188,59 @@ class UserStore:
         return None
 
     def by_name(self, name: str) -> Principal | None:
-        """The user ``name`` with its grants, or None (for instance once the user is removed)."""
+        """The user ``name`` with its grants, or None."""
         rows = self._rows(users.c.name == name)
         return _principal(rows) if rows else None
+
+    def experiment_of_run(self, run_id: str) -> str | None:
+        """The experiment id of the run (deleted runs included), or None when no run has this id."""
+        found = self._connection.execute(sa.select(runs.c.experiment_id).where(runs.c.run_uuid == run_id)).scalar()
+        return None if found is None else str(found)
+
+    def experiment_id_by_name(self, name: str) -> str | None:
+        """The id of the experiment named ``name`` (deleted ones included), or None."""
+        query = sa.select(experiments.c.experiment_id).where(experiments.c.name == name)
+        found = self._connection.execute(query).scalar()
+        return None if found is None else str(found)
+
+
+class UserStore:
+    """Users, grants and shared secrets in the tracking store's database (the same engine).
+
+    Args:
+        db: the tracking store's database (``SqlTrackingStore._db``), at schema revision 0005 or newer.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._insert = postgresql.insert if db.dialect == "postgresql" else sqlite.insert
+        self._memo = _PasswordMemo()
+
+    def __repr__(self) -> str:
+        return f"UserStore({self._db.description!r})"
+
+    # -- authentication ----------------------------------------------------------------------------
+
+    @contextmanager
+    def reads(self) -> Iterator[Reads]:
+        """The lookups of one request, on one connection in one read transaction (fewer round trips)."""
+        with self._db.transaction() as connection:
+            yield Reads(connection, self._memo)
+
+    def by_token(self, token: str) -> Principal | None:
+        """The user holding ``token`` with its grants (one indexed query), or None for an unknown token."""
+        with self.reads() as reads:
+            return reads.by_token(token)
+
+    def by_login(self, name: str, secret: str) -> Principal | None:
+        """The user ``name`` if ``secret`` is its token or its password, else None (see :meth:`Reads.by_login`)."""
+        with self.reads() as reads:
+            return reads.by_login(name, secret)
+
+    def by_name(self, name: str) -> Principal | None:
+        """The user ``name`` with its grants, or None (for instance once the user is removed)."""
+        with self.reads() as reads:
+            return reads.by_name(name)
 
     # -- users -------------------------------------------------------------------------------------
 
@@ -346,17 +388,13 @@ class UserStore:
 
     def experiment_of_run(self, run_id: str) -> str | None:
         """The experiment id of the run (deleted runs included), or None when no run has this id."""
-        with self._db.transaction() as connection:
-            found = connection.execute(sa.select(runs.c.experiment_id).where(runs.c.run_uuid == run_id)).scalar()
-        return None if found is None else str(found)
+        with self.reads() as reads:
+            return reads.experiment_of_run(run_id)
 
     def experiment_id_by_name(self, name: str) -> str | None:
         """The id of the experiment named ``name`` (deleted ones included), or None."""
-        with self._db.transaction() as connection:
-            found = connection.execute(
-                sa.select(experiments.c.experiment_id).where(experiments.c.name == name)
-            ).scalar()
-        return None if found is None else str(found)
+        with self.reads() as reads:
+            return reads.experiment_id_by_name(name)
 
     # -- shared secrets ----------------------------------------------------------------------------
 
