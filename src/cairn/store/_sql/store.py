@@ -363,11 +363,11 @@ class SqlTrackingStore(TrackingStore):
             metric_query = sa.select(
                 latest_metrics.c.run_uuid, latest_metrics.c.key, latest_metrics.c.value, latest_metrics.c.is_nan
             ).where(latest_metrics.c.run_uuid.in_(chunk))
-            for run_id, key, value, is_nan in conn.execute(metric_query):
+            for run_id, key, value, is_nan in conn.execute(metric_query).all():  # fetchall: no per-row fetch
                 data[run_id].metrics[key] = points_sql.loaded_value(value, is_nan)
             for table, attribute in ((params, "params"), (tags, "tags")):
                 query = sa.select(table.c.run_uuid, table.c.key, table.c.value).where(table.c.run_uuid.in_(chunk))
-                for run_id, key, value in conn.execute(query):
+                for run_id, key, value in conn.execute(query).all():
                     getattr(data[run_id], attribute)[key] = value
         return data
 
@@ -377,7 +377,7 @@ class SqlTrackingStore(TrackingStore):
         with self._db.transaction() as conn:
             for chunk in _chunks(list(found)):
                 query = sa.select(*columns).where(latest_metrics.c.run_uuid.in_(chunk))
-                for run_id, key, value, is_nan, timestamp, step in conn.execute(query):
+                for run_id, key, value, is_nan, timestamp, step in conn.execute(query).all():
                     found[run_id][key] = Metric(key, points_sql.loaded_value(value, is_nan), timestamp, step)
         return found
 
