@@ -311,3 +311,24 @@ def test_grants_apply_to_the_next_request_without_a_restart(server: AuthServer) 
     assert server.call("GET", "experiments/get", token, params={"experiment_id": "0"}).status_code == 200
     server.users.revoke("late", ResourceKind.EXPERIMENT, "0")
     _error(server.call("GET", "experiments/get", token, params={"experiment_id": "0"}), 403, "PERMISSION_DENIED")
+
+
+def test_a_browser_write_from_another_site_is_refused_even_with_cached_basic_credentials(server: AuthServer) -> None:
+    experiment_id = server.client.create_experiment("csrf")
+    run_id = _run(server, experiment_id)
+    server.user("victim", experiments={experiment_id: "MANAGE"})
+    server.users.set_password("victim", "victim-password")
+    basic = ("victim", "victim-password")
+    body = {"run_id": run_id}
+    for headers in (
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site"},
+        {"Origin": "https://evil.example"},
+    ):
+        response = server.call("POST", "runs/delete", json=body, auth=basic, headers=headers)
+        assert "another site" in _error(response, 403, "PERMISSION_DENIED")
+    assert server.client.get_run(run_id).info.lifecycle_stage.value == "active"
+    same_origin = server.call("POST", "runs/delete", json=body, auth=basic, headers={"Sec-Fetch-Site": "same-origin"})
+    assert same_origin.status_code == 200
+    read = server.call("GET", "runs/get", params=body, auth=basic, headers={"Sec-Fetch-Site": "cross-site"})
+    assert read.status_code == 200  # a read: the browser keeps the answer from the other site anyway

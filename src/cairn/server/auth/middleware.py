@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from http.cookies import CookieError, SimpleCookie
 from typing import Any
+from urllib.parse import urlsplit
 
 from anyio import to_thread
 from starlette.requests import Request
@@ -48,6 +49,7 @@ SESSION_COOKIE = "cairn_session"
 SESSION_MODULE = "cairn.server.auth.session"
 API_PREFIXES = ("/api/2.0/", "/api/3.0/", "/ajax-api/")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _log = logging.getLogger(__name__)
 
 _HOW_TO_AUTHENTICATE = (
@@ -132,6 +134,28 @@ def _credentials(scope: Scope, headers: dict[str, str]) -> Credentials | None:
         if morsel is not None and morsel.value:
             return Credentials("cookie", cookie=morsel.value)
     return None
+
+
+def _refuse_cross_site(headers: dict[str, str], method: str, path: str) -> None:
+    """Refuse a write that a browser says comes from another site.
+
+    API clients send no ``Sec-Fetch-Site`` and no ``Origin``. A browser sends them, and it may attach HTTP
+    Basic credentials by itself once it has answered a ``WWW-Authenticate`` prompt for this server; a page
+    of another site could then make it send a write carrying them (a form posting ``text/plain`` JSON).
+    """
+    site = headers.get("sec-fetch-site")
+    origin = headers.get("origin")
+    if site is not None:
+        foreign = site not in ("same-origin", "none")
+    elif origin is not None and origin != "null":
+        foreign = urlsplit(origin).netloc.lower() != headers.get("host", "").lower()
+    else:
+        foreign = origin == "null"
+    if foreign:
+        raise _denied(
+            f"{method} {path} was sent by a browser from another site (Sec-Fetch-Site: {site}, Origin: {origin}); "
+            "credentials a browser attaches by itself do not authorize cross-site writes"
+        )
 
 
 def _unauthenticated(reason: str) -> Refusal:
@@ -355,6 +379,8 @@ class AuthMiddleware:
             credentials = None
         if credentials is None and not public:
             raise _unauthenticated("authentication required")
+        if credentials is not None and credentials.via == "header" and method not in _SAFE_METHODS:
+            _refuse_cross_site(headers, method, path)
         body: dict[str, Any] | None = None
         body_error: Refusal | None = None
         if rule is not None and not public and credentials is not None:
