@@ -228,6 +228,49 @@ def test_points_spool_with_one_warning_and_are_sent_once_when_the_server_is_back
         store.close()
 
 
+class FailingProxy(httpx.BaseTransport):
+    """The real transport behind a proxy that answers the first log-batch with a 500 after the server stored it,
+    and the next ``refuse`` log-batch requests with a 500 without passing them on."""
+
+    def __init__(self, refuse: int) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.stored_then_failed = False
+        self.refuse = refuse
+        self.keys: list[str] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if not request.url.path.endswith("/runs/log-batch"):
+            return self.inner.handle_request(request)
+        self.keys.append(request.headers["Idempotency-Key"])
+        if not self.stored_then_failed:
+            self.stored_then_failed = True
+            stored = self.inner.handle_request(request)
+            stored.read()
+            assert stored.status_code == 200
+            return httpx.Response(500, text="<html>proxy error</html>")
+        if self.refuse > 0:
+            self.refuse -= 1
+            return httpx.Response(500, text="<html>proxy error</html>")
+        return self.inner.handle_request(request)
+
+
+def test_a_batch_stored_then_answered_500_is_resent_whole_under_its_key(thread_server: ThreadServer) -> None:
+    """Halving it (the isolation of bad points) would make new requests of stored points: they are stored once."""
+    proxy = FailingProxy(refuse=3)
+    store = RestTrackingStore(thread_server.url, transport=proxy, backoff=0.02, max_backoff=0.05, max_retries=1)
+    run_id = _new_run(store)
+    batcher = MetricBatcher(store, flush_interval=0.02)
+    try:
+        batcher.add_many([MetricPoint(run_id, "loss", 0.5, 1000 + i, i) for i in range(800)])
+        _wait(lambda: proxy.refuse == 0 and not batcher.offline and batcher.pending == 0)
+        batcher.flush()
+    finally:
+        batcher.close()
+        store.close()
+    assert _steps(thread_server.client, run_id) == list(range(800))
+    assert set(proxy.keys) == {proxy.keys[0]}  # every resend under the first key, never halves
+
+
 # -- (c) end_run with the server still down; cairn sync --spool later -----------------------------------
 
 

@@ -95,7 +95,10 @@ def _replay_run(spool: Spool, store: RestTrackingStore, run_id: str, bar: _Bar) 
     except StoreLocked as exc:
         result.problem = f"the server does not answer: {exc}"
     except CairnError as exc:
-        result.problem = f"the server refused a record: {type(exc).__name__}: {exc}"
+        result.problem = (
+            f"the server refused a record: {type(exc).__name__}: {exc} (the records from that one on stay in "
+            f"{spool.run(run_id).path}; delete that directory to give them up)"
+        )
     return result
 
 

@@ -55,6 +55,9 @@ WAKE_AT = 10_000  # queued points that wake the writer before its interval
 MAX_BATCH = 50_000
 MAX_QUEUED = 2_000_000  # above this the caller writes synchronously (back-pressure, bounded memory)
 RETRY_BACKOFF_S = (0.05, 0.2, 1.0)
+#: What a tracking server answers when it stored nothing of a request and never will: its points are isolated
+#: (halved, dropped one by one). Any other failure may have come after the request was stored.
+REFUSALS = (InvalidArgument, RunNotActive, NotFound)
 #: Single points refused in a row, with nothing written in between, after which a failing batch is taken
 #: for a failing store (not for bad points) and the rest of it is dropped at once instead of point by point.
 MAX_REFUSED_IN_A_ROW = 8
@@ -221,7 +224,7 @@ class MetricBatcher:
         """Whether records of this process wait in the spool though the writer is online (a status spooled by
         ``end_run`` while the server was down, with no points)."""
         spool = self._rest.spool_if_open if self._rest is not None else None
-        return spool is not None and not self._offline and any(spool.pending(run_id) for run_id in spool.touched)
+        return spool is not None and not self._offline and bool(spool.pending_touched())
 
     def _drain_and_write(self, *, retry_forever: bool, at_most: int | None = None) -> None:
         """Write the queued points in batches of up to ``max_batch``; only the first ``at_most`` of them if given.
@@ -286,7 +289,12 @@ class MetricBatcher:
                     self._retry.popleft()
                     return self._give_up(batch.points, exc)
                 time.sleep(RETRY_BACKOFF_S[attempts - 1])
-            except Exception:  # a bad point, a failing store or a bug: never lose the good points for it
+            except Exception as exc:  # a bad point, a failing store or a bug: never lose the good points for it
+                if self._rest is not None and not isinstance(exc, REFUSALS):
+                    # a server error (5xx, a body that is not JSON): the request may have been stored, so it is
+                    # sent again whole, under its key, later; halves would be new requests, stored twice
+                    self._go_offline(exc if isinstance(exc, CairnError) else StoreError(f"{type(exc).__name__}: {exc}"))
+                    return self._spool_held()
                 self._retry.popleft()
                 locked = self._write_isolating(batch)
                 if not locked:
@@ -343,7 +351,7 @@ class MetricBatcher:
             error = self._try_write(piece)
             if error is None:
                 refused_in_a_row = 0
-            elif isinstance(error, StoreLocked):
+            elif isinstance(error, StoreLocked) or (self._rest is not None and not isinstance(error, REFUSALS)):
                 return [piece, *reversed(pieces)]
             elif isinstance(error, (RunNotActive, NotFound)):  # the run is gone: all its points
                 self._give_up(piece.points + _joined(pieces), error)
@@ -388,9 +396,9 @@ class MetricBatcher:
         self._next_probe = time.monotonic() + self._probe_delay
         spool = rest.spool
         logger.warning(
-            "cairn: the tracking server at %s is unreachable (%s). Metric points are spooled at %s (at most %s "
-            "bytes, CAIRN_SPOOL_MAX_BYTES) and sent, in order and once, when it answers again; it is probed with "
-            "backoff meanwhile. Training goes on.",
+            "cairn: the tracking server at %s is unreachable or failing (%s). Metric points are spooled at %s "
+            "(at most %s bytes, CAIRN_SPOOL_MAX_BYTES) and sent, in order and once, when it answers again; it is "
+            "probed with backoff meanwhile. Training goes on.",
             rest.uri,
             exc,
             spool.directory,
@@ -433,7 +441,7 @@ class MetricBatcher:
         spool = rest.spool
         sent_points = sent_other = 0
         try:
-            for run_id in [run_id for run_id in spool.run_ids() if run_id in spool.touched]:
+            for run_id in spool.pending_touched():
                 sent = spool.replay(run_id, self._send_record)
                 sent_points += sent.points
                 sent_other += sent.checkpoints + (1 if sent.status else 0)
@@ -461,13 +469,16 @@ class MetricBatcher:
         return True
 
     def _send_record(self, record: SpoolRecord) -> None:
-        """Send one spooled record; one the server refuses (not one it cannot take now) is dropped, said."""
+        """Send one spooled record; one the server refuses (:data:`REFUSALS`) is dropped, said; any other failure
+        stops the replay (the record is sent again, under its key, at the next probe)."""
         rest = cast("RestTrackingStore", self._rest)
         try:
             rest.send_spooled(record, retries=0)
         except StoreLocked:
             raise
-        except CairnError as exc:
+        except Exception as exc:
+            if not isinstance(exc, REFUSALS):
+                raise StoreLocked(f"the tracking server failed: {type(exc).__name__}: {exc}") from exc
             what = f"{len(record.data.get('points', []))} spooled points" if record.kind == "points" else record.kind
             self._report(StoreError(f"the tracking server refused {what} of run {record.data.get('run_id')}: {exc}"))
 
@@ -493,9 +504,8 @@ class MetricBatcher:
             return
         from cairn.store.rest.store import announce_spool
 
-        for run_id in sorted(spool.touched):
-            if spool.pending(run_id):
-                announce_spool(spool, run_id)
+        for run_id in spool.pending_touched():
+            announce_spool(spool, run_id)
 
     # -- errors -------------------------------------------------------------------------------------
 

@@ -362,6 +362,11 @@ class Spool:
         entries.sort(key=lambda entry: entry.stat().st_mtime)
         return [entry.name for entry in entries]
 
+    def pending_touched(self) -> list[str]:
+        """The runs this process spooled records for that still wait."""
+        with self.lock:
+            return [run_id for run_id in sorted(self.touched) if self.pending(run_id)]
+
     def pending(self, run_id: str | None = None) -> bool:
         """Whether records wait (for ``run_id``, or for any run)."""
         with self.lock:
