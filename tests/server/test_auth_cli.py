@@ -94,3 +94,11 @@ def test_a_public_host_needs_auth_or_the_insecure_flag(command: str, tmp_path: P
 def test_users_refuse_a_store_that_is_not_sql(tmp_path: Path) -> None:
     code, _, err = _cairn("http://127.0.0.1:9", "users", "list")
     assert code == 1 and "--auth needs a SQLite or PostgreSQL store" in err
+
+
+def test_allow_host_accepts_a_public_name_behind_a_reverse_proxy() -> None:
+    from cairn.server.app import server_hosts
+
+    hosts = server_hosts("127.0.0.1", 5000, ["Cairn.Example.com"])
+    assert {"cairn.example.com", "127.0.0.1:5000", "localhost:5000"} <= hosts
+    assert "evil.example" not in hosts

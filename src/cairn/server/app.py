@@ -26,7 +26,15 @@ from cairn.server.protocol import ServerContext, endpoint_not_found
 if TYPE_CHECKING:
     from cairn.tracking.client import Client
 
-__all__ = ["API_MODULES", "ENV_AUTH", "ENV_SERVE_ARTIFACTS", "app_from_environment", "create_server_app"]
+__all__ = [
+    "API_MODULES",
+    "ENV_ALLOW_HOSTS",
+    "ENV_AUTH",
+    "ENV_SERVE_ARTIFACTS",
+    "app_from_environment",
+    "create_server_app",
+    "server_hosts",
+]
 
 API_MODULES = (
     "cairn.server.tracking_api",
@@ -37,6 +45,7 @@ API_MODULES = (
 )
 ENV_SERVE_ARTIFACTS = "CAIRN_SERVER_SERVE_ARTIFACTS"
 ENV_AUTH = "CAIRN_SERVER_AUTH"
+ENV_ALLOW_HOSTS = "CAIRN_SERVER_ALLOW_HOSTS"
 _ANY = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 
@@ -124,22 +133,35 @@ def _store_artifact_root(client: Client) -> str:
     return str(root) if root is not None else ""
 
 
+def server_hosts(host: str, port: int, extra: Iterable[str] = ()) -> frozenset[str]:
+    """The Host headers the UI accepts: those of the bound address, and ``extra`` exactly as given (a public
+    name behind a reverse proxy arrives without the server's port)."""
+    from cairn.ui.security import allowed_hosts_for
+
+    names = [name.strip().lower() for name in extra if name.strip()]
+    return allowed_hosts_for(host, port, names) | frozenset(names)
+
+
 def app_from_environment() -> Starlette:
     """The app of one ``cairn server --workers N`` worker process (a uvicorn app factory).
 
     The parent process passes its settings in the environment: the store and artifact root through
     ``CAIRN_TRACKING_URI``/``CAIRN_ARTIFACT_ROOT`` as everywhere, ``CAIRN_SERVER_SERVE_ARTIFACTS`` (1/0),
-    ``CAIRN_SERVER_HOST``, ``CAIRN_SERVER_PORT`` and ``CAIRN_SERVER_AUTH`` (1/0).
+    ``CAIRN_SERVER_HOST``, ``CAIRN_SERVER_PORT``, ``CAIRN_SERVER_ALLOW_HOSTS`` (comma-separated) and
+    ``CAIRN_SERVER_AUTH`` (1/0).
     """
     import os
 
     from cairn.tracking.client import Client
 
     client = Client()
+    host = os.environ.get("CAIRN_SERVER_HOST", "127.0.0.1")
+    port = int(os.environ.get("CAIRN_SERVER_PORT", "5000"))
     return create_server_app(
         client,
         serve_artifacts=os.environ.get(ENV_SERVE_ARTIFACTS, "1") != "0",
-        host=os.environ.get("CAIRN_SERVER_HOST", "127.0.0.1"),
-        port=int(os.environ.get("CAIRN_SERVER_PORT", "5000")),
+        host=host,
+        port=port,
+        allowed_hosts=server_hosts(host, port, os.environ.get(ENV_ALLOW_HOSTS, "").split(",")),
         auth=os.environ.get(ENV_AUTH, "0") == "1",
     )

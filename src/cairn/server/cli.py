@@ -31,6 +31,13 @@ def is_loopback(host: str) -> bool:
     "credentials); without it clients read and write the artifact root themselves.",
 )
 @click.option(
+    "--allow-host",
+    "allow_hosts",
+    multiple=True,
+    help="A Host header the UI accepts besides the bound address (repeatable), exactly as browsers send it: "
+    "the public name behind a reverse proxy (cairn.example.com), or name:port.",
+)
+@click.option(
     "--auth",
     is_flag=True,
     help="Require a token or password on every request and check each user's permissions (users and grants: "
@@ -49,6 +56,7 @@ def server(
     port: int,
     workers: int,
     serve_artifacts: bool,
+    allow_hosts: tuple[str, ...],
     auth: bool,
     insecure_no_auth: bool,
 ) -> None:
@@ -60,8 +68,9 @@ def server(
     """
     if not is_loopback(host) and not auth and not insecure_no_auth:
         raise click.UsageError(
-            f"refusing to bind to {host} with no authentication (no --auth): anyone who can reach that address could read, change "
-            "and delete every run and model. Pass --auth (create users with `cairn users add NAME --admin`), "
+            f"refusing to bind to {host} with no authentication (no --auth): anyone who can reach that address "
+            "could read, change and delete every run and model. Pass --auth (create users with "
+            "`cairn users add NAME --admin`), "
             "bind to 127.0.0.1, or pass --insecure-no-auth to accept the risk."
         )
     try:
@@ -70,12 +79,15 @@ def server(
         raise click.ClickException(
             f"cairn server needs starlette and uvicorn: pip install 'cairn[ui]' ({exc})"
         ) from exc
-    from cairn.server.app import ENV_AUTH, ENV_SERVE_ARTIFACTS, create_server_app
+    from cairn.server.app import ENV_ALLOW_HOSTS, ENV_AUTH, ENV_SERVE_ARTIFACTS, create_server_app, server_hosts
     from cairn.tracking.client import Client
 
     obj = ctx.obj or {}
     client = Client(obj.get("store"), obj.get("artifact_root"))
-    app = create_server_app(client, serve_artifacts=serve_artifacts, host=host, port=port, auth=auth)
+    hosts = server_hosts(host, port, allow_hosts)
+    app = create_server_app(
+        client, serve_artifacts=serve_artifacts, host=host, port=port, allowed_hosts=hosts, auth=auth
+    )
     if auth and app.state.ctx.users.count() == 0:
         click.secho(
             "no users yet: every request will be refused until you create one, e.g. "
@@ -114,4 +126,5 @@ def server(
     os.environ["CAIRN_SERVER_HOST"] = host
     os.environ["CAIRN_SERVER_PORT"] = str(port)
     os.environ[ENV_AUTH] = "1" if auth else "0"
+    os.environ[ENV_ALLOW_HOSTS] = ",".join(allow_hosts)
     uvicorn.run("cairn.server.app:app_from_environment", factory=True, workers=workers, **options)  # type: ignore[arg-type]

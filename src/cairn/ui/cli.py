@@ -52,8 +52,9 @@ def ui(
 
     if not is_loopback(host) and not auth and not insecure_no_auth:
         raise click.UsageError(
-            f"refusing to bind to {host} with no authentication (no --auth): anyone who can reach that address could read, change and "
-            "delete every run and model. Pass --auth (create users with `cairn users add NAME --admin --password`), "
+            f"refusing to bind to {host} with no authentication (no --auth): anyone who can reach that address "
+            "could read, change and delete every run and model. Pass --auth (create users with "
+            "`cairn users add NAME --admin --password`), "
             "bind to 127.0.0.1 (reach it through an SSH tunnel), or pass --insecure-no-auth to accept the risk."
         )
     try:
