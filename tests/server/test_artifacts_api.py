@@ -530,18 +530,31 @@ def test_upload_to_s3_streams_as_a_multipart_upload_and_an_interrupted_one_is_ab
     assert s3_proxy.pending_uploads() == []
 
 
+@pytest.mark.parametrize(("chunk_mib", "assembled_in_s3"), [(5, True), (1, False)])
 def test_mlflow_multipart_upload_onto_s3_leaves_only_the_file(
-    s3_proxy: S3Proxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    s3_proxy: S3Proxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk_mib: int, assembled_in_s3: bool
 ) -> None:
+    from cairn.artifacts.fsspec_store import FsspecArtifactStore
+
     monkeypatch.setenv("MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD", "true")
     monkeypatch.setenv("MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE", "1")
-    monkeypatch.setenv("MLFLOW_MULTIPART_UPLOAD_CHUNK_SIZE", str(5 * 1024 * 1024))
+    monkeypatch.setenv("MLFLOW_MULTIPART_UPLOAD_CHUNK_SIZE", str(chunk_mib * 1024 * 1024))
+    parts_read: list[str] = []  # part files the server read back to assemble the file itself
+    original_open = FsspecArtifactStore.open
+
+    def recording_open(store: FsspecArtifactStore, path: str) -> Any:
+        if "/part-" in path:
+            parts_read.append(path)
+        return original_open(store, path)
+
+    monkeypatch.setattr(FsspecArtifactStore, "open", recording_open)
     data = os.urandom(11 * 1024 * 1024)
     (tmp_path / "weights.bin").write_bytes(data)
     repo = _repo(s3_proxy.server, "1/r/artifacts")
 
     repo.log_artifact(str(tmp_path / "weights.bin"), "model")
 
+    assert len(parts_read) == (0 if assembled_in_s3 else 11)  # 5 MiB parts: S3 copies them (UploadPartCopy)
     assert s3_proxy.keys() == ["1/r/artifacts/model/weights.bin"]  # the parts' stage is gone
     stored = s3_proxy.s3.get_object(Bucket=s3_proxy.bucket, Key=f"{s3_proxy.prefix}/1/r/artifacts/model/weights.bin")
     assert stored["Body"].read() == data
@@ -549,3 +562,24 @@ def test_mlflow_multipart_upload_onto_s3_leaves_only_the_file(
     assert [(f.path, f.file_size) for f in repo.list_artifacts("model")] == [("model/weights.bin", len(data))]
     repo.delete_artifacts("model")
     assert s3_proxy.keys() == []
+
+
+def test_a_retried_part_does_not_replace_the_attempt_the_client_kept(s3_proxy: S3Proxy) -> None:
+    base = "1/r/artifacts"
+    with httpx.Client(base_url=s3_proxy.server.url, timeout=30) as http:
+        created = _create(http, base, "model.bin", 2)
+        first, second = (c["url"] for c in created["credentials"])
+        kept = http.put(first, content=b"A" * 10).headers["ETag"]
+        late = http.put(first, content=b"Z" * 10).headers["ETag"]  # a stale retry landing after the answer
+        tail = http.put(second, content=b"B" * 3).headers["ETag"]
+        assert kept != late
+        body = {"path": "model.bin", "upload_id": created["upload_id"]}
+        forged = http.post(
+            f"{PROXY}/mpu/complete/{base}",
+            json={**body, "parts": [{"part_number": 1, "etag": "../x"}, {"part_number": 2, "etag": tail}]},
+        )
+        assert forged.status_code == 400 and "not an ETag this server handed out" in forged.json()["message"]
+        parts = [{"part_number": 1, "etag": kept}, {"part_number": 2, "etag": tail}]
+        assert http.post(f"{PROXY}/mpu/complete/{base}", json={**body, "parts": parts}).status_code == 200
+        assert http.get(f"{PROXY}/artifacts/{base}/model.bin").content == b"A" * 10 + b"B" * 3
+    assert s3_proxy.keys() == ["1/r/artifacts/model.bin"]

@@ -7,6 +7,8 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
@@ -20,6 +22,11 @@ from cairn.errors import ArtifactNotFound, InvalidArgument, UnsafePath
 from cairn.tracking.entities import FileInfo
 
 __all__ = ["READ_BLOCK_BYTES", "WRITE_BLOCK_BYTES", "FsspecArtifactStore", "PendingUpload"]
+
+_S3_PART_BYTES = (5 * 1024 * 1024, 5 * 1024**3)
+"""The smallest and largest part S3 accepts (the last part of an upload may be smaller)."""
+_COPY_THREADS = 8
+"""Parts copied at once when S3 assembles an object from others (UploadPartCopy)."""
 
 READ_BLOCK_BYTES = 8 * 1024 * 1024
 """Bytes fetched per request by :meth:`FsspecArtifactStore.open` (s3fs alone would buffer 50 MiB per open file)."""
@@ -51,6 +58,43 @@ class _AdvanceCallback(Callback):
             self._seen = self.value
 
 
+def _is_s3(fs: Any) -> bool:
+    protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
+    return bool(protocols & _STAGED_PROTOCOLS)
+
+
+def _assemble_in_s3(fs: Any, target: str, sources: builtins.list[str]) -> None:
+    """Make the object ``target`` the concatenation of the objects ``sources`` inside S3 (UploadPartCopy).
+
+    Each source becomes one part, so all but the last must hold 5 MiB to 5 GiB. Published whole by the
+    final ``CompleteMultipartUpload``; on any failure the multipart upload is aborted.
+    """
+    bucket, key, _ = fs.split_path(target)
+    upload_id = fs.call_s3("create_multipart_upload", Bucket=bucket, Key=key)["UploadId"]
+
+    def copy(number: int, source: str) -> dict[str, Any]:
+        out = fs.call_s3(
+            "upload_part_copy", Bucket=bucket, Key=key, UploadId=upload_id, CopySource=source, PartNumber=number
+        )
+        return {"PartNumber": number, "ETag": out["CopyPartResult"]["ETag"]}
+
+    try:
+        with ThreadPoolExecutor(_COPY_THREADS, thread_name_prefix="cairn-s3-copy") as pool:
+            parts = list(pool.map(copy, range(1, len(sources) + 1), sources))
+        fs.call_s3(
+            "complete_multipart_upload",
+            Bucket=bucket,
+            Key=key,
+            UploadId=upload_id,
+            MultipartUpload={"Parts": parts},
+        )
+    except BaseException:
+        fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id)
+        raise
+    finally:
+        fs.invalidate_cache(target)
+
+
 class PendingUpload:
     """One file on its way into a store: :meth:`write` pieces, then :meth:`commit` or :meth:`discard`.
 
@@ -70,8 +114,7 @@ class PendingUpload:
         self._handle: Any = None
         self._spool: Path | None = None
         self._finished = False
-        protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
-        self._staged = bool(protocols & _STAGED_PROTOCOLS)
+        self._staged = _is_s3(fs)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._handle is not None:
@@ -270,6 +313,42 @@ class FsspecArtifactStore(ArtifactStore):
         if not rel:
             raise InvalidArgument("an upload needs a file name, not the artifact root")
         return PendingUpload(self._fs, self._full(rel), size_hint=size_hint)
+
+    def concatenate(self, sources: Sequence[str], artifact_file: str) -> None:
+        """Write the file ``artifact_file`` as the bytes of the files ``sources``, in order; published whole.
+
+        On S3, when every source but the last holds 5 MiB to 5 GiB (the part sizes S3 accepts), S3
+        assembles the object itself (UploadPartCopy): no byte passes through this process. Otherwise
+        the sources are read and written through :meth:`open_upload`.
+
+        Raises:
+            ArtifactNotFound: a source does not exist.
+            InvalidArgument: no sources, or ``artifact_file`` names the root.
+        """
+        rels = [safe_relpath(source) for source in sources]
+        target = safe_relpath(artifact_file)
+        if not rels or not target:
+            raise InvalidArgument("concatenate needs source files and a target file name, not the root")
+        sizes: dict[str, int] = {}
+        for parent in dict.fromkeys(rel.rpartition("/")[0] for rel in rels):
+            sizes.update((info.path, info.file_size or 0) for info in self.list(parent) if not info.is_dir)
+        missing = [rel for rel in rels if rel not in sizes]
+        if missing:
+            raise self._missing(missing[0])
+        low, high = _S3_PART_BYTES
+        if _is_s3(self._fs) and all(low <= sizes[rel] <= high for rel in rels[:-1]) and 0 < sizes[rels[-1]] <= high:
+            _assemble_in_s3(self._fs, self._full(target), [self._full(rel) for rel in rels])
+            return
+        upload = self.open_upload(target, size_hint=sum(sizes[rel] for rel in rels))
+        try:
+            for rel in rels:
+                with self.open(rel) as handle:
+                    while chunk := handle.read(READ_BLOCK_BYTES):
+                        upload.write(chunk)
+        except BaseException:
+            upload.discard()
+            raise
+        upload.commit()
 
     # -- reads -----------------------------------------------------------------------------------
 

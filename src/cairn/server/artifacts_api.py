@@ -5,13 +5,17 @@ artifact path relative to the server's artifact root; this module maps it onto o
 :class:`~cairn.artifacts.ArtifactStore` rooted there, so each path goes through
 :func:`~cairn.artifacts.paths.safe_relpath` (``..``, absolute, percent-encoded, NUL) and, for local
 roots, symlink resolution, before anything is read or written. Bodies stream in and out in
-:data:`CHUNK_BYTES` pieces; an upload lands in a hidden file next to its target and is renamed
-into place whole.
+:data:`CHUNK_BYTES` pieces and are never held whole: on a local root an upload lands in a hidden
+file next to its target and is renamed into place; on S3 it goes out as the parts of an S3
+multipart upload while it arrives, published when the body is complete (aborted if it is not).
 
 Multipart uploads keep all their state in the artifact root (a hidden ``.cairn-tmp-mpu-<id>``
 directory), so several server processes over one root serve them. The server hands out its own
 part URLs (``/api/2.0/mlflow-artifacts/mpu/part/<upload_id>/<n>``); the unguessable upload id and the
-caller's ``Authorization`` header (echoed in each part's headers) authorize the part uploads.
+caller's ``Authorization`` header (echoed in each part's headers) authorize the part uploads. Every
+attempt at a part is a file of its own whose random name is the ETag returned, so a retried or
+duplicated part never overwrites another; completion assembles exactly the parts the client names
+(on S3 inside S3, by UploadPartCopy, when every part but the last holds 5 MiB to 5 GiB).
 
 Differences from ``mlflow server``, on purpose: with ``--no-serve-artifacts`` these routes answer
 501 ``NOT_IMPLEMENTED`` (MLflow: a plain-text 503, which its own client retries for minutes); a
@@ -22,7 +26,6 @@ every root (MLflow: only on S3/GCS/Azure).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import mimetypes
 import os
@@ -74,6 +77,7 @@ MPU_PREFIX = ".cairn-tmp-mpu-"
 ARTIFACTS_PREFIXES = ("/api/2.0/mlflow-artifacts", "/ajax-api/2.0/mlflow-artifacts")
 
 _UPLOAD_ID = re.compile(r"^[A-Za-z0-9_-]{43}$")
+_ETAG = re.compile(r"^[0-9a-f]{32}$")
 _INLINE_TYPES = frozenset(
     {
         "application/json",
@@ -162,46 +166,42 @@ def _iter_file(handle: BinaryIO) -> Iterator[bytes]:
         handle.close()
 
 
-async def _pump(stream: AsyncIterator[bytes], write: Callable[[bytearray], object]) -> str:
-    """Pass a request body to ``write`` in :data:`CHUNK_BYTES` pieces; its sha256.
+async def _pump(stream: AsyncIterator[bytes], write: Callable[[bytearray], object]) -> None:
+    """Pass a request body to ``write`` in :data:`CHUNK_BYTES` pieces.
 
-    Hashing and writing run in a worker thread, one piece at a time; the event loop only gathers pieces.
+    Writing runs in a worker thread, one piece at a time; the event loop only gathers pieces.
     """
-    digest = hashlib.sha256()
-
-    def put(piece: bytearray) -> None:
-        digest.update(piece)
-        write(piece)
-
     pending = bytearray()
     async for chunk in stream:
         pending += chunk
         if len(pending) >= CHUNK_BYTES:
-            await run_in_threadpool(put, pending)
+            await run_in_threadpool(write, pending)
             pending = bytearray()
     if pending:
-        await run_in_threadpool(put, pending)
-    return digest.hexdigest()
+        await run_in_threadpool(write, pending)
 
 
-async def _spool(stream: AsyncIterator[bytes], dest: Path) -> str:
-    """Write a request body to the new local file ``dest``; its sha256."""
+async def _spool(stream: AsyncIterator[bytes], dest: Path) -> None:
+    """Write a request body to the new local file ``dest``."""
     handle = await run_in_threadpool(open, dest, "xb")
     try:
-        return await _pump(stream, handle.write)
+        await _pump(stream, handle.write)
     finally:
         await run_in_threadpool(handle.close)
 
 
-async def _stream_upload(stream: AsyncIterator[bytes], upload: PendingUpload) -> str:
-    """Write a request body through ``upload`` and commit it; its sha256. Discarded if anything fails."""
+async def _stream_upload(stream: AsyncIterator[bytes], upload: PendingUpload) -> None:
+    """Write a request body through ``upload`` and commit it; discarded if anything fails."""
     try:
-        digest = await _pump(stream, upload.write)
+        await _pump(stream, upload.write)
     except BaseException:
         await run_in_threadpool(upload.discard)
         raise
     await run_in_threadpool(upload.commit)
-    return digest
+
+
+def _part_file(stage: str, number: int, etag: str) -> str:
+    return f"{stage}/part-{number:05d}.{etag}"
 
 
 @contextmanager
@@ -247,25 +247,25 @@ class ArtifactProxy:
             self._root_store = get_artifact_store(self._ctx.artifact_root)
         return self._root_store
 
-    async def _receive(self, store: ArtifactStore, rel: str, request: Request) -> str:
-        """Stream the request body into the file ``rel`` of ``store``, atomically; its sha256."""
+    async def _receive(self, store: ArtifactStore, rel: str, request: Request) -> None:
+        """Stream the request body into the file ``rel`` of ``store``, atomically."""
         parent, _, name = rel.rpartition("/")
         if isinstance(store, LocalArtifactStore):
             store.local_path(rel)  # refuses a path through a symlink out of the root, before any write
             with _staging(store, rel) as stage:
-                digest = await _spool(request.stream(), stage / name)
+                await _spool(request.stream(), stage / name)
                 await run_in_threadpool(store.move_dir, stage, parent or None)
-            return digest
+            return
         if isinstance(store, FsspecArtifactStore):  # S3: parts go out as they arrive, in bounded memory
             length = request.headers.get("content-length", "")
             size_hint = int(length) if length.isdigit() else None
             upload = await run_in_threadpool(partial(store.open_upload, rel, size_hint=size_hint))
-            return await _stream_upload(request.stream(), upload)
+            await _stream_upload(request.stream(), upload)
+            return
         with tempfile.TemporaryDirectory(prefix="cairn-upload-") as tmp:
             local = Path(tmp) / name
-            digest = await _spool(request.stream(), local)
+            await _spool(request.stream(), local)
             await run_in_threadpool(store.put_file, local, parent or None)
-        return digest
 
     # -- /artifacts ------------------------------------------------------------------------------
 
@@ -365,8 +365,9 @@ class ArtifactProxy:
         number = request.path_params["part_number"]
         if not number.isdigit() or not 1 <= int(number) <= upload.num_parts:
             raise _invalid(f"part number {number!r} is not in 1..{upload.num_parts} for this upload")
-        digest = await self._receive(store, f"{stage}/part-{int(number):05d}", request)
-        return Response(status_code=200, headers={"ETag": f'"{digest}"'})
+        etag = secrets.token_hex(16)  # every attempt at a part is a file of its own, named by its ETag
+        await self._receive(store, _part_file(stage, int(number), etag), request)
+        return Response(status_code=200, headers={"ETag": f'"{etag}"'})
 
     async def mpu_complete(self, request: Request) -> Response:
         store, body, target = await self._upload_args(request)
@@ -385,43 +386,35 @@ class ArtifactProxy:
             if not isinstance(number, int) or number in etags or not isinstance(etag, str):
                 raise _invalid(f"bad or repeated part {part!r}")
             etags[number] = etag.strip('"')
+            if not _ETAG.match(etags[number]):
+                raise _invalid(f"part {number}: {etag!r} is not an ETag this server handed out")
         if sorted(etags) != list(range(1, upload.num_parts + 1)):
             raise _invalid(f"'parts' must list parts 1..{upload.num_parts} once each, got {sorted(etags)}")
         await run_in_threadpool(self._assemble, store, stage, target, etags)
         return JSONResponse({})
 
     def _assemble(self, store: ArtifactStore, stage: str, target: str, etags: dict[int, str]) -> None:
-        """Concatenate the parts (checking each sha256 against its ETag) into ``target``, then drop the stage."""
+        """Concatenate the part files the client named (by their ETags) into ``target``, then drop the stage."""
+        sources = [_part_file(stage, number, etags[number]) for number in sorted(etags)]
+        present = {info.path for info in store.list(stage)}
+        for number, source in zip(sorted(etags), sources, strict=True):
+            if source not in present:
+                raise _invalid(f"part {number} was never uploaded with ETag {etags[number]!r}")
         parent, _, name = target.rpartition("/")
 
         def copy_parts(write: Callable[[bytes], object]) -> None:
-            for number in sorted(etags):
-                digest = hashlib.sha256()
-                try:
-                    handle = store.open(f"{stage}/part-{number:05d}")
-                except ArtifactNotFound:
-                    raise _invalid(f"part {number} was never uploaded") from None
-                with handle:
+            for source in sources:
+                with store.open(source) as handle:
                     while chunk := handle.read(CHUNK_BYTES):
-                        digest.update(chunk)
                         write(chunk)
-                if digest.hexdigest() != etags[number]:
-                    raise _invalid(f"part {number}: its ETag does not match the bytes this server received")
 
-        if isinstance(store, LocalArtifactStore):
+        if isinstance(store, FsspecArtifactStore):  # on S3, assembled inside S3 when the part sizes allow
+            store.concatenate(sources, target)
+        elif isinstance(store, LocalArtifactStore):
             with _staging(store, target) as near:
                 with open(near / name, "xb") as out:
                     copy_parts(out.write)
                 store.move_dir(near, parent or None)
-        elif isinstance(store, FsspecArtifactStore):
-            size = sum(info.file_size or 0 for info in store.list(stage))
-            upload = store.open_upload(target, size_hint=size)
-            try:
-                copy_parts(upload.write)
-            except BaseException:
-                upload.discard()
-                raise
-            upload.commit()
         else:
             with tempfile.TemporaryDirectory(prefix="cairn-upload-") as tmp:
                 with open(Path(tmp) / name, "xb") as out:
