@@ -420,7 +420,10 @@ class ArtifactProxy:
                 with open(Path(tmp) / name, "xb") as out:
                     copy_parts(out.write)
                 store.put_file(Path(tmp) / name, parent or None)
-        store.delete(stage)
+        try:
+            store.delete(stage)
+        except ArtifactNotFound:
+            pass  # a concurrent completion of the same upload (a client's retry) removed it first
 
     async def mpu_abort(self, request: Request) -> Response:
         store, body, _ = await self._upload_args(request)
