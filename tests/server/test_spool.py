@@ -319,6 +319,19 @@ def test_cairn_sync_reports_a_server_that_still_does_not_answer(thread_server: T
     store.close()
 
 
+def test_cairn_sync_spool_to_another_server(thread_server: ThreadServer, tmp_path: Path) -> None:
+    run_id = _new_run(_store(thread_server.url))
+    gone = Spool(f"http://127.0.0.1:{free_port()}")  # written for a server that is no more
+    gone.append_points(run_id, "k-0", [MetricPoint(run_id, "loss", 0.5, 1000 + s, s) for s in range(50)])
+    gone.append_status(run_id, "FAILED", 5000)
+    result = CliRunner().invoke(cli_main, ["sync", "--spool", str(gone.directory), "--to", thread_server.url])
+    assert result.exit_code == 0, result.output
+    assert _steps(thread_server.client, run_id) == list(range(50))
+    info = thread_server.client.get_run(run_id).info
+    assert (info.status, info.end_time) == (RunStatus.FAILED, 5000)
+    assert not gone.directory.exists()
+
+
 # -- (d) a full spool -------------------------------------------------------------------------------------
 
 
