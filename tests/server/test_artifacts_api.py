@@ -583,3 +583,28 @@ def test_a_retried_part_does_not_replace_the_attempt_the_client_kept(s3_proxy: S
         assert http.post(f"{PROXY}/mpu/complete/{base}", json={**body, "parts": parts}).status_code == 200
         assert http.get(f"{PROXY}/artifacts/{base}/model.bin").content == b"A" * 10 + b"B" * 3
     assert s3_proxy.keys() == ["1/r/artifacts/model.bin"]
+
+
+# -- locations as clients see them -----------------------------------------------------------------
+
+
+def test_public_location_maps_the_served_root_to_mlflow_artifacts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cairn.server.locations import public_location
+
+    client = Client(f"sqlite:///{tmp_path}/cairn.db", str(tmp_path / "artifacts"))
+    s3 = ServerContext(client=client, serve_artifacts=True, artifact_root="s3://bucket/team/")
+    assert public_location(s3, "s3://bucket/team/3/abc/artifacts") == "mlflow-artifacts:/3/abc/artifacts"
+    assert public_location(s3, "s3://bucket/team") == "mlflow-artifacts:/"
+    assert public_location(s3, "s3://bucket/teammate/3") == "s3://bucket/teammate/3"  # a sibling, not below
+    assert public_location(s3, "mlflow-artifacts:/3") == "mlflow-artifacts:/3"
+    unserved = ServerContext(client=client, serve_artifacts=False, artifact_root="s3://bucket/team")
+    assert public_location(unserved, "s3://bucket/team/3") == "s3://bucket/team/3"
+
+    monkeypatch.chdir(tmp_path)  # a relative root and the absolute locations the store records name one place
+    local = ServerContext(client=client, serve_artifacts=True, artifact_root="./runs")
+    assert public_location(local, str(tmp_path / "runs" / "7")) == "mlflow-artifacts:/7"
+    assert public_location(local, (tmp_path / "runs" / "7").as_uri()) == "mlflow-artifacts:/7"
+    assert public_location(local, str(tmp_path / "elsewhere")) == str(tmp_path / "elsewhere")
+    client.store.close()
