@@ -17,6 +17,7 @@ from cairn.server.auth.permissions import Permission, ResourceKind
 
 if TYPE_CHECKING:
     from cairn.server.auth.users import UserStore
+    from cairn.tracking.client import Client
 
 __all__ = ["users"]
 
@@ -24,21 +25,29 @@ console = Console()
 _PERMISSIONS = click.Choice(["READ", "EDIT", "MANAGE"], case_sensitive=False)
 
 
-def _store(ctx: click.Context) -> UserStore:
-    from cairn.server.auth.users import user_store_for
+def _client(ctx: click.Context) -> Client:
+    """The client of the configured store, opened once per command."""
     from cairn.tracking.client import Client
 
-    obj = ctx.obj or {}
-    return user_store_for(Client(obj.get("store"), obj.get("artifact_root")))
+    obj = ctx.ensure_object(dict)
+    if "users_client" not in obj:
+        obj["users_client"] = client = Client(obj.get("store"), obj.get("artifact_root"))
+        ctx.call_on_close(client.store.close)
+    opened: Client = obj["users_client"]
+    return opened
+
+
+def _store(ctx: click.Context) -> UserStore:
+    from cairn.server.auth.users import user_store_for
+
+    return user_store_for(_client(ctx))
 
 
 def _experiment_id(ctx: click.Context, experiment: str) -> str:
     """An experiment id, or the id of the experiment with that name (an id is taken first, if it exists)."""
     from cairn.errors import ExperimentNotFound, NotFound
-    from cairn.tracking.client import Client
 
-    obj = ctx.obj or {}
-    client = Client(obj.get("store"), obj.get("artifact_root"))
+    client = _client(ctx)
     if experiment.isdecimal():
         try:
             return client.get_experiment(experiment).experiment_id
