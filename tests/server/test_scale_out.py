@@ -390,3 +390,34 @@ def test_ui_writes_on_a_two_worker_server_accept_the_token_either_worker_handed_
             )
             assert response.status_code == 200, response.text
     assert Client(cluster.urls[0]).get_run(run_id).info.lifecycle_stage == "active"
+
+
+def test_one_run_written_through_every_server_at_once_keeps_every_point(cluster: Cluster) -> None:
+    client = Client(cluster.urls[0])
+    run_id = client.create_run(client.create_experiment(f"shared-run-{uuid.uuid4().hex[:8]}")).info.run_id
+    writers, steps = 6, 40
+
+    def write(index: int) -> None:
+        writer = Client(cluster.urls[index % len(cluster.urls)])
+        for first in range(0, steps, 10):
+            writer.log_batch(
+                run_id,
+                metrics=[
+                    Metric("loss", float(index * steps + step), 1_700_000_000_000 + step, index * steps + step)
+                    for step in range(first, first + 10)
+                ]
+                + [Metric(f"rank{index}", 1.0, 1_700_000_000_000, first)],
+                params=[Param("shared", "same everywhere")],
+                tags=[RunTag(f"writer.{index}", "yes")],
+            )
+
+    _concurrently([lambda index=index: write(index) for index in range(writers)])
+
+    for url in cluster.urls:
+        run = Client(url).get_run(run_id)
+        history = Client(url).get_metric_history(run_id, "loss")
+        assert [m.step for m in history] == list(range(writers * steps))
+        assert run.data.metrics["loss"] == float(writers * steps - 1)
+        assert run.data.params == {"shared": "same everywhere"}
+        assert {f"writer.{index}" for index in range(writers)} <= set(run.data.tags)
+        assert all(run.data.metrics[f"rank{index}"] == 1.0 for index in range(writers))
