@@ -8,7 +8,10 @@ transaction that inserts the version. On SQLite the write transaction holds the 
 lock from its first statement (``BEGIN IMMEDIATE``); on PostgreSQL the ``UPDATE`` takes the row
 lock of the model, so a concurrent registration into the same name waits, then reads the
 incremented counter. A model created on first use is inserted with ``ON CONFLICT DO NOTHING``, so
-two processes creating one name at once both end up using the single row.
+two processes creating one name at once both end up using the single row. A stage transition locks
+the model's row first (``SELECT ... FOR UPDATE``), so transitions with ``archive_existing_versions``
+run one after the other and leave a single version in the stage (without the lock, each one's
+snapshot missed the others' promotions and all of them stayed in Production).
 """
 
 from __future__ import annotations
