@@ -448,16 +448,14 @@ class MetricBatcher:
                 if sent.torn:
                     self._report(StoreError(sent.torn))
         except StoreLocked:
-            self._probe_delay = min(rest.http.max_backoff, max(self._probe_delay * 2, rest.http.backoff))
-            self._next_probe = time.monotonic() + self._probe_delay
             if sent_points or sent_other:
                 logger.info("cairn: sent %d spooled points to %s before it failed again", sent_points, rest.uri)
-            return False
-        if self._retry:  # what the full spool could not take, after what it holds
-            self._offline = False
-            self._drain_and_write(retry_forever=False, at_most=0)
-            if self._offline or self._retry:
-                return False
+            return self._probe_later()
+        while self._retry:  # what the full spool could not take, after what it held (still offline: no new warning)
+            if not self._write_first(retry_forever=False):
+                return self._probe_later()
+        if spool.pending_touched():  # the server failed again and the held points went to the spool meanwhile
+            return self._probe_later()
         self._offline = False
         self._spool_full = False
         logger.info(
@@ -467,6 +465,12 @@ class MetricBatcher:
             f" and {sent_other} other record(s)" if sent_other else "",
         )
         return True
+
+    def _probe_later(self) -> bool:
+        rest = cast("RestTrackingStore", self._rest)
+        self._probe_delay = min(rest.http.max_backoff, max(self._probe_delay * 2, rest.http.backoff))
+        self._next_probe = time.monotonic() + self._probe_delay
+        return False
 
     def _send_record(self, record: SpoolRecord) -> None:
         """Send one spooled record; one the server refuses (:data:`REFUSALS`) is dropped, said; any other failure
