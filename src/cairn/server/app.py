@@ -3,7 +3,9 @@
 The API modules (``tracking_api``, ``registry_api``, ``artifacts_api``, ``misc_api``) each contribute
 ``routes(ctx)``; any other ``/api/2.0/mlflow...``, ``/api/3.0/mlflow...`` or ``/ajax-api/...`` path answers MLflow's
 ``ENDPOINT_NOT_FOUND``. Everything else goes to the cairn UI, mounted with its own Host and CSRF
-checks (which apply to the browser pages only, not to API clients).
+checks (which apply to the browser pages only, not to API clients). With ``auth=True`` the whole app sits
+behind :class:`~cairn.server.auth.middleware.AuthMiddleware`: credentials on every request, and the
+permission each route's rule names.
 """
 
 from __future__ import annotations

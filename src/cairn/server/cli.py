@@ -65,6 +65,8 @@ def server(
     Uses the same store as every other command (--store / CAIRN_TRACKING_URI, --artifact-root /
     CAIRN_ARTIFACT_ROOT). Point MLflow clients and training machines at http://HOST:PORT. Several
     workers (or several servers) can share one PostgreSQL store: the server keeps no state of its own.
+    With --auth every request needs a user's token or password and each user sees and changes only what
+    it was granted (`cairn users --help`); serve it over TLS through a reverse proxy (SECURITY.md).
     """
     if not is_loopback(host) and not auth and not insecure_no_auth:
         raise click.UsageError(
