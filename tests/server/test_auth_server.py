@@ -332,3 +332,19 @@ def test_a_browser_write_from_another_site_is_refused_even_with_cached_basic_cre
     assert same_origin.status_code == 200
     read = server.call("GET", "runs/get", params=body, auth=basic, headers={"Sec-Fetch-Site": "cross-site"})
     assert read.status_code == 200  # a read: the browser keeps the answer from the other site anyway
+
+
+def test_a_failing_user_table_answers_an_mlflow_error_and_the_server_keeps_serving(server: AuthServer) -> None:
+    token = server.user("unlucky", experiments={"0": "READ"})
+    with server.users._db.engine.begin() as connection:  # the grants table disappears under the server
+        connection.exec_driver_sql("ALTER TABLE user_permissions RENAME TO user_permissions_away")
+    try:
+        response = server.call("GET", "experiments/get", token, params={"experiment_id": "0"})
+        assert response.status_code == 500
+        assert response.json()["error_code"] == "INTERNAL_ERROR"
+        assert "could not check the request's credentials" in response.json()["message"]
+        assert server.call("GET", "/health").text == "OK"
+    finally:
+        with server.users._db.engine.begin() as connection:
+            connection.exec_driver_sql("ALTER TABLE user_permissions_away RENAME TO user_permissions")
+    assert server.call("GET", "experiments/get", token, params={"experiment_id": "0"}).status_code == 200

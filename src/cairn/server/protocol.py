@@ -38,6 +38,7 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "MlflowApiError",
     "ServerContext",
+    "classify",
     "error_response",
     "json_route",
     "query_params",
@@ -83,7 +84,8 @@ class ServerContext:
     users: UserStore | None = None
 
 
-def _classify(exc: BaseException) -> tuple[str, int]:
+def classify(exc: BaseException) -> tuple[str, int]:
+    """MLflow's error code and HTTP status for ``exc``."""
     if isinstance(exc, MlflowApiError):
         return exc.error_code, exc.status
     if isinstance(exc, NotFound):
@@ -107,7 +109,7 @@ def error_response(exc: BaseException) -> JSONResponse:
     Anything else is an ``INTERNAL_ERROR`` (500) whose message names only the exception type; the
     traceback goes to the server log, not to the client.
     """
-    code, status = _classify(exc)
+    code, status = classify(exc)
     if code == "INTERNAL_ERROR" and not isinstance(exc, (MlflowApiError, CairnError)):
         _log.error("internal error answering a request", exc_info=exc)
         message = f"internal server error ({type(exc).__name__})"

@@ -39,7 +39,7 @@ from cairn.server.auth.refusals import Refusal, denied, invalid, unauthenticated
 from cairn.server.auth.resolve import Need, RequestParts, Resolver, reads_body
 from cairn.server.auth.rules import After, Rule, Target, find_rule
 from cairn.server.auth.users import UserStore
-from cairn.server.protocol import DEFAULT_MAX_BYTES
+from cairn.server.protocol import DEFAULT_MAX_BYTES, classify
 
 __all__ = ["AuthMiddleware", "auth_enabled", "auth_via", "principal_of"]
 
@@ -130,7 +130,12 @@ class AuthMiddleware:
         if credentials is not None:
             request = RequestParts(method, path, path_params, _query(scope), body)
             decide = self._decide
-            principal, needs = await to_thread.run_sync(decide, credentials, rule, request, body_error is None)
+            try:
+                principal, needs = await to_thread.run_sync(decide, credentials, rule, request, body_error is None)
+            except CairnError as exc:  # the database failed: say so in MLflow's shape (503 is retried)
+                _log.error("checking the credentials of %s %s failed", method, path, exc_info=exc)
+                code, status = classify(exc)
+                raise Refusal(status, code, f"cairn server could not check the request's credentials: {exc}") from None
         state["principal"] = principal
         state["auth_via"] = credentials.via if principal is not None and credentials is not None else None
         if public:
