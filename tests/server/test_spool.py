@@ -430,3 +430,32 @@ def test_a_checkpoint_upload_is_spooled_and_completed_later(thread_server: Threa
     copy = RunCheckpoints(Client(thread_server.url), run_id).materialize(listed[0], tmp_path / "restored")
     assert (copy / "weights.bin").read_bytes() == (local / "weights.bin").read_bytes()
     assert not spool.run(run_id).path.exists()
+
+
+def test_native_checkpoints_during_an_outage_are_spooled_in_order_and_pruning_waits(
+    thread_server: ThreadServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+
+    from cairn.checkpoint.runs import list_run_checkpoints, log_checkpoint
+
+    cairn.set_tracking_uri(thread_server.url)
+    model = torch.nn.Linear(4, 2)
+    with cairn.start_run() as run:
+        run_id = run.info.run_id
+        log_checkpoint(model=model, step=1, synchronous=True, keep_last=1)
+        thread_server.stop()
+        for step in (2, 3):
+            cairn.log_metric("loss", 1.0 / step, step=step)
+            log_checkpoint(model=model, step=step, synchronous=True, keep_last=1)  # no error: spooled
+    err = capsys.readouterr().err
+    assert f"2 points, 2 checkpoints and the run's status FINISHED of run {run_id} are spooled" in err
+    config.reset()
+
+    thread_server.start()
+    result = CliRunner().invoke(cli_main, ["sync", "--spool"])
+    assert result.exit_code == 0, result.output
+    names = [info.name for info in list_run_checkpoints(run_id, client=Client(thread_server.url))]
+    assert names == ["step-1", "step-2", "step-3"]  # in order; pruning (keep_last=1) waited for the server
+    assert thread_server.client.get_run(run_id).info.status is RunStatus.FINISHED
+    assert _steps(thread_server.client, run_id) == [2, 3]

@@ -93,24 +93,36 @@ class RunCheckpoints:
         Args:
             manifest: the manifest's bytes when they are not (or must not be uploaded from) ``local``.
         """
-        try:
-            self._upload_dir(local, name, manifest=manifest)
-        except StoreLocked as exc:  # a tracking server's ServerUnavailable, after its retries
-            spool = getattr(self.client.store, "spool", None)
-            if spool is None:
-                raise
-            if manifest is None:
-                manifest = (local / MANIFEST_NAME).read_bytes()
-            spool.append_checkpoint(self.run_id, self.artifact_path(name), local, manifest)
-            logger.warning(
-                "cairn: the tracking server is unreachable (%s): checkpoint %s of run %s stays in %s and its upload is "
-                "spooled at %s, to be done when the server is back (or by `cairn sync --spool`)",
-                exc,
-                name,
-                self.run_id,
-                local,
-                spool.run(self.run_id).path,
-            )
+        if not self.spooled:
+            try:
+                self._upload_dir(local, name, manifest=manifest)
+                return
+            except StoreLocked as exc:  # a tracking server's ServerUnavailable, after its retries
+                if getattr(self.client.store, "spool", None) is None:
+                    raise
+                reason = str(exc)
+        else:  # after the uploads waiting there, in order
+            reason = "earlier records of the run wait in the spool"
+        spool = self.client.store.spool  # type: ignore[attr-defined]  # a RestTrackingStore's
+        if manifest is None:
+            manifest = (local / MANIFEST_NAME).read_bytes()
+        spool.append_checkpoint(self.run_id, self.artifact_path(name), local, manifest)
+        logger.warning(
+            "cairn: checkpoint %s of run %s stays in %s and its upload is spooled at %s (%s), to be done when the "
+            "tracking server is back (or by `cairn sync --spool`)",
+            name,
+            self.run_id,
+            local,
+            spool.run(self.run_id).path,
+            reason,
+        )
+
+    @property
+    def spooled(self) -> bool:
+        """Whether records of this run wait in its tracking server's spool (uploads go there too, in order, and
+        pruning waits)."""
+        spool = getattr(self.client.store, "spool_if_open", None)
+        return spool is not None and bool(spool.pending(self.run_id))
 
     def _upload_dir(self, local: Path, name: str, *, manifest: bytes | None = None) -> None:
         base = self.artifact_path(name)

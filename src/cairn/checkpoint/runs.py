@@ -225,6 +225,8 @@ class _RunCheckpointer:
         """On the writer thread: make the metrics durable, upload (manifest last), prune (remote and local)."""
         _flush_metrics(self.client)
         self.checkpoints.upload_dir(info.path, info.name)
+        if self.checkpoints.spooled:  # the tracking server is unreachable: pruning waits for the uploads
+            return
         with self._lock:
             policy = self.policy
             if self._uploaded is None:  # interrupted uploads of an earlier process are among these
