@@ -116,3 +116,40 @@ def test_servers_on_one_database_agree_on_users_at_once(
             answer = _get(url, new)
             assert answer.status_code == 401 and answer.json()["error_code"] == "UNAUTHENTICATED"
         assert httpx.get(f"{url}/health", timeout=5).text == "OK"  # and the server keeps serving
+
+
+def test_cairn_ui_with_auth_asks_for_credentials(tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path}/cairn.db"
+    port = free_port()
+    log = tmp_path / "ui.log"
+    command = [sys.executable, "-m", "cairn.cli", "--store", store, "ui", "--auth", "--port", str(port)]
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, env=_env(tmp_path), cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for_page(url, process, log)  # the UI alone has no /health
+        assert "cairn users add NAME --admin --password" in log.read_text()
+        assert httpx.get(f"{url}/api/experiments", timeout=10).status_code == 401
+        assert httpx.get(f"{url}/api/session", timeout=10).json()["user"] is None
+        added = _cairn(store, tmp_path, "users", "add", "root", "--admin")
+        token = added.stdout.split("token: ")[1].strip()
+        answer = httpx.get(f"{url}/api/experiments", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        assert answer.status_code == 200, answer.text
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def _wait_for_page(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"cairn ui exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{url}/", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"cairn ui did not come up:\n{log.read_text()}")
+        time.sleep(0.1)
