@@ -401,14 +401,18 @@ class UserStore:
     def shared_secret(self, name: str) -> bytes:
         """32 random bytes stored under ``name``, created on first use: every server process on this database
         gets the same value (concurrent first uses agree: the insert does nothing when the row exists)."""
+        query = sa.select(server_secrets.c.value).where(server_secrets.c.name == name)
+        with self._db.transaction() as connection:  # the common case: it exists, and reading takes no write lock
+            found = connection.execute(query).scalar()
+        if found is not None:
+            return bytes(found)
         with self._db.transaction(write=True) as connection:
             connection.execute(
                 self._insert(server_secrets)
                 .values(name=name, value=secrets.token_bytes(SECRET_BYTES))
                 .on_conflict_do_nothing(index_elements=["name"])
             )
-            value = connection.execute(sa.select(server_secrets.c.value).where(server_secrets.c.name == name))
-            return bytes(value.scalar_one())
+            return bytes(connection.execute(query).scalar_one())
 
 
 def user_store_for(client: Client) -> UserStore:
