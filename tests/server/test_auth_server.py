@@ -348,3 +348,16 @@ def test_a_failing_user_table_answers_an_mlflow_error_and_the_server_keeps_servi
         with server.users._db.engine.begin() as connection:
             connection.exec_driver_sql("ALTER TABLE user_permissions_away RENAME TO user_permissions")
     assert server.call("GET", "experiments/get", token, params={"experiment_id": "0"}).status_code == 200
+
+
+def test_a_session_cookie_authenticates_the_ui_but_not_the_mlflow_api(server: AuthServer) -> None:
+    from cairn.server.auth.session import issue_cookie
+
+    server.user("browser", experiments={"0": "READ"})
+    cookie = {"Cookie": f"cairn_session={issue_cookie('browser', server.users)}"}
+    assert server.call("GET", "/api/experiments", headers=cookie).status_code == 200
+    # A cross-site form could carry this cookie to the MLflow API: there it counts for nothing.
+    _error(server.call("POST", "experiments/search", json={}, headers=cookie), 401, "UNAUTHENTICATED")
+    _error(server.call("GET", "/api/2.0/mlflow-artifacts/artifacts/0/x", headers=cookie), 401, "UNAUTHENTICATED")
+    server.users.remove("browser")
+    _error(server.call("GET", "/api/experiments", headers=cookie), 401, "UNAUTHENTICATED")
