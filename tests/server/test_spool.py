@@ -459,3 +459,27 @@ def test_native_checkpoints_during_an_outage_are_spooled_in_order_and_pruning_wa
     assert names == ["step-1", "step-2", "step-3"]  # in order; pruning (keep_last=1) waited for the server
     assert thread_server.client.get_run(run_id).info.status is RunStatus.FINISHED
     assert _steps(thread_server.client, run_id) == [2, 3]
+
+
+def test_a_hostile_spool_record_uploads_nothing_from_outside_its_directory(
+    thread_server: ThreadServer, tmp_path: Path
+) -> None:
+    """A spool file is input: a checkpoint record naming files outside its own directory is refused."""
+    from cairn.store.rest.spool import _encode
+
+    run_id = _new_run(_store(thread_server.url))
+    secret = tmp_path / "secret.txt"
+    secret.write_text("do not upload")
+    spool = Spool(thread_server.url)
+    spool.append_points(run_id, "k-0", [MetricPoint(run_id, "loss", 0.5, 1000, 0)])
+    run = spool.run(run_id)
+    (run.path / "checkpoint-0").mkdir()
+    (run.path / "checkpoint-0" / "manifest.json").write_text("{}")
+    hostile = {"kind": "checkpoint", "run_id": run_id, "base": "checkpoints/x", "dir": "checkpoint-0"}
+    run.append(_encode({**hostile, "files": ["../../../../secret.txt"]}))
+    result = CliRunner().invoke(cli_main, ["sync", "--spool"])
+    assert result.exit_code == 1
+    assert "refused a record" in result.output and "UnsafePath" in result.output
+    assert _steps(thread_server.client, run_id) == [0]  # the record before it was sent
+    assert thread_server.client.list_artifacts(run_id) == []  # nothing uploaded
+    assert run.records_file.exists()  # kept, for the user to look at

@@ -107,6 +107,7 @@ class MetricBatcher:
         self._probe_delay = 0.0
         self._next_probe = 0.0
         self._spool_full = False
+        self._unreplayable: set[str] = set()
         self._thread = threading.Thread(target=self._loop, name="cairn-metric-writer", daemon=True)
         self._thread.start()
         background.register(self)
@@ -224,7 +225,7 @@ class MetricBatcher:
         """Whether records of this process wait in the spool though the writer is online (a status spooled by
         ``end_run`` while the server was down, with no points)."""
         spool = self._rest.spool_if_open if self._rest is not None else None
-        return spool is not None and not self._offline and bool(spool.pending_touched())
+        return spool is not None and not self._offline and bool(set(spool.pending_touched()) - self._unreplayable)
 
     def _drain_and_write(self, *, retry_forever: bool, at_most: int | None = None) -> None:
         """Write the queued points in batches of up to ``max_batch``; only the first ``at_most`` of them if given.
@@ -442,7 +443,18 @@ class MetricBatcher:
         sent_points = sent_other = 0
         try:
             for run_id in spool.pending_touched():
-                sent = spool.replay(run_id, self._send_record)
+                if run_id in self._unreplayable:
+                    continue
+                try:
+                    sent = spool.replay(run_id, self._send_record)
+                except StoreLocked:
+                    raise
+                except Exception as exc:  # a damaged spool: left for `cairn sync --spool` to report
+                    self._unreplayable.add(run_id)
+                    self._report(
+                        StoreError(f"cannot send the spool of run {run_id}: {exc}; it stays in {spool.directory}")
+                    )
+                    continue
                 sent_points += sent.points
                 sent_other += sent.checkpoints + (1 if sent.status else 0)
                 if sent.torn:
@@ -454,7 +466,7 @@ class MetricBatcher:
         while self._retry:  # what the full spool could not take, after what it held (still offline: no new warning)
             if not self._write_first(retry_forever=False):
                 return self._probe_later()
-        if spool.pending_touched():  # the server failed again and the held points went to the spool meanwhile
+        if set(spool.pending_touched()) - self._unreplayable:  # the server failed again, the held points spooled
             return self._probe_later()
         self._offline = False
         self._spool_full = False

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from cairn.errors import StoreError
+from cairn.errors import InvalidArgument, StoreError
 from cairn.store.base import MetricPoint
 
 __all__ = [
@@ -116,6 +116,14 @@ def _tree_bytes(root: Path) -> int:
             except OSError:
                 pass
     return total
+
+
+def _json_object(payload: bytes) -> dict[str, Any] | None:
+    try:
+        data = json.loads(payload)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def _encode(record: dict[str, Any]) -> bytes:
@@ -244,9 +252,12 @@ class RunSpool:
                 elif zlib.crc32(payload) != crc:
                     problem = "a record whose checksum does not match"
                 else:
-                    position = begin + length + 1
-                    reading.records.append(SpoolRecord(json.loads(payload), offset + position))
-                    continue
+                    data = _json_object(payload)
+                    if data is not None:
+                        position = begin + length + 1
+                        reading.records.append(SpoolRecord(data, offset + position))
+                        continue
+                    problem = "a record that is not a JSON object"
             reading.torn = (
                 f"the spool file {self.records_file} ends with {problem} at byte {where} "
                 f"({len(content) - position} bytes; a process was killed while writing it): that record is lost"
@@ -480,6 +491,8 @@ class Spool:
         statuses = [record for record in reading.records if record.kind == "status"]
         marking = True  # past a status record, nothing is marked sent before that status is
         for record in reading.records:
+            if record.data.get("run_id") != run_id:
+                raise InvalidArgument(f"a record in {run.records_file} names run {record.data.get('run_id')!r}")
             if record.kind == "status":
                 marking = False
                 continue
@@ -524,9 +537,28 @@ class Spool:
             shutil.rmtree(self.directory, ignore_errors=True)
 
     def checkpoint_files(self, record: SpoolRecord) -> tuple[Path, list[str]]:
-        """The spooled copy of a ``checkpoint`` record's directory and its files (manifest not included)."""
-        directory = self.run(str(record.data["run_id"])).path / str(record.data["dir"])
-        return directory, [str(name) for name in record.data.get("files", [])]
+        """The spooled copy of a ``checkpoint`` record's directory and its files (manifest not included).
+
+        A spool file is input like any other: the directory must be one of the run's ``checkpoint-<n>`` and each
+        file a plain relative path inside it, regular and not a link, or nothing is uploaded.
+
+        Raises:
+            UnsafePath: a name that would leave the record's directory.
+            InvalidArgument: a malformed record.
+        """
+        from cairn.artifacts.paths import safe_relpath
+
+        name = record.data.get("dir")
+        files = record.data.get("files")
+        if not isinstance(name, str) or not re.fullmatch(r"checkpoint-\d+", name) or not isinstance(files, list):
+            raise InvalidArgument(f"malformed checkpoint record in the spool of run {record.data.get('run_id')}")
+        directory = self.run(str(record.data["run_id"])).path / name
+        relpaths = [safe_relpath(str(file)) for file in files]
+        for relpath in relpaths:
+            path = directory / relpath
+            if not relpath or path.is_symlink() or not path.is_file():
+                raise InvalidArgument(f"{path} is not a regular file of the spooled checkpoint")
+        return directory, relpaths
 
 
 def server_dirs(root: Path) -> Iterator[Path]:

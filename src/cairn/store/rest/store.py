@@ -422,6 +422,12 @@ class RestTrackingStore(ResumeOperations, TrackingStore):
         Raises:
             ServerUnavailable: the server is still unreachable (the record stays in the spool).
         """
+        try:
+            self._send_spooled(record, spool=spool, retries=retries)
+        except (KeyError, TypeError, ValueError) as exc:  # a spool file is input: a malformed record is refused
+            raise InvalidArgument(f"malformed {record.kind or 'unknown'} record in the spool: {exc!r}") from exc
+
+    def _send_spooled(self, record: SpoolRecord, *, spool: Spool | None, retries: int | None) -> None:
         from cairn.store.rest.spool import record_points
 
         if record.kind == "points":
