@@ -8,7 +8,7 @@ Differences from the SQL store, all forced by the API:
 
 - A write larger than one request (log-batch: 1,000 metrics, 100 params, 100 tags, 1,000 entities, 1 MB)
   is split: params first, then tags, then metrics. Each request is atomic on the server, the whole call is
-  not. :meth:`log_metric_points` (the metric writer's path) sends each run's points in such requests.
+  not. :meth:`log_metric_points` sends each run's points in such requests.
 - Points are never superseded (``include_superseded`` changes nothing).
 
 Exactly once: every log-batch request carries an ``Idempotency-Key``, kept through every retry and resend (see
