@@ -329,7 +329,7 @@ def test_cairn_sync_spool_to_another_server(thread_server: ThreadServer, tmp_pat
     assert _steps(thread_server.client, run_id) == list(range(50))
     info = thread_server.client.get_run(run_id).info
     assert (info.status, info.end_time) == (RunStatus.FAILED, 5000)
-    assert not gone.directory.exists()
+    assert not gone.run(run_id).path.exists()
 
 
 # -- (d) a full spool -------------------------------------------------------------------------------------
@@ -483,3 +483,28 @@ def test_a_hostile_spool_record_uploads_nothing_from_outside_its_directory(
     assert _steps(thread_server.client, run_id) == [0]  # the record before it was sent
     assert thread_server.client.list_artifacts(run_id) == []  # nothing uploaded
     assert run.records_file.exists()  # kept, for the user to look at
+
+
+def test_a_replay_in_another_process_loses_no_record_appended_meanwhile(tmp_path: Path) -> None:
+    """``cairn sync --spool`` while the training process still spools: the two Spool objects (two open lock
+    files, as in two processes) never lose an appended record to the removal of a delivered run."""
+    url = "http://127.0.0.1:1"
+    writer, replayer = Spool(url), Spool(url)
+    run_id = "b" * 32
+    appended = [f"k{n}" for n in range(300)]
+    delivered: list[str] = []
+
+    def write() -> None:
+        for key in appended:
+            writer.append_points(run_id, key, [MetricPoint(run_id, "m", 1.0, 1, 0)])
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    while thread.is_alive():
+        if replayer.pending(run_id):
+            replayer.replay(run_id, lambda record: delivered.append(record.data["key"]))
+    thread.join()
+    if replayer.pending(run_id):
+        replayer.replay(run_id, lambda record: delivered.append(record.data["key"]))
+    assert delivered == appended  # each once, in order
+    assert not replayer.run(run_id).path.exists()

@@ -20,6 +20,7 @@ other record of the run).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -35,6 +36,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cairn.errors import InvalidArgument, StoreError
+
+try:
+    import fcntl
+except ImportError:  # Windows: one process per spool directory
+    fcntl = None  # type: ignore[assignment]
 from cairn.store.base import MetricPoint
 
 __all__ = [
@@ -59,6 +65,7 @@ DEFAULT_MAX_BYTES = 1 << 30
 SERVER_FILE = "server.json"
 RECORDS_FILE = "records.log"
 SENT_FILE = "sent"
+LOCK_FILE = ".lock"
 _MAGIC = b"CAIRN-SPOOL"
 _HEADER = re.compile(rb"^CAIRN-SPOOL (\d+) (\d+)\n")
 _MAX_HEADER = 64
@@ -342,6 +349,7 @@ class Spool:
         self._runs: dict[str, RunSpool] = {}
         self.announced: dict[str, str] = {}
         self.touched: set[str] = set()  # the runs this process appended records for
+        self._exclusive_depth = 0
 
     @classmethod
     def open_dir(cls, directory: Path, server_url: str | None = None) -> Spool:
@@ -407,7 +415,7 @@ class Spool:
         """
         from cairn.checkpoint.manifest import MANIFEST_NAME
 
-        with self.lock:
+        with self._exclusive():
             run = self.run(run_id)
             number = len(list(run.path.glob("checkpoint-*"))) if run.path.exists() else 0
             target = run.path / f"checkpoint-{number}"
@@ -449,9 +457,32 @@ class Spool:
                 self._used = _tree_bytes(self.root) if self.root.exists() else 0
             return self._used
 
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """This process's lock, and an advisory lock on the server directory that other processes (a second
+        training process, ``cairn sync --spool``) take too: no append is lost to a removal."""
+        with self.lock:
+            if self._exclusive_depth:
+                self._exclusive_depth += 1
+                try:
+                    yield
+                finally:
+                    self._exclusive_depth -= 1
+                return
+            self.directory.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                if fcntl is not None:
+                    fcntl.flock(descriptor, fcntl.LOCK_EX)
+                self._exclusive_depth = 1
+                yield
+            finally:
+                self._exclusive_depth = 0
+                os.close(descriptor)  # releases the advisory lock
+
     def _append(self, run_id: str, record: dict[str, Any], *, reserved: int = 0) -> None:
         data = _encode(record)
-        with self.lock:
+        with self._exclusive():
             self._reserve(len(data) + reserved)
             self._write_server_file()
             self.run(run_id).append(data)
@@ -499,7 +530,7 @@ class Spool:
             send(record)
             self._count(sent, record)
             if marking:
-                with self.lock:
+                with self._exclusive():
                     run.mark_sent(record.end)
             if after_each is not None:
                 after_each(record)
@@ -508,7 +539,7 @@ class Spool:
             self._count(sent, statuses[-1])
             if after_each is not None:
                 after_each(statuses[-1])
-        with self.lock:
+        with self._exclusive():
             end = reading.records[-1].end if reading.records else run.sent_offset()
             if reading.torn_at is not None:
                 end = max(end, run.size())
@@ -518,7 +549,6 @@ class Spool:
                 self.announced.pop(run_id, None)
                 if self._used is not None:
                     self._used = max(0, self._used - freed)
-                self._remove_server_dir_if_empty()
             else:
                 run.mark_sent(end)
         return sent
@@ -531,10 +561,6 @@ class Spool:
             summary.checkpoints += 1
         elif record.kind == "status":
             summary.status = str(record.data.get("status"))
-
-    def _remove_server_dir_if_empty(self) -> None:
-        if not self.run_ids():
-            shutil.rmtree(self.directory, ignore_errors=True)
 
     def checkpoint_files(self, record: SpoolRecord) -> tuple[Path, list[str]]:
         """The spooled copy of a ``checkpoint`` record's directory and its files (manifest not included).
