@@ -43,6 +43,7 @@ API_MODULES = (
     "cairn.server.registry_api",
     "cairn.server.artifacts_api",
     "cairn.server.misc_api",
+    "cairn.server.auth.users_api",
     "cairn.server.cairn_api",
 )
 ENV_SERVE_ARTIFACTS = "CAIRN_SERVER_SERVE_ARTIFACTS"

@@ -222,6 +222,20 @@ def _table() -> list[Rule]:
         # without a path the upload lands at the artifact root, outside every experiment: admins only
         add(_rules(ARTIFACTS, f"mpu/{action}", ["POST"], T.ADMIN))
         add(_rules(ARTIFACTS, f"mpu/{action}/{{path:path}}", ["POST"], path, "path", EDIT, source=S.PATH))
+    # -- user management (MLflow's basic-auth paths; users/current tells any user who it is)
+    for suffix, methods in (
+        ("users/create", ["POST"]),
+        ("users/get", ["GET"]),
+        ("users/list", ["GET"]),
+        ("users/update-password", ["PATCH"]),
+        ("users/update-admin", ["PATCH"]),
+        ("users/delete", ["DELETE"]),
+    ):
+        add(_rules(MLFLOW, suffix, methods, T.ADMIN))
+    add(_rules(MLFLOW, "users/current", ["GET"], T.AUTHENTICATED))
+    for resource in ("experiments", "registered-models"):
+        for action, method in (("create", "POST"), ("get", "GET"), ("update", "PATCH"), ("delete", "DELETE")):
+            add(_rules(MLFLOW, f"{resource}/permissions/{action}", [method], T.ADMIN))
     # -- cairn's resume endpoints
     for write in ("supersede-metrics", "fork", "lease/acquire", "lease/renew", "lease/release"):
         add(_rules(CAIRN, f"runs/{write}", ["POST"], T.RUN, "run_id", EDIT, source=S.BODY))

@@ -75,6 +75,7 @@ class UserInfo:
     has_password: bool
     created_time: int
     grants: tuple[Grant, ...]
+    user_id: int
 
 
 class _PasswordMemo:
@@ -305,24 +306,35 @@ class UserStore:
 
     def list_users(self) -> list[UserInfo]:
         """Every user with its grants, by name."""
+        return self._infos(None)
+
+    def user_info(self, name: str) -> UserInfo:
+        """The user ``name`` with its grants. Raises UserNotFound."""
+        found = self._infos(users.c.name == name)
+        if not found:
+            raise UserNotFound(f"no user named {name!r} (`cairn users list` shows the users)")
+        return found[0]
+
+    def _infos(self, condition: sa.ColumnElement[bool] | None) -> list[UserInfo]:
+        query = sa.select(*_PRINCIPAL_COLUMNS, users.c.created_time).select_from(_JOINED)
+        if condition is not None:
+            query = query.where(condition)
+        query = query.order_by(users.c.name, user_permissions.c.resource_type, user_permissions.c.resource)
         with self._db.transaction() as connection:
-            rows = list(
-                connection.execute(
-                    sa.select(*_PRINCIPAL_COLUMNS, users.c.created_time)
-                    .select_from(_JOINED)
-                    .order_by(users.c.name, user_permissions.c.resource_type, user_permissions.c.resource)
-                )
-            )
-        result: dict[str, UserInfo] = {}
+            rows = list(connection.execute(query))
+        grants: dict[str, list[Grant]] = {}
+        first: dict[str, Any] = {}
         for row in rows:
-            info = result.get(row.name) or UserInfo(
-                row.name, bool(row.is_admin), bool(row.password_hash), int(row.created_time), ()
-            )
+            first.setdefault(row.name, row)
+            held = grants.setdefault(row.name, [])
             if row.resource_type is not None:
-                grant = Grant(ResourceKind(row.resource_type), row.resource, Permission[row.permission])
-                info = UserInfo(info.name, info.is_admin, info.has_password, info.created_time, (*info.grants, grant))
-            result[row.name] = info
-        return list(result.values())
+                held.append(Grant(ResourceKind(row.resource_type), row.resource, Permission[row.permission]))
+        return [
+            UserInfo(
+                name, bool(row.is_admin), bool(row.password_hash), int(row.created_time), tuple(grants[name]), row.id
+            )
+            for name, row in first.items()
+        ]
 
     # -- grants ------------------------------------------------------------------------------------
 
