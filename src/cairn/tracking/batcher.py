@@ -441,6 +441,8 @@ class MetricBatcher:
         rest = cast("RestTrackingStore", self._rest)
         spool = rest.spool
         sent_points = sent_other = 0
+        if not rest.answers():  # a cheap probe first: a checkpoint record's upload would wait out every retry
+            return self._probe_later()
         try:
             for run_id in spool.pending_touched():
                 if run_id in self._unreplayable:

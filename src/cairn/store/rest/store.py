@@ -415,6 +415,15 @@ class RestTrackingStore(ResumeOperations, TrackingStore):
         else:
             self._send_batch(points[0].run_id, metrics, [], [], key_prefix=key)
 
+    def answers(self) -> bool:
+        """Whether the server answers now: one ``GET /health``, no retry (any answer but 429/5xx counts)."""
+        try:
+            response = self.http.request("GET", "health", idempotent=True, retries=0)
+        except ServerUnavailable:
+            return False
+        response.close()
+        return response.status_code < 500 and response.status_code != 429
+
     def send_spooled(self, record: SpoolRecord, *, spool: Spool | None = None, retries: int | None = None) -> None:
         """Deliver one record of a spool (default: this server's) to this server: points with their key, a
         checkpoint (its files from ``spool``), the run's status.
