@@ -508,3 +508,49 @@ def test_a_replay_in_another_process_loses_no_record_appended_meanwhile(tmp_path
         replayer.replay(run_id, lambda record: delivered.append(record.data["key"]))
     assert delivered == appended  # each once, in order
     assert not replayer.run(run_id).path.exists()
+
+
+EXIT_SCRIPT = """
+import sys
+import cairn
+
+cairn.set_tracking_uri(sys.argv[1])
+run = cairn.start_run()
+cairn.log_metric("loss", 1.0, step=0)
+cairn.flush()
+print(run.info.run_id, flush=True)
+sys.stdin.readline()  # the server is stopped now
+for step in range(1, 1001):
+    cairn.log_metric("loss", 1.0 / step, step=step)
+# no end_run: the interpreter's exit ends the run
+"""
+
+
+def test_a_process_exiting_while_the_server_is_down_leaves_the_spool_and_says_so(
+    thread_server: ThreadServer, tmp_path: Path
+) -> None:
+    script = tmp_path / "train.py"
+    script.write_text(EXIT_SCRIPT)
+    process = subprocess.Popen(
+        [sys.executable, str(script), thread_server.url],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert process.stdout is not None and process.stdin is not None
+    run_id = process.stdout.readline().strip()
+    thread_server.stop()
+    started = time.monotonic()
+    _, err = process.communicate("go\n", timeout=60)
+    assert process.returncode == 0, err
+    assert time.monotonic() - started < 20
+    assert f"1,000 points and the run's status FINISHED of run {run_id} are spooled at" in err
+    assert "send them with: cairn sync --spool" in err
+
+    thread_server.start()
+    result = CliRunner().invoke(cli_main, ["sync", "--spool"])
+    assert result.exit_code == 0, result.output
+    assert _steps(thread_server.client, run_id) == list(range(1001))
+    assert thread_server.client.get_run(run_id).info.status is RunStatus.FINISHED
