@@ -292,7 +292,7 @@ class RestTrackingStore(ResumeOperations, TrackingStore):
     def _spool_status(self, run_id: str, status: RunStatus, end_time: int | None, *, because: str) -> RunInfo:
         spool = self.spool
         spool.append_status(run_id, status.value, end_time)
-        logger.warning("cairn: the status %s of run %s is spooled (%s)", status.value, run_id, because)
+        logger.info("cairn: the status %s of run %s is spooled (%s)", status.value, run_id, because)
         announce_spool(spool, run_id)
         return RunInfo(
             run_id=run_id,
