@@ -205,3 +205,22 @@ def test_two_servers_number_versions_without_races(db_url: str, tmp_path: Path) 
     assert [v.version for v in first_store.search_model_versions("name = 'shared'")] == [
         str(n) for n in range(12, 0, -1)
     ]
+
+
+def test_cairn_client_of_a_server_registers_a_proxied_run_model_whatever_the_global_tracking_uri(
+    server: RunningServer,
+) -> None:
+    """``Client(url).create_model_version(name, "runs:/...")`` checks the source on that client's server,
+    not on the process's default tracking URI (which here is a local store without the run)."""
+    from cairn import Client
+
+    remote = Client(server.url)
+    experiment_id = remote.create_experiment("registry-remote-source")
+    run_id = remote.create_run(experiment_id).info.run_id
+    remote.log_text(run_id, "flavors: {}\n", "model/MLmodel")
+    assert remote.get_run(run_id).info.artifact_uri.startswith("mlflow-artifacts:/")
+    remote.create_registered_model("remote-source")
+    version = remote.create_model_version("remote-source", f"runs:/{run_id}/model")
+    assert (str(version.version), version.run_id) == ("1", run_id)
+    with pytest.raises(Exception, match="has no artifact at 'absent'"):
+        remote.create_model_version("remote-source", f"runs:/{run_id}/absent")

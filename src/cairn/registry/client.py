@@ -20,6 +20,7 @@ from cairn.errors import ArtifactNotFound, FilterSyntaxError, InvalidArgument
 from cairn.registry.entities import ModelVersion, RegisteredModel, Stage
 
 if TYPE_CHECKING:
+    from cairn.artifacts import ArtifactStore
     from cairn.registry.lineage import ModelVersionLineage
     from cairn.registry.uris import ResolvedModel
     from cairn.store.base import TrackingStore
@@ -43,6 +44,8 @@ class RegistryMethods:
 
         @property
         def store(self) -> TrackingStore: ...
+
+        def artifact_store(self, run_id: str) -> ArtifactStore: ...
 
     @property
     def registry_store(self) -> RegistryStore:
@@ -150,11 +153,9 @@ class RegistryMethods:
         if not isinstance(text, str) or not text.strip():
             raise InvalidArgument(f"model source must be a non-empty URI or path, got {source!r}")
         if uris.is_runs_uri(text):
-            from cairn.artifacts import get_artifact_store
-
             run_id, path = uris.parse_runs_uri(text)
             root = self.store.get_run(run_id).info.artifact_uri.rstrip("/")
-            if not get_artifact_store(root).exists(path):
+            if not self.artifact_store(run_id).exists(path):  # mlflow-artifacts:/ resolves on this client's server
                 raise ArtifactNotFound(
                     f"cannot register {text!r}: run {run_id} has no artifact at {path or '<root>'!r} "
                     f"(under {root}); log the model there first, e.g. log_model(model, name={path or 'model'!r})"

@@ -30,8 +30,8 @@ from starlette.routing import BaseRoute
 from cairn.registry.entities import ModelVersion, RegisteredModel
 from cairn.server.auth.middleware import principal_of
 from cairn.server.auth.permissions import Principal, readable_models
+from cairn.server.locations import public_location as client_location
 from cairn.server.protocol import ServerContext, invalid, json_route, request_args
-from cairn.server.tracking_api import public_location as client_location
 
 __all__ = ["client_location", "routes", "stored_location"]
 

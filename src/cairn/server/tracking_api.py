@@ -30,6 +30,7 @@ from starlette.routing import BaseRoute
 from cairn.errors import NotFound, ResourceAlreadyExists
 from cairn.server.auth.middleware import principal_of
 from cairn.server.auth.permissions import Principal, readable_experiments
+from cairn.server.locations import public_location
 from cairn.server.protocol import ServerContext, invalid, json_route, request_args
 from cairn.tracking import context, system_tags, validation
 from cairn.tracking.entities import Experiment, Metric, Param, Run, RunInfo, RunStatus, RunTag, ViewType
@@ -196,18 +197,6 @@ def _double(value: float) -> float | str:
 
 def _tags(tags: dict[str, str]) -> list[dict[str, str]]:
     return [{"key": k, "value": v} for k, v in tags.items()]
-
-
-def public_location(ctx: ServerContext, location: str) -> str:
-    """``location`` as clients see it: ``mlflow-artifacts:/<path>`` under the served artifact root."""
-    if not ctx.serve_artifacts or not ctx.artifact_root:
-        return location
-    root = ctx.artifact_root.rstrip("/")
-    if location == root:
-        return "mlflow-artifacts:/"
-    if location.startswith(root + "/"):
-        return "mlflow-artifacts:/" + location[len(root) + 1 :]
-    return location
 
 
 def _stored_location(ctx: ServerContext, location: str | None) -> str | None:
