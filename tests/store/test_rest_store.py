@@ -254,6 +254,7 @@ def test_server_errors_map_to_cairn_errors(mlflow_url: str) -> None:
         (lambda: store.fork_run(run_id, 3, start_time=0), "fork_run"),
         (lambda: store.acquire_run_lease(run_id, "me", 10), "acquire_run_lease"),
         (lambda: store.purge_run(run_id), "purge_run"),
+        (lambda: store.get_metric_history(run_id, "m", include_superseded=True), "include_superseded"),
     ]:
         with pytest.raises(UnsupportedByServer, match=name):
             call()

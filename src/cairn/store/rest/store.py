@@ -541,7 +541,11 @@ class RestTrackingStore(ResumeOperations, TrackingStore):
         self.http.call("POST", "runs/delete-tag", {"run_id": run_id, "key": key}, idempotent=True)
 
     def get_metric_history(self, run_id: str, key: str, *, include_superseded: bool = False) -> list[Metric]:
-        del include_superseded  # MLflow's API has no superseded points
+        if include_superseded:  # never answer with the visible points only as if they were all
+            raise self._unsupported(
+                "get_metric_history(include_superseded=True)",
+                "returns only the points a run shows (no superseded flag)",
+            )
         points: list[Metric] = []
         token: str | None = None
         while True:
