@@ -47,6 +47,19 @@ def test_defaults_bind_loopback_port_5000(served: dict[str, Any], tmp_path: Path
     assert "http://127.0.0.1:5000/" in result.output and "warning" not in result.output
 
 
+def test_ui_serves_mlflow_rest_api_to_api_clients(served: dict[str, Any], tmp_path: Path) -> None:
+    """`cairn ui` is the server app: an MLflow client (no cookies, no Origin) can create an experiment."""
+    from starlette.testclient import TestClient
+
+    result = CliRunner().invoke(_root, ["--store", str(tmp_path / "runs"), "ui"])
+    assert result.exit_code == 0, result.output
+    with TestClient(served["app"], base_url="http://127.0.0.1:5000") as http:
+        created = http.post("/api/2.0/mlflow/experiments/create", json={"name": "from-mlflow-client"})
+        assert created.status_code == 200, created.text
+        got = http.get("/api/2.0/mlflow/experiments/get-by-name", params={"experiment_name": "from-mlflow-client"})
+        assert got.json()["experiment"]["experiment_id"] == created.json()["experiment_id"]
+
+
 def test_public_bind_warns_and_accepts_extra_host_names(served: dict[str, Any], tmp_path: Path) -> None:
     args = ["--store", str(tmp_path / "runs"), "ui", "--host", "0.0.0.0", "--port", "8123", "--allow-host", "ml-box"]
     result = CliRunner().invoke(_root, [*args, "--insecure-no-auth"])

@@ -128,6 +128,7 @@ def create_server_app(
     app.state.ctx = ctx
     app.state.client = client
     app.state.store_label = ui.state.store_label
+    app.state.allowed_hosts = ui.state.allowed_hosts
     return app
 
 

@@ -44,9 +44,10 @@ def ui(
     """Browse, chart and compare runs and models in a local web app.
 
     Uses the same store as every other command (--store / CAIRN_TRACKING_URI, default ./cairn-runs).
-    The UI has no login: anyone who can reach the port can read and delete runs, so it binds to
-    127.0.0.1 and refuses any other address unless --insecure-no-auth is given, and answers only
-    requests addressed to the allowed host names.
+    The same app as `cairn server` (MLflow's REST API at /api/2.0/mlflow/... and the artifact proxy
+    answer here too), bound to 127.0.0.1 by default. Without --auth it has no login: anyone who can
+    reach the port can read and delete runs, so any other address is refused unless --auth or
+    --insecure-no-auth is given, and only requests addressed to the allowed host names are answered.
     """
     from cairn.server.cli import is_loopback
 
@@ -60,7 +61,7 @@ def ui(
     try:
         import uvicorn
 
-        from cairn.ui.app import create_app
+        from cairn.server.app import create_server_app
         from cairn.ui.security import allowed_hosts_for
     except ImportError as exc:  # pragma: no cover - depends on the installed extras
         raise click.ClickException(f"cairn ui needs starlette and uvicorn: pip install 'cairn[ui]' ({exc})") from exc
@@ -74,23 +75,13 @@ def ui(
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
             probe.bind((host, 0))
             port = int(probe.getsockname()[1])
-    users = None
-    if auth:
-        from cairn.server.auth.users import user_store_for
-
-        users = user_store_for(client)
-    app = create_app(
-        client, host=host, port=port, allowed_hosts=allowed_hosts_for(host, port, allow_hosts), users=users
+    # The same app as `cairn server`: MLflow's REST API and the artifact proxy answer here too.
+    app = create_server_app(
+        client, host=host, port=port, allowed_hosts=allowed_hosts_for(host, port, allow_hosts), auth=auth
     )
-    served: object = app
-    if users is not None:
-        from cairn.server.auth.middleware import AuthMiddleware
-
-        served = AuthMiddleware(app, users)
-        if users.count() == 0:
-            click.secho(
-                "no users yet: create one with `cairn users add NAME --admin --password`", fg="yellow", err=True
-            )
+    users = app.state.ctx.users
+    if users is not None and users.count() == 0:
+        click.secho("no users yet: create one with `cairn users add NAME --admin --password`", fg="yellow", err=True)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else shown}:{port}/"
     click.echo(f"cairn ui: serving {app.state.store_label} at {url} (Ctrl-C to stop)")
@@ -106,4 +97,4 @@ def ui(
         import webbrowser
 
         threading.Timer(1.0, webbrowser.open, args=(url,)).start()
-    uvicorn.run(served, host=host, port=port, log_level="warning", access_log=False, server_header=False)  # type: ignore[arg-type]
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, server_header=False)
