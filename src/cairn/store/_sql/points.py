@@ -17,6 +17,20 @@ from cairn.store.base import MetricPoint, StoredMetricPoint
 
 _PG_COPY_POINTS = "COPY metrics (run_uuid, key, value, is_nan, step, timestamp) FROM STDIN (FORMAT BINARY)"
 _PG_COPY_TYPES = ("varchar", "varchar", "float8", "bool", "int8", "int8")
+#: Batches of up to this many points go in one statement with the latest-value upsert; larger ones by COPY.
+_PG_COPY_FROM = 200
+_PG_ARRAYS = "unnest(%s::varchar[], %s::varchar[], %s::float8[], %s::bool[], %s::int8[], %s::int8[])"
+_PG_UPSERT_LATEST = (
+    "INSERT INTO latest_metrics AS old (run_uuid, key, value, is_nan, step, timestamp) "
+    f"SELECT * FROM {_PG_ARRAYS} "
+    "ON CONFLICT (run_uuid, key) DO UPDATE SET value = excluded.value, is_nan = excluded.is_nan, "
+    "step = excluded.step, timestamp = excluded.timestamp "
+    "WHERE excluded.step > old.step OR (excluded.step = old.step AND excluded.timestamp >= old.timestamp)"
+)
+_PG_INSERT_POINTS_AND_LATEST = (
+    "WITH inserted AS (INSERT INTO metrics (run_uuid, key, value, is_nan, step, timestamp) "
+    f"SELECT * FROM {_PG_ARRAYS}) {_PG_UPSERT_LATEST}"
+)
 # The copy path (import_run_data) writes the superseded flag too.
 _SQLITE_IMPORT_POINTS = (
     "INSERT INTO metrics (run_uuid, key, value, is_nan, step, timestamp, superseded) VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -51,17 +65,14 @@ def write_points(conn: sa.Connection, dialect: str, latest: Any, points: Sequenc
     (the statement :func:`latest_upsert` made).
 
     The hot path of the batcher: SQLite gets multi-row ``INSERT`` statements of plain tuples (see
-    :mod:`.sqlite_points`), PostgreSQL a ``COPY``. Points are indexed by position (run_id, key,
-    value, timestamp, step) for speed.
+    :mod:`.sqlite_points`); PostgreSQL one statement of arrays (points and latest values in one round
+    trip) for small batches, a ``COPY`` and the array upsert for large ones. Points are indexed by
+    position (run_id, key, value, timestamp, step) for speed.
     """
     # (run_uuid, key, value, is_nan, step, timestamp); NaN is stored as NULL plus the flag
     rows = [
         (p[0], p[1], None, True, p[4], p[3]) if p[2] != p[2] else (p[0], p[1], p[2], False, p[4], p[3]) for p in points
     ]
-    if dialect == "sqlite":
-        insert_points(conn.exec_driver_sql, rows)
-    else:
-        _copy_points(conn, rows)
     newest: dict[tuple[str, str], MetricPoint] = {}
     get = newest.get
     for point in points:
@@ -69,20 +80,32 @@ def write_points(conn: sa.Connection, dialect: str, latest: Any, points: Sequenc
         best = get(slot)
         if best is None or point[4] > best[4] or (point[4] == best[4] and point[3] >= best[3]):
             newest[slot] = point
-    conn.execute(
-        latest,
-        [
-            {
-                "run_uuid": p.run_id,
-                "key": p.key,
-                "value": stored_value(p.value),
-                "is_nan": p.value != p.value,
-                "step": p.step,
-                "timestamp": p.timestamp,
-            }
-            for p in newest.values()
-        ],
-    )
+    if dialect == "sqlite":
+        insert_points(conn.exec_driver_sql, rows)
+        conn.execute(latest, [_latest_row(p) for p in newest.values()])
+        return
+    latest_columns = _columns([(p[0], p[1], stored_value(p[2]), p[2] != p[2], p[4], p[3]) for p in newest.values()])
+    if len(rows) <= _PG_COPY_FROM:
+        conn.exec_driver_sql(_PG_INSERT_POINTS_AND_LATEST, (*_columns(rows), *latest_columns))
+    else:
+        _copy_points(conn, rows)
+        conn.exec_driver_sql(_PG_UPSERT_LATEST, latest_columns)
+
+
+def _latest_row(p: MetricPoint) -> dict[str, Any]:
+    return {
+        "run_uuid": p.run_id,
+        "key": p.key,
+        "value": stored_value(p.value),
+        "is_nan": p.value != p.value,
+        "step": p.step,
+        "timestamp": p.timestamp,
+    }
+
+
+def _columns(rows: list[tuple[Any, ...]]) -> tuple[list[Any], ...]:
+    """Rows of ``(run_uuid, key, value, is_nan, step, timestamp)`` as six lists (PostgreSQL arrays)."""
+    return tuple(list(column) for column in zip(*rows, strict=True))
 
 
 def _copy_points(conn: sa.Connection, rows: list[tuple[Any, ...]]) -> None:

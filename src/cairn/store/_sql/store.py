@@ -498,9 +498,10 @@ class SqlTrackingStore(TrackingStore):
         for attempt in range(2):
             try:
                 with self._db.transaction(write=True, conflict=conflict) as conn:
-                    if idempotency_key is not None and self._replayed(conn, idempotency_key, fingerprint):
+                    if idempotency_key is None:
+                        self._require_run(conn, run_id, active=True)
+                    elif self._replayed(conn, idempotency_key, fingerprint, run_id):
                         return
-                    self._require_run(conn, run_id, active=True)
                     if new_params:
                         self._insert_params(conn, run_id, new_params)
                     if tag_list:
@@ -517,12 +518,30 @@ class SqlTrackingStore(TrackingStore):
                 if idempotency_key is None or attempt:
                     raise
 
-    def _replayed(self, conn: sa.Connection, key: str, fingerprint: str) -> bool:
+    def _replayed(self, conn: sa.Connection, key: str, fingerprint: str, run_id: str) -> bool:
         """Whether ``key`` was already used (its batch is stored); records it otherwise, in ``conn``'s
-        transaction, so the key and the batch commit together. Keys past the TTL are pruned first."""
+        transaction, so the key and the batch commit together. Keys past the TTL are pruned first.
+
+        The common case (a new key for an active run) is one statement: the key is inserted only if the run
+        is active and the key unused. When no row comes back, the slower path says which it was.
+        """
         keys = schema.idempotency_keys
         now = now_ms()
-        conn.execute(keys.delete().where(keys.c.created_time < now - IDEMPOTENCY_KEY_TTL_MS))
+        prune = keys.delete().where(keys.c.created_time < now - IDEMPOTENCY_KEY_TTL_MS)
+        active = sa.exists().where(runs.c.run_uuid == run_id, runs.c.lifecycle_stage == _ACTIVE)
+        row = sa.select(sa.literal(key), sa.literal(fingerprint), sa.literal(now)).where(active)
+        insert = (
+            self._insert(keys)
+            .from_select(["key", "fingerprint", "created_time"], row)
+            .on_conflict_do_nothing(index_elements=["key"])
+            .returning(keys.c.key)
+        )
+        if self.dialect == "postgresql":
+            insert = insert.add_cte(prune.cte("pruned"))  # the same round trip
+        else:
+            conn.execute(prune)
+        if conn.execute(insert).first() is not None:
+            return False
         found = conn.execute(sa.select(keys.c.fingerprint).where(keys.c.key == key)).scalar_one_or_none()
         if found is not None:
             if found != fingerprint:
@@ -531,7 +550,8 @@ class SqlTrackingStore(TrackingStore):
                     "a retry must repeat the request unchanged, a new request needs a new key"
                 )
             return True
-        conn.execute(keys.insert().values(key=key, fingerprint=fingerprint, created_time=now))
+        self._require_run(conn, run_id, active=True)  # raises: the run is unknown or deleted
+        conn.execute(keys.insert().values(key=key, fingerprint=fingerprint, created_time=now))  # pruned meanwhile
         return False
 
     def _insert_params(self, conn: sa.Connection, run_id: str, new_params: dict[str, str]) -> None:
