@@ -1,7 +1,7 @@
 """The users of ``cairn server --auth``, their grants and the secrets server processes share.
 
-Everything lives in the tracking store's database (tables ``users``, ``user_permissions``,
-``server_secrets``, revision 0005), read afresh on every request: a removed user or a rotated token
+Everything lives in the tracking store's database (tables ``cairn_users``, ``cairn_user_permissions``,
+``cairn_server_secrets``, revision 0005), read afresh on every request: a removed user or a rotated token
 stops working at once in every server process, and several processes on one PostgreSQL agree.
 """
 

@@ -259,11 +259,11 @@ idempotency_keys = sa.Table(
 # ``cairn server --auth``: a user authenticates with a token (stored as its sha256: tokens are random,
 # so a fast hash is enough) or a password (scrypt, with its parameters in the stored string). A grant
 # gives one user READ, EDIT or MANAGE on one experiment (by id) or registered model (by name); the
-# grants go with their user. ``server_secrets`` holds random keys every server process on this
+# grants go with their user. ``cairn_server_secrets`` holds random keys every server process on this
 # database shares (e.g. the key signing UI session cookies).
 
 users = sa.Table(
-    "users",
+    "cairn_users",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("name", sa.String(256), nullable=False),
@@ -277,18 +277,18 @@ users = sa.Table(
 )
 
 user_permissions = sa.Table(
-    "user_permissions",
+    "cairn_user_permissions",
     metadata,
-    sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("user_id", sa.Integer, sa.ForeignKey("cairn_users.id", ondelete="CASCADE"), primary_key=True),
     sa.Column("resource_type", sa.String(32), primary_key=True),
     sa.Column("resource", sa.String(256), primary_key=True),
     sa.Column("permission", sa.String(16), nullable=False),
     sa.CheckConstraint("permission IN ('READ', 'EDIT', 'MANAGE')", name="permission"),
-    sa.Index("ix_user_permissions_resource_type_resource", "resource_type", "resource"),
+    sa.Index("ix_cairn_user_permissions_resource_type_resource", "resource_type", "resource"),
 )
 
 server_secrets = sa.Table(
-    "server_secrets",
+    "cairn_server_secrets",
     metadata,
     sa.Column("name", sa.String(64), primary_key=True),
     sa.Column("value", sa.LargeBinary, nullable=False),

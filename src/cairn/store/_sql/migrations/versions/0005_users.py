@@ -18,41 +18,43 @@ depends_on = None
 
 def upgrade() -> None:
     op.create_table(
-        "users",
+        "cairn_users",
         sa.Column("id", sa.Integer, nullable=False, autoincrement=True),
         sa.Column("name", sa.String(256), nullable=False),
         sa.Column("is_admin", sa.Boolean, nullable=False, server_default=sa.false()),
         sa.Column("token_hash", sa.String(64), nullable=False),
         sa.Column("password_hash", sa.String(256)),
         sa.Column("created_time", sa.BigInteger, nullable=False),
-        sa.PrimaryKeyConstraint("id", name="pk_users"),
-        sa.UniqueConstraint("name", name="uq_users_name"),
-        sa.UniqueConstraint("token_hash", name="uq_users_token_hash"),
+        sa.PrimaryKeyConstraint("id", name="pk_cairn_users"),
+        sa.UniqueConstraint("name", name="uq_cairn_users_name"),
+        sa.UniqueConstraint("token_hash", name="uq_cairn_users_token_hash"),
         sqlite_autoincrement=True,
     )
     op.create_table(
-        "user_permissions",
+        "cairn_user_permissions",
         sa.Column("user_id", sa.Integer, nullable=False),
         sa.Column("resource_type", sa.String(32), nullable=False),
         sa.Column("resource", sa.String(256), nullable=False),
         sa.Column("permission", sa.String(16), nullable=False),
-        sa.PrimaryKeyConstraint("user_id", "resource_type", "resource", name="pk_user_permissions"),
+        sa.PrimaryKeyConstraint("user_id", "resource_type", "resource", name="pk_cairn_user_permissions"),
         sa.ForeignKeyConstraint(
-            ["user_id"], ["users.id"], ondelete="CASCADE", name="fk_user_permissions_user_id_users"
+            ["user_id"], ["cairn_users.id"], ondelete="CASCADE", name="fk_cairn_user_permissions_user_id_cairn_users"
         ),
-        sa.CheckConstraint("permission IN ('READ', 'EDIT', 'MANAGE')", name="ck_user_permissions_permission"),
+        sa.CheckConstraint("permission IN ('READ', 'EDIT', 'MANAGE')", name="ck_cairn_user_permissions_permission"),
     )
-    op.create_index("ix_user_permissions_resource_type_resource", "user_permissions", ["resource_type", "resource"])
+    op.create_index(
+        "ix_cairn_user_permissions_resource_type_resource", "cairn_user_permissions", ["resource_type", "resource"]
+    )
     op.create_table(
-        "server_secrets",
+        "cairn_server_secrets",
         sa.Column("name", sa.String(64), nullable=False),
         sa.Column("value", sa.LargeBinary, nullable=False),
-        sa.PrimaryKeyConstraint("name", name="pk_server_secrets"),
+        sa.PrimaryKeyConstraint("name", name="pk_cairn_server_secrets"),
     )
 
 
 def downgrade() -> None:
-    op.drop_table("server_secrets")
-    op.drop_index("ix_user_permissions_resource_type_resource", table_name="user_permissions")
-    op.drop_table("user_permissions")
-    op.drop_table("users")
+    op.drop_table("cairn_server_secrets")
+    op.drop_index("ix_cairn_user_permissions_resource_type_resource", table_name="cairn_user_permissions")
+    op.drop_table("cairn_user_permissions")
+    op.drop_table("cairn_users")
