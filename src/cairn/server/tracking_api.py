@@ -30,8 +30,10 @@ from starlette.routing import BaseRoute
 from cairn.errors import NotFound, ResourceAlreadyExists
 from cairn.server.auth.middleware import principal_of
 from cairn.server.auth.permissions import Principal, readable_experiments
+from cairn.server.group_commit import GroupCommit
 from cairn.server.locations import public_location
 from cairn.server.protocol import ServerContext, invalid, json_route, request_args
+from cairn.store._sql.store import KeyedMetrics, SqlTrackingStore
 from cairn.tracking import context, system_tags, validation
 from cairn.tracking.entities import Experiment, Metric, Param, Run, RunInfo, RunStatus, RunTag, ViewType
 
@@ -680,11 +682,14 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 MAX_IDEMPOTENCY_KEY = 256
 
 
-def log_batch(ctx: ServerContext, args: Args, idempotency_key: str | None = None) -> dict[str, Any]:
+def log_batch(
+    ctx: ServerContext, args: Args, idempotency_key: str | None = None, group: GroupCommit | None = None
+) -> dict[str, Any]:
     """MLflow's log-batch; with an ``Idempotency-Key`` header the batch is written at most once per key
     (the key is recorded in the batch's transaction, so a client's retry after a lost response, sent to
     this or another server process on the same database, succeeds without writing again). A key reused
-    with a different body is INVALID_PARAMETER_VALUE."""
+    with a different body is INVALID_PARAMETER_VALUE. With ``group``, a batch of metrics only may share its
+    transaction with others arriving at the same time (see :mod:`cairn.server.group_commit`)."""
     run_id = _run_id(args)
     metric_items = _objects(args, "metrics")
     param_items = _objects(args, "params")
@@ -700,7 +705,10 @@ def log_batch(ctx: ServerContext, args: Args, idempotency_key: str | None = None
     metrics = [_metric(item, now) for item in metric_items]
     params = [Param(k, v) for k, v in _key_values(param_items, "param")]
     tags = [RunTag(k, v) for k, v in _key_values(tag_items, "tag")]
-    if idempotency_key is None:
+    if group is not None and not params and not tags:
+        fingerprint = "" if idempotency_key is None else _fingerprint(args)
+        group.write(KeyedMetrics(run_id, metrics, idempotency_key, fingerprint))
+    elif idempotency_key is None:
         ctx.client.log_batch(run_id, metrics, params, tags, synchronous=True)
     else:
         # The client's checks, then the store's keyed write (the client has no key parameter).
@@ -722,12 +730,15 @@ def _fingerprint(args: Args) -> str:
 
 
 def _log_batch_endpoint(ctx: ServerContext) -> Callable[[Request], Any]:
+    store = ctx.client.store
+    group = GroupCommit(store) if isinstance(store, SqlTrackingStore) else None
+
     async def handler(request: Request) -> Response:
         key = request.headers.get(IDEMPOTENCY_HEADER)
         if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
             raise invalid(f"{IDEMPOTENCY_HEADER} must have 1 to {MAX_IDEMPOTENCY_KEY} characters")
         args = await request_args(request, max_bytes=MAX_BATCH_LOG_REQUEST_SIZE)
-        body = await run_in_threadpool(log_batch, ctx, args, key)
+        body = await run_in_threadpool(log_batch, ctx, args, key, group)
         return JSONResponse(body)
 
     return handler

@@ -84,7 +84,9 @@ def write_points(conn: sa.Connection, dialect: str, latest: Any, points: Sequenc
         insert_points(conn.exec_driver_sql, rows)
         conn.execute(latest, [_latest_row(p) for p in newest.values()])
         return
-    latest_columns = _columns([(p[0], p[1], stored_value(p[2]), p[2] != p[2], p[4], p[3]) for p in newest.values()])
+    # in (run, key) order: concurrent transactions lock the rows they update in one order (no deadlock)
+    latest_rows = [(p[0], p[1], stored_value(p[2]), p[2] != p[2], p[4], p[3]) for _, p in sorted(newest.items())]
+    latest_columns = _columns(latest_rows)
     if len(rows) <= _PG_COPY_FROM:
         conn.exec_driver_sql(_PG_INSERT_POINTS_AND_LATEST, (*_columns(rows), *latest_columns))
     else:

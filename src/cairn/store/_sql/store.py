@@ -6,7 +6,7 @@ import math
 import re
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -64,6 +64,15 @@ _RUN_COLUMNS = (
     runs.c.lifecycle_stage,
     runs.c.artifact_uri,
 )
+
+
+class KeyedMetrics(NamedTuple):
+    """The metrics of one log-batch request, with its idempotency key (None: unkeyed) and fingerprint."""
+
+    run_id: str
+    metrics: Sequence[Metric]
+    idempotency_key: str | None = None
+    fingerprint: str = ""
 
 
 def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
@@ -467,21 +476,8 @@ class SqlTrackingStore(TrackingStore):
         idempotency_key: str | None = None,
         fingerprint: str = "",
     ) -> None:
-        if idempotency_key is not None:
-            if not 0 < len(idempotency_key) <= _MAX_IDEMPOTENCY_KEY:
-                raise InvalidArgument(f"an idempotency key must have 1 to {_MAX_IDEMPOTENCY_KEY} characters")
-            if len(fingerprint) > _MAX_FINGERPRINT:
-                raise InvalidArgument(f"a request fingerprint must have at most {_MAX_FINGERPRINT} characters")
-        points = [
-            MetricPoint(
-                run_id,
-                validation.validate_key(m.key, "metric"),
-                validation.metric_value(m.value, m.key),
-                validation.metric_timestamp(m.timestamp, m.key),
-                validation.metric_step(m.step, m.key),
-            )
-            for m in metrics
-        ]
+        self._check_key(idempotency_key, fingerprint)
+        points = [self._metric_point(run_id, m) for m in metrics]
         new_params: dict[str, str] = {}
         for param in params:
             key = validation.validate_key(param.key, "param")
@@ -517,6 +513,46 @@ class SqlTrackingStore(TrackingStore):
                 # (PostgreSQL makes this transaction wait for it, then fails it); looking again finds it.
                 if idempotency_key is None or attempt:
                     raise
+
+    def log_metric_batches(self, batches: Sequence[KeyedMetrics]) -> None:
+        """Several metric-only log-batch requests in one transaction (one commit): what ``log_batch`` of each
+        would store, each key recorded with its batch. Any refused batch (unknown or deleted run, a key reused
+        with another fingerprint, a bad value) fails the whole transaction: nothing is written, and the
+        caller writes them one by one to see which one it was."""
+        for batch in batches:
+            self._check_key(batch.idempotency_key, batch.fingerprint)
+        checked = [(batch, [self._metric_point(batch.run_id, m) for m in batch.metrics]) for batch in batches]
+        with self._db.transaction(write=True) as conn:
+            points: list[MetricPoint] = []
+            unkeyed_runs: list[str] = []
+            for batch, batch_points in checked:
+                if batch.idempotency_key is None:
+                    unkeyed_runs.append(batch.run_id)
+                elif self._replayed(conn, batch.idempotency_key, batch.fingerprint, batch.run_id):
+                    continue
+                points.extend(batch_points)
+            if unkeyed_runs:
+                self._check_runs_active(conn, unkeyed_runs)
+            if points:
+                points_sql.write_points(conn, self.dialect, self._latest_upsert, points)
+
+    @staticmethod
+    def _check_key(idempotency_key: str | None, fingerprint: str) -> None:
+        if idempotency_key is not None:
+            if not 0 < len(idempotency_key) <= _MAX_IDEMPOTENCY_KEY:
+                raise InvalidArgument(f"an idempotency key must have 1 to {_MAX_IDEMPOTENCY_KEY} characters")
+            if len(fingerprint) > _MAX_FINGERPRINT:
+                raise InvalidArgument(f"a request fingerprint must have at most {_MAX_FINGERPRINT} characters")
+
+    @staticmethod
+    def _metric_point(run_id: str, metric: Metric) -> MetricPoint:
+        return MetricPoint(
+            run_id,
+            validation.validate_key(metric.key, "metric"),
+            validation.metric_value(metric.value, metric.key),
+            validation.metric_timestamp(metric.timestamp, metric.key),
+            validation.metric_step(metric.step, metric.key),
+        )
 
     def _replayed(self, conn: sa.Connection, key: str, fingerprint: str, run_id: str) -> bool:
         """Whether ``key`` was already used (its batch is stored); records it otherwise, in ``conn``'s
@@ -573,11 +609,11 @@ class SqlTrackingStore(TrackingStore):
         if not points:
             return
         with self._db.transaction(write=True) as conn:
-            self._check_runs_active(conn, points)
+            self._check_runs_active(conn, [point.run_id for point in points])
             points_sql.write_points(conn, self.dialect, self._latest_upsert, points)
 
-    def _check_runs_active(self, conn: sa.Connection, points: Sequence[MetricPoint]) -> None:
-        run_ids = list(dict.fromkeys(point.run_id for point in points))
+    def _check_runs_active(self, conn: sa.Connection, run_ids_of_points: Sequence[str]) -> None:
+        run_ids = list(dict.fromkeys(run_ids_of_points))
         stages: dict[str, str] = {}
         for chunk in _chunks(run_ids):
             query = sa.select(runs.c.run_uuid, runs.c.lifecycle_stage).where(runs.c.run_uuid.in_(chunk))
