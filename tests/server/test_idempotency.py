@@ -8,6 +8,7 @@ processed it.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,9 @@ import pytest
 
 from cairn.store.base import MetricPoint
 from cairn.store.rest import RestTrackingStore
+from cairn.store.rest.http import encode_json
+from cairn.store.rest.spool import SpoolRecord, _points_record, record_points
+from cairn.store.rest.store import _metric_js
 from cairn.tracking.client import Client
 from cairn.tracking.entities import Metric, Param, RunTag
 from tests.server.conftest import RunningServer, serve
@@ -75,10 +79,28 @@ def test_a_key_replayed_with_another_body_is_invalid_and_writes_nothing(server: 
     assert "different request" in response.json()["message"]
     assert _steps(server.client, run_id) == list(range(5))
     assert "t" not in server.client.get_run(run_id).data.tags
-    # key order and spacing are not a different body
+    # the key stands for the request's bytes: the same body encoded otherwise is another request
     reordered = {k: _body(run_id)[k] for k in ("tags", "params", "metrics", "run_id")}
-    assert _post(server.url, reordered, "k").status_code == 200
+    assert _post(server.url, reordered, "k").status_code == 400
+    assert _post(server.url, _body(run_id), "k").status_code == 200
     assert _steps(server.client, run_id) == list(range(5))
+
+
+def test_a_spooled_request_is_resent_with_the_same_bytes() -> None:
+    """The server compares a replayed key's body byte for byte: a spool record must encode back to the
+    request first sent (awkward floats, big integers, non-ASCII keys included)."""
+    values = [0.1, -0.0, 1e-320, 1.7976931348623157e308, float("nan"), float("inf"), float("-inf"), 3.0, 2.5e-7]
+    points = [
+        MetricPoint("a" * 32, key, value, 2**62 + i, -(2**40) + i)
+        for i, (key, value) in enumerate(zip(["loss", "naïve/κ", "t x"] * 3, values, strict=True))
+    ]
+
+    def sent(batch: list[MetricPoint]) -> bytes:  # what log_keyed_points puts on the wire
+        metrics = [_metric_js(p.key, p.value, p.timestamp, p.step) for p in batch]
+        return encode_json({"run_id": batch[0].run_id, "metrics": metrics, "params": [], "tags": []})
+
+    record = json.loads(json.dumps(_points_record("k", "a" * 32, points), separators=(",", ":")))
+    assert sent(record_points(SpoolRecord(record, 0))) == sent(points)
 
 
 def test_a_rejected_batch_leaves_its_key_unused(server: RunningServer) -> None:

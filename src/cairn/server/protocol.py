@@ -40,8 +40,10 @@ __all__ = [
     "ServerContext",
     "classify",
     "error_response",
+    "json_object",
     "json_route",
     "query_params",
+    "read_body",
     "read_json",
 ]
 
@@ -125,6 +127,15 @@ async def read_json(request: Request, *, max_bytes: int = DEFAULT_MAX_BYTES) -> 
         MlflowApiError: ``INVALID_PARAMETER_VALUE`` for a body over ``max_bytes``, malformed JSON or
             a JSON value that is not an object.
     """
+    return json_object(await read_body(request, max_bytes=max_bytes))
+
+
+async def read_body(request: Request, *, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """The request's body as sent.
+
+    Raises:
+        MlflowApiError: ``INVALID_PARAMETER_VALUE`` for a body over ``max_bytes``.
+    """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise invalid(f"Request body of {declared} bytes exceeds the limit of {max_bytes} bytes")
@@ -135,7 +146,15 @@ async def read_json(request: Request, *, max_bytes: int = DEFAULT_MAX_BYTES) -> 
         if size > max_bytes:
             raise invalid(f"Request body exceeds the limit of {max_bytes} bytes")
         chunks.append(chunk)
-    raw = b"".join(chunks)
+    return b"".join(chunks)
+
+
+def json_object(raw: bytes) -> dict[str, Any]:
+    """``raw`` decoded as a JSON object (``{}`` for an empty body).
+
+    Raises:
+        MlflowApiError: ``INVALID_PARAMETER_VALUE`` for malformed JSON or a JSON value that is not an object.
+    """
     if not raw.strip():
         return {}
     try:

@@ -32,7 +32,7 @@ from cairn.server.auth.middleware import principal_of
 from cairn.server.auth.permissions import Principal, readable_experiments
 from cairn.server.group_commit import GroupCommit
 from cairn.server.locations import public_location
-from cairn.server.protocol import ServerContext, invalid, json_route, request_args
+from cairn.server.protocol import ServerContext, invalid, json_object, json_route, read_body, request_args
 from cairn.store._sql.store import KeyedMetrics, SqlTrackingStore
 from cairn.tracking import context, system_tags, validation
 from cairn.tracking.entities import Experiment, Metric, Param, Run, RunInfo, RunStatus, RunTag, ViewType
@@ -683,13 +683,18 @@ MAX_IDEMPOTENCY_KEY = 256
 
 
 def log_batch(
-    ctx: ServerContext, args: Args, idempotency_key: str | None = None, group: GroupCommit | None = None
+    ctx: ServerContext,
+    args: Args,
+    idempotency_key: str | None = None,
+    group: GroupCommit | None = None,
+    body: bytes | None = None,
 ) -> dict[str, Any]:
     """MLflow's log-batch; with an ``Idempotency-Key`` header the batch is written at most once per key
     (the key is recorded in the batch's transaction, so a client's retry after a lost response, sent to
     this or another server process on the same database, succeeds without writing again). A key reused
-    with a different body is INVALID_PARAMETER_VALUE. With ``group``, a batch of metrics only may share its
-    transaction with others arriving at the same time (see :mod:`cairn.server.group_commit`)."""
+    with a different body (``body``: the request's bytes, else ``args`` re-encoded) is INVALID_PARAMETER_VALUE.
+    With ``group``, a batch of metrics only may share its transaction with others arriving at the same time
+    (see :mod:`cairn.server.group_commit`)."""
     run_id = _run_id(args)
     metric_items = _objects(args, "metrics")
     param_items = _objects(args, "params")
@@ -706,7 +711,7 @@ def log_batch(
     params = [Param(k, v) for k, v in _key_values(param_items, "param")]
     tags = [RunTag(k, v) for k, v in _key_values(tag_items, "tag")]
     if group is not None and not params and not tags:
-        fingerprint = "" if idempotency_key is None else _fingerprint(args)
+        fingerprint = "" if idempotency_key is None else _fingerprint(args, body)
         group.write(KeyedMetrics(run_id, metrics, idempotency_key, fingerprint))
     elif idempotency_key is None:
         ctx.client.log_batch(run_id, metrics, params, tags, synchronous=True)
@@ -717,16 +722,27 @@ def log_batch(
         ]
         tags = [RunTag(validation.validate_key(t.key, "tag"), validation.tag_value(t.value, t.key)) for t in tags]
         ctx.client.store.log_batch(
-            run_id, metrics, params, tags, idempotency_key=idempotency_key, fingerprint=_fingerprint(args)
+            run_id, metrics, params, tags, idempotency_key=idempotency_key, fingerprint=_fingerprint(args, body)
         )
     _follow_run_name(ctx, run_id, tags)
     return {}
 
 
-def _fingerprint(args: Args) -> str:
-    """A hash of the request's JSON (key order and spacing aside): what a replayed key must match."""
-    canonical = json.dumps(args, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+def _fingerprint(args: Args, body: bytes | None) -> str:
+    """What a replayed key must match: a hash of the request's bytes.
+
+    cairn's client sends the same bytes for a key every time (a retry re-sends them; a spool replay encodes
+    the same points the same way), so a body that differs in any byte, key order and spacing included, is
+    another request. Without the bytes, the hash of ``args`` as compact JSON in key order.
+    """
+    if body is None:
+        text = json.dumps(args, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        body = text.encode("utf-8", "surrogatepass")
+    return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+def _log_batch_request(ctx: ServerContext, body: bytes, key: str | None, group: GroupCommit | None) -> dict[str, Any]:
+    return log_batch(ctx, json_object(body), key, group, body)
 
 
 def _log_batch_endpoint(ctx: ServerContext) -> Callable[[Request], Any]:
@@ -737,9 +753,8 @@ def _log_batch_endpoint(ctx: ServerContext) -> Callable[[Request], Any]:
         key = request.headers.get(IDEMPOTENCY_HEADER)
         if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
             raise invalid(f"{IDEMPOTENCY_HEADER} must have 1 to {MAX_IDEMPOTENCY_KEY} characters")
-        args = await request_args(request, max_bytes=MAX_BATCH_LOG_REQUEST_SIZE)
-        body = await run_in_threadpool(log_batch, ctx, args, key, group)
-        return JSONResponse(body)
+        raw = await read_body(request, max_bytes=MAX_BATCH_LOG_REQUEST_SIZE)
+        return JSONResponse(await run_in_threadpool(_log_batch_request, ctx, raw, key, group))
 
     return handler
 
