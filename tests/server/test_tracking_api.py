@@ -429,3 +429,27 @@ def test_experiment_search_rejects_what_mlflow_rejects(server: RunningServer) ->
         response = _experiments(server, **body)
         assert response.status_code == 400, body
         assert response.json()["error_code"] == "INVALID_PARAMETER_VALUE", body
+
+
+@pytest.mark.parametrize(
+    ("metric", "accepted"),
+    [
+        ({"key": "m", "value": 0.5, "timestamp": 7, "step": 1}, True),
+        ({"key": "m", "value": 1, "timestamp": "7", "step": 1.0}, True),  # other spellings of numbers
+        ({"key": "m", "value": 0.5, "timestamp": 7, "step": 2**63}, False),
+        ({"key": "m", "value": 0.5, "timestamp": -(2**63) - 1, "step": 1}, False),
+        ({"key": "m", "value": 0.5, "timestamp": True, "step": 1}, False),
+        ({"key": "m", "value": 0.5, "timestamp": 7, "step": 1.5}, False),
+        ({"key": "m", "value": True, "timestamp": 7, "step": 1}, False),
+        ({"key": "m", "value": "x", "timestamp": 7, "step": 1}, False),
+        ({"key": "../m", "value": 0.5, "timestamp": 7, "step": 1}, False),
+        ({"key": "m\x00", "value": 0.5, "timestamp": 7, "step": 1}, False),
+        ({"key": 5, "value": 0.5, "timestamp": 7, "step": 1}, False),
+        ({"key": "m", "timestamp": 7, "step": 1}, False),
+    ],
+)
+def test_log_batch_checks_every_metric_field(server: RunningServer, metric: dict[str, object], accepted: bool) -> None:
+    run_id = server.client.store.create_run("0", user_id="t", start_time=1, run_name="r").info.run_id
+    response = httpx.post(_api(server, "runs/log-batch"), json={"run_id": run_id, "metrics": [metric]})
+    assert response.status_code == (200 if accepted else 400), response.text
+    assert len(server.client.get_metric_history(run_id, "m")) == (1 if accepted else 0)
