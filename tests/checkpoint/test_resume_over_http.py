@@ -20,13 +20,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 import torch
 
@@ -40,7 +38,7 @@ from cairn.errors import CheckpointCorrupt
 from cairn.store.rest import UnsupportedByServer
 from tests.checkpoint.kill_resume_harness import KillResumeCase, kill_and_resume
 from tests.conftest import S3Server
-from tests.server.conftest import free_port
+from tests.server.conftest import free_port, wait_until_up
 
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
 MLFLOW = Path(sys.executable).with_name("mlflow")
@@ -60,17 +58,12 @@ def _started(command: list[str], home: Path, url: str, store: str) -> Server:
     log = open(home / "server.log", "wb")  # noqa: SIM115 - the process owns it until stopped
     process = subprocess.Popen(command, cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     log.close()
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return Server(url, store, process)
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            _stop(process)
-            raise RuntimeError(f"server did not start: {(home / 'server.log').read_text()[-2000:]}")
-        time.sleep(0.1)
+    try:
+        wait_until_up(url, process, home / "server.log", timeout=90)
+    except BaseException:
+        _stop(process)
+        raise
+    return Server(url, store, process)
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:

@@ -2,13 +2,19 @@
 
 ``server`` serves a fresh SQLite store; ``db_server`` the suite's ``db_url`` backends (SQLite and
 PostgreSQL). ``mlflow_tracking`` points the real mlflow client at ``server`` and leaves no global
-tracking URI, active run or env var behind.
+tracking URI, active run or env var behind (``mlflow_tracking_at`` does it for any server).
+
+Server subprocesses: ``wait_until_up`` waits for one to answer; ``cairn_server_processes`` starts several
+``cairn server`` processes on one store, waits for them all and always stops them.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import string
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -17,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 
@@ -105,15 +112,22 @@ def db_server(db_url: str, tmp_path: Path) -> Iterator[RunningServer]:
 @pytest.fixture
 def mlflow_tracking(server: RunningServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[RunningServer]:
     """The real mlflow client (fluent and MlflowClient) pointed at ``server``; reset afterwards."""
+    with mlflow_tracking_at(server.url, monkeypatch):
+        yield server
+
+
+@contextmanager
+def mlflow_tracking_at(url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Point the real mlflow client at ``url`` for the block; then end its runs and restore mlflow and env."""
     import mlflow
 
     before = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
     for key in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
         os.environ.pop(key, None)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
-    mlflow.set_tracking_uri(server.url)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    mlflow.set_tracking_uri(url)
     try:
-        yield server
+        yield
     finally:
         while mlflow.active_run() is not None:
             mlflow.end_run()
@@ -130,3 +144,90 @@ def _reset_mlflow() -> None:
 
     fluent._active_experiment_id = None
     mlflow.set_tracking_uri(None)  # type: ignore[arg-type]  # None unsets the URI and MLFLOW_TRACKING_URI
+
+
+# -- server subprocesses -----------------------------------------------------------------------------
+
+
+def wait_until_up(
+    url: str, process: subprocess.Popen[Any], log: Path, *, timeout: float = 60.0, path: str = "/health"
+) -> None:
+    """Wait until the server ``process`` at ``url`` answers ``GET path`` with 200 (and, on ``/health``, ``OK``).
+
+    Raises ``RuntimeError`` with the server's ``log`` if the process exits first or ``timeout`` seconds pass.
+    Stopping the process is the caller's job.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"server {url} exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            answer = httpx.get(f"{url}{path}", timeout=1)
+            if answer.status_code == 200 and (path != "/health" or answer.text == "OK"):
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"server {url} did not answer {path} within {timeout:.1f} s:\n{log.read_text()}")
+        time.sleep(0.1)
+
+
+@dataclass(frozen=True)
+class ServerProcess:
+    """A ``cairn server`` subprocess: its ``url``, the ``process``, and the ``log`` of its stdout and stderr."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+
+def server_env(tmp_dir: Path) -> dict[str, str]:
+    """The environment a server subprocess gets by default: no ``MLFLOW_*``/``CAIRN_*``, its own cache dir."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "CAIRN_"))}
+    env["CAIRN_CACHE_DIR"] = str(tmp_dir / "cache")
+    return env
+
+
+@contextmanager
+def cairn_server_processes(
+    store_url: str,
+    artifact_root: str | None,
+    tmp_dir: Path,
+    servers: Sequence[Sequence[str]],
+    env: dict[str, str] | None = None,
+    *,
+    timeout: float = 60.0,
+) -> Iterator[list[ServerProcess]]:
+    """Start one ``cairn server`` per entry of ``servers`` (its extra CLI args, e.g. ``["--workers", "2"]``).
+
+    All serve ``store_url`` with ``artifact_root`` (``None``: no ``--artifact-root``), each on a free port, in
+    ``tmp_dir`` (their working directory, and where ``server-a.log``, ``server-b.log``, ... go), with ``env``
+    (default :func:`server_env`). Waits until every one is up (``timeout`` seconds for all), yields them, and
+    on leaving the block, or if one fails to start, terminates them all, killing any still running after 20 s.
+    """
+    env = server_env(tmp_dir) if env is None else env
+    started: list[ServerProcess] = []
+    try:
+        for index, args in enumerate(servers):
+            port = free_port()
+            log = tmp_dir / f"server-{string.ascii_lowercase[index]}.log"
+            command = [sys.executable, "-m", "cairn.cli", "--store", store_url]
+            if artifact_root is not None:
+                command += ["--artifact-root", artifact_root]
+            command += ["server", "--port", str(port), *args]
+            with open(log, "wb") as out:
+                process = subprocess.Popen(command, env=env, cwd=tmp_dir, stdout=out, stderr=subprocess.STDOUT)
+            started.append(ServerProcess(f"http://127.0.0.1:{port}", process, log))
+        deadline = time.monotonic() + timeout
+        for server in started:
+            wait_until_up(server.url, server.process, server.log, timeout=max(deadline - time.monotonic(), 0.0))
+        yield started
+    finally:
+        for server in started:
+            server.process.terminate()
+        for server in started:
+            try:
+                server.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                server.process.kill()
+                server.process.wait()

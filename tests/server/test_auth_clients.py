@@ -3,7 +3,6 @@ cairn's own client (CAIRN_TRACKING_TOKEN)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pytest
 
 from cairn.tracking.client import Client
 from tests.server.auth_support import AuthServer, serve_auth
-from tests.server.conftest import _reset_mlflow
+from tests.server.conftest import mlflow_tracking_at
 
 CREDENTIAL_VARS = (
     "MLFLOW_TRACKING_TOKEN",
@@ -32,24 +31,9 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[AuthServ
 
 @pytest.fixture
 def mlflow_at(server: AuthServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[AuthServer]:
-    import mlflow
-
-    before = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
-    for key in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    mlflow.set_tracking_uri(server.url)
-    try:
+    with mlflow_tracking_at(server.url, monkeypatch):
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         yield server
-    finally:
-        while mlflow.active_run() is not None:
-            mlflow.end_run()
-        _reset_mlflow()
-        for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
-            if key not in before:
-                del os.environ[key]
-        os.environ.update(before)
 
 
 def _fluent_run(tmp_path: Path, experiment: str) -> str:

@@ -4,11 +4,9 @@ started before any user exists says how to create one."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,74 +14,24 @@ import httpx
 import pytest
 
 from tests.conftest import PgServer
-from tests.server.conftest import free_port
-
-
-def _env(tmp: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "CAIRN_"))}
-    env["CAIRN_CACHE_DIR"] = str(tmp / "cache")
-    return env
+from tests.server.conftest import cairn_server_processes, free_port, server_env, wait_until_up
 
 
 def _cairn(database_url: str, tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "cairn.cli", "--store", database_url, *args]
-    return subprocess.run(command, env=_env(tmp), cwd=tmp, capture_output=True, text=True, timeout=60, check=False)
-
-
-def _up(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"server {url} exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1).text == "OK":
-                return
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"server {url} did not come up:\n{log.read_text()}")
-        time.sleep(0.1)
+    return subprocess.run(
+        command, env=server_env(tmp), cwd=tmp, capture_output=True, text=True, timeout=60, check=False
+    )
 
 
 @pytest.fixture
 def two_servers(pg_server: PgServer, tmp_path: Path) -> Iterator[tuple[str, list[str], list[Path]]]:
-    processes: list[subprocess.Popen[bytes]] = []
-    with pg_server.new_database("cairn_auth_processes") as database_url:
-        try:
-            urls, logs = [], []
-            for name, workers in (("a", 1), ("b", 2)):
-                port = free_port()
-                log = tmp_path / f"server-{name}.log"
-                command = [sys.executable, "-m", "cairn.cli", "--store", database_url, "--artifact-root"]
-                command += [
-                    str(tmp_path / "artifacts"),
-                    "server",
-                    "--auth",
-                    "--port",
-                    str(port),
-                    "--workers",
-                    str(workers),
-                ]
-                with open(log, "wb") as out:
-                    processes.append(
-                        subprocess.Popen(
-                            command, env=_env(tmp_path), cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT
-                        )
-                    )
-                urls.append(f"http://127.0.0.1:{port}")
-                logs.append(log)
-            for url, process, log in zip(urls, processes, logs, strict=True):
-                _up(url, process, log)
-            yield database_url, urls, logs
-        finally:
-            for process in processes:
-                process.terminate()
-            for process in processes:
-                try:
-                    process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+    servers = [["--auth", "--workers", "1"], ["--auth", "--workers", "2"]]
+    with (
+        pg_server.new_database("cairn_auth_processes") as database_url,
+        cairn_server_processes(database_url, str(tmp_path / "artifacts"), tmp_path, servers) as running,
+    ):
+        yield database_url, [s.url for s in running], [s.log for s in running]
 
 
 def _get(url: str, token: str) -> httpx.Response:
@@ -124,10 +72,12 @@ def test_cairn_ui_with_auth_asks_for_credentials(tmp_path: Path) -> None:
     log = tmp_path / "ui.log"
     command = [sys.executable, "-m", "cairn.cli", "--store", store, "ui", "--auth", "--port", str(port)]
     with open(log, "wb") as out:
-        process = subprocess.Popen(command, env=_env(tmp_path), cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command, env=server_env(tmp_path), cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT
+        )
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_for_page(url, process, log)  # the UI alone has no /health
+        wait_until_up(url, process, log, path="/")  # the UI alone has no /health
         assert "cairn users add NAME --admin --password" in log.read_text()
         assert httpx.get(f"{url}/api/experiments", timeout=10).status_code == 401
         assert httpx.get(f"{url}/api/session", timeout=10).json()["user"] is None
@@ -138,18 +88,3 @@ def test_cairn_ui_with_auth_asks_for_credentials(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.wait(timeout=20)
-
-
-def _wait_for_page(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"cairn ui exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(f"{url}/", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"cairn ui did not come up:\n{log.read_text()}")
-        time.sleep(0.1)

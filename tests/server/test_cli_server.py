@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -14,7 +13,7 @@ from click.testing import CliRunner
 
 from cairn.cli import main
 from cairn.tracking.client import Client
-from tests.server.conftest import free_port
+from tests.server.conftest import free_port, wait_until_up
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.10"])
@@ -32,26 +31,20 @@ def test_serves_the_configured_store(workers: int, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "CAIRN_TRACKING", "CAIRN_ARTIFACT"))}
     command = [sys.executable, "-m", "cairn.cli", "--store", store, "--artifact-root", artifacts]
     command += ["server", "--port", str(port), "--workers", str(workers)]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out_log, err_log = tmp_path / "server.out", tmp_path / "server.err"
+    with open(out_log, "wb") as out, open(err_log, "wb") as err:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=err)
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 40
-        while True:
-            assert process.poll() is None, process.communicate()
-            try:
-                if httpx.get(f"{base}/health", timeout=1).text == "OK":
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not come up"
-            time.sleep(0.1)
+        wait_until_up(base, process, err_log, timeout=40)
         response = httpx.post(f"{base}/api/2.0/mlflow/experiments/create", json={"name": "from-cli"})
         experiment_id = response.json()["experiment_id"]
         shown = httpx.get(f"{base}/api/2.0/mlflow/experiments/get", params={"experiment_id": experiment_id}).json()
         assert shown["experiment"]["artifact_location"] == f"mlflow-artifacts:/{experiment_id}"
     finally:
         process.terminate()
-        out, err = process.communicate(timeout=30)
+        process.wait(timeout=30)
+    out, err = out_log.read_text(), err_log.read_text()
     assert f"http://127.0.0.1:{port}" in out and "cairn.db" in out and artifacts in out, (out, err)
     experiment = Client(store, artifacts).get_experiment_by_name("from-cli")
     assert experiment is not None and experiment.artifact_location == f"{artifacts}/{experiment.experiment_id}"

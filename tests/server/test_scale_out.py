@@ -9,10 +9,7 @@ version numbers, aliases, stages and experiment names stay consistent under conc
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +24,7 @@ from cairn.registry.entities import Stage
 from cairn.tracking.client import Client
 from cairn.tracking.entities import Metric, Param, RunTag
 from tests.conftest import _DUMMY_AWS_ENV, PgServer, S3Server
-from tests.server.conftest import free_port
+from tests.server.conftest import cairn_server_processes
 
 pytestmark = pytest.mark.postgres
 
@@ -74,53 +71,19 @@ def _server_env(s3: S3Server, tmp: Path) -> dict[str, str]:
     return env
 
 
-def _wait_until_up(url: str, process: subprocess.Popen[bytes], log: Path, deadline: float) -> None:
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"server {url} exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1).text == "OK":
-                return
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"server {url} did not come up within 60 s:\n{log.read_text()}")
-        time.sleep(0.1)
-
-
 @pytest.fixture(scope="module")
 def cluster(pg_server: PgServer, s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """Servers A and B (one worker each) and C (``--workers 2``) on one new database and one S3 prefix."""
     tmp = tmp_path_factory.mktemp("scale-out")
     prefix = f"scale-out-{uuid.uuid4().hex[:8]}"
     env = _server_env(s3_server, tmp)
-    processes: list[subprocess.Popen[bytes]] = []
-    with pg_server.new_database("cairn_scale_out") as database_url:
-        try:
-            urls, logs = [], []
-            for name, workers in (("a", 1), ("b", 1), ("c", 2)):
-                port = free_port()
-                log = tmp / f"server-{name}.log"
-                command = [sys.executable, "-m", "cairn.cli", "--store", database_url]
-                command += ["--artifact-root", f"s3://{s3_server.bucket}/{prefix}", "server", "--port", str(port)]
-                command += ["--workers", str(workers), "--serve-artifacts"]
-                with open(log, "wb") as out:
-                    processes.append(subprocess.Popen(command, env=env, cwd=tmp, stdout=out, stderr=subprocess.STDOUT))
-                urls.append(f"http://127.0.0.1:{port}")
-                logs.append(log)
-            deadline = time.monotonic() + 60
-            for url, process, log in zip(urls, processes, logs, strict=True):
-                _wait_until_up(url, process, log, deadline)
-            yield Cluster(tuple(urls), tuple(p.pid for p in processes), database_url, s3_server, prefix)
-        finally:
-            for process in processes:
-                process.terminate()
-            for process in processes:
-                try:
-                    process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+    servers = [["--workers", str(workers), "--serve-artifacts"] for workers in (1, 1, 2)]
+    with (
+        pg_server.new_database("cairn_scale_out") as database_url,
+        cairn_server_processes(database_url, f"s3://{s3_server.bucket}/{prefix}", tmp, servers, env) as running,
+    ):
+        urls, pids = tuple(s.url for s in running), tuple(s.process.pid for s in running)
+        yield Cluster(urls, pids, database_url, s3_server, prefix)
 
 
 def _concurrently(calls: list[Callable[[], T]]) -> list[T]:

@@ -33,7 +33,7 @@ from cairn.tracking import config
 from cairn.tracking.batcher import MetricBatcher
 from cairn.tracking.client import Client
 from cairn.tracking.entities import RunStatus
-from tests.server.conftest import free_port, run_app
+from tests.server.conftest import free_port, run_app, wait_until_up
 
 CAIRN = Path(sys.executable).with_name("cairn")
 
@@ -71,16 +71,7 @@ class ServerProcess:
             start_new_session=True,
         )
         log.close()
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"cairn server did not start: {(self.home / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.1)
+        wait_until_up(self.url, self.process, self.home / "server.log")
 
     def kill(self) -> None:
         assert self.process is not None

@@ -49,7 +49,7 @@ from cairn.tracking import config
 from cairn.tracking.batcher import MetricBatcher
 from cairn.tracking.client import Client
 from cairn.tracking.entities import Metric, Param, RunStatus, RunTag
-from tests.server.conftest import free_port
+from tests.server.conftest import free_port, wait_until_up
 
 MLFLOW = Path(sys.executable).with_name("mlflow")
 
@@ -84,16 +84,7 @@ def mlflow_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not start: {(home / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.2)
+        wait_until_up(url, process, home / "server.log", timeout=90)
         yield url
     finally:
         os.killpg(process.pid, signal.SIGTERM)

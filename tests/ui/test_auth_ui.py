@@ -8,9 +8,7 @@ import base64
 import json
 import os
 import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +25,7 @@ from cairn.server.auth.permissions import Permission, ResourceKind
 from cairn.server.auth.session import COOKIE_NAME, SESSION_LIFETIME, issue_cookie, user_of_cookie
 from cairn.server.auth.users import UserStore, user_store_for
 from cairn.tracking.client import Client
-from tests.server.conftest import free_port
+from tests.server.conftest import cairn_server_processes
 from tests.ui._data import populate
 from tests.ui.conftest import UiEnv
 from tests.ui.test_e2e import ARTIFACTS, E2E_DIR, browser_ready  # noqa: F401  (browser_ready is a fixture)
@@ -354,29 +352,15 @@ def test_login_permissions_and_delete_in_headless_chromium(tmp_path: Path) -> No
             }
         )
     )
-    port = free_port()
-    command = [sys.executable, "-m", "cairn.cli", "--store", str(home), "server", "--auth", "--workers", "2"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAIRN_")}
-    server = subprocess.Popen(
-        [*command, "--port", str(port)], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_until_up(server, f"{url}/health")
+    with cairn_server_processes(str(home), None, tmp_path, [["--auth", "--workers", "2"]], env, timeout=30) as running:
         completed = subprocess.run(
-            ["node", str(E2E_DIR / "run_auth.mjs"), url, str(ARTIFACTS), str(scenario)],
+            ["node", str(E2E_DIR / "run_auth.mjs"), running[0].url, str(ARTIFACTS), str(scenario)],
             cwd=E2E_DIR,
             capture_output=True,
             text=True,
             timeout=120,
         )
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
     assert completed.returncode == 0, completed.stderr[-4000:]
     lines = [line for line in completed.stdout.splitlines() if line.startswith("{")]
     assert lines, f"no JSON result from run_auth.mjs:\n{completed.stdout[-2000:]}\n{completed.stderr[-2000:]}"
@@ -398,17 +382,3 @@ def test_login_permissions_and_delete_in_headless_chromium(tmp_path: Path) -> No
         assert reopened.get_run(data.wider).info.lifecycle_stage.value == "deleted"
     finally:
         reopened.store.close()
-
-
-def _wait_until_up(server: subprocess.Popen[bytes], url: str) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                output = server.stdout.read().decode() if server.stdout else ""
-                pytest.fail(f"cairn server --auth did not start: {output}")
-            time.sleep(0.1)
