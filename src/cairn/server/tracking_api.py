@@ -691,6 +691,9 @@ def _any_metric(item: dict[str, Any], default_time: int) -> Metric:
     )
 
 
+GROUP_COMMIT_MAX_METRICS = 200
+"""Batches up to this size may share a transaction; a larger one pays for its own (and keeps the database's
+work on concurrent batches in parallel)."""
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 MAX_IDEMPOTENCY_KEY = 256
 
@@ -723,7 +726,7 @@ def log_batch(
     metrics = [_metric(item, now) for item in metric_items]
     params = [Param(k, v) for k, v in _key_values(param_items, "param")]
     tags = [RunTag(k, v) for k, v in _key_values(tag_items, "tag")]
-    if group is not None and not params and not tags:
+    if group is not None and not params and not tags and len(metrics) <= GROUP_COMMIT_MAX_METRICS:
         fingerprint = "" if idempotency_key is None else _fingerprint(args, body)
         group.write(KeyedMetrics(run_id, metrics, idempotency_key, fingerprint))
     elif idempotency_key is None:
