@@ -13,6 +13,7 @@ is copied, so there is nothing to wait for).
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -45,7 +46,15 @@ class RegistryMethods:
         @property
         def store(self) -> TrackingStore: ...
 
-        def artifact_store(self, run_id: str) -> ArtifactStore: ...
+    def artifact_store(self, run_id: str) -> ArtifactStore:
+        """Where run ``run_id``'s artifacts are (``mlflow-artifacts:/`` resolves on this client's server)."""
+        from cairn.artifacts import get_artifact_store
+
+        root = self.store.get_run(run_id).info.artifact_uri
+        rest = sys.modules.get("cairn.store.rest.store")  # imported (with httpx) only for http(s) tracking URIs
+        if rest is not None and isinstance(self.store, rest.RestTrackingStore):
+            return get_artifact_store(root, tracking_uri=self.store.uri)
+        return get_artifact_store(root)
 
     @property
     def registry_store(self) -> RegistryStore:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -37,7 +36,6 @@ from cairn.tracking.entities import (
 )
 
 if TYPE_CHECKING:
-    from cairn.artifacts import ArtifactStore
     from cairn.tracking.batcher import MetricBatcher
 
 _EXPERIMENT_FILTER = re.compile(r"^\s*name\s+(=|LIKE|ILIKE)\s+'((?:[^'\\]|\\.)*)'\s*$", re.IGNORECASE)
@@ -284,15 +282,6 @@ class Client(RegistryMethods):
         return self._read().get_metric_history(run_id, key, include_superseded=include_superseded)
 
     # -- artifacts -----------------------------------------------------------------------------
-
-    def artifact_store(self, run_id: str) -> ArtifactStore:
-        from cairn.artifacts import get_artifact_store
-
-        root = self._store.get_run(run_id).info.artifact_uri
-        rest = sys.modules.get("cairn.store.rest.store")  # imported (with httpx) only for http(s) tracking URIs
-        if rest is not None and isinstance(self._store, rest.RestTrackingStore):
-            return get_artifact_store(root, tracking_uri=self._store.uri)  # mlflow-artifacts:/ on this server
-        return get_artifact_store(root)
 
     def log_artifact(self, run_id: str, local_path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
         path = Path(local_path)
