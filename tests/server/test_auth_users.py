@@ -13,7 +13,7 @@ from cairn.errors import InvalidArgument, NotFound, ResourceAlreadyExists, UserN
 from cairn.server.auth import hashing
 from cairn.server.auth.permissions import Permission, Principal, ResourceKind
 from cairn.server.auth.users import UserStore, user_store_for
-from cairn.store._sql import current_revision, upgrade_schema
+from cairn.store._sql import HEAD_REVISION, current_revision, upgrade_schema
 from cairn.tracking.client import Client
 from tests.conftest import driver_url
 from tests.store.conftest import empty_db_url  # noqa: F401  (the fixture, for the upgrade test)
@@ -168,8 +168,8 @@ def test_upgrade_from_0004_adds_the_user_tables(
     tmp_path: Path,
 ) -> None:
     database_at(empty_db_url, str(tmp_path / "artifacts"), "0004", check_absent="users")
-    assert upgrade_schema(empty_db_url) == ("0004", "0005")
-    assert current_revision(empty_db_url) == "0005"
+    assert upgrade_schema(empty_db_url) == ("0004", HEAD_REVISION)
+    assert current_revision(empty_db_url) == HEAD_REVISION
     client = Client(empty_db_url, str(tmp_path / "artifacts"))
     try:
         users = user_store_for(client)

@@ -37,7 +37,7 @@ from cairn.store._sql.schema import MLFLOW_RUN_COLUMNS, TABLE_NAMES, experiments
 from cairn.store._sql.util import artifact_location_for, now_ms
 
 #: Id of the newest revision in ``migrations/versions``; a test checks they agree.
-HEAD_REVISION = "0005"
+HEAD_REVISION = "0006"
 MIGRATIONS_DIR = Path(__file__).resolve().with_name("migrations")
 VERSION_TABLE = "alembic_version"
 DEFAULT_EXPERIMENT_ID = 0

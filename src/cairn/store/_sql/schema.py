@@ -117,7 +117,8 @@ metrics = sa.Table(
     "metrics",
     metadata,
     sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
-    sa.Column("run_uuid", sa.String(32), sa.ForeignKey("runs.run_uuid", ondelete="CASCADE"), nullable=False),
+    # no foreign key (revision 0006): the store checks the run in each write's transaction and purges points
+    sa.Column("run_uuid", sa.String(32), nullable=False),
     sa.Column("key", sa.String(250), nullable=False),
     sa.Column("value", sa.Double),
     sa.Column("is_nan", sa.Boolean, nullable=False),

@@ -390,8 +390,13 @@ class SqlTrackingStore(TrackingStore):
                     found[run_id][key] = Metric(key, points_sql.loaded_value(value, is_nan), timestamp, step)
         return found
 
-    def _require_run(self, conn: sa.Connection, run_id: str, *, active: bool) -> Any:
-        row = conn.execute(sa.select(*_RUN_COLUMNS).where(runs.c.run_uuid == run_id)).first()
+    def _require_run(self, conn: sa.Connection, run_id: str, *, active: bool, lock: bool = False) -> Any:
+        """The run's row; ``lock``: share-locked (PostgreSQL) until the transaction ends, so the run cannot be
+        deleted or purged before points written in this transaction commit (metrics have no foreign key)."""
+        query = sa.select(*_RUN_COLUMNS).where(runs.c.run_uuid == run_id)
+        if lock:
+            query = query.with_for_update(read=True)
+        row = conn.execute(query).first()
         if row is None:
             raise RunNotFound(f"no run with id {run_id!r}")
         if active and row.lifecycle_stage != _ACTIVE:
@@ -446,10 +451,16 @@ class SqlTrackingStore(TrackingStore):
 
     def purge_run(self, run_id: str) -> None:
         with self._db.transaction(write=True) as conn:
-            row = self._require_run(conn, run_id, active=False)
+            # locked first: a write that share-locked the run commits its points before they are deleted
+            row = conn.execute(
+                sa.select(runs.c.lifecycle_stage).where(runs.c.run_uuid == run_id).with_for_update()
+            ).first()
+            if row is None:
+                raise RunNotFound(f"no run with id {run_id!r}")
             if row.lifecycle_stage != _DELETED:
                 raise RunNotActive(f"run {run_id} is not deleted; only deleted runs can be purged (delete it first)")
-            conn.execute(runs.delete().where(runs.c.run_uuid == run_id))  # children go by ON DELETE CASCADE
+            conn.execute(metrics.delete().where(metrics.c.run_uuid == run_id))  # no foreign key (revision 0006)
+            conn.execute(runs.delete().where(runs.c.run_uuid == run_id))  # other children go by ON DELETE CASCADE
 
     def deleted_run_ids(self, older_than: int | None = None) -> list[str]:
         query = sa.select(runs.c.run_uuid).where(runs.c.lifecycle_stage == _DELETED)
@@ -495,7 +506,7 @@ class SqlTrackingStore(TrackingStore):
             try:
                 with self._db.transaction(write=True, conflict=conflict) as conn:
                     if idempotency_key is None:
-                        self._require_run(conn, run_id, active=True)
+                        self._require_run(conn, run_id, active=True, lock=True)
                     elif self._replayed(conn, idempotency_key, fingerprint, run_id):
                         return
                     if new_params:
@@ -564,8 +575,11 @@ class SqlTrackingStore(TrackingStore):
         keys = schema.idempotency_keys
         now = now_ms()
         prune = keys.delete().where(keys.c.created_time < now - IDEMPOTENCY_KEY_TTL_MS)
-        active = sa.exists().where(runs.c.run_uuid == run_id, runs.c.lifecycle_stage == _ACTIVE)
-        row = sa.select(sa.literal(key), sa.literal(fingerprint), sa.literal(now)).where(active)
+        row = (
+            sa.select(sa.literal(key), sa.literal(fingerprint), sa.literal(now))
+            .where(runs.c.run_uuid == run_id, runs.c.lifecycle_stage == _ACTIVE)
+            .with_for_update(read=True)  # the run stays until this transaction's points are committed
+        )
         insert = (
             self._insert(keys)
             .from_select(["key", "fingerprint", "created_time"], row)
@@ -586,7 +600,7 @@ class SqlTrackingStore(TrackingStore):
                     "a retry must repeat the request unchanged, a new request needs a new key"
                 )
             return True
-        self._require_run(conn, run_id, active=True)  # raises: the run is unknown or deleted
+        self._require_run(conn, run_id, active=True, lock=True)  # raises: the run is unknown or deleted
         conn.execute(keys.insert().values(key=key, fingerprint=fingerprint, created_time=now))  # pruned meanwhile
         return False
 
@@ -616,7 +630,12 @@ class SqlTrackingStore(TrackingStore):
         run_ids = list(dict.fromkeys(run_ids_of_points))
         stages: dict[str, str] = {}
         for chunk in _chunks(run_ids):
-            query = sa.select(runs.c.run_uuid, runs.c.lifecycle_stage).where(runs.c.run_uuid.in_(chunk))
+            query = (
+                sa.select(runs.c.run_uuid, runs.c.lifecycle_stage)
+                .where(runs.c.run_uuid.in_(chunk))
+                .order_by(runs.c.run_uuid)  # locks taken in one order
+                .with_for_update(read=True)
+            )
             stages.update((run_id, stage) for run_id, stage in conn.execute(query))
         for run_id in run_ids:
             stage = stages.get(run_id)
@@ -676,6 +695,7 @@ class SqlTrackingStore(TrackingStore):
         )
         new_id = fork.info.run_id
         with self._db.transaction(write=True) as conn:
+            self._require_run(conn, new_id, active=False, lock=True)
             if source.data.params:
                 conn.execute(
                     params.insert(), [{"run_uuid": new_id, "key": k, "value": v} for k, v in source.data.params.items()]
@@ -771,7 +791,7 @@ class SqlTrackingStore(TrackingStore):
         ]
         conflict = f"a param of run {run_id} was written at the same moment by another writer; copy the run again"
         with self._db.transaction(write=True, conflict=conflict) as conn:
-            self._require_run(conn, run_id, active=False)
+            self._require_run(conn, run_id, active=False, lock=True)
             if new_params:
                 self._insert_params(conn, run_id, new_params)
             if tag_list:
