@@ -14,7 +14,8 @@ from cairn.errors import RunNotActive, RunNotFound
 from cairn.store._sql import SqlTrackingStore, current_revision, upgrade_schema
 from cairn.store._sql import migrate as migrate_module
 from cairn.store.base import MetricPoint, StoredMetricPoint
-from cairn.tracking.entities import Metric
+from cairn.tracking.entities import Metric, RunTag
+from cairn.tracking.system_tags import RUN_NAME
 from tests.conftest import driver_url
 from tests.store.old_revisions import OLD_RUN_ID, database_at
 
@@ -109,3 +110,23 @@ def test_upgrade_from_0005_keeps_the_points_and_drops_the_foreign_key(empty_db_u
         assert _points(store, OLD_RUN_ID) == 0
     finally:
         store.close()
+
+
+def test_concurrent_batches_renaming_one_run_do_not_deadlock(store: SqlTrackingStore) -> None:
+    run_id = _run(store)
+    errors: list[BaseException] = []
+
+    def rename(name: str) -> None:
+        try:
+            for step in range(15):
+                store.log_batch(run_id, [Metric("m", 1.0, 1, step)], tags=[RunTag(RUN_NAME, f"{name}{step}")])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=rename, args=(name,)) for name in ("a", "b", "c")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    assert _points(store, run_id) == 45

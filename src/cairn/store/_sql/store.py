@@ -390,12 +390,16 @@ class SqlTrackingStore(TrackingStore):
                     found[run_id][key] = Metric(key, points_sql.loaded_value(value, is_nan), timestamp, step)
         return found
 
-    def _require_run(self, conn: sa.Connection, run_id: str, *, active: bool, lock: bool = False) -> Any:
+    def _require_run(
+        self, conn: sa.Connection, run_id: str, *, active: bool, lock: bool = False, exclusive: bool = False
+    ) -> Any:
         """The run's row; ``lock``: share-locked (PostgreSQL) until the transaction ends, so the run cannot be
-        deleted or purged before points written in this transaction commit (metrics have no foreign key)."""
+        deleted or purged before points written in this transaction commit (metrics have no foreign key);
+        ``exclusive``: locked for update (a transaction that will update the row takes that lock first, as two
+        holding a share lock could not both upgrade it)."""
         query = sa.select(*_RUN_COLUMNS).where(runs.c.run_uuid == run_id)
-        if lock:
-            query = query.with_for_update(read=True)
+        if lock or exclusive:
+            query = query.with_for_update(read=not exclusive)
         row = conn.execute(query).first()
         if row is None:
             raise RunNotFound(f"no run with id {run_id!r}")
@@ -505,6 +509,8 @@ class SqlTrackingStore(TrackingStore):
         for attempt in range(2):
             try:
                 with self._db.transaction(write=True, conflict=conflict) as conn:
+                    if run_name is not None:  # the run row is updated below
+                        self._require_run(conn, run_id, active=False, exclusive=True)
                     if idempotency_key is None:
                         self._require_run(conn, run_id, active=True, lock=True)
                     elif self._replayed(conn, idempotency_key, fingerprint, run_id):
@@ -791,7 +797,7 @@ class SqlTrackingStore(TrackingStore):
         ]
         conflict = f"a param of run {run_id} was written at the same moment by another writer; copy the run again"
         with self._db.transaction(write=True, conflict=conflict) as conn:
-            self._require_run(conn, run_id, active=False, lock=True)
+            self._require_run(conn, run_id, active=False, lock=True, exclusive=run_name is not None)
             if new_params:
                 self._insert_params(conn, run_id, new_params)
             if tag_list:
