@@ -337,7 +337,7 @@ def test_a_browser_write_from_another_site_is_refused_even_with_cached_basic_cre
 def test_a_failing_user_table_answers_an_mlflow_error_and_the_server_keeps_serving(server: AuthServer) -> None:
     token = server.user("unlucky", experiments={"0": "READ"})
     with server.users._db.engine.begin() as connection:  # the grants table disappears under the server
-        connection.exec_driver_sql("ALTER TABLE user_permissions RENAME TO user_permissions_away")
+        connection.exec_driver_sql("ALTER TABLE cairn_user_permissions RENAME TO cairn_user_permissions_away")
     try:
         response = server.call("GET", "experiments/get", token, params={"experiment_id": "0"})
         assert response.status_code == 500
@@ -346,7 +346,7 @@ def test_a_failing_user_table_answers_an_mlflow_error_and_the_server_keeps_servi
         assert server.call("GET", "/health").text == "OK"
     finally:
         with server.users._db.engine.begin() as connection:
-            connection.exec_driver_sql("ALTER TABLE user_permissions_away RENAME TO user_permissions")
+            connection.exec_driver_sql("ALTER TABLE cairn_user_permissions_away RENAME TO cairn_user_permissions")
     assert server.call("GET", "experiments/get", token, params={"experiment_id": "0"}).status_code == 200
 
 
