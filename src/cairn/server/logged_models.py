@@ -39,6 +39,7 @@ from cairn.server.registry_api import (
     endpoint,
     integer,
     page_offset,
+    required_text,
     strings,
     tag_list,
     text,
@@ -227,8 +228,7 @@ class LoggedModels:
     # -- operations --------------------------------------------------------------------------------
 
     def create(self, args: Args) -> Body:
-        experiment_id = text(args, "experiment_id", required=True)
-        assert experiment_id is not None
+        experiment_id = required_text(args, "experiment_id")
         run_id = text(args, "source_run_id") or ""
         experiment = self.client.get_experiment(experiment_id)
         run_params: dict[str, str] = {}
@@ -316,8 +316,7 @@ class LoggedModels:
 
     def log_outputs(self, args: Args) -> Body:
         """``runs/outputs``: the link is the model's source run; check that both exist."""
-        run_id = text(args, "run_id", required=True)
-        assert run_id is not None
+        run_id = required_text(args, "run_id")
         self.client.get_run(run_id)
         models = args.get("models") or []
         if not isinstance(models, list):

@@ -137,12 +137,18 @@ def model_json(ctx: ServerContext, model: RegisteredModel) -> Body:
 # -- request fields --------------------------------------------------------------------------------
 
 
-def text(args: Args, key: str, *, required: bool = False) -> str | None:
-    """A string field (MLflow's ``_assert_string`` / ``_assert_required``)."""
+def required_text(args: Args, key: str) -> str:
+    """A string field that must be present and non-empty (MLflow's ``_assert_required``)."""
+    value = text(args, key)
+    if value is None:
+        raise invalid(f"Missing value for required parameter '{key}'. See the API docs for more information.")
+    return value
+
+
+def text(args: Args, key: str) -> str | None:
+    """An optional string field (MLflow's ``_assert_string``); absent or empty is None."""
     value = args.get(key)
     if value is None or value == "":
-        if required:
-            raise invalid(f"Missing value for required parameter '{key}'. See the API docs for more information.")
         return None
     if not isinstance(value, str):
         raise invalid(f"Invalid value {value!r} for parameter '{key}' supplied: expected a string")
@@ -229,27 +235,23 @@ def encode_token(offset: int) -> str:
 
 
 def _create_registered_model(ctx: ServerContext, args: Args) -> Body:
-    name = text(args, "name", required=True)
-    assert name is not None
+    name = required_text(args, "name")
     model = ctx.client.create_registered_model(name, tag_list(args) or None, text(args, "description"))
     return {"registered_model": model_json(ctx, model)}
 
 
 def _get_registered_model(ctx: ServerContext, args: Args) -> Body:
-    name = text(args, "name", required=True)
-    assert name is not None
+    name = required_text(args, "name")
     return {"registered_model": model_json(ctx, ctx.client.get_registered_model(name))}
 
 
 def _rename_registered_model(ctx: ServerContext, args: Args) -> Body:
-    name, new_name = text(args, "name", required=True), text(args, "new_name", required=True)
-    assert name is not None and new_name is not None
+    name, new_name = required_text(args, "name"), required_text(args, "new_name")
     return {"registered_model": model_json(ctx, ctx.client.rename_registered_model(name, new_name))}
 
 
 def _update_registered_model(ctx: ServerContext, args: Args) -> Body:
-    name = text(args, "name", required=True)
-    assert name is not None
+    name = required_text(args, "name")
     description = args.get("description")
     if description is not None and not isinstance(description, str):
         raise invalid(f"Invalid value {description!r} for parameter 'description' supplied: expected a string")
@@ -257,8 +259,7 @@ def _update_registered_model(ctx: ServerContext, args: Args) -> Body:
 
 
 def _delete_registered_model(ctx: ServerContext, args: Args) -> Body:
-    name = text(args, "name", required=True)
-    assert name is not None
+    name = required_text(args, "name")
     ctx.client.delete_registered_model(name)
     return {}
 
@@ -297,52 +298,45 @@ def _search_registered_models(ctx: ServerContext, args: Args, principal: Princip
 
 
 def _get_latest_versions(ctx: ServerContext, args: Args) -> Body:
-    name = text(args, "name", required=True)
-    assert name is not None
+    name = required_text(args, "name")
     versions = ctx.client.get_latest_versions(name, strings(args, "stages") or None)
     return {"model_versions": [version_json(ctx, v) for v in versions]}
 
 
 def _set_registered_model_tag(ctx: ServerContext, args: Args) -> Body:
-    name, key = text(args, "name", required=True), text(args, "key", required=True)
-    assert name is not None and key is not None
+    name, key = required_text(args, "name"), required_text(args, "key")
     ctx.client.set_registered_model_tag(name, key, _tag_value(args))
     return {}
 
 
 def _delete_registered_model_tag(ctx: ServerContext, args: Args) -> Body:
-    name, key = text(args, "name", required=True), text(args, "key", required=True)
-    assert name is not None and key is not None
+    name, key = required_text(args, "name"), required_text(args, "key")
     ctx.client.delete_registered_model_tag(name, key)
     return {}
 
 
 def _set_alias(ctx: ServerContext, args: Args) -> Body:
-    name, alias = text(args, "name", required=True), text(args, "alias", required=True)
-    version = text(args, "version", required=True)
-    assert name is not None and alias is not None and version is not None
+    name, alias = required_text(args, "name"), required_text(args, "alias")
+    version = required_text(args, "version")
     ctx.client.set_registered_model_alias(name, alias, version)
     return {}
 
 
 def _delete_alias(ctx: ServerContext, args: Args) -> Body:
-    name, alias = text(args, "name", required=True), text(args, "alias", required=True)
-    assert name is not None and alias is not None
+    name, alias = required_text(args, "name"), required_text(args, "alias")
     ctx.client.delete_registered_model_alias(name, alias)
     return {}
 
 
 def _get_by_alias(ctx: ServerContext, args: Args) -> Body:
-    name, alias = text(args, "name", required=True), text(args, "alias", required=True)
-    assert name is not None and alias is not None
+    name, alias = required_text(args, "name"), required_text(args, "alias")
     return {"model_version": version_json(ctx, ctx.client.get_model_version_by_alias(name, alias))}
 
 
 def _create_model_version(ctx: ServerContext, args: Args) -> Body:
     from cairn.server.logged_models import LoggedModels
 
-    name, source = text(args, "name", required=True), text(args, "source", required=True)
-    assert name is not None and source is not None
+    name, source = required_text(args, "name"), required_text(args, "source")
     run_id, model_id = text(args, "run_id"), text(args, "model_id")
     logged = LoggedModels(ctx).source_of(source, model_id)
     if logged is not None:  # models:/<model_id>: the logged model's files, from its run
@@ -361,8 +355,7 @@ def _create_model_version(ctx: ServerContext, args: Args) -> Body:
 
 
 def _name_version(args: Args) -> tuple[str, str]:
-    name, version = text(args, "name", required=True), text(args, "version", required=True)
-    assert name is not None and version is not None
+    name, version = required_text(args, "name"), required_text(args, "version")
     return name, version
 
 
@@ -402,8 +395,7 @@ def _search_model_versions(ctx: ServerContext, args: Args, principal: Principal 
 
 def _transition_stage(ctx: ServerContext, args: Args) -> Body:
     name, version = _name_version(args)
-    stage = text(args, "stage", required=True)
-    assert stage is not None
+    stage = required_text(args, "stage")
     if "archive_existing_versions" not in args:
         raise invalid("Missing value for required parameter 'archive_existing_versions'.")
     archive = boolean(args, "archive_existing_versions")
@@ -413,16 +405,14 @@ def _transition_stage(ctx: ServerContext, args: Args) -> Body:
 
 def _set_model_version_tag(ctx: ServerContext, args: Args) -> Body:
     name, version = _name_version(args)
-    key = text(args, "key", required=True)
-    assert key is not None
+    key = required_text(args, "key")
     ctx.client.set_model_version_tag(name, version, key, _tag_value(args))
     return {}
 
 
 def _delete_model_version_tag(ctx: ServerContext, args: Args) -> Body:
     name, version = _name_version(args)
-    key = text(args, "key", required=True)
-    assert key is not None
+    key = required_text(args, "key")
     ctx.client.delete_model_version_tag(name, version, key)
     return {}
 
