@@ -55,8 +55,61 @@ def _duration(start: int | None, end: int | None) -> str:
 _STATUS_STYLE = {"RUNNING": "cyan", "FINISHED": "green", "FAILED": "red", "KILLED": "yellow", "SCHEDULED": "dim"}
 
 
+_STORE_HELP = "Tracking store: directory, sqlite:///file.db, postgresql://... or http(s)://server."
+_ROOT_HELP = "Artifact root for new experiments (path or URL)."
+# (ctx.obj key, option names): MLflow's names are aliases of cairn's.
+_STORE_OPTIONS = (
+    ("store", ("--store", "--backend-store-uri"), _STORE_HELP),
+    ("artifact_root", ("--artifact-root", "--default-artifact-root"), _ROOT_HELP),
+)
+
+
+def _late_store_option(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """``cairn SUBCOMMAND --store X``: overrides the group's value (environment included), unless the
+    group was given another value on the command line too."""
+    if value is None:
+        return
+    key = str(param.name).removeprefix("late_")
+    obj = ctx.ensure_object(dict)
+    given = obj.get("given_on_command_line", {}).get(key)
+    if given is not None and given != value:
+        names = " / ".join(param.opts)
+        raise click.UsageError(
+            f"{names} given twice with different values: {given!r} before the subcommand and {value!r} after it; "
+            "give it once",
+            ctx,
+        )
+    obj[key] = value
+
+
+def _add_store_options(command: click.Command) -> None:
+    """Give every (nested) subcommand the group's store options, so they may come after the subcommand."""
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _add_store_options(sub)
+        return
+    present = {name for param in command.params for name in param.opts}
+    for key, names, help_text in _STORE_OPTIONS:
+        if present.intersection(names):
+            continue
+        command.params.append(
+            click.Option(
+                list(names),
+                f"late_{key}",
+                expose_value=False,
+                callback=_late_store_option,
+                help=f"{help_text} Same as before the subcommand.",
+            )
+        )
+
+
 class _CairnGroup(click.Group):
-    """Turns cairn errors into one red line and exit code 1 instead of a traceback."""
+    """Turns cairn errors into one red line and exit code 1 instead of a traceback; every subcommand
+    added to it (or to its subgroups) also takes ``--store`` / ``--artifact-root`` and their MLflow aliases."""
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        _add_store_options(cmd)
+        super().add_command(cmd, name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -66,18 +119,32 @@ class _CairnGroup(click.Group):
             sys.exit(1)
 
 
+_CairnGroup.group_class = _CairnGroup
+
+
 @click.group(cls=_CairnGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--store", "--backend-store-uri", "store", envvar="CAIRN_TRACKING_URI", help=_STORE_HELP)
 @click.option(
-    "--store", envvar="CAIRN_TRACKING_URI", help="Tracking store: directory, sqlite:///file.db or postgresql://..."
+    "--artifact-root", "--default-artifact-root", "artifact_root", envvar="CAIRN_ARTIFACT_ROOT", help=_ROOT_HELP
 )
-@click.option("--artifact-root", envvar="CAIRN_ARTIFACT_ROOT", help="Artifact root for new experiments (path or URL).")
 @click.version_option(package_name="cairn")
 @click.pass_context
 def main(ctx: click.Context, store: str | None, artifact_root: str | None) -> None:
-    """cairn: track experiments and package models."""
+    """cairn: track experiments and package models.
+
+    --store and --artifact-root (or MLflow's --backend-store-uri and --default-artifact-root) may also
+    come after the subcommand: `cairn ui --store ./runs`. -h is --help everywhere.
+    """
+    from click.core import ParameterSource
+
     ctx.ensure_object(dict)
     ctx.obj["store"] = store
     ctx.obj["artifact_root"] = artifact_root
+    ctx.obj["given_on_command_line"] = {
+        key: value
+        for key, value in (("store", store), ("artifact_root", artifact_root))
+        if ctx.get_parameter_source(key) is ParameterSource.COMMANDLINE
+    }
 
 
 # -- experiments -----------------------------------------------------------------------------------
@@ -422,44 +489,103 @@ def _redact(uri: str) -> str:
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
-@click.option("--experiment", "-e", help="Experiment name (created if missing).")
+@click.option(
+    "--experiment",
+    "--experiment-name",
+    "-e",
+    "experiment",
+    help="Experiment name (created if missing). Default: CAIRN_EXPERIMENT_ID, else CAIRN_EXPERIMENT_NAME, else 0.",
+)
+@click.option("--experiment-id", help="Experiment id (must exist).")
 @click.option("--run-name", "-n", help="Name of the run.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.pass_context
-def run(ctx: click.Context, experiment: str | None, run_name: str | None, command: tuple[str, ...]) -> None:
+def run(
+    ctx: click.Context,
+    experiment: str | None,
+    experiment_id: str | None,
+    run_name: str | None,
+    command: tuple[str, ...],
+) -> None:
     """Run COMMAND inside a new run: `cairn run -e demo -- python train.py --lr 0.1`.
 
-    The child logs into the run through CAIRN_RUN_ID; its output is saved as the run's
-    stdout.txt/stderr.txt artifacts, and the exit code decides FINISHED or FAILED.
+    The child logs into the run through CAIRN_RUN_ID (and MLFLOW_RUN_ID / MLFLOW_EXPERIMENT_ID for
+    MLflow code; MLFLOW_TRACKING_URI only when the store is an http(s) server, which MLflow can reach);
+    its output is saved as the run's stdout.txt/stderr.txt artifacts, and the exit code decides FINISHED
+    or FAILED (KILLED for a signal). A command that cannot start ends the run FAILED with exit code 127
+    (not found) or 126 (not executable).
     """
     from cairn.tracking import config
 
+    if experiment and experiment_id:
+        raise click.UsageError("give --experiment/--experiment-name or --experiment-id, not both", ctx)
     client = _client(ctx)
-    experiment_id = "0"
+    if not experiment and not experiment_id:
+        experiment_id = os.environ.get("CAIRN_EXPERIMENT_ID") or None
+        experiment = None if experiment_id else (os.environ.get("CAIRN_EXPERIMENT_NAME") or None)
     if experiment:
         found = client.get_experiment_by_name(experiment)
         experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    elif experiment_id:
+        experiment_id = client.get_experiment(experiment_id).experiment_id
+    else:
+        experiment_id = "0"
     run_obj = client.create_run(experiment_id, run_name=run_name, tags={"cairn.command": " ".join(command)})
     run_id = run_obj.info.run_id
     err_console.print(f"[dim]cairn: run {run_id} ({run_obj.info.run_name}) in experiment {experiment_id}[/dim]")
-    env = dict(os.environ)
+    uri = config.resolve_tracking_uri(ctx.obj["store"]) if ctx.obj.get("store") else config.get_tracking_uri()
+    env = _child_environment(uri, ctx.obj.get("artifact_root"), run_id, experiment_id, base=os.environ)
+    status, code = "FAILED", 1
+    try:  # whatever happens (cannot start, Ctrl-C, an upload error), the run does not stay RUNNING
+        with tempfile.TemporaryDirectory(prefix="cairn-run-") as tmp:
+            try:
+                code = _run_teed(list(command), env, Path(tmp))
+            except _CannotStart as exc:
+                code = exc.exit_code
+                err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+                (Path(tmp) / "stdout.txt").write_text("")
+                (Path(tmp) / "stderr.txt").write_text(f"cairn run: {exc}\n")
+            for name in ("stdout.txt", "stderr.txt"):
+                client.log_artifact(run_id, Path(tmp) / name)
+        status = "FINISHED" if code == 0 else ("KILLED" if code < 0 else "FAILED")
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        client.set_terminated(run_id, status)
+        err_console.print(f"[dim]cairn: run {run_id} ended {status} (exit code {code})[/dim]")
+    sys.exit(code if code >= 0 else 128 - code)
+
+
+def _child_environment(
+    tracking_uri: str, artifact_root: str | None, run_id: str, experiment_id: str, *, base: Any
+) -> dict[str, str]:
+    """The environment of `cairn run`'s child: cairn's variables and the MLflow ones MLflow code reads.
+
+    ``MLFLOW_TRACKING_URI`` is set only for an http(s) server (MLflow speaks its REST API); MLflow must
+    never be pointed at cairn's own database, so for other stores the caller's value (if any) is kept.
+    """
+    env = dict(base)
     env.update(
         CAIRN_RUN_ID=run_id,
         CAIRN_EXPERIMENT_ID=experiment_id,
-        CAIRN_TRACKING_URI=config.resolve_tracking_uri(ctx.obj["store"])
-        if ctx.obj.get("store")
-        else config.get_tracking_uri(),
+        CAIRN_TRACKING_URI=tracking_uri,
+        MLFLOW_RUN_ID=run_id,
+        MLFLOW_EXPERIMENT_ID=experiment_id,
     )
-    if ctx.obj.get("artifact_root"):
-        env["CAIRN_ARTIFACT_ROOT"] = ctx.obj["artifact_root"]
-    with tempfile.TemporaryDirectory(prefix="cairn-run-") as tmp:
-        code = _run_teed(list(command), env, Path(tmp))
-        for name in ("stdout.txt", "stderr.txt"):
-            client.log_artifact(run_id, Path(tmp) / name)
-    status = "FINISHED" if code == 0 else ("KILLED" if code < 0 else "FAILED")
-    client.set_terminated(run_id, status)
-    err_console.print(f"[dim]cairn: run {run_id} ended {status} (exit code {code})[/dim]")
-    sys.exit(code if code >= 0 else 128 - code)
+    if tracking_uri.lower().startswith(("http://", "https://")):
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
+    if artifact_root:
+        env["CAIRN_ARTIFACT_ROOT"] = artifact_root
+    return env
+
+
+class _CannotStart(CairnError):
+    """The command of `cairn run` could not be started; ``exit_code`` follows the shell (127, 126)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def _run_teed(command: list[str], env: dict[str, str], directory: Path) -> int:
@@ -467,9 +593,8 @@ def _run_teed(command: list[str], env: dict[str, str], directory: Path) -> int:
     try:
         child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     except OSError as exc:
-        from cairn.errors import InvalidArgument
-
-        raise InvalidArgument(f"cannot start {command[0]!r}: {exc}") from exc
+        code = 127 if isinstance(exc, FileNotFoundError) else 126
+        raise _CannotStart(f"cannot start {command[0]!r}: {exc.strerror or exc}", code) from exc
 
     def pump(source: IO[bytes], sink: IO[bytes], path: Path) -> None:
         with path.open("wb") as copy:

@@ -9,9 +9,12 @@ __all__ = ["ui"]
 
 @click.command()
 @click.option(
-    "--host", default="127.0.0.1", show_default=True, help="Address to bind; keep loopback unless you mean it."
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to bind; keep loopback unless you mean it. No short form: -h is help (MLflow's -h is --host).",
 )
-@click.option("--port", default=5000, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on.")
+@click.option("--port", "-p", default=5000, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on.")
 @click.option(
     "--allow-host",
     "allow_hosts",
