@@ -51,7 +51,7 @@ from cairn.tracking.entities import (
     RunStatus,
 )
 
-__all__ = ["MlflowSource", "import_mlflow", "mlflow_tracking_uri"]
+__all__ = ["MlflowSource", "check_mlflow_source", "import_mlflow", "mlflow_tracking_uri"]
 
 _PAGE = 1000
 _MODEL_PAGE = 100  # the most search_registered_models accepts on every MLflow backend
@@ -95,6 +95,7 @@ def import_mlflow(
     """
     started = time.perf_counter()
     uri = mlflow_tracking_uri(source)
+    check_mlflow_source(uri, os.fspath(source))
     dest_uri = config.resolve_tracking_uri(os.fspath(destination)) if destination else config.get_tracking_uri()
     options = CopyOptions(
         experiments=tuple(experiments),
@@ -107,14 +108,23 @@ def import_mlflow(
     )
     report = ImportReport(source=describe_uri(uri), destination=describe_uri(dest_uri), dry_run=dry_run)
     with ExitStack() as stack:
-        stack.enter_context(_mlflow_environment(uri))
-        source_view = MlflowSource(uri, report, registry=registry)
+        # the destination first: cairn's own settings must not see MLflow's environment, set for the source
         dest = stack.enter_context(
             open_destination(dest_uri, destination_root(dest_uri, destination_artifact_root), dry_run)
         )
+        stack.enter_context(_mlflow_environment(uri))
+        source_view = MlflowSource(uri, report, registry=registry)
         dest_registry = SqlRegistryStore.from_tracking_store(dest) if registry else None
         with SyncProgress(progress, "import") as bar:
-            Copier(source_view, dest, dest_registry, report, options, bar).copy()
+            try:
+                Copier(source_view, dest, dest_registry, report, options, bar).copy()
+            except Exception as exc:
+                if isinstance(exc, CairnError) or not _raised_in_mlflow(exc):
+                    raise
+                raise CairnError(
+                    f"mlflow failed reading the MLflow store {report.source} ({type(exc).__name__}: {exc}); "
+                    "what was copied before stays, and importing again resumes"
+                ) from exc
         source_view.finish()
     report.elapsed = time.perf_counter() - started
     return report
@@ -156,6 +166,148 @@ def mlflow_tracking_uri(source: str | os.PathLike[str]) -> str:
     if path.is_file():
         return f"sqlite:///{path.resolve()}"
     raise NotFound(f"no MLflow store at {text!r}: the path does not exist")
+
+
+_EXPECTED_LAYOUT = "an mlruns directory: <experiment id>/meta.yaml files and a .trash/ folder"
+_MLFLOW_TABLES = {
+    "alembic_version": {"version_num"},
+    "experiments": {"experiment_id", "name", "artifact_location", "lifecycle_stage"},
+    "runs": {"run_uuid", "experiment_id", "lifecycle_stage", "status"},
+}
+_SCAN_LIMIT = 10_000  # directory entries looked at to recognize a TensorBoard log directory
+
+
+def check_mlflow_source(uri: str, given: str) -> None:
+    """Refuse a source that is not an MLflow store, before mlflow touches it (reading only).
+
+    mlflow's store constructors write into what they open: a file store gets ``.trash/`` (and
+    ``models/`` from the registry), a database gets MLflow's tables. So the layout of a directory and the
+    tables of a database are checked first, the database through a read-only connection.
+
+    Raises:
+        InvalidArgument: the source is not an MLflow store; the message names the source and what it holds.
+    """
+    if uri.startswith("file:"):
+        from urllib.parse import unquote, urlparse
+
+        _check_file_store(Path(unquote(urlparse(uri).path)), given)
+    elif uri.startswith("sqlite:///"):
+        _check_sqlite(Path(uri[len("sqlite:///") :]), given)
+    elif uri.split(":", 1)[0].split("+", 1)[0] in ("postgresql", "postgres"):
+        _check_database(uri)
+
+
+def _check_file_store(root: Path, given: str) -> None:
+    entries = sorted(entry.name for entry in root.iterdir())
+    if not entries:
+        raise InvalidArgument(f"{given!r} is an empty directory, not an MLflow store (expected {_EXPECTED_LAYOUT})")
+    experiments = [
+        name for name in entries if name not in (".trash", "models") and (root / name / "meta.yaml").is_file()
+    ]
+    if not experiments:
+        events = _tensorboard_events(root)
+        if events is not None:
+            raise InvalidArgument(
+                f"{given!r} is a TensorBoard log directory ({events}), not an MLflow store; cairn does not import "
+                "TensorBoard logs yet (a `cairn import-tensorboard` is planned)"
+            )
+        shown = ", ".join(entries[:8]) + (f", ... ({len(entries)} entries)" if len(entries) > 8 else "")
+        raise InvalidArgument(
+            f"{given!r} is not an MLflow store: expected {_EXPECTED_LAYOUT}; found no experiment "
+            f"(no <id>/meta.yaml), only: {shown}"
+        )
+    if not (root / ".trash").is_dir():
+        raise InvalidArgument(
+            f"{given!r} looks like an MLflow file store ({len(experiments)} experiment folder(s)) but has no .trash/ "
+            "folder, which mlflow would create in it on opening; cairn opens its source read-only: create it "
+            f"(mkdir {root / '.trash'}) or import a copy"
+        )
+
+
+def _tensorboard_events(root: Path) -> str | None:
+    """The path (below ``root``) of a TensorBoard event file, looking at a bounded number of entries."""
+    seen = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            if name.startswith("events.out.tfevents."):
+                return os.path.relpath(os.path.join(dirpath, name), root)
+        seen += len(dirnames) + len(filenames)
+        if seen > _SCAN_LIMIT:
+            return None
+    return None
+
+
+def _check_sqlite(path: Path, given: str) -> None:
+    import sqlite3
+    from urllib.parse import quote
+
+    # immutable=1: no lock, journal or -wal/-shm file is created next to the source
+    try:
+        conn = sqlite3.connect(f"file:{quote(str(path))}?mode=ro&immutable=1", uri=True)
+    except sqlite3.Error as exc:
+        raise InvalidArgument(f"{given!r} is not an MLflow database: SQLite cannot open it ({exc})") from exc
+    try:
+        tables = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        columns = {
+            table: {row[1] for row in conn.execute(f'PRAGMA table_info("{table}")')}
+            for table in _MLFLOW_TABLES
+            if table in tables
+        }
+    except sqlite3.DatabaseError as exc:
+        raise InvalidArgument(f"{given!r} is not an MLflow database: it is not a SQLite database ({exc})") from exc
+    finally:
+        conn.close()
+    _check_tables(given, tables, columns)
+
+
+def _check_database(uri: str) -> None:
+    import sqlalchemy as sa
+
+    shown = describe_uri(uri)
+    engine = sa.create_engine(uri, connect_args={"options": "-c default_transaction_read_only=on"})
+    try:
+        with engine.connect() as conn:
+            inspector = sa.inspect(conn)
+            tables = sorted(inspector.get_table_names())
+            columns = {
+                table: {column["name"] for column in inspector.get_columns(table)}
+                for table in _MLFLOW_TABLES
+                if table in tables
+            }
+    except sa.exc.SQLAlchemyError as exc:
+        raise CairnError(f"cannot read the MLflow database {shown}: {exc}") from exc
+    finally:
+        engine.dispose()
+    _check_tables(shown, tables, columns)
+
+
+def _check_tables(shown: str, tables: Sequence[str], columns: dict[str, set[str]]) -> None:
+    expected = ", ".join(_MLFLOW_TABLES)
+    missing = [table for table in _MLFLOW_TABLES if table not in columns]
+    if missing:
+        found = ", ".join(tables[:12]) + (f", ... ({len(tables)} tables)" if len(tables) > 12 else "")
+        raise InvalidArgument(
+            f"{shown!r} is not an MLflow database: expected MLflow's tables ({expected}), found "
+            + (found or "no tables")
+        )
+    for table, wanted in _MLFLOW_TABLES.items():
+        lacking = sorted(wanted - columns[table])
+        if lacking:
+            raise InvalidArgument(
+                f"{shown!r} is not an MLflow database: its table {table!r} lacks MLflow's column(s) "
+                + ", ".join(lacking)
+            )
+
+
+def _raised_in_mlflow(exc: BaseException) -> bool:
+    """Whether the innermost frame of ``exc``'s traceback is mlflow's code (a store it cannot read)."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return f"{os.sep}mlflow{os.sep}" in tb.tb_frame.f_code.co_filename
 
 
 def _has_module(name: str) -> bool:
@@ -468,8 +620,16 @@ class MlflowSource:
 
     # -- registry ----------------------------------------------------------------------------------
 
+    def _has_registry(self) -> bool:
+        """A file store without ``models/`` has no registered model; mlflow would create the folder on opening."""
+        if not self.uri.startswith("file:"):
+            return True
+        from urllib.parse import unquote, urlparse
+
+        return (Path(unquote(urlparse(self.uri).path)) / "models").is_dir()
+
     def registered_models(self) -> Iterator[tuple[RegisteredModel, list[ModelVersion]]]:
-        if not self.registry:
+        if not self.registry or not self._has_registry():
             return
         token: str | None = None
         while True:
