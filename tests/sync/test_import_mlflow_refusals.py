@@ -214,3 +214,20 @@ def test_unreadable_mlflow_store_fails_without_traceback(mlflow: ModuleType, tmp
     before = _snapshot(source)
     _assert_refused(_import(str(source), tmp_path / "dest"), str(source), "mlflow failed reading", "experiment_id")
     assert _snapshot(source) == before
+
+
+def test_real_mlflow_postgresql_store_passes_the_check(mlflow: ModuleType, pg_server: PgServer, tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    from cairn.sync.mlflow_import import mlflow_tracking_uri
+
+    with pg_server.new_database("cairn_real_mlflow") as url:
+        uri = mlflow_tracking_uri(url)
+        client = MlflowClient(uri, uri)
+        run = client.create_run(client.create_experiment("exp", artifact_location=str(tmp_path / "art"))).info.run_id
+        client.log_metric(run, "loss", 0.5, step=1)
+        client.set_terminated(run)
+        tables = _pg_tables(url)
+        result = _import(url, tmp_path / "dest")
+        assert result.exit_code == 0, result.output
+        assert _pg_tables(url) == tables

@@ -91,6 +91,7 @@ def import_mlflow(
     Raises:
         CairnError: mlflow is not installed (``pip install 'cairn[interop]'``).
         NotFound: the source path does not exist.
+        InvalidArgument: the source is not an MLflow store (checked before mlflow opens it, reading only).
         ExperimentNotFound / RunNotFound: a requested experiment or run is not at the source.
     """
     started = time.perf_counter()
