@@ -39,6 +39,10 @@ def _isolated_cairn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
         "CAIRN_RUN_ID",
         "CAIRN_EXPERIMENT_ID",
         "CAIRN_EXPERIMENT_NAME",
+        "MLFLOW_TRACKING_URI",  # read when the CAIRN_ name is unset (cairn.tracking.env)
+        "MLFLOW_RUN_ID",
+        "MLFLOW_EXPERIMENT_ID",
+        "MLFLOW_EXPERIMENT_NAME",
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)

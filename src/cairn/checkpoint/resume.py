@@ -2,7 +2,8 @@
 
 One place for every integration (plain PyTorch, Lightning, Transformers):
 
-- :func:`resolve_run_id`: the run to resume: the one named, else ``CAIRN_RUN_ID``, else the active run;
+- :func:`resolve_run_id`: the run to resume: the one named, else ``CAIRN_RUN_ID`` (else ``MLFLOW_RUN_ID``),
+  else the active run;
 - :func:`plan_resume`: find the checkpoint asked for (``"latest"``, a step, or a name), materialise and verify
   it; a damaged newest checkpoint is skipped with a :class:`ResumeWarning` naming it and the one used;
   the plan says whether training continues the same run (the checkpoint is the newest intact one) or forks
@@ -16,7 +17,6 @@ One place for every integration (plain PyTorch, Lightning, Transformers):
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +25,7 @@ from pathlib import Path
 from cairn.checkpoint.formats import CheckpointFormat, StoredCheckpoint
 from cairn.checkpoint.run_checkpoints import RunCheckpoints
 from cairn.errors import ArtifactNotFound, CheckpointCorrupt, CheckpointError, InvalidArgument
+from cairn.tracking import env
 from cairn.tracking.client import Client, now_ms
 
 __all__ = [
@@ -57,12 +58,13 @@ class NoCheckpoint(CheckpointError, ArtifactNotFound):
 
 
 def resolve_run_id(run_id: str | None = None, *, use_active: bool = True) -> str | None:
-    """The run to resume: ``run_id``, else ``$CAIRN_RUN_ID``, else (``use_active``) the active run, else None."""
+    """The run to resume: ``run_id``, else ``$CAIRN_RUN_ID``, else ``$MLFLOW_RUN_ID``, else (``use_active``) the
+    active run, else None."""
     if run_id:
         return run_id
-    env = os.environ.get(RUN_ID_ENV)
-    if env:
-        return env
+    from_env = env.get(env.RUN_ID)
+    if from_env:
+        return from_env
     if use_active:
         from cairn.tracking import fluent
 
@@ -81,7 +83,7 @@ def require_run_id(run_id: str | None = None, *, use_active: bool = True) -> str
     found = resolve_run_id(run_id, use_active=use_active)
     if not found:
         where = ", or start the run first (cairn.start_run())" if use_active else ""
-        raise InvalidArgument(f"no run to resume: pass run_id= or set {RUN_ID_ENV}{where}")
+        raise InvalidArgument(f"no run to resume: pass run_id= or set {RUN_ID_ENV} (or MLFLOW_RUN_ID){where}")
     return found
 
 

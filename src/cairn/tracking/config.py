@@ -1,19 +1,23 @@
 """Where runs go: the tracking URI, the artifact root and the shared store instances.
 
-``CAIRN_TRACKING_URI`` accepts a SQLAlchemy database URL (``sqlite:///...``, ``postgresql://...``)
-or a directory (``./cairn-runs``, ``file:///data/runs``) which means ``<dir>/cairn.db`` with
-artifacts in ``<dir>/artifacts``. Nothing is set: ``./cairn-runs`` in the working directory.
+``CAIRN_TRACKING_URI`` (else MLflow's ``MLFLOW_TRACKING_URI``, see :mod:`cairn.tracking.env`) accepts a
+SQLAlchemy database URL (``sqlite:///...``, ``postgresql://...``), a tracking server (``http(s)://``) or a
+directory (``./cairn-runs``, ``file:///data/runs``, ``file:/data/runs``, ``file:runs``) which means
+``<dir>/cairn.db`` with artifacts in ``<dir>/artifacts``. Nothing is set: ``./cairn-runs`` in the working
+directory. Other schemes (``databricks``, ``mysql://``, ...) and MLflow file stores are refused, saying why.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
-from cairn.errors import InvalidArgument
+from cairn.errors import ForeignStore, InvalidArgument
+from cairn.tracking import env
 
 if TYPE_CHECKING:
     from cairn.store.base import TrackingStore
@@ -23,6 +27,13 @@ DEFAULT_HOME = "cairn-runs"
 DATABASE_FILE = "cairn.db"
 _DB_SCHEMES = ("sqlite", "postgresql", "postgres", "postgresql+psycopg")
 _HTTP_SCHEMES = ("http", "https")
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
+_DATABRICKS_NAMES = ("databricks", "databricks-uc", "uc")  # MLflow reads these bare words as schemes
+_OTHER_DATABASES = ("mysql", "mssql", "oracle", "mariadb")
+_SUPPORTED = (
+    "cairn supports a SQLite file (sqlite:///path/to/file.db), PostgreSQL (postgresql://...), a tracking server "
+    "(http(s)://host:port), and a local directory or file: URI (./runs, file:/abs, file:///abs, file:relative)"
+)
 
 _tracking_uri: str | None = None
 _artifact_root: str | None = None
@@ -45,7 +56,13 @@ def set_tracking_uri(uri: str | os.PathLike[str] | None) -> None:
 
 
 def get_tracking_uri() -> str:
-    return _tracking_uri or resolve_tracking_uri(os.environ.get("CAIRN_TRACKING_URI") or DEFAULT_HOME)
+    """The URI set in code, else ``CAIRN_TRACKING_URI``, else ``MLFLOW_TRACKING_URI``, else ``./cairn-runs``."""
+    if _tracking_uri:
+        return _tracking_uri
+    setting = env.lookup(env.TRACKING_URI)
+    if setting is None:
+        return resolve_tracking_uri(DEFAULT_HOME)
+    return resolve_tracking_uri(setting.value, origin=setting.name)
 
 
 def set_artifact_root(uri: str | os.PathLike[str] | None) -> None:
@@ -65,39 +82,125 @@ def get_artifact_root(tracking_uri: str | None = None) -> str:
     return str(Path(DEFAULT_HOME).resolve() / "artifacts")
 
 
-def resolve_tracking_uri(uri: str) -> str:
-    """Normalise a user-given tracking URI into a database URL with absolute paths."""
-    uri = uri.strip()
-    if not uri:
-        raise InvalidArgument("tracking URI is empty")
-    scheme = uri.split(":", 1)[0].lower() if "://" in uri else ""
+def resolve_tracking_uri(uri: str, *, origin: str | None = None) -> str:
+    """Normalise a user-given tracking URI into a database URL with absolute paths.
+
+    Args:
+        uri: a database URL, an ``http(s)://`` server, a directory, or a ``file:`` URI in the forms MLflow
+            parses (``file:/abs``, ``file:///abs``, ``file://localhost/abs``, ``file:rel``).
+        origin: the environment variable ``uri`` came from, named in errors.
+
+    Raises:
+        InvalidArgument: an empty URI, a scheme cairn does not support (``databricks``, ``mysql``, ...), a
+            ``file:`` URI on another host, a file that is not a ``.db`` database.
+        ForeignStore: the directory is (or is inside) an MLflow file store: ``cairn import-mlflow`` copies it.
+    """
+    where = f"{origin}={uri!r}" if origin else f"tracking URI {uri!r}"
+    text = uri.strip()
+    if not text:
+        raise InvalidArgument(f"{where} is empty")
+    if text.lower() in _DATABRICKS_NAMES:
+        raise InvalidArgument(f"{where}: {_unsupported(text.lower())}; for a directory of that name write ./{text}")
+    scheme = _scheme(text)
     if scheme == "sqlite":
-        path = uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else ""
+        path = text[len("sqlite:///") :] if text.startswith("sqlite:///") else ""
         if not path or path == ":memory:":
-            raise InvalidArgument(f"tracking URI {uri!r} needs a file path: sqlite:///path/to/cairn.db")
+            raise InvalidArgument(f"{where} needs a file path: sqlite:///path/to/cairn.db")
         return f"sqlite:///{Path(path).expanduser().resolve()}"
     if scheme in _DB_SCHEMES:
-        return uri
+        return text
     if scheme in _HTTP_SCHEMES:  # a tracking server: cairn.store.rest
-        return uri.rstrip("/")
+        return text.rstrip("/")
     if scheme == "file":
-        uri = unquote(urlparse(uri).path)
+        text = _file_uri_path(text, where)
     elif scheme:
-        raise InvalidArgument(
-            f"tracking URI scheme {scheme!r} is not supported; use a directory, sqlite:///file.db, postgresql://... or "
-            "http(s)://host:port (a tracking server)"
-        )
-    location = Path(uri).expanduser().resolve()
+        raise InvalidArgument(f"{where}: {_unsupported(scheme)}")
+    location = Path(text).expanduser().resolve()
     if location.suffix == ".db":
         return f"sqlite:///{location}"
+    if location.is_file():
+        raise InvalidArgument(
+            f"{where}: {location} is a file, not a directory; give a directory (cairn keeps {DATABASE_FILE} and "
+            "artifacts/ in it) or a SQLite database as sqlite:///path/to/file.db"
+        )
+    if not (location / DATABASE_FILE).exists():  # a store cairn already uses is used whatever lies beside it
+        _refuse_mlflow_file_store(location, where)
     return f"sqlite:///{location / DATABASE_FILE}"
 
 
+def _scheme(text: str) -> str:
+    """The URI scheme of ``text`` (lower case), or "" for a path; one letter is a Windows drive, not a scheme."""
+    match = _SCHEME.match(text)
+    return match.group(1).lower() if match and len(match.group(1)) > 1 else ""
+
+
+def _file_uri_path(text: str, where: str) -> str:
+    """The local path of a ``file:`` URI as MLflow reads it: ``file:/abs``, ``file:///abs``, ``file:rel``."""
+    parsed = urlparse(text)
+    if parsed.netloc not in ("", "localhost"):
+        raise InvalidArgument(
+            f"{where}: a file: URI on host {parsed.netloc!r}; cairn reads local paths only (file:/abs, file:///abs, "
+            "file:relative); for a shared store use postgresql://... or a tracking server http(s)://..."
+        )
+    path = unquote(parsed.path)
+    if not path:
+        raise InvalidArgument(f"{where} names no path (file:/abs, file:///abs, file:relative)")
+    return path
+
+
+def _unsupported(scheme: str) -> str:
+    base = scheme.split("+", 1)[0]
+    if base in _DATABRICKS_NAMES:
+        why = "MLflow's Databricks-hosted tracking, which cairn does not talk to"
+    elif base in _OTHER_DATABASES:
+        why = (
+            "cairn's SQL store runs on SQLite and PostgreSQL only (its schema migrations are written and tested for "
+            "those two); to bring an MLflow store kept in that database into cairn, run "
+            "`cairn import-mlflow --from <that URI> --to <cairn store>`"
+        )
+    elif base in ("runs", "models"):
+        why = f"{base}:/ URIs name a run's artifacts or a model, not a tracking store"
+    else:
+        why = "cairn does not know it; a directory whose name holds a colon is written ./name"
+    return f"the scheme {scheme!r} is not supported ({why}). {_SUPPORTED}"
+
+
+def _refuse_mlflow_file_store(location: Path, where: str) -> None:
+    """Raise :class:`ForeignStore` if ``location`` is an MLflow file store or a directory inside one.
+
+    MLflow's ``FileStore`` keeps one directory per experiment (numeric id) holding ``meta.yaml``, a
+    directory per run holding its own ``meta.yaml``, and deleted experiments under ``.trash/``.
+    """
+    root: Path | None = location if _is_mlflow_file_store(location) else None
+    if root is None and (location / "meta.yaml").is_file():  # an experiment's or a run's directory
+        root = next((p for p in (location.parent, location.parent.parent) if _is_mlflow_file_store(p)), None)
+    if root is None:
+        return
+    inside = "an MLflow file store" if root == location else f"inside the MLflow file store {root}"
+    raise ForeignStore(
+        f"{where}: {location} is {inside}, not a cairn store; cairn does not write into it. Import it into a cairn "
+        f"store of its own with `cairn import-mlflow --from {root} --to <cairn store>` (e.g. --to ./{DEFAULT_HOME}), "
+        "then use that store"
+    )
+
+
+def _is_mlflow_file_store(directory: Path) -> bool:
+    try:
+        for parent in (directory, directory / ".trash"):
+            if parent.is_dir() and any(
+                child.name.isdigit() and (child / "meta.yaml").is_file() for child in parent.iterdir()
+            ):
+                return True
+    except OSError:  # unreadable: not recognisable, and cairn's own open reports the real problem
+        return False
+    return False
+
+
 def _absolute_if_local(uri: str) -> str:
-    if "://" in uri and not uri.startswith("file://"):
+    if _scheme(uri) == "file":
+        uri = _file_uri_path(uri, f"artifact root {uri!r}")
+    elif "://" in uri:
         return uri.rstrip("/")
-    if uri.startswith("file://"):
-        uri = unquote(urlparse(uri).path)
     return str(Path(uri).expanduser().resolve())
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from cairn import background
 from cairn.errors import ExperimentNotFound, InvalidArgument, RunNotActive
 from cairn.store.base import DEFAULT_EXPERIMENT_ID, MetricPoint
-from cairn.tracking import background_errors, config, lifecycle, system_tags, validation
+from cairn.tracking import background_errors, config, env, lifecycle, system_tags, validation
 from cairn.tracking.client import Client
 from cairn.tracking.entities import (
     Experiment,
@@ -146,11 +146,12 @@ def _resolve_experiment_id(explicit: str | None) -> str:
         return str(explicit)
     if _active_experiment_id is not None:
         return _active_experiment_id
-    if os.environ.get("CAIRN_EXPERIMENT_ID"):
-        return os.environ["CAIRN_EXPERIMENT_ID"]
-    if os.environ.get("CAIRN_EXPERIMENT_NAME"):
-        return set_experiment(os.environ["CAIRN_EXPERIMENT_NAME"]).experiment_id
-    return DEFAULT_EXPERIMENT_ID
+    named = env.experiment()  # CAIRN_EXPERIMENT_ID/NAME, else MLFLOW_EXPERIMENT_ID/NAME
+    if named is None:
+        return DEFAULT_EXPERIMENT_ID
+    if named.name.endswith(env.EXPERIMENT_ID):
+        return named.value
+    return set_experiment(named.value).experiment_id
 
 
 # -- runs ----------------------------------------------------------------------------------------
@@ -165,7 +166,8 @@ def start_run(
     description: str | None = None,
     parent_run_id: str | None = None,
 ) -> ActiveRun:
-    """Start a new run, or resume ``run_id`` (also taken from ``CAIRN_RUN_ID``), and make it active."""
+    """Start a new run, or resume ``run_id`` (also taken from ``CAIRN_RUN_ID``, else ``MLFLOW_RUN_ID``), and make
+    it active."""
     global _last_active_run_id
     client = _get_client()
     with _stack_lock:
@@ -175,7 +177,7 @@ def start_run(
                 f"run {active.run_id} ({active.run_name}) is already active; end it with cairn.end_run() "
                 "or start this one with nested=True"
             )
-        env_run_id = os.environ.get("CAIRN_RUN_ID") if not _run_stack else None
+        env_run_id = env.get(env.RUN_ID) if not _run_stack else None  # CAIRN_RUN_ID, else MLFLOW_RUN_ID
         resume_id = run_id or env_run_id
         parent = parent_run_id or (_run_stack[-1].info.run_id if _run_stack else None)
         if resume_id:
