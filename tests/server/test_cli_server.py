@@ -24,6 +24,16 @@ def test_refuses_public_host_without_insecure_flag(host: str, tmp_path: Path) ->
     assert not (tmp_path / "store").exists()  # refused before opening anything
 
 
+@pytest.mark.parametrize("variable", ["CAIRN_TRACKING_URI", "MLFLOW_TRACKING_URI"])
+@pytest.mark.parametrize("command", ["server", "ui"])
+def test_refuses_to_front_another_tracking_server(variable: str, command: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client machine's MLFLOW_TRACKING_URI=http://... must not make cairn server relay to (or call) itself."""
+    monkeypatch.setenv(variable, "http://127.0.0.1:9")
+    result = CliRunner().invoke(main, [command])
+    assert result.exit_code != 0
+    assert "is a tracking server" in result.output and "--store" in result.output
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_serves_the_configured_store(workers: int, tmp_path: Path) -> None:
     port = free_port()

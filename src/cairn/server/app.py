@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import BaseRoute, Mount, Route
 
+from cairn.errors import CairnError
 from cairn.server.auth.middleware import AuthMiddleware
 from cairn.server.auth.users import user_store_for
 from cairn.server.protocol import ServerContext, endpoint_not_found
@@ -108,6 +109,7 @@ def create_server_app(
     """
     from cairn.ui.app import create_app
 
+    _refuse_remote_store(client)
     root = artifact_root if artifact_root is not None else _store_artifact_root(client)
     users = user_store_for(client) if auth else None
     ctx = ServerContext(client=client, serve_artifacts=serve_artifacts, artifact_root=root, users=users)
@@ -130,6 +132,19 @@ def create_server_app(
     app.state.store_label = ui.state.store_label
     app.state.allowed_hosts = ui.state.allowed_hosts
     return app
+
+
+def _refuse_remote_store(client: Client) -> None:
+    """A server fronts a database: over another tracking server it would only relay (or call itself)."""
+    import sys
+
+    rest = sys.modules.get("cairn.store.rest.store")
+    if rest is not None and isinstance(client.store, rest.RestTrackingStore):
+        raise CairnError(
+            f"the tracking URI {client.store.uri} is a tracking server, but cairn server (and cairn ui) serve a "
+            "database: pass --store sqlite:///path/cairn.db or --store postgresql://... (CAIRN_TRACKING_URI and "
+            "MLFLOW_TRACKING_URI, read when --store is not given, are meant for the machines that log to a server)"
+        )
 
 
 def _store_artifact_root(client: Client) -> str:
