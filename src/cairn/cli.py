@@ -19,10 +19,13 @@ from rich.console import Console
 from rich.table import Table
 
 from cairn.errors import CairnError
+from cairn.housekeeping import gc
+from cairn.projects.cli import run
 from cairn.registry.cli import models
 from cairn.server.auth.cli import users
 from cairn.server.cli import server
-from cairn.sync.cli import import_mlflow_command, sync_command
+from cairn.serving.cli import predict, serve
+from cairn.sync.cli import import_mlflow_command, import_tensorboard_command, sync_command
 from cairn.ui.cli import ui
 
 console = Console()
@@ -304,95 +307,6 @@ def runs_restore(ctx: click.Context, run_ids: tuple[str, ...]) -> None:
         console.print(f"restored run {run_id}")
 
 
-# -- gc --------------------------------------------------------------------------------------------
-
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def _parse_age(text: str, option: str = "--older-than") -> int:
-    """'30d', '12h', '0s' -> milliseconds."""
-    from cairn.errors import InvalidArgument
-
-    if len(text) < 2 or text[-1] not in _UNITS or not text[:-1].isdigit():
-        raise InvalidArgument(f"{option} takes a number and a unit s, m, h or d (e.g. 30d), got {text!r}")
-    return int(text[:-1]) * _UNITS[text[-1]] * 1000
-
-
-def _local_artifact_dirs(client: Any) -> list[str]:
-    """The local artifact directories of every experiment (deleted ones too), none inside another."""
-    from cairn.artifacts import LocalArtifactStore, get_artifact_store
-    from cairn.tracking.entities import ViewType
-
-    roots = set()
-    for experiment in client.search_experiments(ViewType.ALL, 50_000):
-        store = get_artifact_store(experiment.artifact_location)
-        if isinstance(store, LocalArtifactStore) and os.path.isdir(store.root):
-            roots.add(os.path.realpath(store.root))
-    return [root for root in sorted(roots) if not any(root.startswith(other + os.sep) for other in roots)]
-
-
-def _sweep_leftovers(client: Any, stale_after: str, dry_run: bool) -> None:
-    """Remove (or restore) what killed artifact writes left behind; see :mod:`cairn.artifacts.leftovers`."""
-    from cairn.artifacts.leftovers import LeftoverAction, clean_leftover, find_leftovers
-
-    older_than = _parse_age(stale_after, "--stale-after") / 1000
-    count = freed = 0
-    for root in _local_artifact_dirs(client):
-        for leftover in find_leftovers(root, older_than=older_than):
-            restore = leftover.action is LeftoverAction.RESTORE
-            if dry_run:
-                verb = f"would restore {leftover.original} from" if restore else "would remove"
-            elif not clean_leftover(leftover):
-                continue
-            else:
-                verb = f"restored {leftover.original} from" if restore else "removed"
-            console.print(f"{verb} {leftover.path} ({leftover.size} bytes)", highlight=False, soft_wrap=True)
-            count += 1
-            freed += 0 if restore else leftover.size
-    verb = "would free" if dry_run else "freed"
-    summary = f"{count} leftover(s) of interrupted writes {'found' if dry_run else 'cleaned'}, {verb} {freed} bytes"
-    console.print(summary, highlight=False, soft_wrap=True)
-
-
-@main.command()
-@click.option("--older-than", default="0s", show_default=True, help="Only runs deleted at least this long ago.")
-@click.option("--run-id", "run_ids", multiple=True, help="Only these deleted runs (and no leftover sweep).")
-@click.option(
-    "--stale-after",
-    default="1h",
-    show_default=True,
-    help="Also clean leftovers of killed writes (.cairn-tmp-*, .cairn-old-*) in local artifact "
-    "directories that nothing modified for this long.",
-)
-@click.option("--dry-run", is_flag=True, help="Show what would be purged or cleaned.")
-@click.pass_context
-def gc(ctx: click.Context, older_than: str, run_ids: tuple[str, ...], stale_after: str, dry_run: bool) -> None:
-    """Purge soft-deleted runs and their artifacts for good; clean leftovers of killed artifact writes."""
-    from cairn.artifacts import get_artifact_store
-
-    client = _client(ctx)
-    cutoff = int(time.time() * 1000) - _parse_age(older_than)
-    candidates = client.store.deleted_run_ids(older_than=cutoff)
-    if run_ids:
-        wanted = set(run_ids)
-        missing = wanted - set(candidates)
-        for run_id in sorted(missing):
-            err_console.print(f"[yellow]skipped[/yellow] {run_id}: not a soft-deleted run (or deleted too recently)")
-        candidates = [r for r in candidates if r in wanted]
-    for run_id in candidates:
-        if dry_run:
-            console.print(f"would purge run {run_id}")
-            continue
-        artifact_uri = client.store.get_run(run_id).info.artifact_uri
-        get_artifact_store(artifact_uri).delete(None)
-        client.store.purge_run(run_id)
-        console.print(f"purged run {run_id}")
-    console.print(f"{len(candidates)} run(s) {'to purge' if dry_run else 'purged'}")
-    if not run_ids:
-        _sweep_leftovers(client, stale_after, dry_run)
-
-
 # -- db --------------------------------------------------------------------------------------------
 
 
@@ -485,150 +399,17 @@ def _redact(uri: str) -> str:
     return uri
 
 
-# -- run -------------------------------------------------------------------------------------------
-
-
-@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
-@click.option(
-    "--experiment",
-    "--experiment-name",
-    "-e",
-    "experiment",
-    help="Experiment name (created if missing). Default: CAIRN_EXPERIMENT_ID, else CAIRN_EXPERIMENT_NAME, else 0.",
-)
-@click.option("--experiment-id", help="Experiment id (must exist).")
-@click.option("--run-name", "-n", help="Name of the run.")
-@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-@click.pass_context
-def run(
-    ctx: click.Context,
-    experiment: str | None,
-    experiment_id: str | None,
-    run_name: str | None,
-    command: tuple[str, ...],
-) -> None:
-    """Run COMMAND inside a new run: `cairn run -e demo -- python train.py --lr 0.1`.
-
-    The child logs into the run through CAIRN_RUN_ID (and MLFLOW_RUN_ID / MLFLOW_EXPERIMENT_ID for
-    MLflow code; MLFLOW_TRACKING_URI only when the store is an http(s) server, which MLflow can reach);
-    its output is saved as the run's stdout.txt/stderr.txt artifacts, and the exit code decides FINISHED
-    or FAILED (KILLED for a signal). A command that cannot start ends the run FAILED with exit code 127
-    (not found) or 126 (not executable).
-    """
-    from cairn.tracking import config
-
-    if experiment and experiment_id:
-        raise click.UsageError("give --experiment/--experiment-name or --experiment-id, not both", ctx)
-    client = _client(ctx)
-    if not experiment and not experiment_id:
-        experiment_id = os.environ.get("CAIRN_EXPERIMENT_ID") or None
-        experiment = None if experiment_id else (os.environ.get("CAIRN_EXPERIMENT_NAME") or None)
-    if experiment:
-        found = client.get_experiment_by_name(experiment)
-        experiment_id = found.experiment_id if found else client.create_experiment(experiment)
-    elif experiment_id:
-        experiment_id = client.get_experiment(experiment_id).experiment_id
-    else:
-        experiment_id = "0"
-    run_obj = client.create_run(experiment_id, run_name=run_name, tags={"cairn.command": " ".join(command)})
-    run_id = run_obj.info.run_id
-    err_console.print(f"[dim]cairn: run {run_id} ({run_obj.info.run_name}) in experiment {experiment_id}[/dim]")
-    uri = config.resolve_tracking_uri(ctx.obj["store"]) if ctx.obj.get("store") else config.get_tracking_uri()
-    env = _child_environment(uri, ctx.obj.get("artifact_root"), run_id, experiment_id, base=os.environ)
-    status, code = "FAILED", 1
-    try:  # whatever happens (cannot start, Ctrl-C, an upload error), the run does not stay RUNNING
-        with tempfile.TemporaryDirectory(prefix="cairn-run-") as tmp:
-            try:
-                code = _run_teed(list(command), env, Path(tmp))
-            except _CannotStart as exc:
-                code = exc.exit_code
-                err_console.print(f"[red]error:[/red] {exc}", highlight=False)
-                (Path(tmp) / "stdout.txt").write_text("")
-                (Path(tmp) / "stderr.txt").write_text(f"cairn run: {exc}\n")
-            for name in ("stdout.txt", "stderr.txt"):
-                client.log_artifact(run_id, Path(tmp) / name)
-        status = "FINISHED" if code == 0 else ("KILLED" if code < 0 else "FAILED")
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        client.set_terminated(run_id, status)
-        err_console.print(f"[dim]cairn: run {run_id} ended {status} (exit code {code})[/dim]")
-    sys.exit(code if code >= 0 else 128 - code)
-
-
-def _child_environment(
-    tracking_uri: str, artifact_root: str | None, run_id: str, experiment_id: str, *, base: Any
-) -> dict[str, str]:
-    """The environment of `cairn run`'s child: cairn's variables and the MLflow ones MLflow code reads.
-
-    ``MLFLOW_TRACKING_URI`` is set only for an http(s) server (MLflow speaks its REST API); MLflow must
-    never be pointed at cairn's own database, so for other stores the caller's value (if any) is kept.
-    """
-    env = dict(base)
-    env.update(
-        CAIRN_RUN_ID=run_id,
-        CAIRN_EXPERIMENT_ID=experiment_id,
-        CAIRN_TRACKING_URI=tracking_uri,
-        MLFLOW_RUN_ID=run_id,
-        MLFLOW_EXPERIMENT_ID=experiment_id,
-    )
-    if tracking_uri.lower().startswith(("http://", "https://")):
-        env["MLFLOW_TRACKING_URI"] = tracking_uri
-    if artifact_root:
-        env["CAIRN_ARTIFACT_ROOT"] = artifact_root
-    return env
-
-
-class _CannotStart(CairnError):
-    """The command of `cairn run` could not be started; ``exit_code`` follows the shell (127, 126)."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-def _run_teed(command: list[str], env: dict[str, str], directory: Path) -> int:
-    """Start the child, copy its output to our stdout/stderr and to files; forward SIGINT/SIGTERM."""
-    try:
-        child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    except OSError as exc:
-        code = 127 if isinstance(exc, FileNotFoundError) else 126
-        raise _CannotStart(f"cannot start {command[0]!r}: {exc.strerror or exc}", code) from exc
-
-    def pump(source: IO[bytes], sink: IO[bytes], path: Path) -> None:
-        with path.open("wb") as copy:
-            for chunk in iter(lambda: source.read1(65536), b""):  # type: ignore[attr-defined]
-                sink.write(chunk)
-                sink.flush()
-                copy.write(chunk)
-
-    assert child.stdout is not None and child.stderr is not None
-    pumps = [
-        threading.Thread(target=pump, args=(child.stdout, sys.stdout.buffer, directory / "stdout.txt")),
-        threading.Thread(target=pump, args=(child.stderr, sys.stderr.buffer, directory / "stderr.txt")),
-    ]
-    for thread in pumps:
-        thread.start()
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    for sig in previous:
-        signal.signal(sig, lambda signum, frame: child.send_signal(signum))
-    try:
-        code = child.wait()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        for thread in pumps:
-            thread.join()
-    return code
-
-
+main.add_command(gc)
+main.add_command(run)
+models.add_command(serve)
+models.add_command(predict)
 main.add_command(models)
 main.add_command(ui)
 main.add_command(server)
 main.add_command(users)
 main.add_command(sync_command)
 main.add_command(import_mlflow_command)
+main.add_command(import_tensorboard_command)
 
 if __name__ == "__main__":
     main()

@@ -134,7 +134,7 @@ def test_run_experiment_name_and_id_options(tmp_path: Path) -> None:
 
 
 def test_run_http_store_sets_mlflow_tracking_uri() -> None:
-    from cairn.cli import _child_environment
+    from cairn.projects.cli import _child_environment
 
     env = _child_environment("http://tracking.example:5000", None, "abc", "3", base={})
     assert env["MLFLOW_TRACKING_URI"] == "http://tracking.example:5000"

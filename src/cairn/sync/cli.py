@@ -10,7 +10,7 @@ from rich.console import Console
 
 from cairn.sync.report import ImportReport, SyncReport
 
-__all__ = ["import_mlflow_command", "sync_command"]
+__all__ = ["import_mlflow_command", "import_tensorboard_command", "sync_command"]
 
 _console = Console()
 _err_console = Console(stderr=True)
@@ -197,3 +197,9 @@ def import_mlflow_command(
     )
     _print(report)
     sys.stdout.flush()
+
+
+@click.command("import-tensorboard")
+def import_tensorboard_command() -> None:
+    """Import a TensorBoard logdir (not built yet: issue 16 item 6)."""
+    raise click.ClickException("cairn import-tensorboard is not built yet")

@@ -1,0 +1,1 @@
+"""``cairn models serve`` / ``cairn models predict``: MLflow's scoring protocol over a cairn model."""
