@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import click
 from rich.console import Console
@@ -20,7 +14,7 @@ from rich.table import Table
 
 from cairn.errors import CairnError
 from cairn.housekeeping import gc
-from cairn.projects.cli import run
+from cairn.projects.cli import run as run_command
 from cairn.registry.cli import models
 from cairn.server.auth.cli import users
 from cairn.server.cli import server
@@ -400,7 +394,7 @@ def _redact(uri: str) -> str:
 
 
 main.add_command(gc)
-main.add_command(run)
+main.add_command(run_command)
 models.add_command(serve)
 models.add_command(predict)
 main.add_command(models)
