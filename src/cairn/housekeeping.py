@@ -103,5 +103,3 @@ def gc(ctx: click.Context, older_than: str, run_ids: tuple[str, ...], stale_afte
     console.print(f"{len(candidates)} run(s) {'to purge' if dry_run else 'purged'}")
     if not run_ids:
         _sweep_leftovers(client, stale_after, dry_run)
-
-

@@ -158,5 +158,3 @@ def _run_teed(command: list[str], env: dict[str, str], directory: Path) -> int:
         for thread in pumps:
             thread.join()
     return code
-
-
