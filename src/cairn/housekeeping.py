@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from typing import Any
 
@@ -44,27 +46,123 @@ def _local_artifact_dirs(client: Any) -> list[str]:
     return [root for root in sorted(roots) if not any(root.startswith(other + os.sep) for other in roots)]
 
 
-def _sweep_leftovers(client: Any, stale_after: str, dry_run: bool) -> None:
-    """Remove (or restore) what killed artifact writes left behind; see :mod:`cairn.artifacts.leftovers`."""
-    from cairn.artifacts.leftovers import LeftoverAction, clean_leftover, find_leftovers
+def _report(leftover: Any, dry_run: bool) -> bool:
+    """Print (and unless ``dry_run``, do) the removal or restore of one leftover; ``False`` if it changed meanwhile."""
+    from cairn.artifacts.leftovers import LeftoverAction, clean_leftover
 
-    older_than = _parse_age(stale_after, "--stale-after") / 1000
+    restore = leftover.action is LeftoverAction.RESTORE
+    if dry_run:
+        verb = f"would restore {leftover.original} from" if restore else "would remove"
+    elif not clean_leftover(leftover):
+        return False
+    else:
+        verb = f"restored {leftover.original} from" if restore else "removed"
+    console.print(f"{verb} {leftover.path} ({leftover.size} bytes)", highlight=False, soft_wrap=True)
+    return True
+
+
+def _summary(count: int, what: str, freed: int, dry_run: bool) -> None:
+    verb = "would free" if dry_run else "freed"
+    line = f"{count} {what} {'found' if dry_run else 'cleaned'}, {verb} {freed} bytes"
+    console.print(line, highlight=False, soft_wrap=True)
+
+
+def _sweep_leftovers(client: Any, older_than: float, dry_run: bool) -> None:
+    """Remove (or restore) what killed artifact writes left behind; see :mod:`cairn.artifacts.leftovers`."""
+    from cairn.artifacts.leftovers import LeftoverAction, find_leftovers
+
     count = freed = 0
     for root in _local_artifact_dirs(client):
         for leftover in find_leftovers(root, older_than=older_than):
-            restore = leftover.action is LeftoverAction.RESTORE
-            if dry_run:
-                verb = f"would restore {leftover.original} from" if restore else "would remove"
-            elif not clean_leftover(leftover):
+            if _report(leftover, dry_run):
+                count += 1
+                freed += 0 if leftover.action is LeftoverAction.RESTORE else leftover.size
+    _summary(count, "leftover(s) of interrupted writes", freed, dry_run)
+
+
+def _run_exists(client: Any) -> Any:
+    """``run_id -> bool``: whether the store holds that run (active or soft-deleted)."""
+    from cairn.errors import RunNotFound
+
+    def exists(run_id: str) -> bool:
+        try:
+            client.store.get_run(run_id)
+        except RunNotFound:
+            return False
+        return True
+
+    return exists
+
+
+def _sweep_empty_run_dirs(client: Any, older_than: float, dry_run: bool) -> None:
+    """Remove run directories holding nothing (left by purges, or by runs that never wrote) of runs that are gone."""
+    from cairn.artifacts.leftovers import find_empty_run_dirs, remove_empty_tree
+
+    count = 0
+    exists = _run_exists(client)
+    for root in _local_artifact_dirs(client):
+        for path in find_empty_run_dirs(root, is_live=exists, older_than=older_than):
+            if not dry_run and not remove_empty_tree(path):
                 continue
-            else:
-                verb = f"restored {leftover.original} from" if restore else "removed"
-            console.print(f"{verb} {leftover.path} ({leftover.size} bytes)", highlight=False, soft_wrap=True)
+            console.print(
+                f"{'would remove' if dry_run else 'removed'} empty run directory {path}",
+                highlight=False,
+                soft_wrap=True,
+            )
             count += 1
-            freed += 0 if restore else leftover.size
-    verb = "would free" if dry_run else "freed"
-    summary = f"{count} leftover(s) of interrupted writes {'found' if dry_run else 'cleaned'}, {verb} {freed} bytes"
-    console.print(summary, highlight=False, soft_wrap=True)
+    console.print(f"{count} empty run director{'y' if count == 1 else 'ies'} {'found' if dry_run else 'removed'}")
+
+
+def _checkpoint_staging(client: Any) -> tuple[Any, bool]:
+    """The client's checkpoint staging area, and whether it belongs to this store alone (beside its SQLite file)."""
+    from cairn.checkpoint.runs import STAGING_ENV, staging_root
+
+    root = staging_root(client)
+    return root, not os.environ.get(STAGING_ENV) and str(getattr(client.store, "db_uri", "")).startswith("sqlite:///")
+
+
+def _sweep_checkpoint_staging(client: Any, older_than: float, dry_run: bool) -> None:
+    """Partial checkpoint writes of killed processes, and the staging of runs the store no longer has."""
+    from cairn.artifacts.leftovers import find_checkpoint_leftovers
+
+    root, own = _checkpoint_staging(client)
+    count = freed = 0
+    live = _run_exists(client) if own else None
+    for leftover in find_checkpoint_leftovers(root, is_live=live, older_than=older_than):
+        if _report(leftover, dry_run):
+            count += 1
+            freed += leftover.size
+    _summary(count, f"leftover(s) in the checkpoint staging area {root}", freed, dry_run)
+
+
+def _sweep_temp_dirs(older_than: float, dry_run: bool) -> None:
+    """``cairn-tmp-<pid>-*`` staging directories of dead processes in the system temp dir."""
+    from cairn.artifacts.leftovers import find_dead_temp_dirs
+
+    count = freed = 0
+    for leftover in find_dead_temp_dirs(older_than=older_than):
+        if _report(leftover, dry_run):
+            count += 1
+            freed += leftover.size
+    _summary(count, f"staging director(ies) of dead processes in {tempfile.gettempdir()}", freed, dry_run)
+
+
+def _purge(client: Any, run_id: str) -> None:
+    """Delete the run's artifacts, its checkpoint staging and the run; then its emptied directories."""
+    from cairn.artifacts import LocalArtifactStore, get_artifact_store
+    from cairn.artifacts.leftovers import remove_empty_tree
+
+    run = client.store.get_run(run_id)
+    store = get_artifact_store(run.info.artifact_uri)
+    store.delete(None)
+    staging, own = _checkpoint_staging(client)
+    if own:
+        shutil.rmtree(staging / run_id, ignore_errors=True)
+    client.store.purge_run(run_id)
+    if isinstance(store, LocalArtifactStore):
+        experiment = get_artifact_store(client.store.get_experiment(run.info.experiment_id).artifact_location)
+        if isinstance(experiment, LocalArtifactStore):  # <experiment root>/<run_id>/ is left empty
+            remove_empty_tree(os.path.dirname(store.root), up_to=experiment.root)
 
 
 @click.command()
@@ -74,15 +172,15 @@ def _sweep_leftovers(client: Any, stale_after: str, dry_run: bool) -> None:
     "--stale-after",
     default="1h",
     show_default=True,
-    help="Also clean leftovers of killed writes (.cairn-tmp-*, .cairn-old-*) in local artifact "
-    "directories that nothing modified for this long.",
+    help="Also clean, once nothing modified them for this long: leftovers of killed writes (.cairn-tmp-*, "
+    ".cairn-old-*) in local artifact directories, empty directories of runs that are gone, partial "
+    "checkpoints and purged runs' checkpoint staging, and cairn-tmp-<pid>-* directories of dead processes "
+    "in the system temp dir.",
 )
 @click.option("--dry-run", is_flag=True, help="Show what would be purged or cleaned.")
 @click.pass_context
 def gc(ctx: click.Context, older_than: str, run_ids: tuple[str, ...], stale_after: str, dry_run: bool) -> None:
     """Purge soft-deleted runs and their artifacts for good; clean leftovers of killed artifact writes."""
-    from cairn.artifacts import get_artifact_store
-
     client = _client(ctx)
     cutoff = int(time.time() * 1000) - _parse_age(older_than)
     candidates = client.store.deleted_run_ids(older_than=cutoff)
@@ -96,10 +194,12 @@ def gc(ctx: click.Context, older_than: str, run_ids: tuple[str, ...], stale_afte
         if dry_run:
             console.print(f"would purge run {run_id}")
             continue
-        artifact_uri = client.store.get_run(run_id).info.artifact_uri
-        get_artifact_store(artifact_uri).delete(None)
-        client.store.purge_run(run_id)
+        _purge(client, run_id)
         console.print(f"purged run {run_id}")
     console.print(f"{len(candidates)} run(s) {'to purge' if dry_run else 'purged'}")
     if not run_ids:
-        _sweep_leftovers(client, stale_after, dry_run)
+        older = _parse_age(stale_after, "--stale-after") / 1000
+        _sweep_empty_run_dirs(client, older, dry_run)
+        _sweep_leftovers(client, older, dry_run)
+        _sweep_checkpoint_staging(client, older, dry_run)
+        _sweep_temp_dirs(older, dry_run)

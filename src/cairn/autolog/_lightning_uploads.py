@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from cairn.artifacts.leftovers import temp_dir_prefix
 from cairn.autolog._lightning_frameworks import CHECKPOINTS_DIR, INDEX_FILE, INDEX_FORMAT, INTEGRATION, logger
 from cairn.autolog.config import report_failure
 from cairn.checkpoint.formats import LIGHTNING
@@ -159,7 +160,7 @@ class _Uploader:
         digest = hashlib.sha256()
         size = 0
         directory, _, name = job.remote.rpartition("/")
-        with tempfile.TemporaryDirectory(prefix="cairn-ckpt-") as tmp:
+        with tempfile.TemporaryDirectory(prefix=temp_dir_prefix("ckpt")) as tmp:
             staged = Path(tmp) / name
             with open(staged, "wb") as out:
                 while chunk := job.handle.read(1 << 22):

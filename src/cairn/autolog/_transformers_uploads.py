@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cairn.artifacts.leftovers import temp_dir_prefix
 from cairn.checkpoint.formats import TRANSFORMERS
 from cairn.checkpoint.retention import RetentionPolicy
 from cairn.checkpoint.run_checkpoints import RunCheckpoints
@@ -77,7 +78,7 @@ class _CheckpointUploader:
         source = job.source
         copied: Path | None = None
         if job.cleanup is None:  # hard links failed: copy now (Trainer's rotation may still win the race)
-            copied = Path(tempfile.mkdtemp(prefix="cairn-checkpoint-"))
+            copied = Path(tempfile.mkdtemp(prefix=temp_dir_prefix("checkpoint")))
             source = copied / job.name
             shutil.copytree(job.source, source)
         try:

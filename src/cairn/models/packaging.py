@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from cairn.artifacts.leftovers import temp_dir_prefix
 from cairn.errors import InvalidArgument, ResourceAlreadyExists
 from cairn.models.hashes import MANIFEST_SHA256_KEY, record_model_files, write_files_manifest
 from cairn.models.input_example import save_input_example
@@ -375,7 +376,7 @@ def log_model(
     # copy, see LocalArtifactStore.replace_dir); the fsync runs in the background, waited for at run
     # end (cairn.artifacts.durability). Other stores upload, MLmodel last, then prune old files.
     staging = getattr(store, "staging_dir", None)
-    with staging(name) if callable(staging) else tempfile.TemporaryDirectory(prefix="cairn-model-") as tmp:
+    with staging(name) if callable(staging) else tempfile.TemporaryDirectory(prefix=temp_dir_prefix("model")) as tmp:
         local = Path(tmp) / "model"
         model = save_fn(local, run_id=run_id, artifact_path=name, **save_kwargs)
         if not isinstance(model, Model):

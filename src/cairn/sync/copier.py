@@ -23,6 +23,7 @@ from typing import TypeVar
 
 from cairn.artifacts import get_artifact_store
 from cairn.artifacts.base import PROGRESS_MIN_BYTES, PROGRESS_MIN_FILES, ArtifactStore
+from cairn.artifacts.leftovers import temp_dir_prefix
 from cairn.errors import (
     ExperimentNotFound,
     InvalidArgument,
@@ -428,7 +429,7 @@ class Copier:
             self._upload_local(store, artifact_set, todo)
             return len(todo)
         for group in _transfer_groups(todo):
-            with tempfile.TemporaryDirectory(prefix="cairn-sync-") as tmp:
+            with tempfile.TemporaryDirectory(prefix=temp_dir_prefix("sync")) as tmp:
                 local = Path(tmp)
                 artifact_set.fetch([info.path for info in group], local)
                 sizes = [(local / info.path).stat().st_size for info in group]
