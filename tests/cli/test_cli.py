@@ -90,7 +90,7 @@ def test_cairn_run_wraps_a_command(tmp_path: Path) -> None:
     env = {**os.environ, "CAIRN_TRACKING_URI": str(tmp_path / "cairn-runs")}
     cli = [sys.executable, "-m", "cairn.cli"]
     ok = subprocess.run(
-        [*cli, "run", "-e", "jobs", "-n", "good", "--", sys.executable, str(script), "0"],
+        [*cli, "run", "--experiment-name", "jobs", "-n", "good", "--", sys.executable, str(script), "0"],
         env=env,
         capture_output=True,
         text=True,
@@ -99,7 +99,7 @@ def test_cairn_run_wraps_a_command(tmp_path: Path) -> None:
     assert ok.returncode == 0, ok.stderr
     assert "hello from child" in ok.stdout
     bad = subprocess.run(
-        [*cli, "run", "-e", "jobs", "-n", "bad", "--", sys.executable, str(script), "3"],
+        [*cli, "run", "--experiment-name", "jobs", "-n", "bad", "--", sys.executable, str(script), "3"],
         env=env,
         capture_output=True,
         text=True,

@@ -129,7 +129,7 @@ def test_run_experiment_name_and_id_options(tmp_path: Path) -> None:
     assert again.returncode == 0, again.stderr
     client = Client(str(tmp_path / "runs"))
     assert len(client.search_runs([experiment_id]).items) == 2
-    both = _cairn_run(tmp_path, "-e", "named", "--experiment-id", experiment_id, "--", "true")
+    both = _cairn_run(tmp_path, "--experiment-name", "named", "--experiment-id", experiment_id, "--", "true")
     assert both.returncode == 2 and "not both" in both.stderr
 
 

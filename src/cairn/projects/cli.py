@@ -25,26 +25,92 @@ def _client(ctx: click.Context) -> Any:
     return Client(ctx.obj.get("store"), ctx.obj.get("artifact_root"))
 
 
-@click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+class _RunCommand(click.Command):
+    """Lets options follow a project directory, as MLflow users type them: ``cairn run . -e train -P a=1``.
+
+    Options after a command (``cairn run python x.py -e 3``) stay the command's own.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        first = _first_positional(self, ctx, args)
+        if first is not None and Path(args[first]).is_dir():
+            ctx.allow_interspersed_args = True
+        return super().parse_args(ctx, args)
+
+
+def _first_positional(command: click.Command, ctx: click.Context, args: list[str]) -> int | None:
+    takes_value = {
+        name
+        for param in command.get_params(ctx)
+        if isinstance(param, click.Option) and not param.is_flag
+        for name in param.opts
+    }
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        if arg == "--":
+            return index + 1 if index + 1 < len(args) else None
+        if arg.startswith("-") and arg != "-":
+            index += 2 if arg in takes_value else 1
+            continue
+        return index
+    return None
+
+
+_ENV_MANAGERS = ("local", "conda", "virtualenv", "uv")
+
+
+@click.command(cls=_RunCommand, context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option(
+    "--entry-point",
+    "-e",
+    help="Project mode: the MLproject entry point to run (default: main), or a .py/.sh file of the project.",
+)
+@click.option(
+    "--param-list",
+    "-P",
+    "param_list",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Project mode: a parameter (repeatable).",
+)
 @click.option(
     "--experiment",
     "--experiment-name",
-    "-e",
     "experiment",
     help="Experiment name (created if missing). Default: CAIRN_EXPERIMENT_ID, else CAIRN_EXPERIMENT_NAME, else 0.",
 )
 @click.option("--experiment-id", help="Experiment id (must exist).")
 @click.option("--run-name", "-n", help="Name of the run.")
-@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option(
+    "--env-manager",
+    type=click.Choice(_ENV_MANAGERS),
+    help="Project mode: only local (the current environment) is supported; conda, virtualenv, uv are refused.",
+)
+@click.option("--no-conda", is_flag=True, help="Project mode: same as --env-manager local.")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def run(
     ctx: click.Context,
+    entry_point: str | None,
+    param_list: tuple[str, ...],
     experiment: str | None,
     experiment_id: str | None,
     run_name: str | None,
+    env_manager: str | None,
+    no_conda: bool,
     command: tuple[str, ...],
 ) -> None:
-    """Run COMMAND inside a new run: `cairn run -e demo -- python train.py --lr 0.1`.
+    """Run COMMAND, or an MLflow Project's entry point, inside a new run.
+
+    \b
+    Command mode:  cairn run --experiment-name demo -- python train.py --lr 0.1
+    Project mode:  cairn run [DIR] [-e ENTRY] [-P key=value ...]
+
+    Project mode is chosen when the only argument is a directory holding an MLproject file, or when
+    there is no argument and ./MLproject exists. The entry point's command (default entry point: main)
+    runs through bash in the project directory, in the current environment; its parameters (defaults
+    included) are logged as params, the git commit of the project as mlflow.source.git.commit.
 
     The child logs into the run through CAIRN_RUN_ID (and MLFLOW_RUN_ID / MLFLOW_EXPERIMENT_ID for
     MLflow code; MLFLOW_TRACKING_URI only when the store is an http(s) server, which MLflow can reach);
@@ -52,10 +118,140 @@ def run(
     or FAILED (KILLED for a signal). A command that cannot start ends the run FAILED with exit code 127
     (not found) or 126 (not executable).
     """
-    from cairn.tracking import config
-
     if experiment and experiment_id:
         raise click.UsageError("give --experiment/--experiment-name or --experiment-id, not both", ctx)
+    project_dir = _project_directory(command)
+    if project_dir is None:
+        given = [
+            name
+            for name, value in (
+                ("-e/--entry-point", entry_point),
+                ("-P", param_list),
+                ("--env-manager", env_manager),
+                ("--no-conda", no_conda),
+            )
+            if value
+        ]
+        if given:
+            raise click.UsageError(
+                f"{', '.join(given)}: only for an MLflow Project (a directory with an MLproject file); "
+                "to name the experiment use --experiment-name",
+                ctx,
+            )
+        if not command:
+            raise click.UsageError(
+                "give a command (cairn run -- python train.py) or run it in a directory with an MLproject file", ctx
+            )
+        cwd: Path | None = None
+        argv, tags, params = list(command), {"cairn.command": " ".join(command)}, dict[str, str]()
+    else:
+        argv, cwd, tags, params = _project_run(project_dir, entry_point, param_list, env_manager, no_conda, ctx)
+    _execute(
+        ctx,
+        argv,
+        cwd=cwd,
+        tags=tags,
+        params=params,
+        experiment=experiment,
+        experiment_id=experiment_id,
+        run_name=run_name,
+        shell_codes=project_dir is not None,
+    )
+
+
+def _project_directory(command: tuple[str, ...]) -> Path | None:
+    """The project directory of project mode, or None for command mode (ProjectError for a bad one)."""
+    from cairn.projects import mlproject
+
+    if not command:
+        return Path(".") if mlproject.find_file(Path(".")) else None
+    target = Path(command[0])
+    if "://" in command[0] or command[0].startswith("git@"):
+        if len(command) == 1:
+            raise mlproject.ProjectError(
+                f"{command[0]}: remote projects are not supported; clone it and run cairn run DIRECTORY"
+            )
+        return None
+    if not target.is_dir():
+        return None
+    if mlproject.find_file(target) is None:
+        raise mlproject.ProjectError(
+            f"{command[0]} is a directory without an MLproject file: give a project directory, "
+            "or a command after -- (cairn run -- python train.py)"
+        )
+    if len(command) > 1:
+        raise mlproject.ProjectError(
+            f"unexpected argument(s) after the project directory: {' '.join(command[1:])} "
+            "(give parameters as -P key=value)"
+        )
+    return target
+
+
+def _project_run(
+    directory: Path,
+    entry_point: str | None,
+    param_list: tuple[str, ...],
+    env_manager: str | None,
+    no_conda: bool,
+    ctx: click.Context,
+) -> tuple[list[str], Path, dict[str, str], dict[str, str]]:
+    """Everything project mode needs before the run exists, so that a bad project creates no run."""
+    from cairn.projects import mlproject
+    from cairn.tracking import context
+
+    if no_conda and env_manager not in (None, "local"):
+        raise click.UsageError(f"--no-conda and --env-manager {env_manager} contradict each other", ctx)
+    if env_manager not in (None, "local"):
+        raise mlproject.ProjectError(
+            f"--env-manager {env_manager} is not supported: cairn runs projects in the current environment; "
+            "use --env-manager local (or --no-conda)"
+        )
+    project = mlproject.load(directory)
+    entry = entry_point or "main"
+    resolved = mlproject.resolve(project, entry, mlproject.parse_assignments(param_list))
+    if project.environment and env_manager is None and not no_conda:
+        key, value = project.environment
+        err_console.print(
+            f"[yellow]warning:[/yellow] {project.file.name} declares {key}: {value}; cairn does not create "
+            "that environment and runs the command in the current one (--env-manager local silences this)",
+            highlight=False,
+        )
+    tags = {
+        "mlflow.source.type": "PROJECT",
+        "mlflow.source.name": str(project.directory),
+        "mlflow.project.entryPoint": entry,
+        "mlflow.project.env": "local",
+        "cairn.command": resolved.command,
+        **context.git_state(str(project.directory)),
+    }
+    return ["bash", "-c", resolved.command], project.directory, tags, resolved.params
+
+
+_GIT_TAGS = (
+    "mlflow.source.git.commit",
+    "mlflow.source.git.branch",
+    "mlflow.source.git.repoURL",
+    "cairn.source.git.dirty",
+)
+# Exit codes a shell gives for a child ended by SIGHUP, SIGINT, SIGQUIT, SIGKILL, SIGTERM.
+_SHELL_SIGNAL_CODES = {128 + sig for sig in (1, 2, 3, 9, 15)}
+
+
+def _execute(
+    ctx: click.Context,
+    argv: list[str],
+    *,
+    cwd: Path | None,
+    tags: dict[str, str],
+    params: dict[str, str],
+    experiment: str | None,
+    experiment_id: str | None,
+    run_name: str | None,
+    shell_codes: bool,
+) -> None:
+    from cairn.tracking import config
+    from cairn.tracking.entities import Param
+
     client = _client(ctx)
     if not experiment and not experiment_id:
         experiment_id = os.environ.get("CAIRN_EXPERIMENT_ID") or None
@@ -67,16 +263,21 @@ def run(
         experiment_id = client.get_experiment(experiment_id).experiment_id
     else:
         experiment_id = "0"
-    run_obj = client.create_run(experiment_id, run_name=run_name, tags={"cairn.command": " ".join(command)})
+    run_obj = client.create_run(experiment_id, run_name=run_name, tags=tags)
     run_id = run_obj.info.run_id
     err_console.print(f"[dim]cairn: run {run_id} ({run_obj.info.run_name}) in experiment {experiment_id}[/dim]")
     uri = config.resolve_tracking_uri(ctx.obj["store"]) if ctx.obj.get("store") else config.get_tracking_uri()
     env = _child_environment(uri, ctx.obj.get("artifact_root"), run_id, experiment_id, base=os.environ)
     status, code = "FAILED", 1
     try:  # whatever happens (cannot start, Ctrl-C, an upload error), the run does not stay RUNNING
+        if cwd is not None:  # project mode: git tags describe the project, not cairn's own install
+            for key in _GIT_TAGS:
+                if key not in tags and key in run_obj.data.tags:
+                    client.delete_tag(run_id, key)
+            client.log_batch(run_id, params=[Param(key, value) for key, value in params.items()])
         with tempfile.TemporaryDirectory(prefix="cairn-run-") as tmp:
             try:
-                code = _run_teed(list(command), env, Path(tmp))
+                code = _run_teed(argv, env, Path(tmp), cwd=cwd)
             except _CannotStart as exc:
                 code = exc.exit_code
                 err_console.print(f"[red]error:[/red] {exc}", highlight=False)
@@ -84,7 +285,8 @@ def run(
                 (Path(tmp) / "stderr.txt").write_text(f"cairn run: {exc}\n")
             for name in ("stdout.txt", "stderr.txt"):
                 client.log_artifact(run_id, Path(tmp) / name)
-        status = "FINISHED" if code == 0 else ("KILLED" if code < 0 else "FAILED")
+        killed = code < 0 or (shell_codes and code in _SHELL_SIGNAL_CODES)
+        status = "FINISHED" if code == 0 else ("KILLED" if killed else "FAILED")
     except KeyboardInterrupt:
         status = "KILLED"
         raise
@@ -125,10 +327,10 @@ class _CannotStart(CairnError):
         self.exit_code = exit_code
 
 
-def _run_teed(command: list[str], env: dict[str, str], directory: Path) -> int:
+def _run_teed(command: list[str], env: dict[str, str], directory: Path, *, cwd: Path | None = None) -> int:
     """Start the child, copy its output to our stdout/stderr and to files; forward SIGINT/SIGTERM."""
     try:
-        child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        child = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     except OSError as exc:
         code = 127 if isinstance(exc, FileNotFoundError) else 126
         raise _CannotStart(f"cannot start {command[0]!r}: {exc.strerror or exc}", code) from exc
