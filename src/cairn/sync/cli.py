@@ -1,4 +1,7 @@
-"""``cairn sync`` and ``cairn import-mlflow`` (attached to the ``cairn`` group by :mod:`cairn.cli`)."""
+"""``cairn sync``, ``cairn import-mlflow`` and ``cairn import-tensorboard``.
+
+Attached to the ``cairn`` group by :mod:`cairn.cli`.
+"""
 
 from __future__ import annotations
 
@@ -45,7 +48,7 @@ def _artifact_root(ctx: click.Context, artifact_root: str | None) -> str | None:
     return artifact_root or (ctx.obj or {}).get("artifact_root")
 
 
-def _print(report: SyncReport) -> None:
+def _print(report: SyncReport, *, kind: str = "MLflow") -> None:
     _console.print(report.summary_table())
     skipped = report.skipped
     unrepresented = report.unrepresented if isinstance(report, ImportReport) else []
@@ -54,7 +57,7 @@ def _print(report: SyncReport) -> None:
         for note in skipped:
             _console.print(f"  - {note}", highlight=False, markup=False)
     if unrepresented:
-        _console.print(f"[yellow]{len(unrepresented)} note(s) on MLflow data cairn does not represent:[/yellow]")
+        _console.print(f"[yellow]{len(unrepresented)} note(s) on {kind} data cairn does not represent:[/yellow]")
         for note in unrepresented:
             _console.print(f"  - {note}", highlight=False, markup=False)
     if report.dry_run:
@@ -200,6 +203,50 @@ def import_mlflow_command(
 
 
 @click.command("import-tensorboard")
-def import_tensorboard_command() -> None:
-    """Import a TensorBoard logdir (not built yet: issue 16 item 6)."""
-    raise click.ClickException("cairn import-tensorboard is not built yet")
+@click.argument("logdir", type=click.Path(path_type=str))
+@click.option(
+    "--experiment",
+    "-e",
+    help="Experiment to import into, created if missing (default: LOGDIR's base name).",
+)
+@click.option("--to", "destination", help="Destination store (default: --store / CAIRN_TRACKING_URI).")
+@click.option(
+    "--to-artifact-root",
+    "artifact_root",
+    help="Artifact root if the experiment is created (default: --artifact-root / CAIRN_ARTIFACT_ROOT).",
+)
+@click.option("--dry-run", is_flag=True, help="Show what would be imported; write nothing.")
+@click.pass_context
+def import_tensorboard_command(
+    ctx: click.Context,
+    logdir: str,
+    experiment: str | None,
+    destination: str | None,
+    artifact_root: str | None,
+    dry_run: bool,
+) -> None:
+    """Import a TensorBoard log directory: one run per directory holding event files (named by its
+    path below LOGDIR), scalars as metric histories with steps and wall times, hparams as params.
+
+    Idempotent: importing again adds only points appended since. Histograms, images, text, graphs
+    and other plugin data are counted in the report, not imported; a truncated event file is read
+    up to the damaged record and named. LOGDIR is only read. Needs pip install 'cairn[tensorboard]'.
+    """
+    from rich.markup import escape
+
+    from cairn.errors import CairnError
+    from cairn.sync.tensorboard_import import import_tensorboard
+
+    try:
+        report = import_tensorboard(
+            logdir,
+            _destination(ctx, destination),
+            experiment=experiment,
+            destination_artifact_root=_artifact_root(ctx, artifact_root),
+            dry_run=dry_run,
+        )
+    except CairnError as exc:  # as the cairn group prints it, with the message's [brackets] kept
+        _err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+        sys.exit(1)
+    _print(report, kind="TensorBoard")
+    sys.stdout.flush()
