@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
@@ -289,3 +290,36 @@ def test_ctrl_c_ends_a_project_run_killed(tmp_path: Path) -> None:
     assert child.wait(timeout=20) == 128 + 2
     (run,) = _runs(store)
     assert run.info.status.value == "KILLED"
+
+
+def test_sigterm_reaches_every_process_of_a_compound_command(tmp_path: Path) -> None:
+    command = 'python -c \'import os, time; open("pid", "w").write(str(os.getpid())); time.sleep(30)\'; echo after'
+    project = _project(tmp_path / "proj", f"entry_points:\n  main:\n    command: {json.dumps(command)}\n")
+    store = tmp_path / "runs"
+    child = subprocess.Popen(
+        [sys.executable, "-m", "cairn", "--store", str(store), "run", str(project)],
+        env=_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    pid_file = project / "pid"
+    deadline = time.monotonic() + 30
+    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert pid_file.exists(), child.communicate(timeout=5)
+    python_pid = int(pid_file.read_text())
+    child.send_signal(signal.SIGTERM)
+    assert child.wait(timeout=20) == 128 + 15
+    (run,) = _runs(store)
+    assert run.info.status.value == "KILLED"
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # the python under bash got the signal too, not orphaned
+        try:
+            os.kill(python_pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail(f"process {python_pid} under the shell still runs after SIGTERM")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -277,7 +278,7 @@ def _execute(
             client.log_batch(run_id, params=[Param(key, value) for key, value in params.items()])
         with tempfile.TemporaryDirectory(prefix="cairn-run-") as tmp:
             try:
-                code = _run_teed(argv, env, Path(tmp), cwd=cwd)
+                code = _run_teed(argv, env, Path(tmp), cwd=cwd, own_group=shell_codes and not _on_terminal())
             except _CannotStart as exc:
                 code = exc.exit_code
                 err_console.print(f"[red]error:[/red] {exc}", highlight=False)
@@ -327,10 +328,39 @@ class _CannotStart(CairnError):
         self.exit_code = exit_code
 
 
-def _run_teed(command: list[str], env: dict[str, str], directory: Path, *, cwd: Path | None = None) -> int:
-    """Start the child, copy its output to our stdout/stderr and to files; forward SIGINT/SIGTERM."""
+def _on_terminal() -> bool:
     try:
-        child = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        return os.isatty(0)
+    except OSError:
+        return False
+
+
+def _forward(child: subprocess.Popen[bytes], signum: int, own_group: bool) -> None:
+    if not own_group:
+        child.send_signal(signum)
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(child.pid, signum)
+
+
+def _run_teed(
+    command: list[str], env: dict[str, str], directory: Path, *, cwd: Path | None = None, own_group: bool = False
+) -> int:
+    """Start the child, copy its output to our stdout/stderr and to files; forward SIGINT/SIGTERM.
+
+    With ``own_group`` (a project's shell command when stdin is not a terminal) the child leads its own
+    process group and a signal reaches every process of it, not only the shell; on a terminal the child
+    stays in cairn's group so that it can read the terminal, and Ctrl-C reaches all of it there anyway.
+    """
+    try:
+        child = subprocess.Popen(
+            command,
+            env=env,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            process_group=0 if own_group else None,
+        )
     except OSError as exc:
         code = 127 if isinstance(exc, FileNotFoundError) else 126
         raise _CannotStart(f"cannot start {command[0]!r}: {exc.strerror or exc}", code) from exc
@@ -351,7 +381,7 @@ def _run_teed(command: list[str], env: dict[str, str], directory: Path, *, cwd: 
         thread.start()
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     for sig in previous:
-        signal.signal(sig, lambda signum, frame: child.send_signal(signum))
+        signal.signal(sig, lambda signum, frame: _forward(child, signum, own_group))
     try:
         code = child.wait()
     finally:
