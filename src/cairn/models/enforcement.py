@@ -28,6 +28,7 @@ __all__ = ["enforce_params", "enforce_schema"]
 
 # Largest integer magnitude a float of this byte size holds exactly (2 ** mantissa bits).
 _EXACT_INT_LIMIT = {2: 2**11, 4: 2**24, 8: 2**53}
+_NUMERIC_COLUMN_TYPES = ("integer", "long", "float", "double")
 
 
 def enforce_schema(data: Any, schema: Schema) -> Any:
@@ -200,9 +201,14 @@ def _enforce_columns(data: Any, schema: Schema) -> Any:
     if missing:
         wanted = ", ".join(f"{s.name!r} ({s.type_name})" for s in missing)
         raise SchemaMismatch(f"input is missing required column(s) {wanted}; got columns {list(by_name)}")
+    unchanged = list(frame.columns) == [s.name for s in specs]
     for spec in specs:
         if spec.name in by_name:
-            out[spec.name] = _enforce_column(f"column {spec.name!r}", frame[by_name[spec.name]], spec)
+            column = frame[by_name[spec.name]]
+            out[spec.name] = checked = _enforce_column(f"column {spec.name!r}", column, spec)
+            unchanged = unchanged and checked is column
+    if unchanged:  # every column already has its schema's name, place and dtype: no new frame needed
+        return frame
     return pd.DataFrame(out, index=frame.index)
 
 
@@ -227,6 +233,8 @@ def _enforce_column(label: str, series: Any, spec: ColSpec) -> Any:
     if isinstance(spec.type, dict):
         return series  # MLflow's structured types (array/object/map/any) are passed through unchecked
     target = spec.type
+    if target in _NUMERIC_COLUMN_TYPES and series.dtype == COLUMN_TYPES[target]:
+        return series  # already the exact numeric dtype: nothing to check or convert
     expected = f"{target} ({COLUMN_TYPES[target]})"
     if series.dtype.kind == "O" and not _is_string_dtype(series.dtype) and target not in ("string", "binary"):
         inferred = series.infer_objects()
