@@ -323,3 +323,54 @@ def test_sigterm_reaches_every_process_of_a_compound_command(tmp_path: Path) -> 
         time.sleep(0.05)
     else:
         pytest.fail(f"process {python_pid} under the shell still runs after SIGTERM")
+
+
+SEED_004_MLPROJECT = """\
+name: projects-and-tracking
+
+entry_points:
+  main:
+    command: |
+      env | grep MLFLOW && \\
+      python track.py --mlflow_run_id $MLFLOW_RUN_ID
+"""
+
+SEED_004_TRACK = """\
+import argparse, os
+import cairn as mlflow
+
+parser = argparse.ArgumentParser()
+parser.add_argument('--mlflow_run_id')
+args = parser.parse_args()
+assert args.mlflow_run_id == os.environ['MLFLOW_RUN_ID']
+client = mlflow.tracking.MlflowClient()
+client.log_param(run_id=args.mlflow_run_id, key="test_param", value=100)
+for step in range(3):
+    client.log_metric(run_id=args.mlflow_run_id, key="test_metric", value=step * 10.0, step=step)
+"""
+
+
+def test_seed_004_mlflow_run_no_conda_dot(tmp_path: Path) -> None:
+    """The seed's `mlflow run --no-conda .`, typed as `cairn run --no-conda .` in the project directory."""
+    project = _project(tmp_path / "proj", SEED_004_MLPROJECT)
+    (project / "track.py").write_text(SEED_004_TRACK)
+    store = tmp_path / "runs"
+    result = _cairn(store, "--no-conda", ".", cwd=project)
+    assert result.returncode == 0, result.stderr
+    (run,) = _runs(store)
+    assert f"MLFLOW_RUN_ID={run.info.run_id}" in result.stdout
+    assert run.info.status.value == "FINISHED"
+    assert run.data.params == {"test_param": "100"}
+    history = Client(str(store)).get_metric_history(run.info.run_id, "test_metric")
+    assert [(m.step, m.value) for m in history] == [(0, 0.0), (1, 10.0), (2, 20.0)]
+
+
+def test_command_mode_keeps_options_after_the_command(tmp_path: Path) -> None:
+    """`cairn run python x.py -e 3 -P y`: options after a command that is not a directory are the command's."""
+    (tmp_path / "MLproject").write_text("entry_points: {main: {command: echo project}}\n")  # a command wins over it
+    code = "import sys; print(sys.argv[1:])"
+    result = _cairn(tmp_path / "runs", "python", "-c", code, "-e", "3", "-P", "y", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "['-e', '3', '-P', 'y']" in result.stdout
+    (run,) = _runs(tmp_path / "runs")
+    assert run.data.tags["mlflow.source.type"] == "LOCAL" and run.data.params == {}

@@ -1,4 +1,7 @@
-"""``cairn run``: the command, its child's environment, and the teeing of its output into the run."""
+"""``cairn run``: a command, or an MLflow Project's entry point (mlproject.py), inside a new run.
+
+The child's environment, the teeing of its output into the run, and its exit status as the run's.
+"""
 
 from __future__ import annotations
 
