@@ -252,6 +252,9 @@ def test_source_is_only_read_and_links_out_are_not_followed(tmp_path: Path) -> N
     for where in (logdir / "run", outside / "secret"):
         with SummaryWriter(str(where)) as writer:
             writer.add_scalar("loss", 1.0, 0, walltime=T0)
+    with SummaryWriter(str(logdir / "cafe")) as writer:
+        writer.add_scalar("loss", 2.0, 0, walltime=T0)
+    os.rename(logdir / "cafe", os.fsdecode(os.fsencode(logdir) + b"/caf\xe9"))  # a name that is not UTF-8
     (logdir / "linked-dir").symlink_to(outside / "secret", target_is_directory=True)
     (logdir / "run2").mkdir()
     (logdir / "run2" / "events.out.tfevents.9.link").symlink_to(next((outside / "secret").iterdir()))
@@ -268,10 +271,11 @@ def test_source_is_only_read_and_links_out_are_not_followed(tmp_path: Path) -> N
     finally:
         os.chmod(logdir, 0o755)
     assert _snapshot(logdir) == before
-    assert report.runs_created == 1 and report.metric_points == 1 and again.total == 0
+    assert report.runs_created == 2 and report.metric_points == 1 and again.total == 0
     notes = " ".join(str(note) for note in report.notes)
+    assert "caf\ufffd/events.out.tfevents" in notes and "not UTF-8" in notes
     assert "linked-dir" in notes and "run2/events.out.tfevents.9.link" in notes and "not followed" in notes
-    assert list(_runs(tmp_path / "dest", "logs")) == ["run"]
+    assert sorted(_runs(tmp_path / "dest", "logs")) == ["caf\ufffd", "run"]
 
 
 def test_several_hparams_trials_stay_separate_runs(tmp_path: Path) -> None:

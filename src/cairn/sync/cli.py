@@ -226,7 +226,8 @@ def import_tensorboard_command(
     dry_run: bool,
 ) -> None:
     """Import a TensorBoard log directory: one run per directory holding event files (named by its
-    path below LOGDIR), scalars as metric histories with steps and wall times, hparams as params.
+    path below LOGDIR), scalars as metric histories with steps and wall times, hparams as params
+    (an add_hparams sub-directory is merged into its run when it is the only one).
 
     Idempotent: importing again adds only points appended since. Histograms, images, text, graphs
     and other plugin data are counted in the report, not imported; a truncated event file is read

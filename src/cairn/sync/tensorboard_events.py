@@ -130,6 +130,7 @@ class _Reader:
         from tensorboard.compat.proto import event_pb2
 
         shown = file.relative_to(self.root).as_posix() if file.is_relative_to(self.root) else str(file)
+        shown = shown.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
         consumed = records = bad = 0
         try:
             for record in RawEventFileLoader(str(file)).Load():
@@ -144,6 +145,12 @@ class _Reader:
             size = file.stat().st_size
         except OSError as exc:
             self.result.problems.append(f"event file {shown} could not be read: {exc}")
+            return
+        except UnicodeError:
+            self.result.problems.append(
+                f"event file {shown} not read: its path is not UTF-8, which tensorboard's reader cannot open "
+                "(rename it)"
+            )
             return
         if bad:
             self.result.problems.append(f"event file {shown}: {bad} record(s) with a valid checksum are not events")

@@ -95,7 +95,7 @@ def import_tensorboard(
     dirs = find_event_dirs(root, report)
     if not dirs:
         raise InvalidArgument(_no_events_message(given, root))
-    name = validation.experiment_name(experiment if experiment is not None else (root.name or "tensorboard"))
+    name = validation.experiment_name(experiment if experiment is not None else (_text(root.name) or "tensorboard"))
     dest_uri = config.resolve_tracking_uri(os.fspath(destination)) if destination else config.get_tracking_uri()
     report.destination = describe_uri(dest_uri)
     options = CopyOptions(artifacts=False, registry=False, dry_run=dry_run, batch_size=batch_size)
@@ -165,6 +165,11 @@ def find_event_dirs(root: Path, report: ImportReport) -> dict[Path, list[Path]]:
     return found
 
 
+def _text(name: str) -> str:
+    """A file name as storable text: bytes that are not UTF-8 (kept by the file system decoding) become U+FFFD."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 class TensorBoardSource:
     """A TensorBoard log directory as a copier :class:`~cairn.sync.source.Source` (one experiment).
 
@@ -216,11 +221,11 @@ class TensorBoardSource:
 
     def _name(self, path: Path) -> str:
         name = path.relative_to(self.root).as_posix() if path != self.root else (self.root.name or "/")
-        return name[: validation.MAX_RUN_NAME_LENGTH]
+        return _text(name)[: validation.MAX_RUN_NAME_LENGTH]
 
     def _run(self, path: Path, found: EventDir, hparams_dir: Path | None) -> Run:
         name = self._name(path)
-        run_id = uuid.uuid5(_NAMESPACE, f"{self.experiment}\0{path}").hex
+        run_id = uuid.uuid5(_NAMESPACE, f"{self.experiment}\0{_text(str(path))}").hex
         subject = f"run {name!r}"
         for problem in found.problems:
             self.report.skipped.append(Note(subject, problem))
@@ -233,9 +238,9 @@ class TensorBoardSource:
             self.report.unrepresented.append(
                 Note(subject, f"TensorBoard name {tag!r} is not a valid cairn key; imported as {key!r}")
             )
-        tags = {SOURCE_TAG: str(path), _FORMAT_TAG: "tensorboard"}
+        tags = {SOURCE_TAG: _text(str(path)), _FORMAT_TAG: "tensorboard"}
         if hparams_dir is not None:
-            tags[_HPARAMS_TAG] = str(hparams_dir)
+            tags[_HPARAMS_TAG] = _text(str(hparams_dir))
         latest: dict[str, float] = {}
         for point in found.points:
             latest[point.key] = point.value
