@@ -127,6 +127,7 @@ class _Reader:
     def read_file(self, file: Path) -> None:
         from google.protobuf.message import DecodeError
         from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+        from tensorboard.compat import tf
         from tensorboard.compat.proto import event_pb2
 
         shown = file.relative_to(self.root).as_posix() if file.is_relative_to(self.root) else str(file)
@@ -143,7 +144,7 @@ class _Reader:
                     continue
                 self._event(event)
             size = file.stat().st_size
-        except OSError as exc:
+        except (OSError, tf.errors.OpError) as exc:  # e.g. removed since it was listed
             self.result.problems.append(f"event file {shown} could not be read: {exc}")
             return
         except UnicodeError:
@@ -158,7 +159,7 @@ class _Reader:
             self.result.problems.append(
                 f"event file {shown} could not be read past byte {consumed:,} of {size:,} (a truncated or corrupt "
                 f"record: the file was cut short, is still being written, or is damaged); its {records:,} "
-                f"record(s) before that point were imported, the last {size - consumed:,} bytes were not"
+                f"complete record(s) before that point were imported, the last {size - consumed:,} bytes were not"
             )
 
     def _event(self, event: Any) -> None:

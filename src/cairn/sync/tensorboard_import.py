@@ -39,7 +39,7 @@ from cairn.store.base import StoredMetricPoint
 from cairn.sync.api import describe_uri, destination_root, open_destination
 from cairn.sync.copier import Copier, CopyOptions
 from cairn.sync.progress import SyncProgress
-from cairn.sync.report import ImportReport, Note
+from cairn.sync.report import ImportReport, Note, SyncReport
 from cairn.sync.source import ArtifactSet, VersionLocation
 from cairn.sync.tensorboard_events import EventDir, read_event_dir
 from cairn.tracking import config, validation
@@ -101,6 +101,8 @@ def import_tensorboard(
     options = CopyOptions(artifacts=False, registry=False, dry_run=dry_run, batch_size=batch_size)
     with open_destination(dest_uri, destination_root(dest_uri, destination_artifact_root), dry_run) as dest:
         source = TensorBoardSource(root, name, dirs, report)
+        with SyncProgress(progress, "read") as bar:
+            source.load(bar)
         with SyncProgress(progress, "import") as bar:
             Copier(source, dest, None, report, options, bar).copy()
     report.elapsed = time.perf_counter() - started
@@ -188,15 +190,31 @@ class TensorBoardSource:
         self.description = str(root)
         #: Parsed runs by run id, until the copier has taken their points.
         self._runs: dict[str, EventDir] = {}
+        self._loaded: list[Run] | None = None
 
     def experiments(self) -> list[Experiment]:
         return [Experiment(experiment_id="tensorboard", name=self.experiment, artifact_location="")]
 
-    def runs(self, experiment: Experiment) -> Iterator[Run]:
-        parsed = {path: read_event_dir(path, files, root=self.root) for path, files in self.dirs.items()}
+    def load(self, progress: SyncProgress | None = None) -> list[Run]:
+        """Read every event directory (once), advancing ``progress`` per directory."""
+        if self._loaded is not None:
+            return self._loaded
+        counts = SyncReport(source=self.description, destination="")
+        if progress is not None:
+            progress.set_total(len(self.dirs))
+        parsed: dict[Path, EventDir] = {}
+        for path, files in self.dirs.items():
+            parsed[path] = read_event_dir(path, files, root=self.root)
+            counts.metric_points += len(parsed[path].points)
+            if progress is not None:
+                progress.advance(counts)
         merged = self._merge_hparams_dirs(parsed)
         runs = [self._run(path, found, merged.get(path)) for path, found in parsed.items()]
-        yield from sorted(runs, key=lambda run: (run.info.start_time, run.info.run_name))
+        self._loaded = sorted(runs, key=lambda run: (run.info.start_time, run.info.run_name))
+        return self._loaded
+
+    def runs(self, experiment: Experiment) -> Iterator[Run]:
+        yield from self.load()
 
     def _merge_hparams_dirs(self, parsed: dict[Path, EventDir]) -> dict[Path, Path]:
         """Fold each lone ``add_hparams`` sub-directory into its parent's run; parent -> merged child."""
