@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import tempfile
 from pathlib import Path
 from types import ModuleType
 
@@ -231,3 +232,203 @@ def test_real_mlflow_postgresql_store_passes_the_check(mlflow: ModuleType, pg_se
         result = _import(url, tmp_path / "dest")
         assert result.exit_code == 0, result.output
         assert _pg_tables(url) == tables
+
+
+def _contents(root: Path) -> dict[str, tuple[int, int, str]]:
+    """Every file below ``root`` with its size, mtime in nanoseconds and sha256."""
+    import hashlib
+
+    return {
+        str(path.relative_to(root)): (
+            path.stat().st_size,
+            path.stat().st_mtime_ns,
+            hashlib.sha256(path.read_bytes()).hexdigest(),
+        )
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
+
+
+def _dest_metrics(dest: Path, run_id: str) -> dict[str, float]:
+    from cairn.tracking.client import Client
+
+    return dict(Client(f"sqlite:///{dest}/cairn.db", str(dest / "artifacts")).get_run(run_id).data.metrics)
+
+
+def test_sqlite_source_in_wal_mode_stays_byte_identical(mlflow: ModuleType, tmp_path: Path) -> None:
+    """A live MLflow database (WAL mode, a writer's connection open, recent rows only in the -wal file):
+    imported with those rows, and its main file, -wal and -shm keep their bytes and mtimes."""
+    from mlflow import MlflowClient
+
+    source = tmp_path / "src" / "mlflow.db"
+    source.parent.mkdir()
+    uri = f"sqlite:///{source}"
+    client = MlflowClient(uri, uri)
+    run = client.create_run(client.create_experiment("exp", artifact_location=str(tmp_path / "art"))).info.run_id
+    keeper = sqlite3.connect(source)  # the writer that stays open: the WAL is not checkpointed away
+    try:
+        assert keeper.execute("PRAGMA journal_mode=WAL").fetchone() == ("wal",)
+        keeper.execute("PRAGMA wal_autocheckpoint=0")
+        client.log_metric(run, "loss", 0.25, step=1)
+        client.set_terminated(run)
+        assert Path(f"{source}-wal").stat().st_size > 0 and Path(f"{source}-shm").is_file()
+        before = _contents(source.parent)
+        result = _import(str(source), tmp_path / "dest")
+        assert result.exit_code == 0, result.output
+        assert _contents(source.parent) == before
+        assert _dest_metrics(tmp_path / "dest", run) == {"loss": 0.25}
+    finally:
+        keeper.close()
+    assert not list(Path(tempfile.gettempdir()).glob(f"cairn-tmp-{os.getpid()}-mlflow-import-*"))  # the copy is gone
+
+
+def test_sqlite_source_with_an_older_schema_is_imported_from_an_upgraded_copy(
+    mlflow: ModuleType, tmp_path: Path
+) -> None:
+    """mlflow refuses a database whose schema is older than its own (``mlflow db upgrade``); cairn upgrades
+    its private copy and imports, the source keeps its schema version and its bytes."""
+    from mlflow import MlflowClient
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    source = tmp_path / "old.db"
+    uri = f"sqlite:///{source}"
+    (tmp_path / "x").mkdir()
+    made_by = f"sqlite:///{tmp_path / 'x' / '..' / 'old.db'}"  # mlflow caches its stores per URI: not the import's
+    client = MlflowClient(made_by, made_by)
+    run = client.create_run(client.create_experiment("exp", artifact_location=str(tmp_path / "art"))).info.run_id
+    client.log_metric(run, "acc", 0.75, step=3)
+    client.set_terminated(run)
+    head = _get_latest_schema_revision()
+    previous = mlflow.store.db.utils._get_alembic_config(uri)
+    from alembic.script import ScriptDirectory
+
+    older = ScriptDirectory.from_config(previous).get_revision(head).down_revision
+    assert isinstance(older, str)
+    with sqlite3.connect(source) as conn:  # the previous revision (its migration changes nothing on SQLite)
+        conn.execute("UPDATE alembic_version SET version_num = ?", (older,))
+    conn.close()
+    engine = sa.create_engine(uri)
+    with pytest.raises(Exception, match="out-of-date database schema"):  # what mlflow itself says
+        mlflow.store.db.utils._verify_schema(engine)
+    engine.dispose()
+    before = _contents(tmp_path)
+
+    result = _import(str(source), tmp_path / "dest")
+    assert result.exit_code == 0, result.output
+    assert {k: v for k, v in _contents(tmp_path).items() if not k.startswith("dest")} == before
+    assert _dest_metrics(tmp_path / "dest", run) == {"acc": 0.75}
+    with sqlite3.connect(f"file:{source}?mode=ro", uri=True) as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == (older,)
+    conn.close()
+
+
+def _pg_rows(url: str) -> dict[str, list[tuple[object, ...]]]:
+    engine = sa.create_engine(driver_url(url))
+    try:
+        with engine.connect() as conn:
+            return {
+                table: sorted(map(tuple, conn.execute(sa.text(f'SELECT * FROM "{table}"'))), key=repr)
+                for table in sorted(sa.inspect(conn).get_table_names())
+            }
+    finally:
+        engine.dispose()
+
+
+def test_postgresql_source_is_read_in_a_read_only_session(
+    mlflow: ModuleType, pg_server: PgServer, tmp_path: Path
+) -> None:
+    """Every row stays as it was; a write mlflow attempts on opening (here: re-creating the default experiment
+    someone deleted) fails instead of landing in the source, with a clear error."""
+    from mlflow import MlflowClient
+
+    from cairn.sync.mlflow_import import mlflow_tracking_uri
+
+    with pg_server.new_database("cairn_ro_mlflow") as url:
+        uri = mlflow_tracking_uri(url)
+        client = MlflowClient(uri, uri)
+        run = client.create_run(client.create_experiment("exp", artifact_location=str(tmp_path / "art"))).info.run_id
+        client.log_metric(run, "loss", 0.5, step=1)
+        client.set_terminated(run)
+        before = _pg_rows(url)
+        result = _import(url, tmp_path / "dest")
+        assert result.exit_code == 0, result.output
+        assert _dest_metrics(tmp_path / "dest", run) == {"loss": 0.5}
+        assert _pg_rows(url) == before
+
+    with pg_server.new_database("cairn_ro_no_default") as url:  # a new URL: mlflow caches its stores per URL
+        uri = mlflow_tracking_uri(url)
+        MlflowClient(uri, uri).create_experiment("exp", artifact_location=str(tmp_path / "art"))
+        engine = sa.create_engine(driver_url(url))
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DELETE FROM experiment_tags WHERE experiment_id = 0")
+            conn.exec_driver_sql("DELETE FROM experiments WHERE experiment_id = 0")
+        engine.dispose()
+        before = _pg_rows(url)
+        _assert_refused(
+            _import(url, tmp_path / "dest2"),
+            "cairn_ro_no_default",
+            "mlflow tried to write",
+            "INSERT INTO experiments",
+            "opens read-only: nothing was changed",
+        )
+        assert _pg_rows(url) == before
+
+
+def test_http_source_that_is_unreachable_or_not_mlflow_is_refused(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    from tests.server.conftest import free_port
+
+    port = free_port()
+    started = time.monotonic()
+    _assert_refused(_import(f"http://127.0.0.1:{port}", tmp_path / "dest"), "cannot reach", f"127.0.0.1:{port}")
+    assert time.monotonic() - started < 15
+    assert not (tmp_path / "dest").exists()
+
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "index.html").write_text("<html>hello</html>")
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        cwd=tmp_path / "site",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        import httpx
+
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        flat = _assert_refused(
+            _import(f"http://127.0.0.1:{port}", tmp_path / "dest"), "not an MLflow tracking server", "404"
+        )
+        assert "experiments/search" in flat
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    assert not (tmp_path / "dest").exists()
+
+
+def test_http_source_served_by_a_tracking_server_imports(tmp_path: Path) -> None:
+    """A server answering MLflow's REST API (here cairn's own) passes the check and imports."""
+    pytest.importorskip("mlflow")
+    from cairn.tracking.client import Client
+    from tests.server.conftest import serve
+
+    root = tmp_path / "server"
+    client = Client(f"sqlite:///{root}/cairn.db", str(root / "artifacts"))
+    run = client.create_run(client.create_experiment("served")).info.run_id
+    client.log_metric(run, "loss", 0.125, step=2)
+    client.set_terminated(run)
+    with serve(client, str(root / "artifacts")) as running:
+        result = _import(running.url, tmp_path / "dest")
+    assert result.exit_code == 0, result.output
+    assert _dest_metrics(tmp_path / "dest", run) == {"loss": 0.125}

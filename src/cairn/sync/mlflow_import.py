@@ -92,11 +92,14 @@ def import_mlflow(
         CairnError: mlflow is not installed (``pip install 'cairn[interop]'``).
         NotFound: the source path does not exist.
         InvalidArgument: the source is not an MLflow store (checked before mlflow opens it, reading only).
+            mlflow then reads a SQLite file through a private snapshot (upgraded to its schema there) and a
+            PostgreSQL database in read-only sessions, so the source never changes.
         ExperimentNotFound / RunNotFound: a requested experiment or run is not at the source.
     """
     started = time.perf_counter()
     uri = mlflow_tracking_uri(source)
-    check_mlflow_source(uri, os.fspath(source))
+    if not uri.startswith("sqlite:///"):  # a database file is checked in the snapshot mlflow will read
+        check_mlflow_source(uri, os.fspath(source))
     dest_uri = config.resolve_tracking_uri(os.fspath(destination)) if destination else config.get_tracking_uri()
     options = CopyOptions(
         experiments=tuple(experiments),
@@ -109,23 +112,22 @@ def import_mlflow(
     )
     report = ImportReport(source=describe_uri(uri), destination=describe_uri(dest_uri), dry_run=dry_run)
     with ExitStack() as stack:
+        read_uri = stack.enter_context(_read_only(uri, os.fspath(source)))  # checked before the destination is made
         # the destination first: cairn's own settings must not see MLflow's environment, set for the source
         dest = stack.enter_context(
             open_destination(dest_uri, destination_root(dest_uri, destination_artifact_root), dry_run)
         )
-        stack.enter_context(_mlflow_environment(uri))
-        source_view = MlflowSource(uri, report, registry=registry)
+        stack.enter_context(_mlflow_environment(read_uri))
         dest_registry = SqlRegistryStore.from_tracking_store(dest) if registry else None
         with SyncProgress(progress, "import") as bar:
             try:
+                source_view = MlflowSource(read_uri, report, registry=registry, description=report.source)
                 Copier(source_view, dest, dest_registry, report, options, bar).copy()
             except Exception as exc:
-                if isinstance(exc, CairnError) or not _raised_in_mlflow(exc):
+                failure = _mlflow_failure(exc, report.source)
+                if failure is None:
                     raise
-                raise CairnError(
-                    f"mlflow failed reading the MLflow store {report.source} ({type(exc).__name__}: {exc}); "
-                    "what was copied before stays, and importing again resumes"
-                ) from exc
+                raise failure from exc
         source_view.finish()
     report.elapsed = time.perf_counter() - started
     return report
@@ -183,10 +185,12 @@ def check_mlflow_source(uri: str, given: str) -> None:
 
     mlflow's store constructors write into what they open: a file store gets ``.trash/`` (and
     ``models/`` from the registry), a database gets MLflow's tables. So the layout of a directory and the
-    tables of a database are checked first, the database through a read-only connection.
+    tables of a database are checked first, the database through a read-only connection; an
+    ``http(s)://`` server must answer MLflow's REST API (one experiment search).
 
     Raises:
         InvalidArgument: the source is not an MLflow store; the message names the source and what it holds.
+        CairnError: the database or server cannot be reached.
     """
     if uri.startswith("file:"):
         from urllib.parse import unquote, urlparse
@@ -196,6 +200,50 @@ def check_mlflow_source(uri: str, given: str) -> None:
         _check_sqlite(Path(uri[len("sqlite:///") :]), given)
     elif uri.split(":", 1)[0].split("+", 1)[0] in ("postgresql", "postgres"):
         _check_database(uri)
+    elif uri.split(":", 1)[0].lower() in ("http", "https"):
+        _check_server(uri)
+
+
+_SERVER_PROBE = "/api/2.0/mlflow/experiments/search"
+_SERVER_TIMEOUT = 10.0
+
+
+def _check_server(uri: str) -> None:
+    """Ask ``uri`` for one experiment as mlflow would (with its credentials from ``MLFLOW_TRACKING_*``):
+    an unreachable server or one that does not answer MLflow's REST API is refused at once, instead of
+    mlflow retrying for minutes or failing on an HTML page."""
+    import httpx
+
+    shown = describe_uri(uri)
+    auth: Any = None
+    headers = {}
+    if os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        headers["Authorization"] = f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}"
+    elif os.environ.get("MLFLOW_TRACKING_USERNAME"):
+        auth = (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ.get("MLFLOW_TRACKING_PASSWORD", ""))
+    verify = os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() not in ("true", "1")
+    url = uri.rstrip("/") + _SERVER_PROBE
+    try:
+        response = httpx.get(
+            url, params={"max_results": 1}, headers=headers, auth=auth, timeout=_SERVER_TIMEOUT, verify=verify
+        )
+    except httpx.HTTPError as exc:
+        raise CairnError(f"cannot reach the MLflow tracking server {shown}: {exc}") from exc
+    if response.status_code in (401, 403):
+        raise CairnError(
+            f"the MLflow tracking server {shown} refused access ({response.status_code}); give credentials with "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN"
+        )
+    try:
+        body = response.json() if response.status_code == 200 else None
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or not isinstance(body.get("experiments", []), list):
+        kind = response.headers.get("content-type", "no content type").split(";", 1)[0]
+        raise InvalidArgument(
+            f"{shown!r} is not an MLflow tracking server: GET {_SERVER_PROBE} answered {response.status_code} "
+            f"({kind}), not MLflow's JSON"
+        )
 
 
 def _check_file_store(root: Path, given: str) -> None:
@@ -209,8 +257,8 @@ def _check_file_store(root: Path, given: str) -> None:
         events = _tensorboard_events(root)
         if events is not None:
             raise InvalidArgument(
-                f"{given!r} is a TensorBoard log directory ({events}), not an MLflow store; cairn does not import "
-                "TensorBoard logs yet (a `cairn import-tensorboard` is planned)"
+                f"{given!r} is a TensorBoard log directory ({events}), not an MLflow store; import it with "
+                f"`cairn import-tensorboard {given}`"
             )
         shown = ", ".join(entries[:8]) + (f", ... ({len(entries)} entries)" if len(entries) > 8 else "")
         raise InvalidArgument(
@@ -301,6 +349,146 @@ def _check_tables(shown: str, tables: Sequence[str], columns: dict[str, set[str]
             )
 
 
+# -- opening the source read-only --------------------------------------------------------------------
+
+_COPY_ATTEMPTS = 5
+_SQLITE_FILES = ("", "-wal", "-journal")  # not -shm: SQLite rebuilds it from the WAL
+
+
+@contextmanager
+def _read_only(uri: str, given: str) -> Iterator[str]:
+    """The URI mlflow reads instead of ``uri``, so that nothing it does can change the source.
+
+    mlflow's SQL store opens its database read-write: it creates missing tables, refuses (or, through
+    ``mlflow db upgrade``, migrates) an older schema, and inserts the default experiment when it is missing.
+    A SQLite file is therefore read through a snapshot in a temporary directory (upgraded there with
+    mlflow's migrations when its schema is older than the installed mlflow's), and a PostgreSQL
+    session is made read-only, so any write mlflow attempts fails.
+    """
+    if uri.startswith("sqlite:///"):
+        with _sqlite_snapshot(Path(uri[len("sqlite:///") :]), given) as copy:
+            yield f"sqlite:///{copy}"
+    elif uri.split(":", 1)[0].split("+", 1)[0] in ("postgresql", "postgres"):
+        yield _read_only_postgres(uri)
+    else:
+        yield uri
+
+
+def _read_only_postgres(uri: str) -> str:
+    """``uri`` with ``default_transaction_read_only=on`` added to the session options libpq sends."""
+    import sqlalchemy as sa
+
+    url = sa.engine.make_url(uri)
+    options = url.query.get("options")
+    existing = " ".join(options) if isinstance(options, tuple) else (options or "")
+    read_only = (existing + " -c default_transaction_read_only=on").strip()
+    return url.update_query_dict({"options": read_only}).render_as_string(hide_password=False)
+
+
+def _file_stamps(path: Path) -> list[tuple[int, int] | None]:
+    stamps: list[tuple[int, int] | None] = []
+    for suffix in _SQLITE_FILES:
+        try:
+            info = os.stat(f"{path}{suffix}")
+        except FileNotFoundError:
+            stamps.append(None)
+        else:
+            stamps.append((info.st_size, info.st_mtime_ns))
+    return stamps
+
+
+@contextmanager
+def _sqlite_snapshot(path: Path, given: str) -> Iterator[Path]:
+    """A private copy of the SQLite database ``path`` (its WAL or rollback journal included), checked to
+    be an MLflow database and upgraded to the installed mlflow's schema; removed afterwards.
+
+    The source is only read as plain files (SQLite itself never opens it, since even a read-only
+    connection writes read marks into a WAL database's ``-shm`` file); a copy taken while a process was
+    writing is detected by the files' sizes and mtimes changing, and taken again.
+    """
+    import shutil
+    import sqlite3
+    import tempfile
+
+    from cairn.artifacts.leftovers import temp_dir_prefix
+
+    directory = Path(tempfile.mkdtemp(prefix=temp_dir_prefix("mlflow-import")))
+    copy = directory / "mlflow.db"
+    try:
+        for _attempt in range(_COPY_ATTEMPTS):
+            before = _file_stamps(path)
+            for suffix, stamp in zip(_SQLITE_FILES, before, strict=True):
+                if stamp is not None:
+                    shutil.copyfile(f"{path}{suffix}", f"{copy}{suffix}")
+            if _file_stamps(path) == before:
+                break
+            for suffix in _SQLITE_FILES:
+                Path(f"{copy}{suffix}").unlink(missing_ok=True)
+            time.sleep(0.2)
+        else:
+            raise CairnError(
+                f"the MLflow database {given!r} kept changing while cairn copied it ({_COPY_ATTEMPTS} attempts): "
+                "a process is writing it; import again when it is idle, or import a copy"
+            )
+        try:  # replay the WAL or roll back a hot journal into the copy, then keep one plain file
+            conn = sqlite3.connect(copy)
+            try:
+                conn.execute("PRAGMA journal_mode=DELETE").fetchall()
+                conn.execute("PRAGMA quick_check").fetchall()
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            raise InvalidArgument(f"{given!r} is not an MLflow database: SQLite cannot read it ({exc})") from exc
+        _check_sqlite(copy, given)
+        _upgrade_copy(f"sqlite:///{copy}", given)
+        yield copy
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _upgrade_copy(uri: str, given: str) -> None:
+    """Bring the snapshot ``uri`` to the installed mlflow's schema, as ``mlflow db upgrade`` would."""
+    _import_mlflow()
+    import sqlalchemy as sa
+    from mlflow.store.db import utils
+
+    engine = sa.create_engine(uri)
+    try:
+        with engine.connect() as conn:
+            found = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+        head = utils._get_latest_schema_revision()
+        if found == head:
+            return
+        try:
+            utils._upgrade_db(engine)
+        except Exception as exc:
+            raise CairnError(
+                f"the MLflow database {given!r} has schema version {found}, not the installed mlflow's {head}, and "
+                f"mlflow's migrations could not bring a copy of it there ({type(exc).__name__}: {exc}); "
+                "is it from a newer mlflow? (the source was not changed)"
+            ) from exc
+    finally:
+        engine.dispose()
+
+
+def _mlflow_failure(exc: Exception, shown: str) -> CairnError | None:
+    """The error to raise for ``exc`` when mlflow raised it reading the source (``None``: not mlflow's)."""
+    if isinstance(exc, CairnError) or not _raised_in_mlflow(exc):
+        return None
+    text = str(exc)
+    if "read-only transaction" in text:
+        statement = text.split("[SQL:", 1)[1].split(" VALUES", 1)[0].strip() if "[SQL:" in text else text
+        return CairnError(
+            f"mlflow tried to write into the MLflow store {shown} ({statement[:200]}), which cairn opens read-only: "
+            "nothing was changed; let mlflow open it once itself (e.g. mlflow server --backend-store-uri ...) "
+            "or import a copy"
+        )
+    return CairnError(
+        f"mlflow failed reading the MLflow store {shown} ({type(exc).__name__}: {exc}); "
+        "what was copied before stays, and importing again resumes"
+    )
+
+
 def _raised_in_mlflow(exc: BaseException) -> bool:
     """Whether the innermost frame of ``exc``'s traceback is mlflow's code (a store it cannot read)."""
     tb = exc.__traceback__
@@ -359,13 +547,17 @@ class MlflowSource:
         uri: the MLflow tracking (and registry) URI.
         report: where notes on what cairn cannot represent go.
         registry: read the model registry too.
+        description: how to name the store in messages (default: from ``uri``; the import passes the
+            source's, as ``uri`` may be a snapshot of it).
     """
 
-    def __init__(self, uri: str, report: ImportReport, *, registry: bool = True) -> None:
+    def __init__(
+        self, uri: str, report: ImportReport, *, registry: bool = True, description: str | None = None
+    ) -> None:
         mlflow, client_class = _import_mlflow()
         self._mlflow = mlflow
         self.uri = uri
-        self.description = describe_uri(uri)
+        self.description = description or describe_uri(uri)
         self.report = report
         self.client = client_class(tracking_uri=uri, registry_uri=uri)
         self.registry = registry
