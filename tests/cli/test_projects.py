@@ -128,6 +128,12 @@ def test_path_and_uri_parameters_stay_inside_the_project(tmp_path: Path) -> None
     assert "file:sub/new" in mlproject.resolve(project, "main", {"label": "x", "out": "file:sub/new"}).command
 
 
+def test_dashed_parameter_names_work_as_in_mlflow(tmp_path: Path) -> None:
+    text = "entry_points: {main: {command: 'python t.py {learning-rate}', parameters: {learning-rate: float}}}\n"
+    project = _loaded(tmp_path, text)
+    assert mlproject.resolve(project, "main", {"learning-rate": "0.01"}).command == "python t.py 0.01"
+
+
 def test_script_entry_point_like_mlflow(tmp_path: Path) -> None:
     project = _loaded(tmp_path)
     (project.directory / "other {x}.py").write_text("")
@@ -251,6 +257,8 @@ def test_bad_input_is_refused_before_a_run_exists(tmp_path: Path) -> None:
     not_project = _cairn(store, str(plain))
     assert not_project.returncode == 1
     assert "directory without an MLproject file" in not_project.stderr and "cannot start" not in not_project.stderr
+    bad_key = _cairn(store, str(project), "-P", "label=x", "-P", "a*b=1")
+    assert bad_key.returncode == 1 and "param key 'a*b'" in bad_key.stderr
     entry_with_command = _cairn(store, "-e", "jobs", "--", "true")
     assert entry_with_command.returncode == 2 and "--experiment-name" in entry_with_command.stderr
     assert _runs(store) == []

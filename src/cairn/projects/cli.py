@@ -201,7 +201,7 @@ def _project_run(
 ) -> tuple[list[str], Path, dict[str, str], dict[str, str]]:
     """Everything project mode needs before the run exists, so that a bad project creates no run."""
     from cairn.projects import mlproject
-    from cairn.tracking import context
+    from cairn.tracking import context, validation
 
     if no_conda and env_manager not in (None, "local"):
         raise click.UsageError(f"--no-conda and --env-manager {env_manager} contradict each other", ctx)
@@ -213,6 +213,8 @@ def _project_run(
     project = mlproject.load(directory)
     entry = entry_point or "main"
     resolved = mlproject.resolve(project, entry, mlproject.parse_assignments(param_list))
+    for key, value in resolved.params.items():  # refused here, before a run exists
+        validation.param_value(value, validation.validate_key(key, "param"))
     if project.environment and env_manager is None and not no_conda:
         key, value = project.environment
         err_console.print(

@@ -9,6 +9,7 @@ URL with a scheme (kept as given) or a local path held to the same rule (it need
 
 from __future__ import annotations
 
+import re
 import shlex
 import string
 from dataclasses import dataclass, field
@@ -154,8 +155,8 @@ def _entry_point(path: Path, name: str, value: Any) -> EntryPoint:
 
 def _parameter(where: str, name: str, spec: Any) -> Parameter:
     where = f"{where}, parameter {name!r}"
-    if not name.isidentifier():
-        raise ProjectError(f"{where}: a parameter name must be an identifier")
+    if not re.fullmatch(r"[\w-]+", name) or name.isdigit():
+        raise ProjectError(f"{where}: a parameter name is letters, digits, _ and - (not only digits)")
     if isinstance(spec, str):
         kind, default = spec, None
     elif isinstance(spec, dict):
