@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cairn.errors import CairnError
@@ -112,7 +113,7 @@ class _CairnGroup(click.Group):
         try:
             return super().invoke(ctx)
         except CairnError as exc:
-            err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+            err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
             sys.exit(1)
 
 
@@ -333,8 +334,6 @@ def doctor(ctx: click.Context) -> None:
     """Show the resolved store, artifact root and versions, and check they work; exit 1 if a check failed."""
     import importlib.metadata as md
     import platform
-
-    from rich.markup import escape
 
     from cairn.tracking import config
 

@@ -113,3 +113,10 @@ def test_cairn_run_wraps_a_command(tmp_path: Path) -> None:
     artifacts = Path(runs["good"].info.artifact_uri)
     assert (artifacts / "stdout.txt").read_text().strip() == "hello from child"
     assert "warning!" in (artifacts / "stderr.txt").read_text()
+
+
+def test_error_text_keeps_square_brackets(runner: CliRunner, tmp_path: Path) -> None:
+    """An error line is printed as text, not as rich markup: `pip install 'cairn[ui]'` keeps its brackets."""
+    result = runner.invoke(main, ["runs", "describe", "[ui]-not-a-run"])
+    assert result.exit_code == 1
+    assert "[ui]-not-a-run" in result.output
