@@ -32,3 +32,13 @@ def test_unknown_attribute_is_a_clear_attribute_error() -> None:
 
     with pytest.raises(AttributeError, match="no attribute 'not_a_flavor'"):
         cairn.not_a_flavor  # noqa: B018
+
+
+def test_import_functions_reachable_from_cairn() -> None:
+    import cairn
+    from cairn.sync.mlflow_import import import_mlflow
+    from cairn.sync.tensorboard_import import import_tensorboard
+
+    assert cairn.import_mlflow is import_mlflow
+    assert cairn.import_tensorboard is import_tensorboard
+    assert cairn.sync.import_tensorboard is import_tensorboard

@@ -78,6 +78,10 @@ def __getattr__(name: str) -> Any:
         from cairn.sync import import_mlflow
 
         return import_mlflow
+    if name == "import_tensorboard":
+        from cairn.sync import import_tensorboard
+
+        return import_tensorboard
     target = _LAZY_MODULES.get(name)
     if target is None:
         raise AttributeError(f"module 'cairn' has no attribute {name!r}")

@@ -1,8 +1,10 @@
-"""Moving runs between stores: ``cairn.sync(...)`` (cairn to cairn) and ``cairn.import_mlflow(...)``.
+"""Moving runs between stores: ``cairn.sync(...)`` (cairn to cairn), ``cairn.import_mlflow(...)`` and
+``cairn.import_tensorboard(...)``.
 
 >>> report = cairn.sync("./cairn-runs", "postgresql://team-db/cairn", destination_artifact_root="s3://b/runs")
 >>> report.total          # 0 when the destination was already up to date
 >>> report = cairn.import_mlflow("./mlruns")
+>>> report = cairn.import_tensorboard("./tb_logs", experiment="baseline")
 
 This module is callable (``cairn.sync(...)`` calls :func:`sync`), because ``cairn.sync`` is both this
 package and the function users call. Nothing here imports mlflow; :func:`import_mlflow` does, on
@@ -20,8 +22,9 @@ from cairn.sync.report import ImportReport, Note, SyncReport
 
 if TYPE_CHECKING:
     from cairn.sync.mlflow_import import import_mlflow
+    from cairn.sync.tensorboard_import import import_tensorboard
 
-__all__ = ["ImportReport", "Note", "SyncReport", "import_mlflow", "sync"]
+__all__ = ["ImportReport", "Note", "SyncReport", "import_mlflow", "import_tensorboard", "sync"]
 
 
 def __getattr__(name: str) -> Any:
@@ -29,6 +32,10 @@ def __getattr__(name: str) -> Any:
         from cairn.sync.mlflow_import import import_mlflow
 
         return import_mlflow
+    if name == "import_tensorboard":
+        from cairn.sync.tensorboard_import import import_tensorboard
+
+        return import_tensorboard
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
