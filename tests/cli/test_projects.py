@@ -171,6 +171,20 @@ def test_hostile_or_broken_mlproject_is_refused(tmp_path: Path, text: str, messa
         mlproject.load(_project(tmp_path / "proj", text))
 
 
+def test_mlproject_link_out_of_the_project_and_bad_assignments(tmp_path: Path) -> None:
+    outside = tmp_path / "elsewhere.yaml"
+    outside.write_text("entry_points: {main: {command: echo hi}}\n")
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "proj" / "MLproject").symlink_to(outside)
+    with pytest.raises(ProjectError, match="outside the project directory; not read"):
+        mlproject.load(tmp_path / "proj")
+    with pytest.raises(ProjectError, match="-P 'alpha': give key=value"):
+        mlproject.parse_assignments(["alpha"])
+    with pytest.raises(ProjectError, match="-P a given twice"):
+        mlproject.parse_assignments(["a=1", "a=2"])
+    assert mlproject.parse_assignments(["q=x=y", "e="]) == {"q": "x=y", "e": ""}
+
+
 # -- cairn run DIR: real runs ----------------------------------------------------------------------
 
 RUNNABLE = """\

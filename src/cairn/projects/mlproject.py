@@ -90,6 +90,8 @@ def load(directory: Path) -> Project:
     path = find_file(root)
     if path is None:
         raise ProjectError(f"{directory} has no MLproject file")
+    if not path.resolve().is_relative_to(root):
+        raise ProjectError(f"{path}: a link to a file outside the project directory; not read")
     if path.stat().st_size > _MAX_FILE_BYTES:
         raise ProjectError(f"{path}: larger than {_MAX_FILE_BYTES} bytes; not an MLproject file")
     try:
