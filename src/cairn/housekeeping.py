@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 import shutil
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -113,12 +115,26 @@ def _sweep_empty_run_dirs(client: Any, older_than: float, dry_run: bool) -> None
     console.print(f"{count} empty run director{'y' if count == 1 else 'ies'} {'found' if dry_run else 'removed'}")
 
 
-def _checkpoint_staging(client: Any) -> tuple[Any, bool]:
-    """The client's checkpoint staging area, and whether it belongs to this store alone (beside its SQLite file)."""
-    from cairn.checkpoint.runs import STAGING_ENV, staging_root
+STAGING_ENV = "CAIRN_CHECKPOINT_STAGING"
 
-    root = staging_root(client)
-    return root, not os.environ.get(STAGING_ENV) and str(getattr(client.store, "db_uri", "")).startswith("sqlite:///")
+
+def _checkpoint_staging(client: Any) -> tuple[Path, bool]:
+    """The client's checkpoint staging area, and whether it belongs to this store alone (beside its SQLite file).
+
+    The same place as :func:`cairn.checkpoint.runs.staging_root`, found without importing that module
+    (it imports torch, which ``cairn gc`` must not need); a test keeps the two equal.
+    """
+    explicit = os.environ.get(STAGING_ENV)
+    if explicit:
+        return Path(explicit).expanduser().resolve(), False
+    uri = str(getattr(client.store, "db_uri", ""))
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///") :]).parent / "staging", True
+    try:
+        user = getpass.getuser()
+    except Exception:  # no passwd entry in some containers
+        user = str(os.getuid()) if hasattr(os, "getuid") else "user"
+    return Path(tempfile.gettempdir()) / f"cairn-staging-{user}", False
 
 
 def _sweep_checkpoint_staging(client: Any, older_than: float, dry_run: bool) -> None:

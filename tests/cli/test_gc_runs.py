@@ -167,3 +167,46 @@ with cairn.start_run() as run:
     assert f"purged run {run_id}" in out
     assert f"removed {staging / ('c' * 32)} (10 bytes)" in out
     assert list(staging.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", ["sqlite", "env", "postgres-like"])
+def test_gc_finds_the_staging_area_where_checkpoints_put_it(
+    where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gc locates the staging area without importing torch; it must stay the one checkpoints write to."""
+    pytest.importorskip("torch")
+    from cairn.checkpoint import runs
+    from cairn.housekeeping import STAGING_ENV, _checkpoint_staging
+    from cairn.tracking.client import Client
+
+    assert STAGING_ENV == runs.STAGING_ENV and runs.ARTIFACT_DIR == "checkpoints"
+    client = Client(f"sqlite:///{tmp_path}/db/cairn.db", str(tmp_path / "artifacts"))
+    if where == "env":
+        monkeypatch.setenv(STAGING_ENV, str(tmp_path / "elsewhere"))
+    if where == "postgres-like":
+        monkeypatch.setattr(client.store, "db_uri", "postgresql://db/x", raising=False)
+    root, own = _checkpoint_staging(client)
+    assert root == runs.staging_root(client)
+    assert own is (where == "sqlite")
+
+
+def test_gc_does_not_import_torch(tmp_path: Path) -> None:
+    code = """
+import sys
+from cairn.cli import main
+try:
+    main(["gc"])
+except SystemExit as exit:
+    assert not exit.code, exit.code
+assert "torch" not in sys.modules, "torch imported"
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "checkpoint staging area" in done.stdout
