@@ -66,7 +66,10 @@ def test_purge_removes_the_emptied_run_directory_and_gc_sweeps_old_ones(tmp_path
     with_file = experiment_root / ("d" * 32)
     (with_file / "artifacts").mkdir(parents=True)
     (with_file / "artifacts" / "f.txt").write_text("data")
-    for path in (orphan, with_file, experiment_root / live_empty.info.run_id):
+    # An empty directory not named like a run (a user's, another experiment's): never touched.
+    not_a_run = experiment_root / "keep-me"
+    not_a_run.mkdir()
+    for path in (orphan, with_file, not_a_run, experiment_root / live_empty.info.run_id):
         _age(path, 2 * 3600)
 
     dry = _gc("--dry-run")
@@ -79,7 +82,7 @@ def test_purge_removes_the_emptied_run_directory_and_gc_sweeps_old_ones(tmp_path
     assert f"purged run {gone.info.run_id}" in out
     assert f"removed empty run directory {orphan}" in out and "1 empty run directory removed" in out
     assert sorted(p.name for p in experiment_root.iterdir()) == sorted(
-        [live_empty.info.run_id, kept.info.run_id, creating.name, with_file.name]
+        [live_empty.info.run_id, kept.info.run_id, creating.name, with_file.name, not_a_run.name]
     )
     assert (experiment_root / live_empty.info.run_id / "artifacts").is_dir()
     assert (experiment_root / kept.info.run_id / "artifacts" / "c.txt").read_text() == "y"

@@ -62,6 +62,7 @@ not imported here: :mod:`cairn.checkpoint` imports torch)."""
 CHECKPOINT_DIR = "checkpoints"
 
 _TEMP_DIR = re.compile(re.escape(TEMP_DIR_PREFIX) + r"(\d+)-")
+_RUN_ID = re.compile(r"[0-9a-f]{32}")  # the ids of cairn's runs (and MLflow's, kept by imports)
 
 
 class LeftoverAction(Enum):
@@ -182,9 +183,9 @@ def _has_files(path: str) -> bool:
 def find_empty_run_dirs(
     root: str | os.PathLike[str], *, is_live: Callable[[str], bool], older_than: float, now: float | None = None
 ) -> list[Path]:
-    """The run directories directly under the experiment artifact directory ``root`` that hold no file
-    (only empty directories, e.g. ``artifacts/``), belong to no run (``is_live(name)`` is false) and were
-    untouched for ``older_than`` seconds."""
+    """The run directories directly under the experiment artifact directory ``root`` (named like a run id:
+    32 hex digits) that hold no file (only empty directories, e.g. ``artifacts/``), belong to no run
+    (``is_live(name)`` is false) and were untouched for ``older_than`` seconds."""
     cutoff = (time.time() if now is None else now) - older_than
     found = []
     try:
@@ -192,7 +193,7 @@ def find_empty_run_dirs(
     except FileNotFoundError:
         return []
     for entry in entries:
-        if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
+        if not _RUN_ID.fullmatch(entry.name) or not entry.is_dir(follow_symlinks=False):
             continue
         if _has_files(entry.path) or _stale(entry.path, cutoff) is None or is_live(entry.name):
             continue
