@@ -3,7 +3,8 @@
 ``sklearn_model_dir``: a LogisticRegression on columns ``a``-``d`` (double) saved with cairn's sklearn flavor
 (skops, signature and a ``method`` param). ``torch_model_dir``: an 8 -> 2 MLP saved with cairn's pytorch flavor
 (signature: one float32 tensor of shape (-1, 8), a ``device`` param). ``sklearn_server`` and ``torch_server``
-serve them from ``cairn models serve`` subprocesses for the whole module.
+serve them from ``cairn models serve`` subprocesses for the whole module (sklearn with 2 workers and a
+200,000-byte body limit, torch with 1 worker).
 """
 
 from __future__ import annotations
@@ -95,7 +96,8 @@ def serving(
 
 @pytest.fixture(scope="module")
 def sklearn_server(sklearn_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
-    with serving(sklearn_model_dir, tmp_path_factory.mktemp("sklearn-server"), ["--max-body-size", "200000"]) as s:
+    args = ["--max-body-size", "200000", "--workers", "2"]
+    with serving(sklearn_model_dir, tmp_path_factory.mktemp("sklearn-server"), args) as s:
         yield s
 
 

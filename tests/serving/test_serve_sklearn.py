@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 
 import cairn
@@ -179,3 +180,16 @@ def test_mlflow_scoring_client(sklearn_server: ServeProcess, rows: pd.DataFrame,
     assert list(client.invoke(rows).get_predictions(predictions_format="ndarray")) == expected
     proba = client.invoke(rows, params={"method": "predict_proba"}).get_predictions(predictions_format="ndarray")
     assert np.asarray(proba).shape == (len(rows), 2)
+
+
+def test_two_workers_serve(sklearn_server: ServeProcess) -> None:
+    """The fixture runs --workers 2: two uvicorn worker processes, both alive, and a loopback bind (no warning)."""
+    children = psutil.Process(sklearn_server.process.pid).children(recursive=True)
+    workers = [p for p in children if any("spawn_main" in part for part in p.cmdline())]
+    assert len(workers) == 2, [p.cmdline() for p in children]
+    with httpx.Client(timeout=30) as client:
+        body = {"dataframe_split": {"columns": COLUMNS, "data": [[2.0, 2.0, 0.0, 0.0], [-2.0, -2.0, 0.0, 0.0]]}}
+        for _ in range(20):
+            assert client.post(f"{sklearn_server.url}/invocations", json=body).json() == {"predictions": [1, 0]}
+    assert all(p.is_running() for p in workers)
+    assert "warning" not in sklearn_server.log.read_text()

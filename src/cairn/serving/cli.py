@@ -114,15 +114,15 @@ def serve(
         import uvicorn
     except ImportError as exc:  # pragma: no cover - depends on the installed extras
         raise click.ClickException(f"cairn models serve needs uvicorn: pip install 'cairn[ui]' ({exc})") from exc
-    directory, model = _load(ctx, model_uri, allow_pickle)  # fails here, before binding, if it cannot load
-    shown = f"[{host}]" if ":" in host else host
     if not is_loopback(host):
         click.secho(
-            f"warning: bound to {host} with no authentication (a scoring server has none): anyone reaching this "
+            f"warning: binding to {host} with no authentication (a scoring server has none): anyone reaching this "
             "port can call the model",
             fg="yellow",
             err=True,
         )
+    directory, model = _load(ctx, model_uri, allow_pickle)  # fails here, before binding, if it cannot load
+    shown = f"[{host}]" if ":" in host else host
     click.echo(
         f"cairn models serve: {model_uri} at http://{shown}:{port}/invocations "
         f"({workers} worker{'s' if workers > 1 else ''}; Ctrl-C to stop)",
