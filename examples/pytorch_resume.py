@@ -241,7 +241,8 @@ def run_demo(store: str | None, work: Path) -> None:
     )
     say(f"   same run: {same_run} ({run_id}, {final.info.status.value})")
     say(f"   loss logged at steps 1..{steps}, each once: {continuous}")
-    say(f"   (the {superseded} points the killed process logged after its checkpoint are kept, marked superseded)")
+    if superseded:
+        say(f"   ({superseded} point(s) the killed process logged after its checkpoint: kept, marked superseded)")
     say(f"   weights identical to an uninterrupted run (torch.equal on {len(reference_weights)} tensors): {identical}")
     if not (same_run and continuous and identical and final.info.status.value == "FINISHED"):
         fail("the resume did not give the uninterrupted run's result")
@@ -261,9 +262,14 @@ def run_demo(store: str | None, work: Path) -> None:
         "cairn" if store is None and not os.environ.get("CAIRN_TRACKING_URI") else f"cairn --store {shlex.quote(shown)}"
     )
     say("\nlook further:")
-    say(f"  {cli} ui                                      # runs, curves, checkpoints, the registry")
-    say(f"  {cli} models serve -m models:/{MODEL_NAME}@champion   # a REST endpoint for the model")
-    say(f"  {cli} runs describe {run_id}")
+    commands = [
+        (f"{cli} ui", "runs, curves, checkpoints, the registry in a browser"),
+        (f"{cli} models serve -m models:/{MODEL_NAME}@champion", "the model behind a REST endpoint"),
+        (f"{cli} runs describe {run_id}", "the run in the terminal"),
+    ]
+    width = max(len(command) for command, _ in commands)
+    for command, what in commands:
+        say(f"  {command.ljust(width)}   # {what}")
 
 
 def main() -> None:
