@@ -91,7 +91,8 @@ def main() -> None:
     print(f"  artifacts: {sorted(a.path for a in client.list_artifacts(run.info.run_id))}")
     print(f"  model {info.model_uri}, signature inputs {info.signature.inputs.to_json() if info.signature else None}")
     predictions = cairn.pyfunc.load_model(info.model_uri).predict(x[:2].numpy())
-    print(f"  pyfunc predict on 2 rows: {predictions.squeeze(1).tolist()} (truth {y[:2].squeeze(1).tolist()})")
+    truth = y[:2].squeeze(1).double().round(decimals=2).tolist()
+    print(f"  pyfunc predict on 2 rows: {predictions.squeeze(1).astype('float64').round(2).tolist()} (truth {truth})")
 
 
 if __name__ == "__main__":

@@ -28,5 +28,5 @@ fi
 
 "$VENV/bin/python" examples/pytorch_resume.py "$@"
 echo
-echo "(the cairn command is in the venv: source $VENV/bin/activate, or $VENV/bin/cairn ...)"
+echo "(run them in $PWD; the cairn command is in the venv: source $VENV/bin/activate, or $VENV/bin/cairn ...)"
 echo "more examples, one per integration: ls examples/"
