@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -134,12 +135,25 @@ class Run:
         return self.info.run_id
 
 
-@dataclass(frozen=True, slots=True)
-class PagedList(Generic[T]):
-    """A page of search results and the token for the next page (``None`` when done)."""
+class PagedList(list[T]):
+    """A page of search results (a list, as MLflow's) and the token for the next page (``None`` when done)."""
 
-    items: list[T]
-    next_page_token: str | None = None
+    def __init__(self, items: Iterable[T] = (), next_page_token: str | None = None) -> None:
+        super().__init__(items)
+        self.next_page_token = next_page_token
+
+    @property
+    def items(self) -> list[T]:
+        """The page's results as a plain list."""
+        return list(self)
+
+    @property
+    def token(self) -> str | None:
+        """MLflow's name for :attr:`next_page_token`."""
+        return self.next_page_token
+
+    def __repr__(self) -> str:
+        return f"PagedList({list.__repr__(self)}, next_page_token={self.next_page_token!r})"
 
 
 @dataclass(frozen=True, slots=True)
