@@ -126,7 +126,7 @@ class ScoringApp:
 
     @staticmethod
     def _only_get(path: str, method: str) -> None:
-        if method not in ("GET", "HEAD"):
+        if method != "GET":
             raise _HTTPError(405, "BAD_REQUEST", f"{path} takes GET, not {method}")
 
     @staticmethod
