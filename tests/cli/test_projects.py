@@ -396,3 +396,28 @@ def test_command_mode_keeps_options_after_the_command(tmp_path: Path) -> None:
     assert "['-e', '3', '-P', 'y']" in result.stdout
     (run,) = _runs(tmp_path / "runs")
     assert run.data.tags["mlflow.source.type"] == "LOCAL" and run.data.params == {}
+
+
+def test_command_mode_source_tags_describe_the_script_not_cairn(tmp_path: Path) -> None:
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "train.py").write_text("print('trained')\n")
+    git = ["git", "-c", "user.email=a@b", "-c", "user.name=x"]
+    subprocess.run([*git, "init", "-q"], cwd=code, check=True)
+    subprocess.run([*git, "add", "train.py"], cwd=code, check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "init"], cwd=code, check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=code, capture_output=True, text=True, check=True)
+    store = tmp_path / "runs"
+
+    result = _cairn(store, "--", sys.executable, "train.py", cwd=code)
+    assert result.returncode == 0, result.stderr
+    elsewhere = tmp_path / "elsewhere"  # not a repository: no git tag at all, cairn's checkout does not leak in
+    elsewhere.mkdir()
+    result = _cairn(store, "--", sys.executable, "-c", "print(1)", cwd=elsewhere)
+    assert result.returncode == 0, result.stderr
+
+    in_repo, outside = sorted(_runs(store), key=lambda run: run.info.start_time)
+    assert in_repo.data.tags["mlflow.source.name"] == str((code / "train.py").resolve())
+    assert in_repo.data.tags["mlflow.source.type"] == "LOCAL"
+    assert in_repo.data.tags["mlflow.source.git.commit"] == head.stdout.strip()
+    assert "mlflow.source.git.commit" not in outside.data.tags

@@ -147,7 +147,7 @@ def run(
                 "give a command (cairn run -- python train.py) or run it in a directory with an MLproject file", ctx
             )
         cwd: Path | None = None
-        argv, tags, params = list(command), {"cairn.command": " ".join(command)}, dict[str, str]()
+        argv, tags, params = list(command), _command_tags(command), dict[str, str]()
     else:
         argv, cwd, tags, params = _project_run(project_dir, entry_point, param_list, env_manager, no_conda, ctx)
     _execute(
@@ -161,6 +161,24 @@ def run(
         run_name=run_name,
         shell_codes=project_dir is not None,
     )
+
+
+def _command_tags(command: tuple[str, ...]) -> dict[str, str]:
+    """Source tags of command mode: the script the command runs (``python train.py`` -> train.py, else the
+    command itself) and the git state of its directory (else of the current one), never cairn's own."""
+    from cairn.tracking import context
+
+    # the program itself counts only as a relative path (./train.sh): /usr/bin/python3 is a file too
+    candidates = [*command[1:], *([command[0]] if not os.path.isabs(command[0]) else [])]
+    script = next((Path(arg) for arg in candidates if Path(arg).is_file()), None)
+    source = str(script.resolve()) if script is not None else command[0]
+    directory = str(script.resolve().parent) if script is not None else os.getcwd()
+    return {
+        "cairn.command": " ".join(command),
+        "mlflow.source.name": source,
+        "mlflow.source.type": "LOCAL",
+        **context.git_state(directory),
+    }
 
 
 def _project_directory(command: tuple[str, ...]) -> Path | None:
@@ -276,10 +294,10 @@ def _execute(
     env = _child_environment(uri, ctx.obj.get("artifact_root"), run_id, experiment_id, base=os.environ)
     status, code = "FAILED", 1
     try:  # whatever happens (cannot start, Ctrl-C, an upload error), the run does not stay RUNNING
-        if cwd is not None:  # project mode: git tags describe the project, not cairn's own install
-            for key in _GIT_TAGS:
-                if key not in tags and key in run_obj.data.tags:
-                    client.delete_tag(run_id, key)
+        for key in _GIT_TAGS:  # git tags describe the command's code, not cairn's own install
+            if key not in tags and key in run_obj.data.tags:
+                client.delete_tag(run_id, key)
+        if params:
             client.log_batch(run_id, params=[Param(key, value) for key, value in params.items()])
         with tempfile.TemporaryDirectory(prefix="cairn-run-") as tmp:
             try:
