@@ -224,6 +224,10 @@ class RestoredState:
     path: Path
     metrics: dict[str, float] = field(default_factory=dict)
     dataloader_state: dict[str, Any] | None = None
+    """This rank's data position (``None`` when the checkpoint holds none, or it cannot be exact)."""
+    epoch_restarts: bool = False
+    """The checkpoint holds a data position this job cannot use exactly (another world size): the
+    interrupted epoch restarts from its beginning."""
 
     def fast_forward(self, loader: Any) -> Iterator[Any]:
         """An iterator over the batches of ``loader`` the interrupted epoch had not consumed yet.
@@ -235,6 +239,8 @@ class RestoredState:
         Raises:
             InvalidArgument: the checkpoint holds no data-loader position.
         """
+        if self.dataloader_state is None and self.epoch_restarts:
+            return iter(loader)
         if self.dataloader_state is None:
             raise InvalidArgument(
                 f"checkpoint {self.path} has no data-loader position; capture it with "
@@ -257,6 +263,8 @@ def restore_training_state(
     strict: bool = True,
     map_location: str | torch.device = "cpu",
     restore_rng: bool = True,
+    rank: int | None = None,
+    world_size: int | None = None,
 ) -> RestoredState:
     """Verify the checkpoint in ``state_dir``, load it into the given objects and restore the RNG.
 
@@ -267,6 +275,11 @@ def restore_training_state(
         strict: fail when the model has keys the checkpoint lacks (or the reverse), when a passed object
             has no state in the checkpoint, or when its class differs from the one saved.
         map_location: where tensors are read to before being copied into the objects.
+        restore_rng: put this rank's saved RNG back (and its data position into ``dataloader``).
+        rank, world_size: this process's place in a ``torch.distributed`` job (default: read from
+            ``torch.distributed``; 0 and 1 without it). Rank r > 0 restores its own RNG and data position
+            (component ``rank-<r>``); another world size than the checkpoint's restores the replicated
+            state only, with a warning (see :mod:`cairn.checkpoint.distributed`).
 
     Raises:
         CheckpointCorrupt: the checkpoint is incomplete or damaged (it "does not exist").
@@ -298,16 +311,16 @@ def restore_training_state(
             _load_model(_unwrap(obj), load(name), strict=strict, where=str(root))
         else:
             _load_into(obj, load(name), name, saved_class=classes.get(name), strict=strict, where=str(root))
-    loader_state = load("dataloader") if "dataloader" in components else None
+    own = _own_state(root, manifest, components, load, rank=rank, world_size=world_size, epoch=info.get("epoch"))
     if dataloader is not None:
-        if loader_state is None:
+        if "dataloader" not in components:
             if strict:
                 raise StateMismatch(f"checkpoint {root} holds no data-loader position")
-        else:
-            _load_loader_position(dataloader, loader_state, str(tree_files(root, "dataloader")[1]))
+        elif own.loader_state is not None:
+            _load_loader_position(dataloader, own.loader_state, own.source("dataloader"))
     extra = load("extra") if "extra" in components else None
-    if restore_rng and "rng" in components:
-        restore_rng_state(load("rng"), source=str(tree_files(root, "rng")[1]))
+    if restore_rng and own.rng is not None:
+        restore_rng_state(own.rng, source=own.source("rng"))
     return RestoredState(
         step=info["step"],
         epoch=info.get("epoch"),
@@ -316,7 +329,63 @@ def restore_training_state(
         run_id=info.get("run_id"),
         path=root,
         metrics=dict(manifest.metrics),
-        dataloader_state=loader_state,
+        dataloader_state=own.loader_state,
+        epoch_restarts=own.loader_state is None and "dataloader" in components,
+    )
+
+
+@dataclass
+class _OwnState:
+    """The RNG and data position of this rank in a checkpoint (``None``: not restorable exactly)."""
+
+    root: Path
+    component: str | None  # None: rank 0's ``rng``/``dataloader`` components
+    rng: dict[str, Any] | None
+    loader_state: dict[str, Any] | None
+
+    def source(self, what: str) -> str:
+        return str(tree_files(self.root, self.component or what)[1])
+
+
+def _own_state(
+    root: Path,
+    manifest: Manifest,
+    components: set[str],
+    load: Any,
+    *,
+    rank: int | None,
+    world_size: int | None,
+    epoch: int | None,
+) -> _OwnState:
+    """Which RNG and data position this rank restores (warning when they cannot be exact)."""
+    from cairn.checkpoint import distributed
+
+    if rank is None or world_size is None:
+        job = distributed.group()
+        rank = job.rank if job is not None and rank is None else (rank or 0)
+        world_size = job.world_size if job is not None and world_size is None else (world_size or 1)
+    saved = distributed.saved_world_size(dict(manifest.metadata))
+    if rank == 0:
+        component, has_own = None, "rng" in components
+        tree = {"rng": load("rng") if has_own else None}
+        tree["dataloader"] = load("dataloader") if "dataloader" in components else None
+    else:
+        component = distributed.rank_component(rank)
+        has_own = component in components
+        tree = load(component) if has_own else {}
+        if not isinstance(tree, dict):
+            raise CheckpointCorrupt(f"{tree_files(root, component)[1]}: a rank's state must be a mapping")
+        if not has_own and "dataloader" in components:
+            tree["dataloader"] = load("dataloader")  # the same batch offset; the shuffle does not depend on it
+            component = None
+    if saved > 1 or world_size > 1:
+        distributed.world_size_warning(root.name, saved=saved, now=world_size, rank=rank, has_own=has_own, epoch=epoch)
+    exact_position = saved == world_size
+    return _OwnState(
+        root,
+        component if has_own else None,
+        tree.get("rng") if has_own else None,
+        tree.get("dataloader") if exact_position else None,
     )
 
 

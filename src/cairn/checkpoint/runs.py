@@ -30,9 +30,11 @@ holds the run, default the fluent API's. With an injected client the fluent API 
 is required (or ``CAIRN_RUN_ID`` for the readers and :func:`resume`), no run is made the active run, and
 the staging area is beside the client's SQLite database.
 
-Under ``torch.distributed`` only rank 0 writes checkpoints and changes runs; other ranks' calls to
-:func:`log_checkpoint` return ``None``, and their :func:`resume` restores the objects (not the RNG,
-which is per rank) without touching any run.
+Under ``torch.distributed`` every rank calls :func:`log_checkpoint` at the same step: each rank's RNG
+and data position are gathered to rank 0, which alone writes and uploads the checkpoint (one manifest
+over every rank's files) and changes runs; other ranks' calls return ``None``. Every rank calls
+:func:`resume`: each restores the objects and its own RNG and data position (see
+:mod:`cairn.checkpoint.distributed`, also for a resume on another number of ranks).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cairn import background
+from cairn.checkpoint import distributed
 from cairn.checkpoint.capture import RestoredState, capture_training_state, restore_training_state
 from cairn.checkpoint.formats import NATIVE, StoredCheckpoint
 from cairn.checkpoint.local import TEMP_PREFIX, CheckpointInfo, scan_checkpoints, step_dirname
@@ -373,6 +376,7 @@ def log_checkpoint(
     loader: Any = None,
     synchronous: bool = False,
     client: Client | None = None,
+    per_rank: bool = True,
 ) -> LoggedCheckpoint | None:
     """Checkpoint the training state into the run's artifacts at ``checkpoints/step-<step>/``.
 
@@ -394,6 +398,10 @@ def log_checkpoint(
             whose position is saved so a resume sees the same remaining batches.
         synchronous: wait until the checkpoint is written and uploaded (and raise its errors).
         client: the client of the run's store (default: the fluent API's); with one, ``run_id`` is required.
+        per_rank: under ``torch.distributed`` (more than one rank), every rank calls ``log_checkpoint`` at the
+            same step (a collective): each rank's RNG and ``loader`` position go into the checkpoint (see
+            :mod:`cairn.checkpoint.distributed`); on ranks other than 0 the other arguments are not used.
+            ``False``: only rank 0 calls it, and the checkpoint holds no state of the other ranks.
 
     Returns:
         The checkpoint's coordinates, or ``None`` on a ``torch.distributed`` rank other than 0.
@@ -403,32 +411,48 @@ def log_checkpoint(
             nonetheless (it supersedes the failed one), so catching the error loses nothing.
         InvalidArgument: a value cannot be stored, or an argument is invalid.
     """
-    if _rank() != 0:
+    job = distributed.group()
+    if job is not None and job.rank != 0:
+        if per_rank:
+            _take_part(job, loader)
         return None
-    policy = RetentionPolicy(
-        keep_last=keep_last,
-        keep_best=keep_best if keep_best is not None else (1 if monitor else 0),
-        monitor=monitor,
-        mode=mode,
-    )
-    if client is not None and not run_id:
-        raise InvalidArgument("log_checkpoint(client=...) needs run_id= (the fluent active run is not that store's)")
-    rid = run_id or fluent._active_run_id()
-    checkpointer = _checkpointer(rid, _client(client))
-    state = capture_training_state(
-        model=model,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        scaler=scaler,
-        step=step,
-        epoch=epoch,  # type: ignore[arg-type]  # None is stored as "not recorded"
-        batch_in_epoch=batch_in_epoch,
-        extra=extra,
-        run_id=rid,
-        metrics=metrics,
-        dataloader=_loader_position(loader) if loader is not None else None,
-        buffers=checkpointer.writer.buffers,
-    )
+    try:
+        policy = RetentionPolicy(
+            keep_last=keep_last,
+            keep_best=keep_best if keep_best is not None else (1 if monitor else 0),
+            monitor=monitor,
+            mode=mode,
+        )
+        if client is not None and not run_id:
+            raise InvalidArgument(
+                "log_checkpoint(client=...) needs run_id= (the fluent active run is not that store's)"
+            )
+        rid = run_id or fluent._active_run_id()
+        checkpointer = _checkpointer(rid, _client(client))
+        state = capture_training_state(
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            scaler=scaler,
+            step=step,
+            epoch=epoch,  # type: ignore[arg-type]  # None is stored as "not recorded"
+            batch_in_epoch=batch_in_epoch,
+            extra=extra,
+            run_id=rid,
+            metrics=metrics,
+            dataloader=_loader_position(loader) if loader is not None else None,
+            buffers=checkpointer.writer.buffers,
+        )
+    except BaseException:
+        if job is not None and per_rank:
+            distributed.exchange(b"", job)  # the other ranks wait in the gather: let them go on
+        raise
+    if job is not None:
+        state.metadata["world_size"] = job.world_size
+        if per_rank:
+            payloads = distributed.exchange(b"", job)
+            assert payloads is not None
+            state.components.update(distributed.peer_components(payloads))  # raises naming a rank that failed
     with checkpointer._lock:
         checkpointer.policy = policy
     name = step_dirname(state.step)
@@ -440,6 +464,21 @@ def log_checkpoint(
     if synchronous:
         checkpointer.writer.wait()
     return LoggedCheckpoint(rid, state.step, _artifact_path(name), checkpointer.staging / name)
+
+
+def _take_part(job: distributed.Group, loader: Any) -> None:
+    """A rank > 0's share of a checkpoint: its RNG and loader position, gathered to rank 0."""
+    error: BaseException | None = None
+    payload = b""
+    try:
+        position = _loader_position(loader).state_dict() if loader is not None else None
+        payload = distributed.peer_payload(distributed.rank_tree(position))
+    except Exception as exc:
+        error = exc
+        payload = distributed.peer_payload(None, exc)
+    distributed.exchange(payload, job)
+    if error is not None:
+        raise error
 
 
 def flush_checkpoints(run_id: str | None = None, *, client: Client | None = None) -> None:
@@ -576,8 +615,12 @@ def resume(
 ) -> ResumeState:
     """Restore training from a run's checkpoint, and continue the run (or fork it) at that step.
 
+    Under ``torch.distributed`` call it on every rank with the same arguments: each rank restores the
+    objects and its own RNG and data position; rank 0 alone continues (or forks) the run.
+
     Args:
-        run_id: the run (default: ``CAIRN_RUN_ID``, else the active run).
+        run_id: the run (default: ``CAIRN_RUN_ID``, else the active run; under ``torch.distributed``, the run
+            rank 0 names this way, broadcast to the other ranks).
         step: ``"latest"`` continues the same run from its newest valid checkpoint; a step number whose
             checkpoint is older than the newest forks a new run (``forked_from`` says which).
         model, optimizer, scheduler, scaler: objects to load into (built the same way as when saved).
@@ -604,7 +647,11 @@ def resume(
         StateMismatch: saved state does not fit an object (lists the mismatched keys and shapes);
             nothing of the run was changed then.
     """
-    rid = _run_id(run_id, client)
+    job = distributed.group()
+    if job is not None and not run_id:  # every rank resumes the run rank 0 names
+        rid = distributed.run_id_from_rank0(lambda: _run_id(None, client), job)
+    else:
+        rid = _run_id(run_id, client)
     fluent_run = client is None  # the run is the fluent API's active run (else only the client's)
     rank0 = _rank() == 0
     with _registry_lock:
@@ -645,7 +692,6 @@ def resume(
         dataloader=target,
         strict=strict,
         map_location=map_location,
-        restore_rng=rank0,
     )
     autolog = sys.modules.get("cairn.autolog.pytorch")
     if armed is not None and restored.dataloader_state is not None and autolog is not None:

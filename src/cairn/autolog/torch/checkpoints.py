@@ -8,9 +8,10 @@ evaluation), or, if the optimizers have LR schedulers, right after the next ``sc
 before the model's next forward). When the run ends, the last step gets a checkpoint if it has none.
 
 A checkpoint holds the model, every optimizer, their LR schedulers, the GradScaler, the RNG, the training
-loader's position, the losses recorded for the step in progress and the loop's own state registered with
-``track_state`` (written by :func:`cairn.checkpoint.runs.log_checkpoint` into the integration's client's
-store). A :class:`~cairn.errors.RunLeased` is not reported but raised: another process resumes the run.
+loader's position (under ``torch.distributed``: every rank's RNG and position), the losses recorded for
+the step in progress and the loop's own state registered with ``track_state`` (written by
+:func:`cairn.checkpoint.runs.log_checkpoint` into the integration's client's store). A
+:class:`~cairn.errors.RunLeased` is not reported but raised: another process resumes the run.
 """
 
 from __future__ import annotations
@@ -108,7 +109,8 @@ class CheckpointPolicy:
         final_due = self.config.checkpointing and session.step > max(session.last_ckpt_step, 0)
         epoch_due = track is not None and track.finished and self._epoch_due(track)
         if session.ckpt_due or epoch_due or final_due:
-            self.checkpoint_now(session, track, boundary=bool(track is not None and track.finished))
+            boundary = bool(track is not None and track.finished)
+            self.checkpoint_now(session, track, boundary=boundary, final=True)
 
     def _epoch_due(self, track: LoaderTrack) -> bool:
         every = self.config.checkpoint_every_n_epochs or 0
@@ -122,40 +124,65 @@ class CheckpointPolicy:
             session.discovered = (self.constructed.schedulers_of(session.optimizers), self.constructed.scaler())
         return session.discovered
 
-    def checkpoint_now(self, session: Session, track: LoaderTrack | None, *, boundary: bool) -> None:
-        """Take the due checkpoint (reported on failure; the training step is never disturbed)."""
+    def checkpoint_now(
+        self, session: Session, track: LoaderTrack | None, *, boundary: bool, final: bool = False
+    ) -> None:
+        """Take the due checkpoint (reported on failure; the training step is never disturbed).
+
+        Under ``torch.distributed`` every rank gets here at the same step (the same loop on every rank) and
+        takes part; ``final`` (run end, rank 0 only): rank 0 writes it alone.
+        """
         session.ckpt_due = False
         if session.forward_ckpt_handle is not None:
             session.forward_ckpt_handle.remove()
             session.forward_ckpt_handle = None
-        if session.run_id is None or session.step == session.last_ckpt_step:
+        if (session.run_id is None and not session.peer) or session.step == session.last_ckpt_step:
             return
         try:
-            self._take(session, track, boundary=boundary)
+            if session.run_id is None:  # a rank > 0: its RNG and loader position, gathered to rank 0
+                self._take_part(session, track, boundary=boundary)
+            else:
+                self._take(session, track, boundary=boundary, final=final)
         except RunLeased:  # another process is resuming the run: training on would write into it twice
             raise
         except Exception as exc:
             self.report(f"checkpointing at step {session.step}", exc)
 
-    def _take(self, session: Session, track: LoaderTrack | None, *, boundary: bool) -> None:
+    @staticmethod
+    def _position(track: LoaderTrack | None, *, boundary: bool) -> tuple[int | None, int | None, Any]:
+        if track is None:
+            return None, None, None
+        epoch = track.epoch + 1 if boundary else track.epoch
+        batch = 0 if boundary else track.batch
+        return epoch, batch, PositionView(track.position(boundary=boundary))
+
+    def _take_part(self, session: Session, track: LoaderTrack | None, *, boundary: bool) -> None:
         from cairn.checkpoint import runs
 
+        session.last_ckpt_step = session.step
+        epoch, batch, loader = self._position(track, boundary=boundary)
+        runs.log_checkpoint(step=session.step, epoch=epoch, batch_in_epoch=batch, loader=loader)
+
+    def _take(self, session: Session, track: LoaderTrack | None, *, boundary: bool, final: bool) -> None:
+        from cairn.checkpoint import distributed, runs
+
         assert session.run_id is not None
-        schedulers, scaler = self.discover(session)
-        if track is not None:
-            epoch = track.epoch + 1 if boundary else track.epoch
-            batch = 0 if boundary else track.batch
-            loader: Any = PositionView(track.position(boundary=boundary))
-        else:
-            epoch, batch, loader = None, None, None
-        extra: dict[str, Any] = {
-            "autolog": {
-                "optimizers": [optimizer_signature(o) for o in session.optimizers],
-                "pending_losses": self.losses.as_floats(),
+        job = distributed.group()
+        try:
+            schedulers, scaler = self.discover(session)
+            epoch, batch, loader = self._position(track, boundary=boundary)
+            extra: dict[str, Any] = {
+                "autolog": {
+                    "optimizers": [optimizer_signature(o) for o in session.optimizers],
+                    "pending_losses": self.losses.as_floats(),
+                }
             }
-        }
-        if self.user_state is not None:
-            extra["user"] = dict(self.user_state())
+            if self.user_state is not None:
+                extra["user"] = dict(self.user_state())
+        except BaseException:
+            if job is not None and not final:
+                distributed.exchange(b"", job)  # the other ranks wait for rank 0 in the gather
+            raise
         session.last_ckpt_step = session.step
         runs.log_checkpoint(
             model=session.current_model(),
@@ -170,4 +197,5 @@ class CheckpointPolicy:
             keep_last=self.config.keep_last,
             loader=loader,
             client=self.client,
+            per_rank=not final,
         )

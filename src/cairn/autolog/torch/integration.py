@@ -21,6 +21,8 @@ Runs: the first optimizer step starts a run if none is active (it stays active, 
 ``autolog(disable=True)`` or at interpreter exit (the fluent ``end_run`` does not know it). Under
 ``torch.distributed`` only rank 0 starts the run and logs; the run id is broadcast to the other ranks at
 the first optimizer step of the process (:meth:`PyTorchIntegration.current_run_id` returns it there).
+Every rank takes part in the step and epoch checkpoints (its own RNG and data position; see
+:mod:`cairn.checkpoint.distributed`); the final one at run end is rank 0's alone.
 """
 
 from __future__ import annotations
@@ -213,6 +215,7 @@ class PyTorchIntegration:
             dist.broadcast_object_list(shared, src=0)
             self.distributed_run_id = shared[0]
         session = Session(run_id=run_id if rank == 0 else None, created_run=created)
+        session.peer = rank > 0 and self.distributed_run_id is not None
         if session.run_id is not None:
             try:
                 batcher = tracking_config.get_batcher(self.tracking_client().store)
@@ -235,16 +238,18 @@ class PyTorchIntegration:
             return IGNORED
         role = session.add_optimizer(optimizer)
         run_id = session.run_id
-        if run_id is None:
+        if run_id is None and not session.peer:
             return role
-        params = optimizer_params(optimizer, len(session.optimizers) - 1, self.constructed.built_groups.get(optimizer))
-        self._submit(lambda: self._log_params(run_id, params), "logging optimizer params")
-        if session.model is None:
+        if run_id is not None:
+            groups = self.constructed.built_groups.get(optimizer)
+            params = optimizer_params(optimizer, len(session.optimizers) - 1, groups)
+            self._submit(lambda: self._log_params(run_id, params), "logging optimizer params")
+        if session.model is None:  # a peer rank too: it checkpoints at the same moments as rank 0
             model, example = self.models.model_for(optimizer)
             if model is not None:
                 session.model = weakref.ref(model)
                 session.example = example
-                if self.config.log_models:
+                if self.config.log_models and run_id is not None:
                     summary = model_summary(model)
                     client = self.tracking_client()
                     self._submit(lambda: client.log_text(run_id, summary, SUMMARY_FILE), "logging the model summary")
@@ -327,7 +332,7 @@ class PyTorchIntegration:
             if role is None:
                 role = self._first_step_of(session, optimizer)
                 self._unwatch_forwards()
-            if role == IGNORED or session.run_id is None or self.suppress:
+            if role == IGNORED or (session.run_id is None and not session.peer) or self.suppress:
                 self.losses.clear()
                 return
             if role != PRIMARY:
@@ -340,7 +345,9 @@ class PyTorchIntegration:
             if track is not None and not track.train:
                 self.data.mark_training(track)
             config = self.config
-            if session.step % config.log_every_n_steps == 0:
+            if session.run_id is None:  # a peer rank: logs nothing, counts steps for the checkpoints
+                self.losses.clear()
+            elif session.step % config.log_every_n_steps == 0:
                 session.emit(self.losses, config, self.data.train_track)
             self.checkpoints.after_step(session)
         except RunLeased:  # another process is resuming the run: training on would write into it twice

@@ -66,6 +66,7 @@ def fingerprint(loader: DataLoader[Any]) -> dict[str, Any]:
         "batch_size": loader.batch_size,
         "sampler": _qualname(loader.sampler),
         "drop_last": loader.drop_last,
+        "num_replicas": getattr(loader.sampler, "num_replicas", None),  # a DistributedSampler's world size
     }
 
 

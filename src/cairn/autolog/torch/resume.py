@@ -112,7 +112,7 @@ def prepare_resume(
         step=info["step"],
         epoch=info.get("epoch"),
         batch_in_epoch=info.get("batch_in_epoch"),
-        dataloader_state=load_component(plan.path, "dataloader") if "dataloader" in components else None,
+        dataloader_state=_own_position(plan.path, components),
         classes=dict(info.get("classes") or {}),
         extra=extra,
         rank0=rank0,
@@ -134,6 +134,19 @@ def prepare_resume(
         user_state=pending.user_state,
     )
     return state, pending
+
+
+def _own_position(path: Path, components: set[str]) -> dict[str, Any] | None:
+    """This rank's data position in the checkpoint: rank 0's ``dataloader``, rank r's in ``rank-<r>`` (rank 0's
+    when it has none: the same batch offset; the restore warns about what is not exact)."""
+    from cairn.checkpoint import distributed
+    from cairn.checkpoint.capture import load_component
+
+    job = distributed.group()
+    if job is not None and job.rank > 0 and distributed.rank_component(job.rank) in components:
+        own = load_component(path, distributed.rank_component(job.rank))
+        return own.get("dataloader") if isinstance(own, dict) else None
+    return load_component(path, "dataloader") if "dataloader" in components else None
 
 
 class Restorer:
@@ -220,7 +233,6 @@ class Restorer:
                 optimizer=one_or_list(optimizers),
                 scheduler=one_or_list(schedulers) if "scheduler" in pending.classes else None,
                 scaler=self.constructed.scaler() if "scaler" in pending.classes else None,
-                restore_rng=pending.rank0,
             )
             if "model" in pending.classes:  # loaded before the first forward of the module these optimizers train
                 self.pending_model = (pending.path, set().union(*(param_ids(o) for o in optimizers)))

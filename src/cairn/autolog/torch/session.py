@@ -38,6 +38,7 @@ class Session:
 
     run_id: str | None
     created_run: bool
+    peer: bool = False  # a rank > 0 of a torch.distributed job whose rank 0 logs into a run: takes part in checkpoints
     add_points: Callable[[list[MetricPoint]], None] | None = None  # the store's metric writer
     step: int = 0
     primary: Any = None
