@@ -176,8 +176,10 @@ def _from_split(value: Any, schema: Schema | None) -> Any:
         raise BadRequest(f"'dataframe_split.data' must be a list of rows, got {type(rows).__name__}")
     if columns is not None and not isinstance(columns, list):
         raise BadRequest(f"'dataframe_split.columns' must be a list of names, got {type(columns).__name__}")
-    if rows and columns is not None and _numeric_fast_path(schema):
-        # One homogeneous numeric block: numpy builds it far faster than pandas does from row lists.
+    targets = _numeric_targets(schema, columns) if rows and columns is not None else None
+    if targets is not None:
+        # Every column is a numeric column of the signature: numpy builds the block far faster than pandas
+        # builds a frame from row lists. Anything else (text, null, bool, ragged rows) goes through pandas.
         try:
             block = np.array(rows)
         except ValueError:
@@ -186,12 +188,11 @@ def _from_split(value: Any, schema: Schema | None) -> Any:
             block is not None
             and block.ndim == 2
             and block.dtype.kind in "iuf"
-            and block.shape[1] == len(columns)
-            and _block_fits(block, columns, schema)
+            and block.shape[1] == len(targets)
+            and not (block.dtype.kind == "f" and any(t.kind in "iu" for t in targets))  # ints would become floats
         ):
-            targets = {_numpy_target(spec) for spec in _specs_by_name(schema).values()} if schema else {None}
-            if len(targets) == 1:  # one dtype for every column: coerce the block once
-                block = _coerce_array(block, targets.pop())
+            if len(set(targets)) == 1:  # one dtype for every column: coerce the block once
+                block = _coerce_array(block, targets[0])
                 return pd.DataFrame(block, columns=_column_index(columns), index=index, copy=False)
             frame = pd.DataFrame(block, columns=_column_index(columns), index=index, copy=False)
             return _coerce_frame(frame, schema)
@@ -219,20 +220,20 @@ def _string_index(columns: tuple[str, ...]) -> Any:
     return pd.Index(columns)
 
 
-def _numeric_fast_path(schema: Schema | None) -> bool:
-    return schema is None or not schema.is_tensor_spec()
-
-
-def _block_fits(block: Any, columns: list[Any], schema: Schema | None) -> bool:
-    """A float block for a schema with integer columns would turn their ints into floats: use pandas then."""
-    if block.dtype.kind != "f" or schema is None:
-        return True
-    by_name = {s.name: s for s in schema.inputs if isinstance(s, ColSpec)}
-    return not any(
-        isinstance(spec.type, str) and spec.type in ("integer", "long")
-        for name in columns
-        if (spec := by_name.get(name)) is not None
-    )
+def _numeric_targets(schema: Schema | None, columns: list[Any]) -> list[Any] | None:
+    """The numpy dtype of each of ``columns`` when every one is a distinct numeric column of the signature."""
+    if schema is None or schema.is_tensor_spec() or not schema.has_input_names() or not columns:
+        return None
+    if len(set(map(str, columns))) != len(columns):
+        return None
+    specs = _specs_by_name(schema)
+    targets = []
+    for name in columns:
+        target = _numpy_target(specs.get(name)) if isinstance(name, str) else None
+        if target is None or target.kind not in "iuf":
+            return None
+        targets.append(target)
+    return targets
 
 
 def _from_records(value: Any, schema: Schema | None) -> Any:
