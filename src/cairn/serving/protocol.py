@@ -177,7 +177,7 @@ def _from_split(value: Any, schema: Schema | None) -> Any:
     if columns is not None and not isinstance(columns, list):
         raise BadRequest(f"'dataframe_split.columns' must be a list of names, got {type(columns).__name__}")
     targets = _numeric_targets(schema, columns) if rows and columns is not None else None
-    if targets is not None:
+    if targets is not None and columns is not None:
         # Every column is a numeric column of the signature: numpy builds the block far faster than pandas
         # builds a frame from row lists. Anything else (text, null, bool, ragged rows) goes through pandas.
         try:
