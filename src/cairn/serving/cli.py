@@ -122,6 +122,12 @@ def serve(
             err=True,
         )
     directory, model = _load(ctx, model_uri, allow_pickle)  # fails here, before binding, if it cannot load
+    if port == 0:  # pick the port here, so the message below can name it
+        import socket
+
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.bind((host, 0))
+            port = int(probe.getsockname()[1])
     shown = f"[{host}]" if ":" in host else host
     click.echo(
         f"cairn models serve: {model_uri} at http://{shown}:{port}/invocations "
