@@ -77,3 +77,9 @@ def test_predictions_payload_shapes() -> None:
     assert json.loads(protocol.predictions_payload(series)) == {"predictions": [{"y": 1}, {"y": 2}]}
     both = {"a": np.zeros((1, 2), dtype=np.float32), "b": np.array([True])}
     assert json.loads(protocol.predictions_payload(both)) == {"predictions": {"a": [[0.0, 0.0]], "b": [True]}}
+
+
+def test_inputs_of_scalars_are_one_row() -> None:
+    data = protocol.parse_json(json.dumps({"inputs": {"a": 1.5, "b": 2}}), FLOATS).data
+    checked = enforce_schema(data, FLOATS)
+    assert checked.shape == (1, 2) and checked["a"].tolist() == [1.5] and checked["b"].tolist() == [2.0]

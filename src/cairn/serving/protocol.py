@@ -290,7 +290,8 @@ def _array(value: Any, spec: Any, label: str) -> Any:
         if isinstance(spec, TensorSpec) and spec.dtype == "object":
             return np.asarray(value, dtype=object)
         raise BadRequest(f"{label}: not a rectangular array: {exc}") from None
-    return _coerce_array(array, _numpy_target(spec))
+    array = _coerce_array(array, _numpy_target(spec))
+    return array[()] if array.ndim == 0 else array  # a JSON scalar stays a scalar (one row of a column)
 
 
 def _numpy_target(spec: Any) -> Any:
