@@ -25,8 +25,10 @@ from cairn.autolog._lightning_loaders import LoaderPositions
 from cairn.autolog._lightning_logger import _CairnLoggerImpl, _refuse_injected_client
 from cairn.autolog._lightning_resume import _log_step, _open_run, _supersede_once
 from cairn.autolog._lightning_uploads import _Uploader
+from cairn.autolog._pickled_model import log_announcing_pickle
 from cairn.autolog.base import loops
 from cairn.autolog.config import safe_autolog
+from cairn.autolog.torch.discovery import example_of  # the plain-loop autolog's capture, one definition
 from cairn.autolog.torch.params import grad_norm  # the plain-loop autolog's, one definition
 from cairn.store.base import MetricPoint
 from cairn.tracking import config as tracking_config
@@ -36,6 +38,7 @@ from cairn.tracking.entities import RunStatus
 if TYPE_CHECKING:
     from lightning.pytorch import LightningModule, Trainer
 
+    from cairn.models.model import ModelInfo
     from cairn.tracking.client import Client
 
 
@@ -86,6 +89,8 @@ class _CheckpointCallbackImpl:
         self._monitor: Any = None
         self._driven: list[Any] | None = None  # the optimizers claimed in ``loops`` during fit
         self._add_point: Callable[[MetricPoint], None] | None = None
+        self._example: Any = None  # a few rows of the first forward call's input (the model's input example)
+        self._example_hook: Any = None  # the one-shot forward pre-hook that captures it
 
     def __getstate__(self) -> dict[str, Any]:
         """Picklable (``ddp_spawn`` pickles the Trainer): settings travel, the per-fit state does not.
@@ -95,7 +100,7 @@ class _CheckpointCallbackImpl:
         """
         _refuse_injected_client(self.client, "CairnCheckpointCallback")
         state = dict(self.__dict__)
-        fit_only = ("_mirror", "_warning_filter", "_monitor", "_add_point", "_driven")
+        fit_only = ("_mirror", "_warning_filter", "_monitor", "_add_point", "_driven", "_example", "_example_hook")
         state.update(dict.fromkeys(fit_only), _positions=LoaderPositions(), _checkpoint_callbacks=[])
         state["_trainer_ref"] = None
         return state
@@ -148,6 +153,9 @@ class _CheckpointCallbackImpl:
     # -- checkpoint uploads (see _lightning_checkpoint_mirror) -----------------------------------------
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.log_model and trainer.is_global_zero:
+            with safe_autolog(INTEGRATION, "preparing the input example capture", silent=self.silent):
+                self._arm_example_capture(pl_module)
         if self.resumable_dataloaders:
             self._positions.fit_started()  # the state the fit's first DataLoader iterator draws from
         if self._mirror is not None and self._checkpoint_callbacks:
@@ -273,17 +281,48 @@ class _CheckpointCallbackImpl:
                     stacklevel=2,
                 )
 
+    # -- the trained model ------------------------------------------------------------------------
+
+    def _arm_example_capture(self, pl_module: Any) -> None:
+        """Without ``example_input_array``, take the model's input example from its first forward call: a
+        forward pre-hook that removes itself at that call (no cost on the steps after it)."""
+        self._disarm_example_capture()
+        self._example = None
+        if getattr(pl_module, "example_input_array", None) is not None:
+            return
+
+        def capture(module: Any, args: Any) -> None:
+            self._disarm_example_capture()
+            with safe_autolog(INTEGRATION, "capturing the input example", silent=self.silent):
+                self._example = example_of(args)
+
+        self._example_hook = pl_module.register_forward_pre_hook(capture)
+
+    def _disarm_example_capture(self) -> None:
+        hook, self._example_hook = self._example_hook, None
+        if hook is not None:
+            hook.remove()
+
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._disarm_example_capture()
+        example, self._example = self._example, None
         if not self.log_model or not trainer.is_global_zero or self._failed:
             return
         with safe_autolog(INTEGRATION, "logging the trained model", silent=self.silent):
             run_id = self._resolve_run(trainer)
-            example = getattr(pl_module, "example_input_array", None)
-            if isinstance(example, torch.Tensor):
-                example = example.detach().cpu().numpy()
-            elif example is not None and not hasattr(example, "shape"):
-                example = None
-            _log_trained_model(self._client(trainer), run_id, pl_module, self.model_name, example)
+            given = getattr(pl_module, "example_input_array", None)
+            if isinstance(given, torch.Tensor):
+                example = given.detach().cpu().numpy()
+            elif given is not None and hasattr(given, "shape"):
+                example = given
+            client = self._client(trainer)
+            log_announcing_pickle(
+                lambda: _log_trained_model(client, run_id, pl_module, self.model_name, example),
+                integration=INTEGRATION,
+                model=pl_module,
+                advice=_LIGHTNING_ADVICE,
+                silent=self.silent,
+            )
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         self._failed = True
@@ -316,6 +355,8 @@ class _CheckpointCallbackImpl:
 
     def _cleanup(self) -> None:
         """Wait for uploads, undo the patches, end the run if this callback started it (idempotent)."""
+        self._disarm_example_capture()
+        self._example = None
         driven, self._driven = self._driven, None
         if driven:
             loops.release(driven)
@@ -364,11 +405,19 @@ def _stage_name(stage: Any) -> str:
     return str(getattr(stage, "value", stage))
 
 
-def _log_trained_model(client: Client, run_id: str, module: Any, name: str, example: Any) -> None:
+_LIGHTNING_ADVICE = (
+    "define the LightningModule in an importable module (not in the script run as __main__) and call "
+    "self.save_hyperparameters() in its __init__, so that it is rebuilt from its class; or set "
+    "self.example_input_array to an input its forward can be torch.export-ed with (without it autolog takes "
+    "a few rows of the first forward call's tensor input)"
+)
+
+
+def _log_trained_model(client: Client, run_id: str, module: Any, name: str, example: Any) -> ModelInfo:
     """``cairn.lightning.log_model`` into ``run_id`` of ``client`` (recorded and uploaded through it)."""
     import cairn.flavors.lightning as lightning_flavor
 
-    lightning_flavor.log_model(module, name, run_id=run_id, input_example=example, client=client)
+    return lightning_flavor.log_model(module, name, run_id=run_id, input_example=example, client=client)
 
 
 def _position(trainer: Any) -> dict[str, int]:
