@@ -64,9 +64,10 @@ def main() -> None:
     val = DataLoader(TensorDataset(x[192:], y[192:]), batch_size=64)
 
     cairn.set_experiment("lightning")
-    # log_models=False: the model is logged below with an input example, hence a signature and a
-    # torch.export program that loads anywhere (Regressor lives in __main__, which another process lacks)
-    cairn.lightning.autolog(checkpoint_every_n_epochs=1, log_models=False)
+    # autolog logs the trained model too, with a few rows of the first forward call's input as its example:
+    # Regressor lives in __main__ (which another process lacks), so it is stored as a torch.export program
+    # traced from that example, with a signature, and loads anywhere without pickle
+    cairn.lightning.autolog(checkpoint_every_n_epochs=1)
     with tempfile.TemporaryDirectory() as root:  # Lightning's own files; the run keeps what matters
         trainer = L.Trainer(
             max_epochs=1 if small else 3,
@@ -79,7 +80,6 @@ def main() -> None:
         with cairn.start_run(run_name="regressor") as run:
             model = Regressor()
             trainer.fit(model, train, val)
-            info = cairn.lightning.log_model(model, "model", input_example=x[:4].numpy())
 
     client = cairn.Client()
     stored = client.get_run(run.info.run_id)
@@ -89,8 +89,11 @@ def main() -> None:
     val_loss = stored.data.metrics["val_loss"]
     print(f"  train_loss: {len(history)} points, last {history[-1].value:.4f}; val_loss {val_loss:.4f}")
     print(f"  artifacts: {sorted(a.path for a in client.list_artifacts(run.info.run_id))}")
-    print(f"  model {info.model_uri}, signature inputs {info.signature.inputs.to_json() if info.signature else None}")
-    predictions = cairn.pyfunc.load_model(info.model_uri).predict(x[:2].numpy())
+    model_uri = f"runs:/{run.info.run_id}/model"
+    loaded = cairn.pyfunc.load_model(model_uri)  # no allow_pickle needed
+    signature = loaded.metadata.signature
+    print(f"  model {model_uri}, signature inputs {signature.inputs.to_json() if signature else None}")
+    predictions = loaded.predict(x[:2].numpy())
     truth = y[:2].squeeze(1).double().round(decimals=2).tolist()
     print(f"  pyfunc predict on 2 rows: {predictions.squeeze(1).astype('float64').round(2).tolist()} (truth {truth})")
 
