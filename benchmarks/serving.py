@@ -16,9 +16,11 @@ For each model, server and worker count (1 and 2), one server process tree at a 
   Clients = 2 x workers, so a worker never waits for its next request.
 
 The load generator is the same for both servers; request bodies are encoded once before the clock starts and
-responses are not parsed while timed. Both servers get the same payloads first and their answers are compared
-(identical predictions, to 1e-6 for floats), so the two sides do the same work. Targets (issue 16, item 5):
-cairn >= 2x MLflow's rows/s at batch 1,024 and <= 1/2 of its p50 at batch 1.
+responses are not parsed while timed. The server's CPU time per request (its whole process tree, from
+``psutil``) is reported beside the wall-clock numbers: it is steadier than latency on a shared machine. Both
+servers get the same payloads first and their answers are compared (identical predictions, to 1e-6 for
+floats), so the two sides do the same work. Targets (issue 16, item 5): cairn >= 2x MLflow's rows/s at batch
+1,024 and <= 1/2 of its p50 at batch 1.
 
     .venv/bin/python benchmarks/serving.py            # full run, a few minutes -> benchmarks/RESULTS.md
     .venv/bin/python benchmarks/serving.py --quick    # short -> benchmarks/.work/RESULTS-quick.md
@@ -138,7 +140,8 @@ def command(side: str, model_dir: Path, port: int, workers: int) -> list[str]:
 
 
 @contextmanager
-def running(side: str, model_dir: Path, workers: int, log: Path) -> Iterator[str]:
+def running(side: str, model_dir: Path, workers: int, log: Path) -> Iterator[tuple[str, int]]:
+    """Start one server; yields its URL and pid (the process tree's root) once ``/ping`` answers."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CAIRN_", "MLFLOW_"))}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"  # mlflow starts `uvicorn` from PATH
@@ -163,7 +166,7 @@ def running(side: str, model_dir: Path, workers: int, log: Path) -> Iterator[str
             time.sleep(0.2)
         if workers > 1:  # wait until every worker answers, not just the first one up
             time.sleep(3.0)
-        yield url
+        yield url, process.pid
     finally:
         try:
             os.killpg(process.pid, 15)  # its own session: the server and its uvicorn workers
@@ -181,23 +184,44 @@ def running(side: str, model_dir: Path, workers: int, log: Path) -> Iterator[str
 HEADERS = {"Content-Type": "application/json"}
 
 
-def latency(url: str, body: bytes, sizes: Sizes) -> dict[str, float]:
+def server_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of the server's process tree so far (the uvicorn workers included)."""
+    import psutil
+
+    root = psutil.Process(pid)
+    total = 0.0
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def latency(url: str, pid: int, body: bytes, sizes: Sizes) -> dict[str, float]:
     with httpx.Client(timeout=60) as client:
         for _ in range(sizes.warmup):
             client.post(f"{url}/invocations", content=body, headers=HEADERS).raise_for_status()
         samples = []
+        cpu_before = server_cpu_seconds(pid)
         for _ in range(sizes.latency_requests):
             start = time.perf_counter_ns()
             answer = client.post(f"{url}/invocations", content=body, headers=HEADERS)
             samples.append(time.perf_counter_ns() - start)
             if answer.status_code != 200:
                 raise RuntimeError(f"{url}: {answer.status_code} {answer.text[:500]}")
+        cpu_ms = (server_cpu_seconds(pid) - cpu_before) / len(samples) * 1e3
     samples.sort()
     n = len(samples)
-    return {"p50_ms": samples[n // 2] / 1e6, "p99_ms": samples[min(n - 1, (99 * n) // 100)] / 1e6}
+    return {
+        "p50_ms": samples[n // 2] / 1e6,
+        "p99_ms": samples[min(n - 1, (99 * n) // 100)] / 1e6,
+        "cpu_ms_batch1": cpu_ms,
+    }
 
 
-def throughput(url: str, body: bytes, rows: int, clients: int, sizes: Sizes) -> dict[str, float]:
+def throughput(url: str, pid: int, body: bytes, rows: int, clients: int, sizes: Sizes) -> dict[str, float]:
     counts = [0] * clients
     errors = [0] * clients
     start_gate = threading.Barrier(clients + 1)
@@ -220,14 +244,16 @@ def throughput(url: str, body: bytes, rows: int, clients: int, sizes: Sizes) -> 
         thread.start()
     stop_at[0] = time.perf_counter() + 3600
     start_gate.wait()
+    cpu_before = server_cpu_seconds(pid)
     began = time.perf_counter()
     stop_at[0] = began + sizes.throughput_seconds
     for thread in threads:
         thread.join()
     elapsed = time.perf_counter() - began  # includes the requests in flight at the deadline
+    cpu_ms = (server_cpu_seconds(pid) - cpu_before) / max(sum(counts), 1) * 1e3
     if sum(errors):
         raise RuntimeError(f"{url}: {sum(errors)} requests failed under load")
-    return {"rows_per_s": sum(counts) * rows / elapsed, "requests": float(sum(counts))}
+    return {"rows_per_s": sum(counts) * rows / elapsed, "requests": float(sum(counts)), "cpu_ms_big": cpu_ms}
 
 
 def predictions(url: str, body: bytes) -> Any:
@@ -250,12 +276,12 @@ def same_predictions(ours: Any, theirs: Any) -> bool:
 def measure(side: str, model_dir: Path, bodies: list[bytes], workers: int, sizes: Sizes, work: Path) -> dict[str, Any]:
     log = work / f"{side}-{model_dir.name}-{workers}w.log"
     started = time.perf_counter()
-    with running(side, model_dir, workers, log) as url:
+    with running(side, model_dir, workers, log) as (url, pid):
         startup = time.perf_counter() - started
         result: dict[str, Any] = {"startup_s": startup}
         result["answers"] = [predictions(url, body) for body in bodies]
-        result.update(latency(url, bodies[0], sizes))
-        result.update(throughput(url, bodies[1], BIG_BATCH, 2 * workers, sizes))
+        result.update(latency(url, pid, bodies[0], sizes))
+        result.update(throughput(url, pid, bodies[1], BIG_BATCH, 2 * workers, sizes))
     _log(
         f"{side:6} {model_dir.name:13} {workers}w: batch 1 p50 {result['p50_ms']:.2f} ms "
         f"p99 {result['p99_ms']:.2f} ms; batch {BIG_BATCH} {result['rows_per_s']:,.0f} rows/s (startup {startup:.1f} s)"
@@ -282,6 +308,10 @@ def table(results: dict[tuple[str, int], dict[str, dict[str, Any]]]) -> tuple[st
             f"{ours['p99_ms'] / theirs['p99_ms']:.2f}x | - | - |",
             f"| {model} | {workers} | rows/s, batch {BIG_BATCH:,} | {ours['rows_per_s']:,.0f} | "
             f"{theirs['rows_per_s']:,.0f} | {rows_ratio:.2f}x | >= 2x | {'yes' if ok_rows else 'no'} |",
+            f"| {model} | {workers} | server CPU per request, batch 1 | {ours['cpu_ms_batch1']:.2f} ms | "
+            f"{theirs['cpu_ms_batch1']:.2f} ms | {ours['cpu_ms_batch1'] / theirs['cpu_ms_batch1']:.2f}x | - | - |",
+            f"| {model} | {workers} | server CPU per request, batch {BIG_BATCH:,} | {ours['cpu_ms_big']:.2f} ms | "
+            f"{theirs['cpu_ms_big']:.2f} ms | {ours['cpu_ms_big'] / theirs['cpu_ms_big']:.2f}x | - | - |",
             f"| {model} | {workers} | startup to first /ping | {ours['startup_s']:.1f} s | "
             f"{theirs['startup_s']:.1f} s | {ours['startup_s'] / theirs['startup_s']:.2f}x | - | - |",
         ]
