@@ -83,3 +83,8 @@ def test_inputs_of_scalars_are_one_row() -> None:
     data = protocol.parse_json(json.dumps({"inputs": {"a": 1.5, "b": 2}}), FLOATS).data
     checked = enforce_schema(data, FLOATS)
     assert checked.shape == (1, 2) and checked["a"].tolist() == [1.5] and checked["b"].tolist() == [2.0]
+
+
+def test_json_nested_too_deeply_is_a_bad_request() -> None:
+    with pytest.raises(protocol.BadRequest, match="too deeply"):
+        protocol.parse_json(b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", FLOATS)

@@ -73,6 +73,8 @@ def parse_json(body: bytes | str, schema: Schema | None) -> ParsedInput:
         raise BadRequest(
             f"the request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno} (char {exc.pos})"
         ) from None
+    except RecursionError:
+        raise BadRequest("the request body nests JSON arrays or objects too deeply to read") from None
     return parse_json_payload(payload, schema)
 
 
