@@ -190,6 +190,8 @@ def _read_input(path: str, content_type: str, schema: Any) -> Any:
         payload = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise protocol.BadRequest(f"{path} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise protocol.BadRequest(f"{path} nests JSON arrays or objects too deeply to read") from None
     if isinstance(payload, list):  # a plain list of records
         payload = {"dataframe_records": payload}
     return protocol.parse_json_payload(payload, schema)
