@@ -245,15 +245,22 @@ def throughput(url: str, pid: int, body: bytes, rows: int, clients: int, sizes: 
     stop_at[0] = time.perf_counter() + 3600
     start_gate.wait()
     cpu_before = server_cpu_seconds(pid)
+    client_before = time.process_time()
     began = time.perf_counter()
     stop_at[0] = began + sizes.throughput_seconds
     for thread in threads:
         thread.join()
     elapsed = time.perf_counter() - began  # includes the requests in flight at the deadline
     cpu_ms = (server_cpu_seconds(pid) - cpu_before) / max(sum(counts), 1) * 1e3
+    client_ms = (time.process_time() - client_before) / max(sum(counts), 1) * 1e3
     if sum(errors):
         raise RuntimeError(f"{url}: {sum(errors)} requests failed under load")
-    return {"rows_per_s": sum(counts) * rows / elapsed, "requests": float(sum(counts)), "cpu_ms_big": cpu_ms}
+    return {
+        "rows_per_s": sum(counts) * rows / elapsed,
+        "requests": float(sum(counts)),
+        "cpu_ms_big": cpu_ms,
+        "client_cpu_ms_big": client_ms,
+    }
 
 
 def predictions(url: str, body: bytes) -> Any:
@@ -284,7 +291,9 @@ def measure(side: str, model_dir: Path, bodies: list[bytes], workers: int, sizes
         result.update(throughput(url, pid, bodies[1], BIG_BATCH, 2 * workers, sizes))
     _log(
         f"{side:6} {model_dir.name:13} {workers}w: batch 1 p50 {result['p50_ms']:.2f} ms "
-        f"p99 {result['p99_ms']:.2f} ms; batch {BIG_BATCH} {result['rows_per_s']:,.0f} rows/s (startup {startup:.1f} s)"
+        f"p99 {result['p99_ms']:.2f} ms; batch {BIG_BATCH} {result['rows_per_s']:,.0f} rows/s "
+        f"(startup {startup:.1f} s; CPU per 1,024-row request: server {result['cpu_ms_big']:.2f} ms, load generator "
+        f"{result['client_cpu_ms_big']:.2f} ms)"
     )
     return result
 
