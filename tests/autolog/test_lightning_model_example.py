@@ -300,3 +300,27 @@ def test_plain_pytorch_autolog_announces_a_pickled_model_the_same_way() -> None:
     assert "cairn.pytorch.log_model" in message
     with pytest.raises(UnsafeModel):
         cairn.pyfunc.load_model(f"runs:/{run_id}/model")
+
+
+def test_an_example_the_model_cannot_be_logged_with_is_reported_and_the_model_logged_without(tmp_path: Path) -> None:
+    cairn.lightning.autolog()
+    module = Counting()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        precision="bf16-true",  # the forward's input is bfloat16, which no signature can describe
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        logger=False,
+        default_root_dir=str(tmp_path / "lightning"),
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with cairn.start_run() as run:
+            trainer.fit(module, _loader())
+    messages = [str(w.message) for w in caught]
+    [failure] = [m for m in messages if "first forward call as input example failed" in m]
+    assert "bfloat16" in failure
+    mlmodel = cairn.models.Model.load(cairn.download_artifacts(run_id=run.info.run_id, artifact_path="model"))
+    assert mlmodel.flavors["pytorch"]["architecture"] == "class" and mlmodel.saved_input_example_info is None

@@ -27,7 +27,7 @@ from cairn.autolog._lightning_resume import _log_step, _open_run, _supersede_onc
 from cairn.autolog._lightning_uploads import _Uploader
 from cairn.autolog._pickled_model import log_announcing_pickle
 from cairn.autolog.base import loops
-from cairn.autolog.config import safe_autolog
+from cairn.autolog.config import report_failure, safe_autolog
 from cairn.autolog.torch.discovery import example_of  # the plain-loop autolog's capture, one definition
 from cairn.autolog.torch.params import grad_norm  # the plain-loop autolog's, one definition
 from cairn.store.base import MetricPoint
@@ -309,20 +309,35 @@ class _CheckpointCallbackImpl:
         if not self.log_model or not trainer.is_global_zero or self._failed:
             return
         with safe_autolog(INTEGRATION, "logging the trained model", silent=self.silent):
-            run_id = self._resolve_run(trainer)
-            given = getattr(pl_module, "example_input_array", None)
-            if isinstance(given, torch.Tensor):
-                example = given.detach().cpu().numpy()
-            elif given is not None and hasattr(given, "shape"):
-                example = given
-            client = self._client(trainer)
-            log_announcing_pickle(
-                lambda: _log_trained_model(client, run_id, pl_module, self.model_name, example),
-                integration=INTEGRATION,
-                model=pl_module,
-                advice=_LIGHTNING_ADVICE,
-                silent=self.silent,
-            )
+            self._log_model_at_fit_end(trainer, pl_module, example)
+
+    def _log_model_at_fit_end(self, trainer: Any, pl_module: Any, captured: Any) -> None:
+        """Log the module with ``example_input_array`` as example, else ``captured`` (the first forward's input;
+        if the module cannot be logged with it, it is logged without, and that is reported)."""
+        run_id = self._resolve_run(trainer)
+        client = self._client(trainer)
+        given = getattr(pl_module, "example_input_array", None)
+        if given is not None:
+            example = given.detach().cpu().numpy() if isinstance(given, torch.Tensor) else given
+            captured = None
+            if not hasattr(example, "shape"):
+                example = None
+        else:
+            example = captured
+
+        def log() -> ModelInfo:
+            try:
+                return _log_trained_model(client, run_id, pl_module, self.model_name, example)
+            except Exception as exc:
+                if captured is None:
+                    raise
+                what = "logging the model with the input of its first forward call as input example"
+                report_failure(INTEGRATION, what, exc, silent=self.silent)
+                return _log_trained_model(client, run_id, pl_module, self.model_name, None)
+
+        log_announcing_pickle(
+            log, integration=INTEGRATION, model=pl_module, advice=_LIGHTNING_ADVICE, silent=self.silent
+        )
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         self._failed = True
