@@ -324,3 +324,20 @@ def test_an_example_the_model_cannot_be_logged_with_is_reported_and_the_model_lo
     assert "bfloat16" in failure
     mlmodel = cairn.models.Model.load(cairn.download_artifacts(run_id=run.info.run_id, artifact_path="model"))
     assert mlmodel.flavors["pytorch"]["architecture"] == "class" and mlmodel.saved_input_example_info is None
+
+
+class KeywordInput(Counting):
+    """Called as ``self(x=...)``: the example is the keyword arguments, as a dict."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return nn.functional.mse_loss(self(x=x), y)
+
+
+def test_a_forward_called_with_keywords_gives_a_dict_example(tmp_path: Path) -> None:
+    run_id, messages = _fit_recording_warnings(KeywordInput(), tmp_path)
+    assert not [m for m in messages if "pickle" in m or "failed" in m], messages
+    example = load_input_example(cairn.download_artifacts(run_id=run_id, artifact_path="model"))
+    assert set(example) == {"x"} and np.array_equal(example["x"], next(iter(_loader()))[0][:5].numpy())
+    loaded = cairn.pyfunc.load_model(f"runs:/{run_id}/model")
+    assert np.asarray(loaded.predict({"x": np.ones((3, 4), dtype=np.float32)})).shape == (3, 1)

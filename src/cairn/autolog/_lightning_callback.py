@@ -291,12 +291,12 @@ class _CheckpointCallbackImpl:
         if getattr(pl_module, "example_input_array", None) is not None:
             return
 
-        def capture(module: Any, args: Any) -> None:
+        def capture(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
             self._disarm_example_capture()
             with safe_autolog(INTEGRATION, "capturing the input example", silent=self.silent):
-                self._example = example_of(args)
+                self._example = example_of(args if args or not kwargs else (kwargs,))  # forward(x=...): a dict
 
-        self._example_hook = pl_module.register_forward_pre_hook(capture)
+        self._example_hook = pl_module.register_forward_pre_hook(capture, with_kwargs=True)
 
     def _disarm_example_capture(self) -> None:
         hook, self._example_hook = self._example_hook, None
