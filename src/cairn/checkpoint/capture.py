@@ -62,6 +62,14 @@ class TrainingState:
     classes: dict[str, str] = field(default_factory=dict)
     released: bool = False
     """Set once a writer recycled this snapshot's buffers; it can no longer be written."""
+    attached: dict[str, Path] = field(default_factory=dict)
+    """Directories already written (FSDP2 shards) that :meth:`write_files` moves into the checkpoint."""
+
+    def attach(self, name: str, directory: Path) -> None:
+        """Move ``directory`` into the checkpoint as ``name/`` when it is written (same filesystem)."""
+        if not _COMPONENT_NAME.match(name) or name in self.components:
+            raise InvalidArgument(f"invalid name {name!r} for a directory in a checkpoint")
+        self.attached[name] = Path(directory)
 
     @property
     def nbytes(self) -> int:
@@ -102,6 +110,9 @@ class TrainingState:
         }
         write_json(root / STATE_FILE, payload)
         written.append(root / STATE_FILE)
+        for name, source in self.attached.items():
+            os.rename(source, root / name)
+            written += sorted(p for p in (root / name).rglob("*") if p.is_file() and not p.is_symlink())
         return written
 
 

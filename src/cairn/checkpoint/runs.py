@@ -47,6 +47,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import uuid
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -54,11 +55,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cairn import background
-from cairn.checkpoint import distributed
-from cairn.checkpoint.capture import RestoredState, capture_training_state, restore_training_state
+from cairn.checkpoint import distributed, sharded
+from cairn.checkpoint.capture import RestoredState, _unwrap, capture_training_state, restore_training_state
 from cairn.checkpoint.formats import NATIVE, StoredCheckpoint
 from cairn.checkpoint.local import TEMP_PREFIX, CheckpointInfo, scan_checkpoints, step_dirname
-from cairn.checkpoint.manifest import MANIFEST_NAME, parse_manifest
+from cairn.checkpoint.manifest import MANIFEST_NAME, parse_manifest, read_manifest
 from cairn.checkpoint.resume import (
     NoCheckpoint,
     ResumeWarning,
@@ -72,7 +73,7 @@ from cairn.checkpoint.resume import (
 from cairn.checkpoint.retention import RetentionPolicy
 from cairn.checkpoint.run_checkpoints import RunCheckpoints
 from cairn.checkpoint.writer import AsyncCheckpointWriter
-from cairn.errors import CheckpointError, CheckpointWriteError, InvalidArgument
+from cairn.errors import CheckpointCorrupt, CheckpointError, CheckpointWriteError, InvalidArgument
 from cairn.tracking import config, fluent
 from cairn.tracking.client import Client
 from cairn.tracking.entities import RunStatus
@@ -412,10 +413,15 @@ def log_checkpoint(
         InvalidArgument: a value cannot be stored, or an argument is invalid.
     """
     job = distributed.group()
+    collective = job is not None and per_rank
     if job is not None and job.rank != 0:
         if per_rank:
+            shards = distributed.broadcast_text(None, job)  # rank 0 names the shards' directory (FSDP2)
+            if shards:
+                sharded.save_sharded(_unwrap(model), optimizer, Path(shards))
             _take_part(job, loader)
         return None
+    shards_dir: Path | None = None
     try:
         policy = RetentionPolicy(
             keep_last=keep_last,
@@ -429,9 +435,26 @@ def log_checkpoint(
             )
         rid = run_id or fluent._active_run_id()
         checkpointer = _checkpointer(rid, _client(client))
+        if model is not None and sharded.is_sharded(_unwrap(model)):
+            if not collective:
+                raise InvalidArgument(
+                    "a model with DTensor parameters (FSDP2) is checkpointed in shards by every rank: call "
+                    "log_checkpoint on every rank of the torch.distributed job (per_rank=True)"
+                )
+            shards_dir = checkpointer.staging / f"{TEMP_PREFIX}shards-{step_dirname(int(step))}-{uuid.uuid4().hex}"
+    except BaseException:
+        if job is not None and collective:
+            distributed.broadcast_text("", job)
+            distributed.exchange(b"", job)  # the other ranks wait in the gather: let them go on
+        raise
+    if job is not None and collective:
+        distributed.broadcast_text(str(shards_dir or ""), job)
+        if shards_dir is not None:
+            sharded.save_sharded(_unwrap(model), optimizer, shards_dir)  # every rank; raises on every rank
+    try:
         state = capture_training_state(
-            model=model,
-            optimizer=optimizer,
+            model=None if shards_dir is not None else model,
+            optimizer=None if shards_dir is not None else optimizer,
             scheduler=scheduler,
             scaler=scaler,
             step=step,
@@ -444,15 +467,26 @@ def log_checkpoint(
             buffers=checkpointer.writer.buffers,
         )
     except BaseException:
-        if job is not None and per_rank:
+        if job is not None and collective:
             distributed.exchange(b"", job)  # the other ranks wait in the gather: let them go on
+        if shards_dir is not None:
+            shutil.rmtree(shards_dir, ignore_errors=True)
         raise
     if job is not None:
         state.metadata["world_size"] = job.world_size
-        if per_rank:
+        if collective:
             payloads = distributed.exchange(b"", job)
             assert payloads is not None
-            state.components.update(distributed.peer_components(payloads))  # raises naming a rank that failed
+            try:
+                state.components.update(distributed.peer_components(payloads))  # raises naming a rank that failed
+            except BaseException:
+                if shards_dir is not None:
+                    shutil.rmtree(shards_dir, ignore_errors=True)
+                raise
+    if shards_dir is not None:
+        state.attach(sharded.SHARDED_DIR, shards_dir)
+        state.classes.update(sharded.classes(model, optimizer))
+        state.metadata["sharded"] = sharded.SHARDED_DIR
     with checkpointer._lock:
         checkpointer.policy = policy
     name = step_dirname(state.step)
@@ -683,6 +717,11 @@ def resume(
     if rank0 and not fork:
         claim_run(tracking, rid)  # before anything is restored: a refused resume changes nothing
     target, armed = _loader_for_restore(loader)
+    if _sharded_checkpoint(found.path) and (model is not None or optimizer is not None):
+        if model is None:
+            raise InvalidArgument(f"{found.path.name} is a sharded (FSDP2) checkpoint: resume needs model= too")
+        sharded.load_sharded(found.path, _unwrap(model), optimizer)  # every rank (a collective)
+        model = optimizer = None  # restored; the rest of the checkpoint is read as usual
     restored = restore_training_state(
         found.path,
         model=model,
@@ -719,6 +758,21 @@ def resume(
         metrics=dict(restored.metrics),
         _restored=restored,
     )
+
+
+def _sharded_checkpoint(path: Path) -> bool:
+    """Whether the verified checkpoint at ``path`` holds FSDP2 shards (its manifest lists DCP's metadata).
+
+    Raises:
+        CheckpointCorrupt: the checkpoint is damaged, or says it is sharded without listing the shards' metadata.
+    """
+    manifest = read_manifest(path, verify_hashes=True)
+    if manifest.metadata.get("sharded") is None:
+        return False
+    listed = f"{sharded.SHARDED_DIR}/{sharded.METADATA_FILE}"
+    if manifest.metadata.get("sharded") != sharded.SHARDED_DIR or listed not in manifest.files:
+        raise CheckpointCorrupt(f"checkpoint {path} is marked sharded but its manifest does not list {listed}")
+    return True
 
 
 def _fork(client: Client, run_id: str, found: _Found, *, activate: bool) -> str:

@@ -26,7 +26,7 @@ from cairn.autolog.torch.discovery import Constructed
 from cairn.autolog.torch.loaders import DataTracking, LoaderTrack, PositionView
 from cairn.autolog.torch.losses import LossRecorder
 from cairn.autolog.torch.session import Session
-from cairn.errors import RunLeased
+from cairn.errors import CheckpointError, RunLeased
 from cairn.tracking.client import Client
 
 __all__ = ["CheckpointPolicy", "one_or_list", "optimizer_signature"]
@@ -161,13 +161,28 @@ class CheckpointPolicy:
 
         session.last_ckpt_step = session.step
         epoch, batch, loader = self._position(track, boundary=boundary)
-        runs.log_checkpoint(step=session.step, epoch=epoch, batch_in_epoch=batch, loader=loader)
+        model = session.current_model()  # used when rank 0 checkpoints in shards (FSDP2): every rank writes its own
+        runs.log_checkpoint(
+            model=model,
+            optimizer=one_or_list(session.optimizers),
+            step=session.step,
+            epoch=epoch,
+            batch_in_epoch=batch,
+            loader=loader,
+        )
 
     def _take(self, session: Session, track: LoaderTrack | None, *, boundary: bool, final: bool) -> None:
-        from cairn.checkpoint import distributed, runs
+        from cairn.checkpoint import distributed, runs, sharded
 
         assert session.run_id is not None
         job = distributed.group()
+        if final and job is not None and sharded.is_sharded(session.current_model()):
+            raise CheckpointError(
+                f"no checkpoint at run end (step {session.step}): a sharded (FSDP2) model is checkpointed by every "
+                f"rank together, and at run end only rank 0 is here; the newest checkpoint is step "
+                f"{max(session.last_ckpt_step, 0)} (call cairn.pytorch.log_checkpoint on every rank after the loop "
+                "to keep the final state)"
+            )
         try:
             schedulers, scaler = self.discover(session)
             epoch, batch, loader = self._position(track, boundary=boundary)

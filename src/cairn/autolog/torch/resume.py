@@ -26,7 +26,7 @@ from cairn.autolog.torch.config import Report
 from cairn.autolog.torch.discovery import Constructed, optimizers_built_before, param_ids, unwrap
 from cairn.autolog.torch.loaders import DataTracking, LoaderTrack, fingerprint_changes, fits
 from cairn.autolog.torch.losses import LossRecorder
-from cairn.errors import RunLeased
+from cairn.errors import CheckpointError, RunLeased
 from cairn.tracking.client import Client
 
 __all__ = ["IF_POSSIBLE", "PendingRestore", "Restorer", "prepare_resume"]
@@ -101,9 +101,14 @@ def prepare_resume(
             if activate is not None and fresh.run_id is not None:
                 activate(fresh.run_id)
         return fresh, None
+    manifest = read_manifest(plan.path, verify_hashes=True)
+    if manifest.metadata.get("sharded") is not None:
+        raise CheckpointError(
+            f"the checkpoint {plan.path.name} of run {run_id} is sharded (FSDP2): autolog(resume=True) does not "
+            "restore sharded checkpoints yet; call cairn.pytorch.resume(model=model, optimizer=optimizer) on every rank"
+        )
     if rank0:
         planner.claim_run(client, run_id)  # before anything is restored: a refused resume changes nothing
-    manifest = read_manifest(plan.path, verify_hashes=True)
     info = _read_state_file(plan.path)
     components = set(info["components"])
     extra = load_component(plan.path, "extra") if "extra" in components else None

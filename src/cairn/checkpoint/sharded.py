@@ -1,0 +1,187 @@
+"""Sharded checkpoints of FSDP2 models (``fully_shard``, DTensor parameters) through ``torch.distributed.checkpoint``.
+
+A model whose parameters are DTensors cannot be gathered into one state dict cheaply, so every rank writes
+its own shards: ``dcp.save`` of ``{"model": get_model_state_dict(model), "optimizer":
+get_optimizer_state_dict(model, optimizer)}`` into the checkpoint's ``sharded/`` subdirectory (one
+``__<rank>_0.distcp`` file per rank and DCP's ``.metadata``). The rest of the checkpoint (scheduler,
+scaler, extra, every rank's RNG and data position) is written as for DDP (see
+:mod:`cairn.checkpoint.distributed`), and rank 0 writes ``manifest.json`` over all of it once ``dcp.save``
+returned on rank 0, which is after every rank's shards were written (DCP gathers the ranks' write
+results before its coordinator commits ``.metadata``). The shards are written into a ``.tmp-`` directory
+of the run's staging area that rank 0 moves into the checkpoint, so the staging directory must be on a
+filesystem every rank sees (one node, or a shared filesystem). A kill during the save leaves only that
+``.tmp-`` directory: no manifest, no checkpoint.
+
+Pickle: DCP's ``.metadata`` file is a pickle, and DCP reads non-tensor values (optimizer
+``param_groups``) with ``torch.load(weights_only=False)``. cairn reads neither that way: the manifest's
+sha256 of every file is verified first, then ``.metadata`` is read by :class:`_MetadataUnpickler`, which
+resolves only DCP's metadata classes, ``torch.Size``, dtypes, layouts and ``pathlib`` paths (anything
+else, e.g. ``os.system``, is refused before it is looked up), and non-tensor values are read with
+``torch.load(weights_only=True)``. Tensors DCP already reads with ``weights_only=True``.
+
+Retention deletes ``step-<N>/`` with its ``sharded/`` subdirectory as one checkpoint.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cairn.errors import CheckpointCorrupt, StateMismatch
+
+__all__ = ["SHARDED_DIR", "classes", "is_sharded", "load_sharded", "read_metadata", "save_sharded"]
+
+SHARDED_DIR = "sharded"
+METADATA_FILE = ".metadata"
+_DCP_METADATA = "torch.distributed.checkpoint.metadata"
+_ALLOWED = {
+    (_DCP_METADATA, name)
+    for name in (
+        "Metadata",
+        "TensorStorageMetadata",
+        "TensorProperties",
+        "ChunkStorageMetadata",
+        "BytesStorageMetadata",
+        "MetadataIndex",
+        "StorageMeta",
+        "_MEM_FORMAT_ENCODING",
+    )
+} | {
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("torch", "Size"),
+    ("torch.serialization", "_get_layout"),
+    ("pathlib", "PosixPath"),
+    ("pathlib", "WindowsPath"),
+    ("pathlib", "PurePosixPath"),
+}
+
+
+def is_sharded(model: Any) -> bool:
+    """Whether ``model`` has DTensor parameters (FSDP2 ``fully_shard``, tensor parallel)."""
+    from torch.distributed.tensor import DTensor
+
+    return model is not None and any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def classes(model: Any, optimizer: Any) -> dict[str, str]:
+    """The classes recorded for the sharded components (checked on restore like the others)."""
+    found = {"model": f"{type(model).__module__}.{type(model).__qualname__}"}
+    if optimizer is not None:
+        items = optimizer if isinstance(optimizer, (list, tuple)) else [optimizer]
+        found["optimizer"] = ",".join(f"{type(o).__module__}.{type(o).__qualname__}" for o in items)
+    return found
+
+
+def _state(model: Any, optimizer: Any) -> dict[str, Any]:
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    state: dict[str, Any] = {"model": get_model_state_dict(model)}
+    if optimizer is not None:
+        state["optimizer"] = get_optimizer_state_dict(model, optimizer)
+    return state
+
+
+def save_sharded(model: Any, optimizer: Any, directory: str | os.PathLike[str]) -> None:
+    """Every rank: write its shards of model and optimizer into ``directory`` (``dcp.save``, a collective)."""
+    import torch.distributed.checkpoint as dcp
+
+    dcp.save(_state(model, optimizer), checkpoint_id=str(directory))
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Reads DCP's ``.metadata``: only the allow-listed classes (see the module docstring) are resolved."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ALLOWED:
+            return super().find_class(module, name)
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        raise CheckpointCorrupt(
+            f"DCP metadata refers to {module}.{name}, which is not one of the metadata classes cairn reads"
+        )
+
+
+def read_metadata(path: Path) -> Any:
+    """DCP's metadata at ``path`` through :class:`_MetadataUnpickler`.
+
+    Raises:
+        CheckpointCorrupt: it refers to anything else than DCP's metadata classes, or is not readable.
+    """
+    from torch.distributed.checkpoint.metadata import Metadata
+
+    try:
+        with open(path, "rb") as handle:
+            metadata = _MetadataUnpickler(handle).load()
+    except CheckpointCorrupt as exc:
+        raise CheckpointCorrupt(f"{path}: {exc}") from exc
+    except Exception as exc:  # truncated, not a pickle, a constructor refusing its arguments
+        raise CheckpointCorrupt(f"{path}: cannot read DCP metadata: {exc}") from exc
+    if not isinstance(metadata, Metadata):
+        raise CheckpointCorrupt(f"{path}: not DCP metadata (a {type(metadata).__name__})")
+    return metadata
+
+
+def _reader(directory: Path) -> Any:
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class SafeReader(FileSystemReader):
+        def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+            if kwargs.get("rank") is not None:
+                raise CheckpointCorrupt(f"{directory}: per-rank DCP metadata is not supported")
+            metadata = read_metadata(directory / METADATA_FILE)
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    return SafeReader(str(directory))
+
+
+def _planner() -> Any:
+    from torch.distributed.checkpoint import DefaultLoadPlanner
+    from torch.distributed.checkpoint._traverse import set_element
+
+    class SafePlanner(DefaultLoadPlanner):
+        def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
+            loaded = torch.load(value, weights_only=True)  # DCP's own reads with weights_only=False
+            if self.flatten_state_dict:
+                set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], loaded)
+            else:
+                self.state_dict[read_item.dest_index.fqn] = loaded
+
+    return SafePlanner()
+
+
+def load_sharded(checkpoint: Path, model: Any, optimizer: Any) -> None:
+    """Every rank: load the shards of a *verified* checkpoint (its manifest checked) into ``model`` and
+    ``optimizer`` (``dcp.load``, a collective; DCP reshards when the world size changed).
+
+    Raises:
+        CheckpointCorrupt: the metadata is refused (see the module docstring) or the shards do not read.
+        StateMismatch: the saved state does not fit the model or optimizer.
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+    directory = checkpoint / SHARDED_DIR
+    read_metadata(directory / METADATA_FILE)  # refused here, on every rank, before DCP reads anything
+    state = _state(model, optimizer)
+    try:
+        dcp.load(state, storage_reader=_reader(directory), planner=_planner())
+    except CheckpointException as exc:  # a BaseException carrying every rank's failure
+        corrupt = [e for e, _ in exc.failures.values() if isinstance(e, CheckpointCorrupt)]
+        if corrupt:
+            raise CheckpointCorrupt(str(corrupt[0])) from exc
+        raise StateMismatch(f"sharded checkpoint {directory} does not load into the model/optimizer: {exc}") from exc
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise StateMismatch(f"sharded checkpoint {directory} does not load into the model/optimizer: {exc}") from exc
+    set_model_state_dict(model, state["model"])
+    if optimizer is not None:
+        set_optimizer_state_dict(model, optimizer, state["optimizer"])
