@@ -35,11 +35,15 @@ def test_fsdp2_sharded_kill_and_resume_is_bit_identical(tmp_path: Path) -> None:
         run_id = next(line.split()[1] for line in lines if line.startswith("KILL_ME"))
         kill_group(crashing)  # after step 8: the sharded checkpoint of step 6 is the newest
         finish(reference)
+        os.environ["RESUME_RUN"] = reference_id = (tmp_path / "reference" / "run_id.txt").read_text()
+        os.environ["RESUME_STEP"] = "12"
+        fewer = torchrun("restore", tmp_path / "fewer", reference_store, script=SCRIPT, nproc=1)  # 2 -> 1 meanwhile
         os.environ["RESUME_RUN"] = run_id
         try:
             finish(torchrun("resume", tmp_path / "resumed", store, script=SCRIPT))
+            finish(fewer)
         finally:
-            del os.environ["RESUME_RUN"]
+            del os.environ["RESUME_RUN"], os.environ["RESUME_STEP"]
     finally:
         for proc in (crashing, reference):
             if proc.poll() is None:
@@ -52,12 +56,22 @@ def test_fsdp2_sharded_kill_and_resume_is_bit_identical(tmp_path: Path) -> None:
     assert resumed.keys() == wanted.keys()
     assert [k for k in wanted if not torch.equal(resumed[k], wanted[k])] == []
 
+    # 2 -> 1: DCP reshards; model and optimizer state exactly the reference's at step 12, and a warning
+    at12 = load_file(str(tmp_path / "reference" / "at12.safetensors"))
+    restored = load_file(str(tmp_path / "fewer" / "restored.safetensors"))
+    assert restored.keys() == at12.keys() and any(k.endswith("exp_avg_sq") for k in at12)
+    assert [k for k in at12 if not torch.equal(restored[k], at12[k])] == []
+    fewer_report = json.loads((tmp_path / "fewer" / "rank0.json").read_text())
+    assert fewer_report["step"] == 12
+    (warning,) = fewer_report["warnings"]
+    assert "written by 2 rank(s), this job has 1" in warning
+
     cairn.set_tracking_uri(store)
     client = cairn.Client()
-    reference_id = (tmp_path / "reference" / "run_id.txt").read_text()
     got = [(m.step, m.value) for m in client.get_metric_history(run_id, "loss")]
     cairn.set_tracking_uri(reference_store)
-    want = [(m.step, m.value) for m in cairn.Client().get_metric_history(reference_id, "loss")]
+    reference_history = cairn.Client().get_metric_history(reference_id, "loss", include_superseded=True)
+    want = [(m.step, m.value) for m in reference_history]  # (the 2 -> 1 restore continued it at step 12)
     assert [s for s, _ in got] == list(range(1, 17)) and got == want
 
     # the checkpoint: every rank's shards, DCP's metadata and each rank's RNG under one manifest

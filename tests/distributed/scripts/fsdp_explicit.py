@@ -4,8 +4,10 @@ Usage: ``python -m torch.distributed.run --standalone --nproc_per_node=2 fsdp_ex
 ``CAIRN_TRACKING_URI`` set. ROLE ``reference``: train uninterrupted. ``crash``: after the sharded checkpoint
 of step 6 (mid-epoch 0) and two more steps, print ``KILL_ME <run id>`` and wait to be killed. ``resume``:
 rank 0 makes the run in ``$RESUME_RUN`` active, every rank calls ``cairn.pytorch.resume`` and trains to the
-end. Checkpoints at steps 6 and 12 on every rank. Rank 0 writes ``final.safetensors`` (the full state dict)
-and ``run_id.txt``; every rank writes ``rank<R>.json``.
+end. ``restore``: the same from the checkpoint of step ``$RESUME_STEP`` (any number of ranks), then writes
+``restored.safetensors`` (model and optimizer, unsharded) and stops. Checkpoints at steps 6 and 12 on every
+rank; the reference writes ``at12.safetensors`` (unsharded state at step 12). Rank 0 writes
+``final.safetensors`` (the full state dict) and ``run_id.txt``; every rank writes ``rank<R>.json``.
 """
 
 from __future__ import annotations
@@ -14,17 +16,27 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from safetensors.torch import save_file
 from torch import nn
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 from torch.distributed.fsdp import fully_shard
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 EPOCHS = 2
+FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def full_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """Model and optimizer state, unsharded (a collective), as one flat dict of tensors."""
+    flat = {f"model.{k}": v.contiguous() for k, v in get_model_state_dict(model, options=FULL).items()}
+    for fqn, values in get_optimizer_state_dict(model, optimizer, options=FULL).get("state", {}).items():  # rank 0 only
+        flat.update({f"optimizer.{fqn}.{k}": torch.as_tensor(v).contiguous() for k, v in values.items()})
+    return flat
 
 
 def main(role: str, out: str) -> None:
@@ -49,12 +61,29 @@ def main(role: str, out: str) -> None:
     torch.manual_seed(1000 + rank)  # per-rank dropout masks
     report: dict[str, object] = {}
     start, step = 0, 0
-    if role == "resume":
+    if role in ("resume", "restore"):
         if rank == 0:
             cairn.start_run(run_id=os.environ["RESUME_RUN"])
-        state = cairn.pytorch.resume(model=model, optimizer=optimizer, loader=loader)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            state = (
+                cairn.pytorch.resume(
+                    model=model, optimizer=optimizer, loader=loader, step=int(os.environ.get("RESUME_STEP", "-1"))
+                )
+                if role == "restore"
+                else cairn.pytorch.resume(model=model, optimizer=optimizer, loader=loader)
+            )
         report = {"step": state.step, "epoch": state.epoch}
+        report["warnings"] = [str(w.message) for w in caught if w.category.__name__ == "ResumeWarning"]
         start, step = state.epoch or 0, state.step
+        if role == "restore":  # on another world size: what was restored, then stop
+            restored = full_state(model, optimizer)
+            if rank == 0:
+                save_file(restored, str(out_dir / "restored.safetensors"))
+                cairn.end_run()
+            Path(out_dir, f"rank{rank}.json").write_text(json.dumps(report))
+            dist.destroy_process_group()
+            return
     elif rank == 0:
         cairn.start_run()
     for epoch in range(start, EPOCHS):
@@ -71,6 +100,10 @@ def main(role: str, out: str) -> None:
                 cairn.pytorch.log_checkpoint(
                     model=model, optimizer=optimizer, step=step, epoch=epoch, loader=loader, synchronous=True
                 )
+                if role == "reference" and step == 12:
+                    at = full_state(model, optimizer)
+                    if rank == 0:
+                        save_file(at, str(out_dir / "at12.safetensors"))
             if role == "crash" and step == 8:
                 if rank == 0:
                     cairn.flush()
