@@ -55,3 +55,15 @@ def test_explicit_checkpoint_on_every_rank_resumes_exactly_and_warns_on_another_
     assert "written by 2 rank(s), this job has 1" in warning
     assert "rank 0 restores the RNG state rank 0 saved" in warning
     assert "epoch 0 restarts from its beginning" in warning
+
+
+@pytest.mark.timeout(300)
+def test_a_rank_that_cannot_capture_its_state_is_named_and_nobody_hangs(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    finish(torchrun("badpeer", tmp_path / "out", store, script=SCRIPT))
+    errors = [json.loads((tmp_path / "out" / f"rank{r}.json").read_text())["error"] for r in (0, 1)]
+    assert errors[0].startswith("CheckpointError: rank 1 could not capture its state for the checkpoint")
+    assert "InvalidArgument" in errors[0] and errors[1].startswith("InvalidArgument: loader= needs")
+    cairn.set_tracking_uri(store)
+    run_id = (tmp_path / "out" / "run_id.txt").read_text()
+    assert [c.step for c in cairn.pytorch.list_run_checkpoints(run_id)] == [8]  # no step 6 without rank 1's state

@@ -3,10 +3,12 @@
 
 Usage: ``python -m torch.distributed.run --standalone --nproc_per_node=N ddp_explicit.py ROLE OUT_DIR`` with
 ``CAIRN_TRACKING_URI`` set. ROLE ``train``: rank 0 starts a run; a checkpoint at step 6 (mid-epoch 0 with 2
-ranks); train to the end. ROLE ``resume``: rank 0 makes the run in ``$RESUME_RUN`` active (no
-``CAIRN_RUN_ID``: the other ranks learn it from rank 0), every rank calls ``resume``, writes
-``restored.safetensors`` (rank 0) and trains to the end. Rank 0 writes ``final.safetensors``; every rank
-writes ``rank<R>.json`` (the resume's step, epoch and the warnings it raised).
+ranks); train to the end. ROLE ``badpeer``: at step 6 rank 1 passes a loader whose position it cannot give
+(each rank records the error it got), at step 8 a checkpoint on every rank. ROLE ``resume``: rank 0 makes
+the run in ``$RESUME_RUN`` active (no ``CAIRN_RUN_ID``: the other ranks learn it from rank 0), every rank
+calls ``resume``, writes ``restored.safetensors`` (rank 0) and trains to the end. Rank 0 writes
+``final.safetensors``; every rank writes ``rank<R>.json`` (the resume's step, epoch and the warnings it
+raised, or the error of ``badpeer``).
 """
 
 from __future__ import annotations
@@ -74,6 +76,18 @@ def main(role: str, out: str) -> None:
             step += 1
             if rank == 0:
                 cairn.log_metric("loss", loss.item(), step=step)
+            if step == CHECKPOINT_AT and role == "badpeer":  # rank 1 cannot give its loader position
+                try:
+                    cairn.pytorch.log_checkpoint(
+                        model=model, optimizer=optimizer, step=step, loader=loader if rank == 0 else object()
+                    )
+                    report["error"] = None
+                except Exception as exc:
+                    report["error"] = f"{type(exc).__name__}: {exc}"
+            if step == CHECKPOINT_AT + 2 and role == "badpeer":  # the job goes on, in step: the next one works
+                cairn.pytorch.log_checkpoint(
+                    model=model, optimizer=optimizer, step=step, loader=loader, synchronous=True
+                )
             if step == CHECKPOINT_AT and role == "train":
                 logged = cairn.pytorch.log_checkpoint(
                     model=model, optimizer=optimizer, step=step, epoch=epoch, loader=loader, synchronous=True
