@@ -62,14 +62,16 @@ class TrainingState:
     classes: dict[str, str] = field(default_factory=dict)
     released: bool = False
     """Set once a writer recycled this snapshot's buffers; it can no longer be written."""
-    attached: dict[str, Path] = field(default_factory=dict)
-    """Directories already written (FSDP2 shards) that :meth:`write_files` moves into the checkpoint."""
+    attached: dict[str, tuple[Path, Any]] = field(default_factory=dict)
+    """Directories written elsewhere (FSDP2 shards) that :meth:`write_files` moves into the checkpoint, each
+    with the future of its write (``None``: already written)."""
 
-    def attach(self, name: str, directory: Path) -> None:
-        """Move ``directory`` into the checkpoint as ``name/`` when it is written (same filesystem)."""
+    def attach(self, name: str, directory: Path, written: Any = None) -> None:
+        """Move ``directory`` into the checkpoint as ``name/`` when it is written (same filesystem), once the
+        future ``written`` (if any) completed; its failure fails the checkpoint's write."""
         if not _COMPONENT_NAME.match(name) or name in self.components:
             raise InvalidArgument(f"invalid name {name!r} for a directory in a checkpoint")
-        self.attached[name] = Path(directory)
+        self.attached[name] = (Path(directory), written)
 
     @property
     def nbytes(self) -> int:
@@ -110,7 +112,12 @@ class TrainingState:
         }
         write_json(root / STATE_FILE, payload)
         written.append(root / STATE_FILE)
-        for name, source in self.attached.items():
+        for name, (source, future) in self.attached.items():
+            if future is not None:
+                try:
+                    future.result()
+                except BaseException as exc:  # DCP's CheckpointException is a BaseException
+                    raise OSError(f"the shards in {source} could not be written: {exc}") from exc
             os.rename(source, root / name)
             written += sorted(p for p in (root / name).rglob("*") if p.is_file() and not p.is_symlink())
         return written

@@ -417,9 +417,10 @@ def log_checkpoint(
     if job is not None and job.rank != 0:
         if per_rank:
             shards = distributed.broadcast_text(None, job)  # rank 0 names the shards' directory (FSDP2)
-            if shards:
-                sharded.save_sharded(_unwrap(model), optimizer, Path(shards))
+            written = sharded.save_sharded(_unwrap(model), optimizer, Path(shards)) if shards else None
             _take_part(job, loader)
+            if synchronous and written is not None:
+                sharded.raise_failed_writes(wait=True)
         return None
     shards_dir: Path | None = None
     try:
@@ -447,10 +448,11 @@ def log_checkpoint(
             distributed.broadcast_text("", job)
             distributed.exchange(b"", job)  # the other ranks wait in the gather: let them go on
         raise
+    written = None
     if job is not None and collective:
         distributed.broadcast_text(str(shards_dir or ""), job)
-        if shards_dir is not None:
-            sharded.save_sharded(_unwrap(model), optimizer, shards_dir)  # every rank; raises on every rank
+        if shards_dir is not None:  # every rank stages its shards; written in the background
+            written = sharded.save_sharded(_unwrap(model), optimizer, shards_dir)
     try:
         state = capture_training_state(
             model=None if shards_dir is not None else model,
@@ -484,7 +486,7 @@ def log_checkpoint(
                     shutil.rmtree(shards_dir, ignore_errors=True)
                 raise
     if shards_dir is not None:
-        state.attach(sharded.SHARDED_DIR, shards_dir)
+        state.attach(sharded.SHARDED_DIR, shards_dir, written)
         state.classes.update(sharded.classes(model, optimizer))
         state.metadata["sharded"] = sharded.SHARDED_DIR
     with checkpointer._lock:
@@ -530,6 +532,7 @@ def flush_checkpoints(run_id: str | None = None, *, client: Client | None = None
         ]
     for checkpointer in targets:
         checkpointer.writer.wait()
+    sharded.raise_failed_writes(wait=True)  # this rank's shard writes (FSDP2), on every rank
 
 
 # -- finding and materialising ------------------------------------------------------------------------

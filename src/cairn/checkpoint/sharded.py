@@ -1,16 +1,19 @@
 """Sharded checkpoints of FSDP2 models (``fully_shard``, DTensor parameters) through ``torch.distributed.checkpoint``.
 
 A model whose parameters are DTensors cannot be gathered into one state dict cheaply, so every rank writes
-its own shards: ``dcp.save`` of ``{"model": get_model_state_dict(model), "optimizer":
-get_optimizer_state_dict(model, optimizer)}`` into the checkpoint's ``sharded/`` subdirectory (one
-``__<rank>_0.distcp`` file per rank and DCP's ``.metadata``). The rest of the checkpoint (scheduler,
-scaler, extra, every rank's RNG and data position) is written as for DDP (see
-:mod:`cairn.checkpoint.distributed`), and rank 0 writes ``manifest.json`` over all of it once ``dcp.save``
-returned on rank 0, which is after every rank's shards were written (DCP gathers the ranks' write
-results before its coordinator commits ``.metadata``). The shards are written into a ``.tmp-`` directory
-of the run's staging area that rank 0 moves into the checkpoint, so the staging directory must be on a
-filesystem every rank sees (one node, or a shared filesystem). A kill during the save leaves only that
-``.tmp-`` directory: no manifest, no checkpoint.
+its own shards with ``dcp.async_save`` (the training thread only stages a host copy; the files are written
+on a background thread, DCP's collectives going through a gloo process group of cairn's own) of
+``{"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer)}`` into
+the checkpoint's ``sharded/`` subdirectory (one ``__<rank>_0.distcp`` file per rank and DCP's
+``.metadata``). The rest of the checkpoint (scheduler, scaler, extra, every rank's RNG and data position)
+is written as for DDP (see :mod:`cairn.checkpoint.distributed`), and rank 0's checkpoint writer thread
+writes ``manifest.json`` over all of it once rank 0's write future completed, which is after every rank's
+shards were written (DCP gathers the ranks' write results before its coordinator commits ``.metadata``).
+A failed background write is raised by the next checkpoint (rank 0's through its writer, as any failed
+write; another rank's by its next ``log_checkpoint`` or ``flush_checkpoints``). The shards are written into
+a ``.tmp-`` directory of the run's staging area that rank 0 moves into the checkpoint, so the staging
+directory must be on a filesystem every rank sees (one node, or a shared filesystem). A kill during the
+save leaves only that ``.tmp-`` directory: no manifest, no checkpoint.
 
 Pickle: DCP's ``.metadata`` file is a pickle, and DCP reads non-tensor values (optimizer
 ``param_groups``) with ``torch.load(weights_only=False)``. cairn reads neither that way: the manifest's
@@ -27,12 +30,14 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import threading
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from cairn.errors import CheckpointCorrupt, StateMismatch
+from cairn.errors import CheckpointCorrupt, CheckpointWriteError, StateMismatch
 
 __all__ = ["SHARDED_DIR", "classes", "is_sharded", "load_sharded", "read_metadata", "save_sharded"]
 
@@ -86,11 +91,62 @@ def _state(model: Any, optimizer: Any) -> dict[str, Any]:
     return state
 
 
-def save_sharded(model: Any, optimizer: Any, directory: str | os.PathLike[str]) -> None:
-    """Every rank: write its shards of model and optimizer into ``directory`` (``dcp.save``, a collective)."""
+_group: Any = None
+_pending: list[tuple[str, Future[Any]]] = []  # this rank's shard writes in flight (directory, future)
+_lock = threading.Lock()
+
+
+def _checkpoint_group() -> Any:
+    """A gloo process group of its own for DCP's background collectives (created on first use, on every rank:
+    the first sharded checkpoint is reached by every rank together), so they never interleave with training's."""
+    global _group
+    if _group is None:
+        _group = torch.distributed.new_group(backend="gloo")
+    return _group
+
+
+def raise_failed_writes(*, wait: bool) -> None:
+    """Raise the failure of a shard write of this rank that finished (``wait``: wait for all of them first).
+
+    Raises:
+        CheckpointWriteError: a background shard write failed (its checkpoint does not exist).
+    """
+    with _lock:
+        pending = list(_pending)
+    for directory, future in pending:
+        if not wait and not future.done():
+            continue
+        with _lock:
+            if (directory, future) in _pending:
+                _pending.remove((directory, future))
+        try:
+            future.result()
+        except BaseException as exc:  # DCP's CheckpointException is a BaseException
+            raise CheckpointWriteError(
+                f"writing the shards of this rank into {directory} failed in the background, so that checkpoint "
+                f"does not exist: {type(exc).__name__}: {exc}"
+            ) from exc
+
+
+def save_sharded(model: Any, optimizer: Any, directory: str | os.PathLike[str]) -> Future[Any]:
+    """Every rank: stage its shards of model and optimizer (a copy in host memory, on this thread) and write
+    them into ``directory`` in the background (``dcp.async_save`` on a process group of its own; a collective).
+
+    Returns the write's future. An earlier write still in flight is waited for first (one at a time), and a
+    failed earlier write is raised here.
+
+    Raises:
+        CheckpointWriteError: an earlier background shard write of this rank failed.
+    """
     import torch.distributed.checkpoint as dcp
 
-    dcp.save(_state(model, optimizer), checkpoint_id=str(directory))
+    raise_failed_writes(wait=True)
+    future = dcp.async_save(_state(model, optimizer), checkpoint_id=str(directory), process_group=_checkpoint_group())
+    if not isinstance(future, Future):  # AsyncSaveResponse (another stager): its upload completion
+        future = future.upload_completion
+    with _lock:
+        _pending.append((str(directory), future))
+    return future
 
 
 class _MetadataUnpickler(pickle.Unpickler):
