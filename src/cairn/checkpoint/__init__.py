@@ -22,7 +22,11 @@ The one checkpoint/resume core every integration uses (plain PyTorch, Lightning,
 - :mod:`~cairn.checkpoint.resume`: the run to resume (``CAIRN_RUN_ID``, explicit, active) and
   ``plan_resume`` (find, verify, warn about a damaged newest one, continue with supersede or fork), and
   ``nothing_to_resume`` (never a restart inside a run's history);
-- :mod:`~cairn.checkpoint.runs`: the public API on top (``log_checkpoint``, ``resume``, ``checkpoint_path``).
+- :mod:`~cairn.checkpoint.runs`: the public API on top (``log_checkpoint``, ``resume``, ``checkpoint_path``);
+- :mod:`~cairn.checkpoint.distributed`: under ``torch.distributed`` every rank's RNG and data position,
+  gathered to rank 0 into the checkpoint (``rank-<r>``), restored by each rank; another world size;
+- :mod:`~cairn.checkpoint.sharded`: FSDP2 (DTensor) models in shards through ``torch.distributed.checkpoint``
+  (``async_save``), DCP's pickled metadata read through an allow-list.
 
 The manifest, local-layout and retention modules need no torch; the names from the other modules are
 imported (with torch) on first access.

@@ -68,9 +68,11 @@ _ALLOWED = {
 
 def is_sharded(model: Any) -> bool:
     """Whether ``model`` has DTensor parameters (FSDP2 ``fully_shard``, tensor parallel)."""
+    if model is None or not torch.distributed.is_available():  # builds without torch.distributed have no DTensor
+        return False
     from torch.distributed.tensor import DTensor
 
-    return model is not None and any(isinstance(p, DTensor) for p in model.parameters())
+    return any(isinstance(p, DTensor) for p in model.parameters())
 
 
 def classes(model: Any, optimizer: Any) -> dict[str, str]:
