@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 import cairn
 from cairn.checkpoint import read_manifest, write_manifest
 from cairn.checkpoint.sharded import load_sharded, read_metadata
-from cairn.errors import CheckpointCorrupt
+from cairn.errors import CheckpointCorrupt, CheckpointError
 
 from .test_ddp_resume import finish, kill_group, run_until_marker, torchrun
 
@@ -111,3 +111,16 @@ def test_fsdp2_autolog_step_checkpoints_are_sharded_and_the_run_end_one_is_repor
     assert report["checkpoints"] == [[4, "sharded"], [8, "sharded"], [12, "sharded"]]  # keep_last=3 of 4, 8, 12
     (warning,) = report["warnings"]  # step 16 at run end: only rank 0 is there, so it is not taken, and said so
     assert "no checkpoint at run end (step 16)" in warning and "newest checkpoint is step 12" in warning
+
+
+@pytest.mark.timeout(300)
+def test_a_rank_killed_during_a_sharded_save_leaves_no_checkpoint(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    proc = torchrun("killsave", tmp_path / "out", store, script=SCRIPT)
+    output, _ = proc.communicate(timeout=240)
+    assert proc.returncode != 0 and "SIGKILL" in output  # rank 1 died writing its shards; torchrun ended rank 0
+    run_id = next(line.split()[1] for line in output.splitlines() if line.startswith("RUN "))
+    cairn.set_tracking_uri(store)
+    assert cairn.pytorch.list_run_checkpoints(run_id) == []
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        cairn.pytorch.checkpoint_path(run_id)

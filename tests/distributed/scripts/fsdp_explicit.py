@@ -6,7 +6,8 @@ of step 6 (mid-epoch 0) and two more steps, print ``KILL_ME <run id>`` and wait 
 rank 0 makes the run in ``$RESUME_RUN`` active, every rank calls ``cairn.pytorch.resume`` and trains to the
 end. ``restore``: the same from the checkpoint of step ``$RESUME_STEP`` (any number of ranks), then writes
 ``restored.safetensors`` (model and optimizer, unsharded) and stops. Checkpoints at steps 6 and 12 on every
-rank; the reference writes ``at12.safetensors`` (unsharded state at step 12). Rank 0 writes
+rank; the reference writes ``at12.safetensors`` (unsharded state at step 12). ``killsave``: rank 1 is
+SIGKILLed while it writes its shards of step 6. Rank 0 writes
 ``final.safetensors`` (the full state dict) and ``run_id.txt``; every rank writes ``rank<R>.json``.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 import warnings
@@ -61,6 +63,13 @@ def main(role: str, out: str) -> None:
     torch.manual_seed(1000 + rank)  # per-rank dropout masks
     report: dict[str, object] = {}
     start, step = 0, 0
+    if role == "killsave" and rank == 1:  # rank 1 dies in the middle of writing its shards of step 6
+        from torch.distributed.checkpoint import filesystem
+
+        def die(*args: object, **kwargs: object) -> None:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        filesystem._FileSystemWriter.write_data = die  # type: ignore[method-assign]
     if role in ("resume", "restore"):
         if rank == 0:
             cairn.start_run(run_id=os.environ["RESUME_RUN"])
@@ -86,6 +95,7 @@ def main(role: str, out: str) -> None:
             return
     elif rank == 0:
         cairn.start_run()
+        print("RUN", cairn.active_run().info.run_id, flush=True)
     for epoch in range(start, EPOCHS):
         sampler.set_epoch(epoch)
         for x, y in loader:
