@@ -2,31 +2,16 @@
 
 from __future__ import annotations
 
-import ipaddress
-
 import click
+
+from cairn.server.binding import host_option, is_loopback, port_option
 
 __all__ = ["server"]
 
 
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` names this machine only (``127.0.0.1``, ``::1``, ``localhost``)."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 @click.command()
-@click.option(
-    "--host",
-    default="127.0.0.1",
-    show_default=True,
-    help="Address to bind. No short form: -h is help (MLflow's -h is --host).",
-)
-@click.option("--port", "-p", default=5000, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
+@host_option("Address to bind.")
+@port_option(lowest=1)
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64), help="Server processes.")
 @click.option(
     "--serve-artifacts/--no-serve-artifacts",

@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from cairn.errors import InvalidArgument
+from cairn.server.binding import host_option, port_option
 
 __all__ = ["predict", "serve"]
 
@@ -57,13 +58,8 @@ def _load(ctx: click.Context, model_uri: str, allow_pickle: bool) -> tuple[Path,
 @click.option(
     "--model-uri", "-m", required=True, help="Model to serve: a path, runs:/..., models:/name/1, models:/name@alias."
 )
-@click.option(
-    "--host",
-    default="127.0.0.1",
-    show_default=True,
-    help="Address to bind; keep loopback unless you mean it. No short form: -h is help (MLflow's -h is --host).",
-)
-@click.option("--port", "-p", default=5000, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on.")
+@host_option()
+@port_option()
 @click.option(
     "--workers",
     "-w",
@@ -107,7 +103,7 @@ def serve(
     a request that does not fit gets a 400 naming the column, dtype or shape. There is no
     authentication: anyone who can reach the port can call the model.
     """
-    from cairn.server.cli import is_loopback
+    from cairn.server.binding import is_loopback
     from cairn.serving import app as scoring
 
     try:

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import click
 
+from cairn.server.binding import host_option, port_option
+
 __all__ = ["ui"]
 
 
 @click.command()
-@click.option(
-    "--host",
-    default="127.0.0.1",
-    show_default=True,
-    help="Address to bind; keep loopback unless you mean it. No short form: -h is help (MLflow's -h is --host).",
-)
-@click.option("--port", "-p", default=5000, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on.")
+@host_option()
+@port_option()
 @click.option(
     "--allow-host",
     "allow_hosts",
@@ -52,7 +49,7 @@ def ui(
     reach the port can read and delete runs, so any other address is refused unless --auth or
     --insecure-no-auth is given, and only requests addressed to the allowed host names are answered.
     """
-    from cairn.server.cli import is_loopback
+    from cairn.server.binding import is_loopback
 
     if not is_loopback(host) and not auth and not insecure_no_auth:
         raise click.UsageError(
