@@ -437,7 +437,7 @@ def log_checkpoint(
         rid = run_id or fluent._active_run_id()
         checkpointer = _checkpointer(rid, _client(client))
         if model is not None and sharded.is_sharded(_unwrap(model)):
-            if not collective:
+            if not collective and not sharded.single_rank():  # (a 1-rank job shards too, on a 1-rank mesh)
                 raise InvalidArgument(
                     "a model with DTensor parameters (FSDP2) is checkpointed in shards by every rank: call "
                     "log_checkpoint on every rank of the torch.distributed job (per_rank=True)"
@@ -453,6 +453,8 @@ def log_checkpoint(
         distributed.broadcast_text(str(shards_dir or ""), job)
         if shards_dir is not None:  # every rank stages its shards; written in the background
             written = sharded.save_sharded(_unwrap(model), optimizer, shards_dir)
+    elif shards_dir is not None:  # a job of one rank
+        written = sharded.save_sharded(_unwrap(model), optimizer, shards_dir)
     try:
         state = capture_training_state(
             model=None if shards_dir is not None else model,

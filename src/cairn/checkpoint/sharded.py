@@ -39,7 +39,7 @@ import torch
 
 from cairn.errors import CheckpointCorrupt, CheckpointWriteError, StateMismatch
 
-__all__ = ["SHARDED_DIR", "classes", "is_sharded", "load_sharded", "read_metadata", "save_sharded"]
+__all__ = ["SHARDED_DIR", "classes", "is_sharded", "load_sharded", "read_metadata", "save_sharded", "single_rank"]
 
 SHARDED_DIR = "sharded"
 METADATA_FILE = ".metadata"
@@ -73,6 +73,13 @@ def is_sharded(model: Any) -> bool:
     from torch.distributed.tensor import DTensor
 
     return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def single_rank() -> bool:
+    """Whether this process is a ``torch.distributed`` job of one rank (``fully_shard`` still gives DTensors there,
+    so its checkpoints are sharded too, with no collective of cairn's around them)."""
+    dist = torch.distributed
+    return bool(dist.is_available() and dist.is_initialized() and dist.get_world_size() == 1)
 
 
 def classes(model: Any, optimizer: Any) -> dict[str, str]:
