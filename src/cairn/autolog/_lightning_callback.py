@@ -23,6 +23,9 @@ from cairn.autolog._lightning_frameworks import (
 )
 from cairn.autolog._lightning_loaders import LoaderPositions
 from cairn.autolog._lightning_logger import _CairnLoggerImpl, _refuse_injected_client
+from cairn.autolog._lightning_ranks import RANKS_KEY
+from cairn.autolog._lightning_ranks import gather as gather_ranks
+from cairn.autolog._lightning_ranks import own as own_rank_entry
 from cairn.autolog._lightning_resume import _log_step, _open_run, _supersede_once
 from cairn.autolog._lightning_uploads import _Uploader
 from cairn.autolog._pickled_model import log_announcing_pickle
@@ -246,6 +249,10 @@ class _CheckpointCallbackImpl:
         loaders = self._positions.state(trainer) if self.resumable_dataloaders else []
         if loaders:
             checkpoint[LOADERS_KEY] = loaders
+        if not self._failed:  # after an exception only the failing rank saves: no collective (see _lightning_ranks)
+            ranks = gather_ranks(trainer, {RNG_KEY: checkpoint[RNG_KEY], LOADERS_KEY: loaders})
+            if ranks is not None:
+                checkpoint[RANKS_KEY] = ranks
         if self._run_id is not None:
             checkpoint[RUN_ID_KEY] = self._run_id
 
@@ -253,13 +260,14 @@ class _CheckpointCallbackImpl:
         from cairn.checkpoint.rng import restore_rng_state
 
         self._rng_after_load = None
-        if self.restore_rng and RNG_KEY in checkpoint:
+        mine = own_rank_entry(trainer, checkpoint) or checkpoint  # this rank's own states when every rank's are there
+        if self.restore_rng and RNG_KEY in mine:
             with safe_autolog(INTEGRATION, "restoring the RNG states", silent=self.silent):
-                self._rng_after_load = _rng_from_checkpoint(checkpoint[RNG_KEY])
+                self._rng_after_load = _rng_from_checkpoint(mine[RNG_KEY])
                 restore_rng_state(self._rng_after_load)
         if self.resumable_dataloaders:
             with safe_autolog(INTEGRATION, "reading the DataLoader's position", silent=self.silent):
-                self._positions.load(checkpoint.get(LOADERS_KEY))
+                self._positions.load(mine.get(LOADERS_KEY) or None)
                 self._positions.fit_started()  # a strategy restoring after setup calls this after on_fit_start
                 if self._positions.pending:
                     self._quiet_lightnings_resume_warning()
