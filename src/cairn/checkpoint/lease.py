@@ -8,6 +8,13 @@ registered for its run, released when the run's ordered drain has finished every
 (its checkpoints, metric points, uploads and fsyncs), so no other process resumes the run while this one
 still writes into it. A process killed without a word stops renewing, so its lease goes stale after the
 ttl and the next resume takes it over.
+
+Two holders are known dead without waiting for the ttl: a process of this host that no longer exists, and a
+worker of an earlier attempt of the same torchelastic job. Under ``torchrun --max-restarts=K`` the owner
+names the job and attempt (``host:pid:token@<TORCHELASTIC_RUN_ID>#<TORCHELASTIC_RESTART_COUNT>``); torchelastic
+stops every worker of an attempt before it starts the next one (on every node: the rendezvous round
+restarts them all), so a lease held by an earlier attempt of the same job is taken over at once, on any
+host.
 """
 
 from __future__ import annotations
@@ -54,8 +61,33 @@ def lease_ttl_seconds(ttl_seconds: float | None = None) -> float:
 
 
 def lease_owner() -> str:
-    """A new owner name for this process: ``host:pid:token``."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+    """A new owner name for this process: ``host:pid:token``; a torchelastic worker's token ends with
+    ``@<job>#<attempt>``."""
+    token = uuid.uuid4().hex[:12]
+    attempt = _elastic_attempt()
+    if attempt is not None:
+        token += f"@{attempt[0]}#{attempt[1]}"
+    return f"{socket.gethostname()}:{os.getpid()}:{token}"
+
+
+def _elastic_attempt() -> tuple[str, int] | None:
+    """(``TORCHELASTIC_RUN_ID``, ``TORCHELASTIC_RESTART_COUNT``) of a torchelastic worker, else None."""
+    job = "".join(c for c in os.environ.get("TORCHELASTIC_RUN_ID", "") if c not in ":@#").strip()
+    count = os.environ.get("TORCHELASTIC_RESTART_COUNT", "").strip()
+    if not job or not count.isdigit():
+        return None
+    return job, int(count)
+
+
+def _earlier_attempt(owner: str) -> bool:
+    """Whether ``owner`` is a worker of an earlier attempt of this process's torchelastic job (stopped by
+    torchelastic before this attempt started)."""
+    attempt = _elastic_attempt()
+    token = owner.rsplit(":", 1)[-1]
+    if attempt is None or "@" not in token or "#" not in token:
+        return False
+    job, _, count = token.split("@", 1)[1].rpartition("#")
+    return job == attempt[0] and count.isdigit() and int(count) < attempt[1]
 
 
 class ResumeLease:
@@ -169,7 +201,7 @@ def acquire_resume_lease(client: Client, run_id: str, *, ttl_seconds: float | No
         held = store.get_run_lease(run_id)
         if held is None:
             continue
-        if _holder_is_dead(held.owner):  # a crash on this host: no need to wait for the ttl
+        if _holder_is_dead(held.owner) or _earlier_attempt(held.owner):  # a crash: no need to wait for the ttl
             _log.info("taking over the resume lease of run %s from dead process %s", run_id, held.owner)
             store.release_run_lease(run_id, held.owner)
             continue

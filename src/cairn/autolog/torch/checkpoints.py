@@ -103,12 +103,31 @@ class CheckpointPolicy:
         if track.train and track.epoch >= 0 and (session.ckpt_due or self._epoch_due(track)):
             self.checkpoint_now(session, track, boundary=True)
 
-    def at_run_end(self, session: Session) -> None:
-        """The last checkpoint if due, or the last step's if it has none."""
+    def at_run_end(self, session: Session, *, failed: bool = False) -> None:
+        """The last checkpoint if due, or the last step's if it has none.
+
+        ``failed`` (the run ends through an exception or a signal) in a job of several ranks: none. Rank 0
+        would write it alone, without the other ranks' RNG and data position, and a job restarted by
+        torchelastic (one rank died, the others were stopped) would then resume from it inexactly instead of
+        from the newest checkpoint all ranks took; a warning says so.
+        """
+        from cairn.checkpoint import distributed
+
         track = self.data.train_track
         final_due = self.config.checkpointing and session.step > max(session.last_ckpt_step, 0)
         epoch_due = track is not None and track.finished and self._epoch_due(track)
-        if session.ckpt_due or epoch_due or final_due:
+        due = session.ckpt_due or epoch_due or final_due
+        if due and failed and session.run_id is not None and distributed.group() is not None:
+            self.report(
+                f"checkpointing at the end of run {session.run_id}",
+                CheckpointError(
+                    f"no checkpoint at the end of run {session.run_id} (step {session.step}): it ended through an "
+                    "error or a signal, and rank 0 alone cannot checkpoint the other ranks' state; a resume (or a "
+                    f"torchelastic restart) continues from the newest checkpoint, step {max(session.last_ckpt_step, 0)}"
+                ),
+            )
+            return
+        if due:
             boundary = bool(track is not None and track.finished)
             self.checkpoint_now(session, track, boundary=boundary, final=True)
 

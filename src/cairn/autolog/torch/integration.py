@@ -45,7 +45,7 @@ from cairn.autolog.torch.loaders import DataTracking, LoaderTrack, PositionView
 from cairn.autolog.torch.losses import LossRecorder
 from cairn.autolog.torch.model_logging import log_final_model
 from cairn.autolog.torch.params import model_summary, optimizer_params
-from cairn.autolog.torch.resume import Restorer, prepare_resume
+from cairn.autolog.torch.resume import Restorer, elastic_tags, prepare_resume
 from cairn.autolog.torch.session import IGNORED, PRIMARY, Session
 from cairn.autolog.torch.worker import MetricConversion, submit_task
 from cairn.errors import InvalidArgument, RunLeased
@@ -173,13 +173,23 @@ class PyTorchIntegration:
         dist = _dist()
         rank0 = dist is None or dist.get_rank() == 0
         activate = runs._activate if self.client is None else None
-        state, pending = prepare_resume(resume, self.tracking_client(), rank0=rank0, activate=activate)
+        state, pending = prepare_resume(
+            resume, self.tracking_client(), rank0=rank0, activate=activate, experiment_id=self._experiment_id()
+        )
         if self.client is not None and state.run_id is not None:
             self.resume_run_id = state.run_id
         if pending is not None:
             self.restorer.pending = pending
             self.resume_step = pending.step
         return state
+
+    def _experiment_id(self) -> str:
+        """The experiment a run autolog starts goes into."""
+        if self.client is not None:
+            return DEFAULT_EXPERIMENT_ID
+        from cairn.tracking import fluent
+
+        return fluent._resolve_experiment_id(None)
 
     def _run_to_log_into(self) -> tuple[str, bool]:
         """The run id and whether autolog opened it (created it, or with ``client=`` continues it): then
@@ -188,14 +198,14 @@ class PyTorchIntegration:
             resumed, self.resume_run_id = self.resume_run_id, None
             if resumed is not None:
                 return resumed, True
-            run = self.client.create_run(DEFAULT_EXPERIMENT_ID, tags=dict(self.config.extra_tags))
+            run = self.client.create_run(DEFAULT_EXPERIMENT_ID, tags={**self.config.extra_tags, **elastic_tags()})
             return run.info.run_id, True
         from cairn.tracking import fluent
 
         active = fluent.active_run()
         if active is not None:
             return active.info.run_id, False
-        return fluent.start_run(tags=dict(self.config.extra_tags)).info.run_id, True
+        return fluent.start_run(tags={**self.config.extra_tags, **elastic_tags()}).info.run_id, True
 
     def _start_session(self) -> Session:
         from cairn.tracking import config as tracking_config
@@ -271,14 +281,15 @@ class PyTorchIntegration:
     def _on_fluent_run_end(self, run_id: str, status: Any) -> None:
         session = self.session
         if session is not None and session.run_id == run_id:
-            self._finish_session(session)
+            self._finish_session(session, failed=str(getattr(status, "value", status)) != "FINISHED")
 
-    def _finish_session(self, session: Session) -> None:
-        """Last checkpoint if due, metrics, final model, system metrics (never raises)."""
+    def _finish_session(self, session: Session, *, failed: bool = False) -> None:
+        """Last checkpoint if due, metrics, final model, system metrics (never raises). ``failed``: the run
+        ends through an exception or a signal."""
         run_id = session.run_id
         assert run_id is not None
         try:
-            self.checkpoints.at_run_end(session)
+            self.checkpoints.at_run_end(session, failed=failed)
             self.drain_metrics(session)
             model = session.current_model()
             if self.config.log_models and model is not None:

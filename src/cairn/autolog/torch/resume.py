@@ -12,6 +12,7 @@ right before the model's next forward. One INFO line on ``cairn.autolog`` says w
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -29,7 +30,11 @@ from cairn.autolog.torch.losses import LossRecorder
 from cairn.errors import CheckpointError, RunLeased
 from cairn.tracking.client import Client
 
-__all__ = ["IF_POSSIBLE", "PendingRestore", "Restorer", "prepare_resume"]
+__all__ = ["ELASTIC_TAG", "IF_POSSIBLE", "PendingRestore", "Restorer", "elastic_run", "elastic_tags", "prepare_resume"]
+
+ELASTIC_TAG = "cairn.torchelastic.runId"
+"""The tag naming the torchelastic job (``TORCHELASTIC_RUN_ID``) whose workers log into a run: how workers
+restarted by torchelastic without ``CAIRN_RUN_ID`` find the run their first attempt created."""
 
 IF_POSSIBLE = "if_possible"
 """``autolog(resume="if_possible")``: resume if the run has a checkpoint, else warn and start a new run
@@ -66,15 +71,45 @@ class PendingRestore:
         return dict(user) if isinstance(user, Mapping) else None
 
 
+def elastic_tags() -> dict[str, str]:
+    """``{ELASTIC_TAG: TORCHELASTIC_RUN_ID}`` for a run created by a worker of a torchelastic job, else ``{}``."""
+    job = os.environ.get("TORCHELASTIC_RUN_ID", "").strip()
+    return {ELASTIC_TAG: job} if job else {}
+
+
+def elastic_run(client: Client, experiment_id: str) -> str | None:
+    """The run this torchelastic job's first attempt created, for restarted workers
+    (``TORCHELASTIC_RESTART_COUNT`` > 0) without ``CAIRN_RUN_ID``: the run of ``experiment_id`` tagged
+    :data:`ELASTIC_TAG` with this ``TORCHELASTIC_RUN_ID`` (the newest, if several), else None.
+
+    ``torchrun --standalone`` draws a new ``TORCHELASTIC_RUN_ID`` per launch, so a new ``torchrun`` never
+    continues an older launch's run this way (name it with ``CAIRN_RUN_ID`` for that).
+    """
+    tags = elastic_tags()
+    if not tags or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) <= 0:
+        return None
+    job = tags[ELASTIC_TAG].replace("'", "")
+    found = client.search_runs(
+        experiment_id, filter_string=f"tags.`{ELASTIC_TAG}` = '{job}'", order_by=["attributes.start_time DESC"]
+    )
+    return found[0].info.run_id if len(found) else None
+
+
 def prepare_resume(
-    resume: bool | str, client: Client, *, rank0: bool, activate: Callable[[str], None] | None
+    resume: bool | str,
+    client: Client,
+    *,
+    rank0: bool,
+    activate: Callable[[str], None] | None,
+    experiment_id: str = "0",
 ) -> tuple[Any, PendingRestore | None]:
     """Resolve ``resume=``, continue the run now; returns the ResumeState and the checkpoint to load.
 
     Through the shared core (:mod:`cairn.checkpoint.resume`): the run from ``CAIRN_RUN_ID``
-    (``resolve_run_id``), the newest intact checkpoint (``plan_resume``: damaged newer ones are named in a
-    warning), the run continued with its later points superseded (``continue_run``), or a run without a
-    checkpoint handled by ``nothing_to_resume``. ``activate`` makes a run the fluent API's active run
+    (``resolve_run_id``; under torchelastic, a restarted worker without it finds its job's run by
+    :func:`elastic_run` in ``experiment_id``), the newest intact checkpoint (``plan_resume``: damaged newer
+    ones are named in a warning), the run continued with its later points superseded (``continue_run``), or
+    a run without a checkpoint handled by ``nothing_to_resume``. ``activate`` makes a run the fluent API's active run
     (``None`` with an injected client).
     """
     from cairn.checkpoint import resume as planner
@@ -86,6 +121,8 @@ def prepare_resume(
     if_possible = resume == IF_POSSIBLE
     named = resume is True or resume == "latest" or if_possible
     run_id = planner.resolve_run_id(None, use_active=False) if named else str(resume)
+    if not run_id and named:
+        run_id = elastic_run(client, experiment_id)
     if not run_id:
         return runs.ResumeState(step=0, epoch=0, batch_in_epoch=0, extra=None, run_id=None, resumed=False), None
     if rank0 and activate is not None:
