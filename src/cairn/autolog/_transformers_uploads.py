@@ -155,3 +155,26 @@ def _stage(checkpoint: Path, staging_root: Path) -> Path | None:
         shutil.rmtree(target, ignore_errors=True)
         return None
     return target
+
+
+# ------------------------------------------------------------------------------------ several ranks
+
+
+def wait_for_every_rank(args: object) -> None:
+    """At ``on_save``, on every rank: a barrier, so the main process uploads ``checkpoint-N`` only after every
+    rank has written its part (``rng_state_<rank>.pth``; Trainer itself has no barrier after those writes)."""
+    if int(getattr(args, "world_size", 1) or 1) <= 1:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def missing_rank_files(checkpoint: Path, args: object) -> list[str]:
+    """The ``rng_state_<rank>.pth`` files a checkpoint of a multi-process Trainer lacks (e.g. other nodes wrote
+    theirs to disks of their own: ``output_dir`` is not on a shared filesystem)."""
+    world = int(getattr(args, "world_size", 1) or 1)
+    if world <= 1 or getattr(args, "save_only_model", False):
+        return []
+    return [name for name in (f"rng_state_{r}.pth" for r in range(world)) if not (checkpoint / name).is_file()]

@@ -71,6 +71,8 @@ from cairn.autolog._transformers_uploads import (
     _sha256_or_none,
     _stage,
     _UploadJob,
+    missing_rank_files,
+    wait_for_every_rank,
 )
 from cairn.autolog.base import loops
 from cairn.autolog.config import AutologConfig, PatchSet, report_failure, safe_autolog
@@ -334,11 +336,19 @@ class CairnCallback(TrainerCallback, ExportableState):
                 self._client.log_batch(self.run_id, metrics=metrics, synchronous=False)
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        wait_for_every_rank(args)  # every rank joins, before any return: the main process uploads complete folders
         if not state.is_world_process_zero or self.run_id is None or not self._claim(state):
             return
         self._report_upload_errors()
         with safe_autolog(INTEGRATION, "recording the checkpoint", silent=self.silent):
             checkpoint = self._record_run(args, state)
+            missing = missing_rank_files(checkpoint, args)
+            if missing:
+                self._warn(
+                    f"{checkpoint.name} lacks {', '.join(missing)} (written on other nodes? put output_dir on a "
+                    "shared filesystem): it is uploaded without them, and a resume from it cannot restore those ranks' "
+                    "RNG (Trainer logs that and continues with their current RNG: not exact)"
+                )
             if self.log_checkpoints and self._uploader is not None:
                 self._queue_checkpoint(args, state, checkpoint)
 
