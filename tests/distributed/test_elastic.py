@@ -43,16 +43,20 @@ def elastic_torchrun(role: str, out: Path, store: Path, **env: str) -> subproces
     )
 
 
+def run_to_the_end(role: str, out: Path, store: Path, **env: str) -> str:
+    proc = elastic_torchrun(role, out, store, **env)
+    try:
+        return finish(proc, timeout=200)
+    finally:
+        if proc.poll() is None:
+            kill_all(proc)
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """An uninterrupted run of the same job: (its output folder, its store)."""
     root = tmp_path_factory.mktemp("elastic-reference")
-    proc = elastic_torchrun("reference", root / "out", root / "store")
-    try:
-        finish(proc)
-    finally:
-        if proc.poll() is None:
-            kill_all(proc)
+    run_to_the_end("reference", root / "out", root / "store")
     return root / "out", root / "store"
 
 
@@ -82,12 +86,7 @@ def test_rank0_sigkilled_restart_resumes_the_cairn_run_id_run(tmp_path: Path, re
     store = tmp_path / "store"
     cairn.set_tracking_uri(store)
     run_id = cairn.Client().create_run("0").info.run_id
-    proc = elastic_torchrun("elastic", tmp_path / "out", store, CAIRN_RUN_ID=run_id, VICTIM="0", VICTIM_SIGNAL="1")
-    try:
-        output = finish(proc, timeout=200)
-    finally:
-        if proc.poll() is None:
-            kill_all(proc)
+    output = run_to_the_end("elastic", tmp_path / "out", store, CAIRN_RUN_ID=run_id, VICTIM="0", VICTIM_SIGNAL="1")
     assert "exitcode: -9" in output  # rank 0 died of its SIGKILL
     check_resumed_exactly(tmp_path / "out", store, run_id, reference, output)
 
@@ -98,12 +97,7 @@ def test_rank1_exits_restart_finds_the_run_without_cairn_run_id(tmp_path: Path, 
     rank 1 exits, rank 0 fails in its next collective and writes no run-end checkpoint of its own (it would
     lack rank 1's state); the restarted workers find the run by the tag."""
     store = tmp_path / "store"
-    proc = elastic_torchrun("elastic", tmp_path / "out", store)
-    try:
-        output = finish(proc, timeout=200)
-    finally:
-        if proc.poll() is None:
-            kill_all(proc)
+    output = run_to_the_end("elastic", tmp_path / "out", store)
     assert "no checkpoint at the end of run" in output and "newest checkpoint, step 12" in output
     run_id = (tmp_path / "out" / "run_id.txt").read_text()
     check_resumed_exactly(tmp_path / "out", store, run_id, reference, output)

@@ -11,6 +11,8 @@ ROLE OUT_DIR`` with ``CAIRN_TRACKING_URI`` set (``CAIRN_RUN_ID`` optional). ROLE
   (``TORCHELASTIC_RESTART_COUNT=1``), which resume from the newest checkpoint through ``autolog(resume=True)``
   alone. The marker file keeps the restarted attempt from dying again.
 
+``FSDP=1``: the model is sharded with FSDP2 ``fully_shard`` (sharded checkpoints) instead of wrapped in DDP.
+
 Dropout draws from each rank's own RNG (seeded per rank). Rank 0 writes ``OUT_DIR/final.safetensors`` and
 ``OUT_DIR/run_id.txt``; every rank writes ``OUT_DIR/rank<R>.json`` (its attempt and what its resume returned).
 """
@@ -28,12 +30,23 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import save_file
 from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.fsdp import fully_shard
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 EPOCHS = 3
 SAMPLES = 64
 BATCH = 4  # 64 samples / 2 ranks / 4 = 8 batches per epoch and rank: 24 steps
 KILL_AT = 14
+FSDP = os.environ.get("FSDP") == "1"
+
+
+def full_weights(net: nn.Module) -> dict[str, torch.Tensor]:
+    """The unsharded weights (FSDP2: gathered on every rank)."""
+    if not FSDP:
+        return dict(net.state_dict())
+    options = StateDictOptions(full_state_dict=True, cpu_offload=False)
+    return get_model_state_dict(net, options=options)
 
 
 def main(role: str, out: str) -> None:
@@ -53,9 +66,12 @@ def main(role: str, out: str) -> None:
     sampler = DistributedSampler(dataset, shuffle=True, seed=3)
     loader = DataLoader(dataset, batch_size=BATCH, sampler=sampler)
     torch.manual_seed(0)
-    model = nn.parallel.DistributedDataParallel(
-        nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 1))
-    )
+    net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 1))
+    if FSDP:  # FSDP2: DTensor parameters, sharded checkpoints (every rank writes its shards through DCP)
+        fully_shard(net)
+        model: nn.Module = net
+    else:
+        model = nn.parallel.DistributedDataParallel(net)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     torch.manual_seed(1000 + rank)  # per-rank dropout masks
     resumed = state is not None and state.resumed
@@ -86,8 +102,9 @@ def main(role: str, out: str) -> None:
         "warnings": [f"{w.category.__name__}: {w.message}" for w in caught],
     }
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(report))
+    weights = full_weights(net)  # (FSDP2: a collective, on every rank)
     if rank == 0:
-        weights = {k: v.contiguous() for k, v in model.module.state_dict().items()}
+        weights = {k: v.contiguous() for k, v in weights.items()}
         save_file(weights, str(out_dir / "final.safetensors"))
         Path(out_dir, "run_id.txt").write_text(cairn.active_run().info.run_id)
         cairn.end_run()

@@ -77,6 +77,7 @@ class PyTorchIntegration:
             losses=self.losses,
             report=self.report,
             watch_forwards=self._watch_forwards,
+            quiet=self.suppressed,
         )
         self.lightning = LightningHandoff(self.report)
         self.session: Session | None = None

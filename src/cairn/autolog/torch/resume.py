@@ -15,6 +15,7 @@ import logging
 import os
 import warnings
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,8 @@ class PendingRestore:
     extra: Any
     rank0: bool
     run_id: str = ""
+    #: FSDP2 shards (DCP): model and optimizer are loaded together, by every rank, at the model's next forward
+    sharded: bool = False
     #: a DataLoader iterated while the restore was pending whose fingerprint differs from the checkpoint's
     unfit: LoaderTrack | None = field(default=None, repr=False)
     #: optimizers built before ``autolog()``, looked up once if the ones autolog saw do not match
@@ -139,11 +142,7 @@ def prepare_resume(
                 activate(fresh.run_id)
         return fresh, None
     manifest = read_manifest(plan.path, verify_hashes=True)
-    if manifest.metadata.get("sharded") is not None:
-        raise CheckpointError(
-            f"the checkpoint {plan.path.name} of run {run_id} is sharded (FSDP2): autolog(resume=True) does not "
-            "restore sharded checkpoints yet; call cairn.pytorch.resume(model=model, optimizer=optimizer) on every rank"
-        )
+    shards = _shards_listed(plan.path, manifest)
     if rank0:
         planner.claim_run(client, run_id)  # before anything is restored: a refused resume changes nothing
     info = _read_state_file(plan.path)
@@ -159,6 +158,7 @@ def prepare_resume(
         extra=extra,
         rank0=rank0,
         run_id=run_id,
+        sharded=shards,
     )
     if rank0:
         if activate is not None:
@@ -176,6 +176,23 @@ def prepare_resume(
         user_state=pending.user_state,
     )
     return state, pending
+
+
+def _shards_listed(path: Path, manifest: Any) -> bool:
+    """Whether the verified checkpoint holds FSDP2 shards (its manifest lists DCP's metadata).
+
+    Raises:
+        CheckpointCorrupt: it says it is sharded without listing the shards' metadata.
+    """
+    from cairn.checkpoint import sharded
+    from cairn.errors import CheckpointCorrupt
+
+    if manifest.metadata.get("sharded") is None:
+        return False
+    listed = f"{sharded.SHARDED_DIR}/{sharded.METADATA_FILE}"
+    if manifest.metadata.get("sharded") != sharded.SHARDED_DIR or listed not in manifest.files:
+        raise CheckpointCorrupt(f"checkpoint {path} is marked sharded but its manifest does not list {listed}")
+    return True
 
 
 def _own_position(path: Path, components: set[str]) -> dict[str, Any] | None:
@@ -202,25 +219,27 @@ class Restorer:
         losses: LossRecorder,
         report: Report,
         watch_forwards: Callable[[], None],
+        quiet: Callable[[], AbstractContextManager[None]] = nullcontext,
     ) -> None:
         self.constructed = constructed
         self.data = data
         self.losses = losses
         self.report = report
         self.watch_forwards = watch_forwards  # (re-)arms the global forward hooks for the weights' load
+        self.quiet = quiet  # autolog counts no optimizer step inside (DCP steps a fresh optimizer to build its state)
         self.pending: PendingRestore | None = None
         self.pending_model: tuple[Path, set[int]] | None = None  # weights for the module owning these params
+        self.pending_shards: list[Any] | None = None  # with pending_model: FSDP2 shards, with these optimizers
 
     def clear(self) -> None:
         self.pending = None
         self.pending_model = None
+        self.pending_shards = None
 
     # -- the moments ------------------------------------------------------------------------------------
 
     def at_track_state(self) -> dict[str, Any] | None:
         """``track_state()`` with a pending resume: restore now; returns the loop's saved state."""
-        from cairn.errors import CheckpointError
-
         pending = self.pending
         if pending is None:
             return None
@@ -272,12 +291,13 @@ class Restorer:
             schedulers = self.constructed.schedulers_of(optimizers)
             restore_training_state(
                 pending.path,
-                optimizer=one_or_list(optimizers),
+                optimizer=None if pending.sharded else one_or_list(optimizers),
                 scheduler=one_or_list(schedulers) if "scheduler" in pending.classes else None,
                 scaler=self.constructed.scaler() if "scaler" in pending.classes else None,
             )
             if "model" in pending.classes:  # loaded before the first forward of the module these optimizers train
                 self.pending_model = (pending.path, set().union(*(param_ids(o) for o in optimizers)))
+                self.pending_shards = optimizers if pending.sharded else None
                 self.watch_forwards()
             self.losses.replace([float(loss) for loss in pending.saved.get("pending_losses") or []])
             position = "no data position"
@@ -373,10 +393,17 @@ class Restorer:
         if not any(id(p) in ids for p in module.parameters()):
             return
         self.pending_model = None
+        shards, self.pending_shards = self.pending_shards, None
         try:
             from cairn.checkpoint.capture import _load_model
             from cairn.checkpoint.state_tree import read_flat_tree
 
+            if shards is not None:  # FSDP2: every rank loads its shards of model and optimizer (a collective)
+                from cairn.checkpoint import sharded
+
+                with self.quiet():
+                    sharded.load_sharded(path, unwrap(module), one_or_list(shards))
+                return
             _load_model(unwrap(module), read_flat_tree(path, "model"), strict=True, where=str(path))
         except RunLeased:  # another process is resuming the run: training on would write into it twice
             raise
