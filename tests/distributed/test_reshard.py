@@ -62,3 +62,15 @@ def test_sharded_checkpoints_reshard_1_to_2_and_2_to_4_exactly(tmp_path: Path) -
             assert report["step"] == 12
             (warning,) = report["warnings"]  # every rank says what cannot be exact on another world size
             assert f"written by {n} rank(s), this job has {2 * n}" in warning and "RNG" in warning
+
+
+@pytest.mark.timeout(300)
+def test_a_sharded_checkpoint_holds_its_steps_values_while_training_mutates_them(tmp_path: Path) -> None:
+    # the shard writes are delayed (scripts/fsdp_staging.py): the optimizer steps on in place meanwhile, and
+    # the second checkpoint stages into the first one's buffers
+    finish(torchrun("train", tmp_path / "out", tmp_path / "store", script=Path(SCRIPT).parent / "fsdp_staging.py"))
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    for step in ("2", "5"):
+        assert report[step]["differ_from_step"] == []
+        assert any(k.startswith("model.") for k in report[step]["differ_from_final"])
+        assert any(k.endswith("exp_avg_sq") for k in report[step]["differ_from_final"])

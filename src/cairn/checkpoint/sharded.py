@@ -114,6 +114,61 @@ def _checkpoint_group() -> Any:
     return _group
 
 
+def _layout(value: Any) -> Any:
+    """The structure of a state dict as far as staging buffers depend on it: keys, tensor shapes and dtypes."""
+    if isinstance(value, torch.Tensor):
+        local = value.to_local() if hasattr(value, "to_local") else value  # a DTensor stages its local shard
+        return (type(value).__name__, tuple(local.shape), local.dtype, tuple(local.stride()))
+    if isinstance(value, dict):
+        return tuple((key, _layout(item)) for key, item in value.items())
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, tuple(_layout(item) for item in value))
+    return type(value).__name__
+
+
+class _ReusedBuffersStager:
+    """Stages a state dict by copying its tensors into host buffers kept from the previous checkpoint.
+
+    DCP's default stager allocates a fresh host copy of every tensor at every ``async_save``; faulting in
+    hundreds of MB of new pages is most of the training thread's stall. The buffers here are allocated once
+    (pinned when CUDA is available, for the device-to-host copy) and reused while the state dict keeps its
+    layout. A copy is still made at every checkpoint, on the training thread: the optimizer updates the
+    parameters and its state in place, so the checkpoint must hold the values of its own step, not later
+    ones. Reuse is safe because a shard write is waited for before the next one stages (one at a time, see
+    :func:`save_sharded`), so nothing still reads the buffers when they are overwritten. Costs one host copy
+    of this rank's state, kept between checkpoints.
+    """
+
+    _synchronize_after_execute = False
+
+    def __init__(self) -> None:
+        self._cache: dict[str, Any] | None = None
+        self._layout: Any = None
+
+    def stage(self, state_dict: dict[str, Any]) -> dict[str, Any]:
+        from torch.distributed._state_dict_utils import _copy_state_dict, _create_cpu_state_dict
+
+        layout = _layout(state_dict)
+        if self._cache is None or layout != self._layout:
+            self._cache = None  # free the old buffers before allocating new ones
+            self._cache = _create_cpu_state_dict(state_dict, pin_memory=torch.cuda.is_available())
+            self._layout = layout
+        return _copy_state_dict(state_dict, self._cache, type_check=False)
+
+    @property
+    def should_synchronize_after_execute(self) -> bool:
+        return False
+
+    def synchronize_staging(self) -> None:
+        """Nothing to wait for: :meth:`stage` copies before it returns."""
+
+    def close(self) -> None:
+        self._cache = None
+
+
+_stager: _ReusedBuffersStager | None = None
+
+
 def raise_failed_writes(*, wait: bool) -> None:
     """Raise the failure of a shard write of this rank that finished (``wait``: wait for all of them first).
 
@@ -150,7 +205,15 @@ def save_sharded(model: Any, optimizer: Any, directory: str | os.PathLike[str]) 
     import torch.distributed.checkpoint as dcp
 
     raise_failed_writes(wait=True)
-    future = dcp.async_save(_state(model, optimizer), checkpoint_id=str(directory), process_group=_checkpoint_group())
+    global _stager
+    if _stager is None:
+        _stager = _ReusedBuffersStager()
+    future = dcp.async_save(
+        _state(model, optimizer),
+        checkpoint_id=str(directory),
+        process_group=_checkpoint_group(),
+        async_stager=_stager,  # an AsyncStager (a Protocol)
+    )
     if not isinstance(future, Future):  # AsyncSaveResponse (another stager): its upload completion
         future = future.upload_completion
     with _lock:
