@@ -74,3 +74,23 @@ def test_a_sharded_checkpoint_holds_its_steps_values_while_training_mutates_them
         assert report[step]["differ_from_step"] == []
         assert any(k.startswith("model.") for k in report[step]["differ_from_final"])
         assert any(k.endswith("exp_avg_sq") for k in report[step]["differ_from_final"])
+
+
+@pytest.mark.timeout(300)
+def test_a_failed_background_shard_write_is_raised_and_leaves_no_checkpoint(tmp_path: Path) -> None:
+    # rank 1's shard write of step 2 fails for real (a file size limit below its shard's size: EFBIG)
+    store = tmp_path / "store"
+    finish(torchrun("train", tmp_path / "out", store, script=Path(SCRIPT).parent / "fsdp_write_fails.py"))
+    ranks = [json.loads((tmp_path / "out" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for report in ranks:
+        assert report["2"] is None  # asynchronous: the training thread only staged
+        assert "step-2" in report["4"] and "failed in the background, so that checkpoint does not exist" in report["4"]
+        assert "ranks:dict_keys([1])" in report["4"]  # DCP names the rank whose write failed
+        assert report["flush"] is None
+    assert "'step-2' could not be written" in ranks[0]["6"] and "step 6 was queued nonetheless" in ranks[0]["6"]
+    assert ranks[1]["6"] is None
+    cairn.set_tracking_uri(store)
+    run_id = ranks[0]["run_id"]
+    assert [c.step for c in cairn.pytorch.list_run_checkpoints(run_id)] == [6]
+    read_manifest(cairn.pytorch.checkpoint_path(run_id, step=6))
+    assert list((cairn.pytorch.checkpoint_path(run_id, step=6).parent).glob(".tmp-*")) == []

@@ -30,6 +30,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import shutil
 import threading
 from concurrent.futures import Future
 from pathlib import Path
@@ -186,6 +187,8 @@ def raise_failed_writes(*, wait: bool) -> None:
         try:
             future.result()
         except BaseException as exc:  # DCP's CheckpointException is a BaseException
+            # (DCP's write result reaches every rank, so each raises it; the half-written shards go)
+            shutil.rmtree(directory, ignore_errors=True)
             raise CheckpointWriteError(
                 f"writing the shards of this rank into {directory} failed in the background, so that checkpoint "
                 f"does not exist: {type(exc).__name__}: {exc}"
