@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 import cairn
+from cairn.errors import ArtifactNotFound
 from tests.distributed.test_ddp_resume import curve, finish, kill_all, kill_group, run_until_marker, torchrun
 
 SCRIPT = Path(__file__).parent / "scripts" / "lightning_ddp.py"
@@ -87,3 +88,27 @@ def test_lightning_ddp_one_run_rank_zero_uploads_and_exact_resume(tmp_path: Path
         files = [e["file"] for e in listed["checkpoints"]]  # type: ignore[index,union-attr]
         assert set(files) == FILES
         assert len([f for f in files if f != "last.ckpt"]) == len(FILES) - 1
+
+
+MODEL_PARALLEL = Path(__file__).parent / "scripts" / "lightning_model_parallel.py"
+
+
+@pytest.mark.timeout(200)
+def test_lightning_model_parallel_distributed_checkpoints_are_reported_not_silently_skipped(tmp_path: Path) -> None:
+    """``ModelParallelStrategy`` runs on CPU in Lightning 2.6 and writes each checkpoint as a directory of DCP
+    shards; cairn uploads single-file checkpoints only: rank 0 says so once, and the run still gets its metrics."""
+    store = tmp_path / "store"
+    proc = torchrun("run", tmp_path / "out", store, script=MODEL_PARALLEL)
+    finish(proc)
+    ranks = [json.loads((tmp_path / "out" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert (tmp_path / "out" / "ckpt" / "last.ckpt").is_dir()
+    told = [w for w in ranks[0]["warnings"] if "distributed checkpoint" in w]
+    assert len(told) == 1 and "cannot resume" in told[0], ranks[0]["warnings"]
+    assert ranks[1]["warnings"] == [] and ranks[1]["run_id"] is None  # other ranks: no run, nothing to say
+    run_id = ranks[0]["run_id"]
+    cairn.set_tracking_uri(store)
+    assert [r.info.run_id for r in cairn.search_runs(search_all_experiments=True, output_format="list")] == [run_id]
+    steps = [s for s, _ in curve(store, run_id, "loss")]
+    assert steps == list(range(8))  # the default mesh: tensor-parallel over the 2 ranks, 8 batches each
+    with pytest.raises(ArtifactNotFound):  # nothing uploaded, not a partial folder
+        cairn.Client().list_artifacts(run_id, "lightning_checkpoints")

@@ -49,6 +49,7 @@ class FileChanges:
     written: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     found_in_dir: list[str] = field(default_factory=list)  # of ``written``: known from ``dirpath`` only
+    directories: list[str] = field(default_factory=list)  # tracked paths that are directories (not uploaded)
 
     def __bool__(self) -> bool:
         return bool(self.written or self.removed)
@@ -95,6 +96,8 @@ class CheckpointFiles:
             stamp = _Stamp.of(path)
             if stamp is not None and os.path.isfile(path):
                 current[path] = stamp
+            elif os.path.isdir(path):  # a distributed checkpoint (ModelParallelStrategy, sharded FSDP): a folder
+                changes.directories.append(path)
         if scan_dir:
             found = {p: st for p, st in self._new_in_dir(checkpoint_callback).items() if p not in current}
             current.update(found)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,7 @@ class CheckpointMirror:
     def __init__(self, uploader: _Uploader) -> None:
         self.uploader = uploader
         self._watched: list[_Watched] = []
+        self._told_directories = False
 
     def watch(self, checkpoint_callbacks: Iterable[Any], *, older_than_ns: int | None = None) -> None:
         """Track these callbacks; files they already have (restored from a checkpoint) are not uploaded, or only
@@ -88,6 +90,9 @@ class CheckpointMirror:
         self, watched: _Watched, checkpoint_callback: Any, meta: Mapping[str, Any], *, saved: bool, scan_dir: bool
     ) -> None:
         changes = watched.files.changes(checkpoint_callback, saved=saved, scan_dir=scan_dir)
+        if changes.directories and not self._told_directories:
+            self._told_directories = True
+            self._tell_directories(changes.directories)
         for path in changes.removed:
             self.uploader.delete(_remote_name(watched.subdir, path))
         for path in changes.written:
@@ -103,6 +108,20 @@ class CheckpointMirror:
         best = getattr(checkpoint_callback, "best_model_path", "")
         if changes.written and best:
             self.uploader.set_best(watched.subdir or "0", _remote_name(watched.subdir, best))
+
+    def _tell_directories(self, paths: list[str]) -> None:
+        from cairn.autolog.config import AutologWarning, logger
+
+        message = (
+            f"cairn lightning: ModelCheckpoint wrote a distributed checkpoint (a directory: {paths[0]}), as "
+            "ModelParallelStrategy and sharded FSDP do; cairn uploads single-file .ckpt checkpoints only, so "
+            "this run gets none of these and checkpoint_path cannot resume it: the checkpoints stay on local "
+            "disk (ModelParallelStrategy(save_distributed_checkpoint=False) writes one consolidated file)"
+        )
+        if self.uploader.silent:
+            logger.warning(message)
+        else:
+            warnings.warn(message, AutologWarning, stacklevel=2)
 
 
 def _score(value: Any) -> float | None:

@@ -88,7 +88,7 @@ class _Uploader:
 
     def __init__(self, client: Client, run_id: str, *, silent: bool) -> None:
         self.run_id = run_id
-        self._silent = silent
+        self._silent = self.silent = silent
         self.checkpoints = RunCheckpoints(client, run_id, LIGHTNING, on_failure=self._report)
         self._store = self.checkpoints.store
         self._index = _read_index(self._store) or _CheckpointIndex()
