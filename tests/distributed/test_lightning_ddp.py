@@ -89,6 +89,11 @@ def test_lightning_ddp_one_run_rank_zero_uploads_and_exact_resume(tmp_path: Path
         assert set(files) == FILES
         assert len([f for f in files if f != "last.ckpt"]) == len(FILES) - 1
 
+    # the 2-rank checkpoint resumed by one process: what cannot be exact is said
+    finish(torchrun("resume", tmp_path / "one", store, nproc=1, run_id=run_id, script=SCRIPT))
+    told = json.loads((tmp_path / "one" / "rank0.json").read_text())["warnings"]
+    assert any("ResumeWarning" in w and "written by 2 ranks and resumes on 1" in w for w in told), told
+
 
 MODEL_PARALLEL = Path(__file__).parent / "scripts" / "lightning_model_parallel.py"
 

@@ -8,7 +8,8 @@ dict on every rank (it must be called on all of them), so at ``on_save_checkpoin
 gathered over the process group into ``"cairn_ranks"`` (a list indexed by global rank of plain tensors, numbers
 and tuples: it loads under ``torch.load(weights_only=True)``), and at ``on_load_checkpoint`` each rank takes
 its own. A checkpoint written by another number of ranks: ranks below that number take their own entry, the
-others rank 0's (what Lightning alone gives), with a :class:`~cairn.checkpoint.resume.ResumeWarning`.
+others rank 0's (what Lightning alone gives), with a :class:`~cairn.checkpoint.resume.ResumeWarning`; so does a
+checkpoint of one process resumed on several.
 
 Not gathered after an exception (``ModelCheckpoint(save_on_exception=True)`` saves on the failing rank alone,
 and a collective there would hang): such a checkpoint holds rank 0's entries only, as without this module.
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import warnings
 from typing import Any
+
+from cairn.autolog._lightning_frameworks import RNG_KEY
 
 RANKS_KEY = "cairn_ranks"
 
@@ -39,9 +42,17 @@ def own(trainer: Any, checkpoint: dict[str, Any]) -> dict[str, Any] | None:
     from cairn.checkpoint.resume import ResumeWarning
 
     entries = checkpoint.get(RANKS_KEY)
-    if not isinstance(entries, list) or not entries:
-        return None
     rank, world = int(getattr(trainer, "global_rank", 0)), int(getattr(trainer, "world_size", 1))
+    if not isinstance(entries, list) or not entries:
+        if world > 1 and rank == 0 and RNG_KEY in checkpoint:
+            warnings.warn(
+                f"cairn: this checkpoint holds one process's RNG states and DataLoader position (written by one "
+                f"process, or after an exception) and resumes on {world} ranks: every rank restores those, so "
+                "random streams and data order are not exact",
+                ResumeWarning,
+                stacklevel=3,
+            )
+        return None
     if len(entries) != world and rank == 0:
         warnings.warn(
             f"cairn: this checkpoint was written by {len(entries)} ranks and resumes on {world}: weights, optimizer "

@@ -7,7 +7,8 @@ with ``CAIRN_TRACKING_URI`` set (and ``CAIRN_RUN_ID`` for ``resume``). ROLE:
 * ``reference``: train uninterrupted (2 epochs of 8 steps);
 * ``crash``: train; after step ``KILL_AT`` (the checkpoint of step 9, one batch into epoch 1, is written)
   rank 0 writes ``OUT_DIR/run_id.txt``, every rank prints ``KILL_ME`` and waits for the test's SIGKILL;
-* ``resume``: ``trainer.fit(ckpt_path=cairn.lightning.checkpoint_path(run_id, "last"))`` on every rank.
+* ``resume``: ``trainer.fit(ckpt_path=cairn.lightning.checkpoint_path(run_id, "last"))`` on every rank (also
+  launched with one process: a resume on another world size).
 
 Dropout draws from each rank's own RNG (seeded per rank), so a rank whose RNG is not restored changes the
 averaged gradients. Rank 0 writes ``OUT_DIR/final.safetensors``; every rank writes ``OUT_DIR/rank<R>.json``.
@@ -84,7 +85,7 @@ def main(role: str, out: str) -> None:
         callbacks.append(Crash(out_dir))
     trainer = pl.Trainer(
         accelerator="cpu",
-        devices=2,
+        devices=int(os.environ["WORLD_SIZE"]),  # 2; 1 for a resume on another world size
         strategy="ddp",
         max_epochs=2,
         logger=cairn.lightning.CairnLogger(),
