@@ -725,7 +725,9 @@ def resume(
     if _sharded_checkpoint(found.path) and (model is not None or optimizer is not None):
         if model is None:
             raise InvalidArgument(f"{found.path.name} is a sharded (FSDP2) checkpoint: resume needs model= too")
-        sharded.load_sharded(found.path, _unwrap(model), optimizer)  # every rank (a collective)
+        enabled = autolog_module.active() if (autolog_module := sys.modules.get("cairn.autolog.pytorch")) else None
+        with enabled.steps_ignored() if enabled is not None else contextlib.nullcontext():  # DCP steps the optimizer
+            sharded.load_sharded(found.path, _unwrap(model), optimizer)  # every rank (a collective)
         model = optimizer = None  # restored; the rest of the checkpoint is read as usual
     restored = restore_training_state(
         found.path,

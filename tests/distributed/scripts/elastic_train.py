@@ -12,6 +12,8 @@ ROLE OUT_DIR`` with ``CAIRN_TRACKING_URI`` set (``CAIRN_RUN_ID`` optional). ROLE
   alone. The marker file keeps the restarted attempt from dying again.
 
 ``FSDP=1``: the model is sharded with FSDP2 ``fully_shard`` (sharded checkpoints) instead of wrapped in DDP.
+``EXPLICIT=1``: ``cairn.pytorch.resume(model=, optimizer=, loader=)`` on every rank instead of autolog's
+``resume=True`` (autolog still on).
 
 Dropout draws from each rank's own RNG (seeded per rank). Rank 0 writes ``OUT_DIR/final.safetensors`` and
 ``OUT_DIR/run_id.txt``; every rank writes ``OUT_DIR/rank<R>.json`` (its attempt and what its resume returned).
@@ -39,6 +41,7 @@ SAMPLES = 64
 BATCH = 4  # 64 samples / 2 ranks / 4 = 8 batches per epoch and rank: 24 steps
 KILL_AT = 14
 FSDP = os.environ.get("FSDP") == "1"
+EXPLICIT = os.environ.get("EXPLICIT") == "1"
 
 
 def full_weights(net: nn.Module) -> dict[str, torch.Tensor]:
@@ -60,7 +63,8 @@ def main(role: str, out: str) -> None:
     died = out_dir / "died"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        state = cairn.pytorch.autolog(log_models=False, checkpoint_every_n_steps=4, resume=role == "elastic")
+        resume = role == "elastic" and not EXPLICIT
+        state = cairn.pytorch.autolog(log_models=False, checkpoint_every_n_steps=4, resume=resume)
     data = torch.Generator().manual_seed(7)
     dataset = TensorDataset(torch.randn(SAMPLES, 8, generator=data), torch.randn(SAMPLES, 1, generator=data))
     sampler = DistributedSampler(dataset, shuffle=True, seed=3)
@@ -74,6 +78,8 @@ def main(role: str, out: str) -> None:
         model = nn.parallel.DistributedDataParallel(net)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     torch.manual_seed(1000 + rank)  # per-rank dropout masks
+    if EXPLICIT:  # autolog on without resume=: the explicit API restores, on every rank
+        state = cairn.pytorch.resume(model=model, optimizer=optimizer, loader=loader)
     resumed = state is not None and state.resumed
     start = state.epoch if resumed and state.epoch is not None else 0
     step = state.step if resumed else 0

@@ -77,7 +77,7 @@ class PyTorchIntegration:
             losses=self.losses,
             report=self.report,
             watch_forwards=self._watch_forwards,
-            quiet=self.suppressed,
+            quiet=self.steps_ignored,
         )
         self.lightning = LightningHandoff(self.report)
         self.session: Session | None = None
@@ -85,6 +85,7 @@ class PyTorchIntegration:
         self.resume_run_id: str | None = None  # with client=: the run a resume continues
         self.foreign: weakref.WeakSet[Any] = weakref.WeakSet()  # optimizers another integration drives
         self.suppress = 0
+        self.ignore_steps = 0  # > 0: optimizer steps are not training steps (see steps_ignored)
         self.distributed_run_id: str | None = None
         self._broadcast_done = False
         self._patches: Any = None
@@ -327,6 +328,8 @@ class PyTorchIntegration:
     # -- hooks (see cairn.autolog.torch.hooks) -----------------------------------------------------------
 
     def on_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if self.ignore_steps:
+            return
         try:
             session = self.session
             if session is None:
@@ -418,6 +421,18 @@ class PyTorchIntegration:
             yield
         finally:
             self.suppress -= 1
+
+    @contextlib.contextmanager
+    def steps_ignored(self) -> Iterator[None]:
+        """Optimizer steps inside this block are not training steps, and autolog does not see them: DCP's
+        ``set_optimizer_state_dict`` steps a fresh optimizer with zero gradients to build its state before
+        loading a sharded checkpoint (counted, that step would start the session early, without its model,
+        and shift the step count)."""
+        self.ignore_steps += 1
+        try:
+            yield
+        finally:
+            self.ignore_steps -= 1
 
     def current_run_id(self) -> str | None:
         session = self.session
