@@ -81,3 +81,16 @@ def test_hf_trainer_ddp_one_run_main_process_uploads_and_resume(
     resumed = load_file(str(tmp_path / "resumed" / "final.safetensors"))
     wanted = load_file(str(tmp_path / "reference" / "final.safetensors"))
     assert [k for k in wanted if not torch.equal(resumed[k], wanted[k])] == []
+
+
+@pytest.mark.timeout(200)
+def test_hf_trainer_ddp_checkpoint_missing_a_ranks_rng_file_is_reported(tmp_path: Path) -> None:
+    """Ranks writing to output_dirs of their own (nodes without a shared filesystem): the main process's
+    ``checkpoint-N`` lacks the other rank's RNG file; it is uploaded, and cairn says what is missing."""
+    store = tmp_path / "store"
+    finish(torchrun("unshared", tmp_path / "out", store, script=SCRIPT))
+    report = json.loads((tmp_path / "out" / "rank0.json").read_text())
+    told = [w for w in report["warnings"] if "checkpoint-3 lacks" in w]
+    assert len(told) == 1 and "rng_state_1.pth" in told[0] and "shared filesystem" in told[0], report["warnings"]
+    run_id = (tmp_path / "out" / "run_id.txt").read_text()
+    assert "rng_state_1.pth" not in uploaded(store, run_id)["checkpoint-3"]

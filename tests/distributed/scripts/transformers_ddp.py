@@ -7,7 +7,8 @@ with ``CAIRN_TRACKING_URI`` and ``HF_HUB_OFFLINE=1`` set (and ``CAIRN_RUN_ID`` f
 * ``reference``: train uninterrupted (3 epochs of 4 steps, a checkpoint every 3 steps);
 * ``crash``: train; after step ``KILL_AT`` (``checkpoint-6``, two batches into epoch 1, is committed in the
   run) print ``KILL_ME`` and wait for the test's SIGKILL;
-* ``resume``: ``trainer.train(resume_from_checkpoint=cairn.transformers.checkpoint_path(run_id))`` on every rank.
+* ``resume``: ``trainer.train(resume_from_checkpoint=cairn.transformers.checkpoint_path(run_id))`` on every rank;
+* ``unshared``: each rank its own ``output_dir`` (as nodes without a shared filesystem), 3 steps, one checkpoint.
 
 Rank 1 writes its RNG file late (:class:`SlowRankTrainer`). Dropout draws from each rank's own RNG (seeded
 per rank at the start), so a rank whose RNG is not restored changes the averaged gradients. Rank 0 writes
@@ -20,6 +21,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -122,9 +124,11 @@ def main(role: str, out: str) -> None:
     callbacks: list[Any] = [callback, PerRankSeed()]
     if role == "crash":
         callbacks.append(Crash(callback, out_dir))
+    unshared = role == "unshared"
     args = TrainingArguments(
-        output_dir=str(out_dir / "trainer"),
+        output_dir=str(out_dir / (f"trainer-{rank}" if unshared else "trainer")),
         num_train_epochs=3,
+        max_steps=3 if unshared else -1,
         per_device_train_batch_size=4,
         logging_steps=1,
         save_steps=3,
@@ -140,9 +144,16 @@ def main(role: str, out: str) -> None:
     resume_from = None
     if role == "resume":
         resume_from = cairn.transformers.checkpoint_path(os.environ["CAIRN_RUN_ID"], dst=out_dir / f"download{rank}")
-    trainer.train(resume_from_checkpoint=resume_from)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train(resume_from_checkpoint=resume_from)
     files = sorted(p.name for p in Path(resume_from).iterdir()) if resume_from else []
-    report = {"step": trainer.state.global_step, "resumed_from": Path(resume_from or ".").name, "files": files}
+    report = {
+        "step": trainer.state.global_step,
+        "resumed_from": Path(resume_from or ".").name,
+        "files": files,
+        "warnings": [str(w.message) for w in caught if "cairn" in str(w.message)],
+    }
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(report))
     if trainer.is_world_process_zero():
         weights = {k: v.contiguous() for k, v in model.state_dict().items()}
