@@ -1,16 +1,18 @@
 """Sharded checkpoints of FSDP2 models (``fully_shard``, DTensor parameters) through ``torch.distributed.checkpoint``.
 
 A model whose parameters are DTensors cannot be gathered into one state dict cheaply, so every rank writes
-its own shards with ``dcp.async_save`` (the training thread only stages a host copy; the files are written
-on a background thread, DCP's collectives going through a gloo process group of cairn's own) of
+its own shards with ``dcp.async_save`` (the training thread only stages a host copy, into buffers reused
+from the previous checkpoint, see :class:`_ReusedBuffersStager`; the files are written on a background
+thread, DCP's collectives going through a gloo process group of cairn's own) of
 ``{"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer)}`` into
 the checkpoint's ``sharded/`` subdirectory (one ``__<rank>_0.distcp`` file per rank and DCP's
 ``.metadata``). The rest of the checkpoint (scheduler, scaler, extra, every rank's RNG and data position)
 is written as for DDP (see :mod:`cairn.checkpoint.distributed`), and rank 0's checkpoint writer thread
 writes ``manifest.json`` over all of it once rank 0's write future completed, which is after every rank's
 shards were written (DCP gathers the ranks' write results before its coordinator commits ``.metadata``).
-A failed background write is raised by the next checkpoint (rank 0's through its writer, as any failed
-write; another rank's by its next ``log_checkpoint`` or ``flush_checkpoints``). The shards are written into
+A failed background write (of any rank: DCP hands its result to every rank) is raised by every rank's next
+``log_checkpoint`` or ``flush_checkpoints``, which removes the half-written shards; rank 0's writer also
+reports it at its next submission. The shards are written into
 a ``.tmp-`` directory of the run's staging area that rank 0 moves into the checkpoint, so the staging
 directory must be on a filesystem every rank sees (one node, or a shared filesystem). A kill during the
 save leaves only that ``.tmp-`` directory: no manifest, no checkpoint.
@@ -21,6 +23,9 @@ sha256 of every file is verified first, then ``.metadata`` is read by :class:`_M
 resolves only DCP's metadata classes, ``torch.Size``, dtypes, layouts and ``pathlib`` paths (anything
 else, e.g. ``os.system``, is refused before it is looked up), and non-tensor values are read with
 ``torch.load(weights_only=True)``. Tensors DCP already reads with ``weights_only=True``.
+
+A job of one rank (``fully_shard`` on a 1-rank mesh still gives DTensors) is sharded the same way, with
+one shard file. DCP reshards on restore: a checkpoint of N ranks loads on M (tested 2 -> 1, 1 -> 2, 2 -> 4).
 
 Retention deletes ``step-<N>/`` with its ``sharded/`` subdirectory as one checkpoint.
 """
