@@ -30,7 +30,9 @@ class PyTorchAutologConfig(AutologConfig):
         system_metrics_interval: seconds between system-metric samples.
         log_grad_norm: log the total 2-norm of the gradients (``grad_norm``) at each logging step.
         resume: ``None``/``False``: start fresh; ``True`` or ``"latest"``: continue the run named by
-            ``CAIRN_RUN_ID`` (if set) from its newest checkpoint; a run id: continue that run.
+            ``CAIRN_RUN_ID`` (if set) from its newest checkpoint (DDP and sharded FSDP2 ones alike); in
+            workers restarted by torchelastic without it, the run their job's first attempt created (tagged
+            with ``TORCHELASTIC_RUN_ID``); a run id: continue that run.
     """
 
     log_every_n_steps: int = 1
