@@ -145,6 +145,9 @@ def test_run_http_store_sets_mlflow_tracking_uri() -> None:
     )
     assert local["MLFLOW_TRACKING_URI"] == "sqlite:///y"  # the user's own setting is left alone, never ours
     assert "MLFLOW_TRACKING_URI" not in _child_environment("sqlite:////tmp/x/cairn.db", None, "abc", "3", base={})
+    assert env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] == "1"  # torchrun --max-restarts can restart its workers
+    kept = _child_environment("http://x", None, "abc", "3", base={"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "0"})
+    assert kept["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] == "0"
 
 
 @pytest.mark.parametrize(

@@ -340,6 +340,9 @@ def _child_environment(
         env["MLFLOW_TRACKING_URI"] = tracking_uri
     if artifact_root:
         env["CAIRN_ARTIFACT_ROOT"] = artifact_root
+    # torchrun --max-restarts: with the launcher's shared rendezvous store, restarted workers read the dead
+    # attempt's addresses and fail in init_process_group (torch 2.13, gloo); the user's own value wins
+    env.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
     return env
 
 
